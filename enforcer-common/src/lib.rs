@@ -1,0 +1,175 @@
+//! The ABI shared by the kernel programs (`enforcer-ebpf`) and userspace (`enforcer`).
+//!
+//! Every type here is `#[repr(C)]` with explicit padding so that both sides agree byte for byte;
+//! a change to any of them changes the pinned maps' layout, so it needs a bump of
+//! [`ABI_VERSION`] (the daemon refuses to reuse pinned maps of another version).
+#![no_std]
+
+/// Stored in the config map; a daemon that finds pinned maps of another ABI version refuses to
+/// reuse them instead of misreading them.
+pub const ABI_VERSION: u32 = 1;
+
+/// Names of the maps, as declared in the eBPF object and as pinned under `<pin dir>/maps/`.
+pub mod map_names {
+    pub const RULES_EXACT: &str = "RULES_EXACT";
+    pub const RULES_PREFIX: &str = "RULES_PREFIX";
+    pub const CONFIG: &str = "CONFIG";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const EVENTS: &str = "EVENTS";
+    /// All maps that are pinned (and so survive a daemon restart).
+    pub const PINNED: [&str; 5] = [RULES_EXACT, RULES_PREFIX, CONFIG, COUNTERS, EVENTS];
+}
+
+/// The four programs, in the order used by [`Hook`] and the counter index.
+pub const PROGRAM_NAMES: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
+
+/// IP protocol numbers as found in `bpf_sock_addr.protocol`.
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// The node-wide policy. Per-workload scoping will add others without changing the key layout.
+pub const POLICY_NODE: u32 = 0;
+
+/// Key of the exact-rule hash map, and the data part of the prefix trie's key (which the
+/// kernel prefixes with a `u32` prefix length).
+///
+/// The address is always 16 bytes: IPv4 destinations are normalised to `::ffff:a.b.c.d` so that
+/// a single rule covers a v4 connect and a v4-mapped connect from a dual-stack socket.
+/// `port` is in host byte order; 0 means "any port".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleKey {
+    pub policy: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub pad: u8,
+    pub addr: [u8; 16],
+}
+
+/// Number of key bits in front of the address; the LPM prefix length of a rule is this plus the
+/// address prefix length (IPv4 prefixes count from bit 96 of the mapped form).
+pub const RULE_KEY_FIXED_BITS: u32 = 64;
+
+/// Value of both rule maps. `rule_id` names the rule's source (a ServiceEntry or an `--allow`
+/// flag) so that events and `inspect` can say which rule matched.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RuleValue {
+    pub rule_id: u32,
+    pub flags: u32,
+}
+
+/// Enforcement mode stored in [`Config::mode`].
+pub const MODE_ENFORCE: u32 = 0;
+pub const MODE_AUDIT: u32 = 1;
+
+/// The single entry of the `CONFIG` array map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub abi_version: u32,
+    pub mode: u32,
+    /// 1: loopback and the unspecified address (which the kernel routes to loopback) are
+    /// always allowed.
+    pub allow_loopback: u32,
+    pub pad: u32,
+}
+
+/// The hook a verdict came from; also the index of the program in [`PROGRAM_NAMES`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Connect4 = 0,
+    Connect6 = 1,
+    Sendmsg4 = 2,
+    Sendmsg6 = 3,
+}
+pub const NUM_HOOKS: u32 = 4;
+
+/// Protocol class used in the counter index.
+pub const PROTO_CLASS_TCP: u32 = 0;
+pub const PROTO_CLASS_UDP: u32 = 1;
+pub const PROTO_CLASS_OTHER: u32 = 2;
+pub const NUM_PROTO_CLASSES: u32 = 3;
+
+/// What happened to one connect/sendmsg.
+pub const VERDICT_ALLOW: u8 = 0;
+/// Allowed because the destination is loopback and loopback is allowed.
+pub const VERDICT_ALLOW_LOOPBACK: u8 = 1;
+pub const VERDICT_DENY: u8 = 2;
+/// No rule matched, allowed because of audit mode.
+pub const VERDICT_AUDIT: u8 = 3;
+pub const NUM_VERDICTS: u32 = 4;
+
+/// Index of a verdict counter in the `COUNTERS` per-CPU array.
+#[inline(always)]
+pub const fn counter_index(hook: u32, proto_class: u32, verdict: u32) -> u32 {
+    (hook * NUM_PROTO_CLASSES + proto_class) * NUM_VERDICTS + verdict
+}
+/// Index of the counter of events lost because the ring buffer was full.
+pub const COUNTER_EVENTS_DROPPED: u32 = NUM_HOOKS * NUM_PROTO_CLASSES * NUM_VERDICTS;
+pub const NUM_COUNTERS: u32 = COUNTER_EVENTS_DROPPED + 1;
+
+/// A deny or audit event pushed to the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    /// Thread id (`pid` in kernel terms).
+    pub pid: u32,
+    /// Process id (`tgid` in kernel terms).
+    pub tgid: u32,
+    pub comm: [u8; 16],
+    /// Destination, normalised like [`RuleKey::addr`].
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub hook: u8,
+    pub proto: u8,
+    pub verdict: u8,
+    pub pad: [u8; 3],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)] with explicit padding fields and no pointers, so
+    // every bit pattern is valid and there are no uninitialised bytes.
+    unsafe impl aya::Pod for super::RuleKey {}
+    unsafe impl aya::Pod for super::RuleValue {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Event {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<RuleKey>(), 24);
+        assert_eq!(size_of::<RuleValue>(), 8);
+        assert_eq!(size_of::<Config>(), 16);
+        assert_eq!(size_of::<Event>(), 64);
+        assert_eq!(
+            RULE_KEY_FIXED_BITS as usize,
+            8 * (size_of::<RuleKey>() - 16)
+        );
+    }
+
+    #[test]
+    fn counter_indices_are_distinct_and_in_range() {
+        let mut seen = [false; NUM_COUNTERS as usize];
+        for h in 0..NUM_HOOKS {
+            for p in 0..NUM_PROTO_CLASSES {
+                for v in 0..NUM_VERDICTS {
+                    let i = counter_index(h, p, v) as usize;
+                    assert!(!seen[i]);
+                    seen[i] = true;
+                }
+            }
+        }
+        assert!(!seen[COUNTER_EVENTS_DROPPED as usize]);
+    }
+}

@@ -1,0 +1,11 @@
+//! Kernel side of egress-enforcer: four `cgroup/sock_addr` programs that allow a workload's
+//! connect()/sendmsg() only to registered destinations. See DESIGN §3.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod programs;
+
+// The host build of this crate (e.g. `cargo clippy --workspace`) only needs to type-check.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

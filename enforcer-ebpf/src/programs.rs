@@ -1,0 +1,226 @@
+use aya_ebpf::{
+    bindings::bpf_sock_addr,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+    },
+    macros::{cgroup_sock_addr, map},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::SockAddrContext,
+};
+use aya_log_ebpf::debug;
+use enforcer_common::{
+    COUNTER_EVENTS_DROPPED, Config, Event, Hook, IPPROTO_TCP, IPPROTO_UDP, MODE_AUDIT,
+    NUM_COUNTERS, POLICY_NODE, PROTO_CLASS_OTHER, PROTO_CLASS_TCP, PROTO_CLASS_UDP,
+    RULE_KEY_FIXED_BITS, RuleKey, RuleValue, VERDICT_ALLOW, VERDICT_ALLOW_LOOPBACK, VERDICT_AUDIT,
+    VERDICT_DENY, counter_index,
+};
+
+// Sizes here are defaults only: the daemon overrides max_entries from its config before load.
+#[map]
+static RULES_EXACT: HashMap<RuleKey, RuleValue> = HashMap::with_max_entries(65536, 0);
+
+#[map]
+static RULES_PREFIX: LpmTrie<RuleKey, RuleValue> = LpmTrie::with_max_entries(16384, 0);
+
+#[map]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    decide(&ctx, Hook::Connect4, dest_v4(&ctx))
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    decide(&ctx, Hook::Connect6, dest_v6(&ctx))
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    decide(&ctx, Hook::Sendmsg4, dest_v4(&ctx))
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    decide(&ctx, Hook::Sendmsg6, dest_v6(&ctx))
+}
+
+/// Destination address in its 16-byte form, and port in host order.
+struct Dest {
+    addr: [u8; 16],
+    port: u16,
+}
+
+#[inline(always)]
+fn sock_addr(ctx: &SockAddrContext) -> &bpf_sock_addr {
+    // SAFETY: the kernel passes a valid context for the whole program run; fields are read one at
+    // a time with their natural width, which is what the verifier's context rewriting accepts.
+    unsafe { &*ctx.sock_addr }
+}
+
+#[inline(always)]
+fn port_of(sa: &bpf_sock_addr) -> u16 {
+    // user_port holds the port in network order in its low 16 bits.
+    u16::from_be(sa.user_port as u16)
+}
+
+/// `user_ip4` may only be read in the v4 hooks; normalise to `::ffff:a.b.c.d`.
+#[inline(always)]
+fn dest_v4(ctx: &SockAddrContext) -> Dest {
+    let sa = sock_addr(ctx);
+    let ip = sa.user_ip4.to_ne_bytes();
+    let mut addr = [0u8; 16];
+    addr[10] = 0xff;
+    addr[11] = 0xff;
+    addr[12] = ip[0];
+    addr[13] = ip[1];
+    addr[14] = ip[2];
+    addr[15] = ip[3];
+    Dest {
+        addr,
+        port: port_of(sa),
+    }
+}
+
+/// A v4-mapped destination from a dual-stack socket is already in the normalised form.
+#[inline(always)]
+fn dest_v6(ctx: &SockAddrContext) -> Dest {
+    let sa = sock_addr(ctx);
+    let mut addr = [0u8; 16];
+    let w0 = sa.user_ip6[0].to_ne_bytes();
+    let w1 = sa.user_ip6[1].to_ne_bytes();
+    let w2 = sa.user_ip6[2].to_ne_bytes();
+    let w3 = sa.user_ip6[3].to_ne_bytes();
+    addr[0..4].copy_from_slice(&w0);
+    addr[4..8].copy_from_slice(&w1);
+    addr[8..12].copy_from_slice(&w2);
+    addr[12..16].copy_from_slice(&w3);
+    Dest {
+        addr,
+        port: port_of(sa),
+    }
+}
+
+/// Loopback in either form, plus the unspecified address, which the kernel connects to loopback.
+#[inline(always)]
+fn is_loopback(a: &[u8; 16]) -> bool {
+    let first10_zero = a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7] | a[8] | a[9] == 0;
+    if !first10_zero {
+        return false;
+    }
+    if a[10] == 0xff && a[11] == 0xff {
+        // ::ffff:127.0.0.0/104 and ::ffff:0.0.0.0
+        return a[12] == 127 || (a[12] | a[13] | a[14] | a[15]) == 0;
+    }
+    // ::1 and ::
+    (a[10] | a[11] | a[12] | a[13] | a[14]) == 0 && (a[15] == 1 || a[15] == 0)
+}
+
+#[inline(always)]
+fn rule_matches(proto: u8, dest: &Dest) -> bool {
+    let mut key = RuleKey {
+        policy: POLICY_NODE,
+        port: dest.port,
+        proto,
+        pad: 0,
+        addr: dest.addr,
+    };
+    if RULES_EXACT.get_ptr(&key).is_some() {
+        return true;
+    }
+    let full = RULE_KEY_FIXED_BITS + 128;
+    if RULES_PREFIX.get(Key::new(full, key)).is_some() {
+        return true;
+    }
+    // Port 0 in a rule means any port.
+    key.port = 0;
+    if RULES_EXACT.get_ptr(&key).is_some() {
+        return true;
+    }
+    RULES_PREFIX.get(Key::new(full, key)).is_some()
+}
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+fn decide(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
+    let sa = sock_addr(ctx);
+    let proto = sa.protocol as u8;
+    let proto_class = match proto {
+        IPPROTO_TCP => PROTO_CLASS_TCP,
+        IPPROTO_UDP => PROTO_CLASS_UDP,
+        _ => PROTO_CLASS_OTHER,
+    };
+    // A missing config entry can only happen before the daemon's first write: fail closed.
+    let (audit, allow_loopback) = match CONFIG.get(0) {
+        Some(c) => (c.mode == MODE_AUDIT, c.allow_loopback != 0),
+        None => (false, false),
+    };
+
+    let verdict = if allow_loopback && is_loopback(&dest.addr) {
+        VERDICT_ALLOW_LOOPBACK
+    } else if rule_matches(proto, &dest) {
+        VERDICT_ALLOW
+    } else if audit {
+        VERDICT_AUDIT
+    } else {
+        VERDICT_DENY
+    };
+    count(counter_index(hook as u32, proto_class, verdict as u32));
+
+    if verdict == VERDICT_DENY || verdict == VERDICT_AUDIT {
+        report(hook, proto, verdict, &dest);
+        debug!(ctx, "egress {} port {} proto {}", verdict, dest.port, proto);
+    }
+    if verdict == VERDICT_DENY { DENY } else { ALLOW }
+}
+
+#[inline(always)]
+fn report(hook: Hook, proto: u8, verdict: u8, dest: &Dest) {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(COUNTER_EVENTS_DROPPED);
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let ev = Event {
+        // SAFETY: helpers without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        pid: pid_tgid as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        addr: dest.addr,
+        port: dest.port,
+        hook: hook as u8,
+        proto,
+        verdict,
+        pad: [0; 3],
+    };
+    entry.write(ev);
+    entry.submit(0);
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

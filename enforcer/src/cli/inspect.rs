@@ -1,0 +1,146 @@
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::{Failure, OrFailure as _};
+use crate::{
+    config::Config,
+    dataplane::{
+        links::{self, LinkRow},
+        maps::{Maps, RuleRow},
+        pins::PinLayout,
+        stats::Stats,
+    },
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum What {
+    Rules,
+    Stats,
+    Links,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// What to show [default: all of them]
+    pub what: Option<What>,
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    pin_dir: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mode: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rules: Option<Vec<RuleRow>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stats: Option<Stats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    links: Option<Vec<LinkRow>>,
+}
+
+pub fn inspect(config: Option<&Path>, args: Args) -> Result<(), Failure> {
+    let cfg = Config::load(config).user()?;
+    let layout = PinLayout::new(&cfg.bpffs);
+    let want = |w: What| args.what.is_none_or(|x| x == w);
+    let maps = if want(What::Rules) || want(What::Stats) {
+        Some(Maps::from_pins(&layout).runtime()?)
+    } else {
+        None
+    };
+    let mode = match &maps {
+        Some(m) => Some(match m.read_config().runtime()?.mode {
+            enforcer_common::MODE_AUDIT => "audit",
+            _ => "enforce",
+        }),
+        None => None,
+    };
+    let report = Report {
+        pin_dir: layout.root.display().to_string(),
+        mode,
+        rules: match (&maps, want(What::Rules)) {
+            (Some(m), true) => Some(m.rules().runtime()?),
+            _ => None,
+        },
+        stats: match (&maps, want(What::Stats)) {
+            (Some(m), true) => Some(m.stats().runtime()?),
+            _ => None,
+        },
+        links: want(What::Links).then(|| links::list(&layout)),
+    };
+    if args.json {
+        let text = serde_json::to_string_pretty(&report).runtime()?;
+        println!("{text}");
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(())
+}
+
+fn render(r: &Report) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "pin dir: {}", r.pin_dir);
+    if let Some(mode) = r.mode {
+        let _ = writeln!(out, "mode:    {mode}");
+    }
+    if let Some(rules) = &r.rules {
+        let _ = writeln!(out, "\nrules ({}):", rules.len());
+        let _ = writeln!(
+            out,
+            "  {:<44} {:<7} {:>8}",
+            "DESTINATION", "KIND", "RULE ID"
+        );
+        for row in rules {
+            let _ = writeln!(out, "  {:<44} {:<7} {:>8}", row.rule, row.kind, row.rule_id);
+        }
+    }
+    if let Some(stats) = &r.stats {
+        let _ = writeln!(out, "\nverdicts:");
+        let _ = writeln!(
+            out,
+            "  {:<9} {:<6} {:<15} {:>12}",
+            "HOOK", "PROTO", "VERDICT", "COUNT"
+        );
+        for c in &stats.counters {
+            let _ = writeln!(
+                out,
+                "  {:<9} {:<6} {:<15} {:>12}",
+                c.hook, c.proto, c.verdict, c.count
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  events dropped (ring buffer full): {}",
+            stats.events_dropped
+        );
+    }
+    if let Some(links) = &r.links {
+        let _ = writeln!(out, "\nlinks ({}):", links.len());
+        let _ = writeln!(
+            out,
+            "  {:<36} {:<9} {:>8} {:>8} {:>14}",
+            "CGROUP", "HOOK", "LINK", "PROGRAM", "VERIFIED INSNS"
+        );
+        let opt = |v: Option<u32>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+        for l in links {
+            let _ = writeln!(
+                out,
+                "  {:<36} {:<9} {:>8} {:>8} {:>14}{}",
+                l.cgroup,
+                l.hook,
+                opt(l.link_id),
+                opt(l.program_id),
+                opt(l.verified_insns),
+                l.error
+                    .as_deref()
+                    .map(|e| format!("  error: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    out
+}

@@ -1,0 +1,144 @@
+//! Command line: one module per subcommand. Exit codes: 0 ok, 1 user or config error,
+//! 2 runtime failure (DESIGN §6); `exec` passes its command's status through.
+
+mod exec;
+mod inspect;
+mod run;
+mod uninstall;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "egress-enforcer",
+    version,
+    about = "Allow a workload's outbound connections only to registered destinations (eBPF cgroup hooks)"
+)]
+pub struct Cli {
+    /// Daemon config file [default: /etc/egress-enforcer/config.yaml if it exists]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground: load, attach, keep the rules in the kernel
+    Run(run::Args),
+    /// Run a command inside an enforced cgroup
+    Exec(exec::Args),
+    /// Show the pinned rules, counters or links (works with or without a running daemon)
+    Inspect(inspect::Args),
+    /// Detach every program and remove the pinned state
+    Uninstall(uninstall::Args),
+}
+
+/// An error together with the exit code it maps to.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad input: config, arguments, files. Exit 1.
+    User(anyhow::Error),
+    /// The system did not cooperate: kernel, permissions, I/O. Exit 2.
+    Runtime(anyhow::Error),
+}
+
+impl Failure {
+    pub fn code(&self) -> u8 {
+        match self {
+            Self::User(_) => 1,
+            Self::Runtime(_) => 2,
+        }
+    }
+}
+
+pub trait OrFailure<T> {
+    fn user(self) -> Result<T, Failure>;
+    fn runtime(self) -> Result<T, Failure>;
+}
+
+impl<T, E: Into<anyhow::Error>> OrFailure<T> for Result<T, E> {
+    fn user(self) -> Result<T, Failure> {
+        self.map_err(|e| Failure::User(e.into()))
+    }
+
+    fn runtime(self) -> Result<T, Failure> {
+        self.map_err(|e| Failure::Runtime(e.into()))
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ignored = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let config = cli.config.as_deref();
+    let result = match cli.command {
+        Command::Run(a) => run::run(config, a).map(|()| ExitCode::SUCCESS),
+        Command::Exec(a) => exec::exec(config, a),
+        Command::Inspect(a) => inspect::inspect(config, a).map(|()| ExitCode::SUCCESS),
+        Command::Uninstall(a) => uninstall::uninstall(config, a).map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(f) => {
+            let (Failure::User(e) | Failure::Runtime(e)) = &f;
+            eprintln!("egress-enforcer: error: {e:#}");
+            ExitCode::from(f.code())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_the_documented_forms() {
+        let c = Cli::try_parse_from([
+            "egress-enforcer",
+            "run",
+            "--allow",
+            "198.51.100.7:443/tcp",
+            "--allow",
+            "203.0.113.0/24:*/udp",
+            "--config",
+            "/x.yaml",
+        ])
+        .unwrap();
+        assert_eq!(c.config, Some(PathBuf::from("/x.yaml")));
+        let Command::Run(r) = c.command else { panic!() };
+        assert_eq!(r.allow.len(), 2);
+        assert!(Cli::try_parse_from(["egress-enforcer", "run", "--allow", "nonsense"]).is_err());
+        let c = Cli::try_parse_from([
+            "egress-enforcer",
+            "exec",
+            "--cgroup",
+            "x",
+            "--",
+            "curl",
+            "-v",
+        ])
+        .unwrap();
+        let Command::Exec(e) = c.command else {
+            panic!()
+        };
+        assert_eq!(e.cgroup.as_deref(), Some("x"));
+        assert_eq!(e.command, ["curl", "-v"]);
+        assert!(Cli::try_parse_from(["egress-enforcer", "inspect", "stats", "--json"]).is_ok());
+        assert!(Cli::try_parse_from(["egress-enforcer", "inspect", "bogus"]).is_err());
+    }
+}

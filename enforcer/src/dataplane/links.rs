@@ -1,0 +1,113 @@
+//! The pinned cgroup links: listing them for `inspect`, and removing them (which detaches).
+
+use std::{fs, path::Path};
+
+use anyhow::Context as _;
+use aya::programs::{links::PinnedLink, loaded_programs};
+use enforcer_common::PROGRAM_NAMES;
+use serde::Serialize;
+
+use super::pins::{PinLayout, unescape_cgroup};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LinkRow {
+    /// cgroup path relative to the cgroup2 mount, with a leading `/`.
+    pub cgroup: String,
+    pub hook: String,
+    pub link_id: Option<u32>,
+    pub program_id: Option<u32>,
+    /// Instructions the verifier processed when the program was loaded.
+    pub verified_insns: Option<u32>,
+    /// Set when the pin exists but the kernel object could not be read.
+    pub error: Option<String>,
+}
+
+/// Pinned link directories: (directory name, cgroup relative path if the name is ours).
+pub fn cgroup_dirs(layout: &PinLayout) -> Vec<(String, Option<String>)> {
+    let Ok(rd) = fs::read_dir(layout.links_dir()) else {
+        return Vec::new();
+    };
+    let mut out: Vec<_> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .map(|name| {
+            let rel = unescape_cgroup(&name);
+            (name, rel)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+pub fn list(layout: &PinLayout) -> Vec<LinkRow> {
+    let mut rows = Vec::new();
+    for (dir, rel) in cgroup_dirs(layout) {
+        let cgroup = rel.map_or_else(|| format!("?{dir}"), |r| format!("/{r}"));
+        let Ok(rd) = fs::read_dir(layout.links_dir().join(&dir)) else {
+            continue;
+        };
+        let mut names: Vec<String> = rd
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        names.sort_by_key(|n| {
+            PROGRAM_NAMES
+                .iter()
+                .position(|p| p == n)
+                .unwrap_or(usize::MAX)
+        });
+        for hook in names {
+            let path = layout.links_dir().join(&dir).join(&hook);
+            let row = match read_link(&path) {
+                Ok((link_id, program_id, verified_insns)) => LinkRow {
+                    cgroup: cgroup.clone(),
+                    hook,
+                    link_id: Some(link_id),
+                    program_id: Some(program_id),
+                    verified_insns,
+                    error: None,
+                },
+                Err(e) => LinkRow {
+                    cgroup: cgroup.clone(),
+                    hook,
+                    link_id: None,
+                    program_id: None,
+                    verified_insns: None,
+                    error: Some(format!("{e:#}")),
+                },
+            };
+            rows.push(row);
+        }
+    }
+    rows
+}
+
+fn read_link(path: &Path) -> anyhow::Result<(u32, u32, Option<u32>)> {
+    let link = aya::programs::links::FdLink::from(PinnedLink::from_pin(path)?);
+    let info = link.info()?;
+    let prog = loaded_programs()
+        .flatten()
+        .find(|p| p.id() == info.program_id());
+    Ok((
+        info.id(),
+        info.program_id(),
+        prog.and_then(|p| p.verified_instruction_count()),
+    ))
+}
+
+/// Unpins every link in one cgroup's directory and removes it. The kernel detaches a link when
+/// its last reference (pin or fd) goes away.
+pub fn remove_cgroup_dir(dir: &Path) -> anyhow::Result<()> {
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            fs::remove_file(e.path())
+                .with_context(|| format!("unpinning {}", e.path().display()))?;
+        }
+    }
+    match fs::remove_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}

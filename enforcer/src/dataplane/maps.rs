@@ -1,0 +1,354 @@
+//! Typed handles on the pinned maps, and the operations on them: rule apply (diffing, adds
+//! before removes), config, counters, rule listing. Shared by the daemon and the read-only CLI.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, bail};
+use aya::maps::{
+    Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapType, PerCpuArray, lpm_trie::Key,
+};
+use enforcer_common::{ABI_VERSION, Config, NUM_COUNTERS, RuleKey, RuleValue, map_names};
+use serde::Serialize;
+
+use super::{diff::diff, pins::PinLayout, stats::Stats};
+use crate::{config::MapSizes, policy::rules::DesiredRules};
+
+pub struct Maps {
+    pub exact: HashMap<MapData, RuleKey, RuleValue>,
+    pub prefix: LpmTrie<MapData, RuleKey, RuleValue>,
+    pub config: Array<MapData, Config>,
+    pub counters: PerCpuArray<MapData, u64>,
+}
+
+/// What `apply` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ApplyStats {
+    pub added: usize,
+    pub removed: usize,
+    pub unchanged: usize,
+}
+
+/// One rule as read back from the kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleRow {
+    pub rule: String,
+    pub kind: &'static str,
+    pub rule_id: u32,
+}
+
+/// The expected shape of each pinned map; a pinned map of another shape is not reused.
+pub struct Shape {
+    pub name: &'static str,
+    pub map_type: MapType,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+pub fn expected_shapes(sizes: &MapSizes) -> [Shape; 5] {
+    [
+        Shape {
+            name: map_names::RULES_EXACT,
+            map_type: MapType::Hash,
+            key_size: size_of::<RuleKey>() as u32,
+            value_size: size_of::<RuleValue>() as u32,
+            max_entries: sizes.exact_rules,
+        },
+        Shape {
+            name: map_names::RULES_PREFIX,
+            map_type: MapType::LpmTrie,
+            key_size: size_of::<Key<RuleKey>>() as u32,
+            value_size: size_of::<RuleValue>() as u32,
+            max_entries: sizes.prefix_rules,
+        },
+        Shape {
+            name: map_names::CONFIG,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: size_of::<Config>() as u32,
+            max_entries: 1,
+        },
+        Shape {
+            name: map_names::COUNTERS,
+            map_type: MapType::PerCpuArray,
+            key_size: 4,
+            value_size: 8,
+            max_entries: NUM_COUNTERS,
+        },
+        Shape {
+            name: map_names::EVENTS,
+            map_type: MapType::RingBuf,
+            key_size: 0,
+            value_size: 0,
+            max_entries: sizes.event_buffer,
+        },
+    ]
+}
+
+/// Checks maps already pinned under `layout` against the shapes this build and config expect.
+/// Reusing a map of another shape would misread it (ABI change) or silently keep old sizes.
+pub fn check_pinned_shapes(layout: &PinLayout, sizes: &MapSizes) -> anyhow::Result<()> {
+    for want in expected_shapes(sizes) {
+        let path = layout.map(want.name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapData::from_pin(&path)
+            .and_then(|m| m.info())
+            .with_context(|| format!("opening pinned map {}", path.display()))?;
+        let got_type = info.map_type().ok();
+        let mismatch = if got_type != Some(want.map_type)
+            || info.key_size() != want.key_size
+            || info.value_size() != want.value_size
+        {
+            Some(format!(
+                "its layout (type {got_type:?}, key {} B, value {} B) is not this version's \
+                 (type {:?}, key {} B, value {} B)",
+                info.key_size(),
+                info.value_size(),
+                want.map_type,
+                want.key_size,
+                want.value_size
+            ))
+        } else if info.max_entries() != want.max_entries {
+            Some(format!(
+                "it was created with {} entries but the config asks for {}; keep the old size in \
+                 `maps:`",
+                info.max_entries(),
+                want.max_entries
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = mismatch {
+            bail!(
+                "cannot reuse pinned map {}: {why}. The pinned state is still enforcing. To start \
+                 over, run `egress-enforcer uninstall` (this lifts enforcement until the next \
+                 start)",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn take<T: TryFrom<Map>>(map: Option<Map>, name: &str) -> anyhow::Result<T>
+where
+    <T as TryFrom<Map>>::Error: std::error::Error + Send + Sync + 'static,
+{
+    let map = map.with_context(|| format!("map {name} missing from the eBPF object"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+impl Maps {
+    /// Takes the maps out of a freshly loaded object.
+    pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
+        Ok(Self {
+            exact: take(
+                ebpf.take_map(map_names::RULES_EXACT),
+                map_names::RULES_EXACT,
+            )?,
+            prefix: take(
+                ebpf.take_map(map_names::RULES_PREFIX),
+                map_names::RULES_PREFIX,
+            )?,
+            config: take(ebpf.take_map(map_names::CONFIG), map_names::CONFIG)?,
+            counters: take(ebpf.take_map(map_names::COUNTERS), map_names::COUNTERS)?,
+        })
+    }
+
+    /// Opens the pinned maps without loading any program (for `inspect`).
+    pub fn from_pins(layout: &PinLayout) -> anyhow::Result<Self> {
+        let open = |name: &str| -> anyhow::Result<Option<Map>> {
+            let path = layout.map(name);
+            let data = MapData::from_pin(&path).with_context(|| {
+                format!(
+                    "no pinned egress-enforcer state at {} (is the daemon installed with this \
+                     bpffs/config?)",
+                    path.display()
+                )
+            })?;
+            Ok(Some(Map::from_map_data(data)?))
+        };
+        Ok(Self {
+            exact: take(open(map_names::RULES_EXACT)?, map_names::RULES_EXACT)?,
+            prefix: take(open(map_names::RULES_PREFIX)?, map_names::RULES_PREFIX)?,
+            config: take(open(map_names::CONFIG)?, map_names::CONFIG)?,
+            counters: take(open(map_names::COUNTERS)?, map_names::COUNTERS)?,
+        })
+    }
+
+    pub fn read_config(&self) -> anyhow::Result<Config> {
+        Ok(self.config.get(&0, 0)?)
+    }
+
+    /// Writes the config entry, refusing to overwrite one written by another ABI version.
+    pub fn write_config(&mut self, mode: u32, allow_loopback: bool) -> anyhow::Result<()> {
+        let old = self.read_config()?;
+        if old.abi_version != 0 && old.abi_version != ABI_VERSION {
+            bail!(
+                "pinned maps were written by ABI version {} (this build is {ABI_VERSION})",
+                old.abi_version
+            );
+        }
+        let cfg = Config {
+            abi_version: ABI_VERSION,
+            mode,
+            allow_loopback: u32::from(allow_loopback),
+            pad: 0,
+        };
+        self.config.set(0, cfg, 0)?;
+        Ok(())
+    }
+
+    /// Makes the rule maps equal to `desired`. New and changed rules go in before stale ones
+    /// come out, so a rule present before and after is never missing; only when a map is too
+    /// small to hold both at once are its stale rules removed first.
+    pub fn apply(&mut self, desired: &DesiredRules) -> anyhow::Result<ApplyStats> {
+        // Check both capacities before touching either map, so a too-large set changes nothing.
+        check_capacity(&self.exact, desired.exact.len())?;
+        check_capacity(&self.prefix, desired.prefix.len())?;
+        let a = sync(&mut self.exact, &desired.exact)?;
+        let b = sync(&mut self.prefix, &desired.prefix)?;
+        Ok(ApplyStats {
+            added: a.added + b.added,
+            removed: a.removed + b.removed,
+            unchanged: a.unchanged + b.unchanged,
+        })
+    }
+
+    pub fn stats(&self) -> anyhow::Result<Stats> {
+        let mut totals = vec![0u64; NUM_COUNTERS as usize];
+        for (i, per_cpu) in self.counters.iter().enumerate() {
+            let per_cpu = per_cpu.context("reading COUNTERS")?;
+            if let Some(t) = totals.get_mut(i) {
+                *t = per_cpu.iter().sum();
+            }
+        }
+        Ok(Stats::from_totals(&totals))
+    }
+
+    pub fn rules(&self) -> anyhow::Result<Vec<RuleRow>> {
+        let mut rows = Vec::new();
+        for (k, v) in self.exact.live()? {
+            rows.push(RuleRow {
+                rule: crate::policy::rules::describe(None, &k).to_string(),
+                kind: "exact",
+                rule_id: v.rule_id,
+            });
+        }
+        for ((len, k), v) in self.prefix.live()? {
+            rows.push(RuleRow {
+                rule: crate::policy::rules::describe(Some(len), &k).to_string(),
+                kind: "prefix",
+                rule_id: v.rule_id,
+            });
+        }
+        Ok(rows)
+    }
+}
+
+/// The two rule maps seen alike by `sync`.
+trait RuleMap {
+    type Key: Ord + Clone;
+    const NAME: &'static str;
+    fn capacity(&self) -> anyhow::Result<usize>;
+    fn live(&self) -> anyhow::Result<BTreeMap<Self::Key, RuleValue>>;
+    fn put(&mut self, key: &Self::Key, value: &RuleValue) -> anyhow::Result<()>;
+    fn del(&mut self, key: &Self::Key) -> anyhow::Result<()>;
+}
+
+impl RuleMap for HashMap<MapData, RuleKey, RuleValue> {
+    type Key = RuleKey;
+    const NAME: &'static str = map_names::RULES_EXACT;
+
+    fn capacity(&self) -> anyhow::Result<usize> {
+        Ok(self.map().info()?.max_entries() as usize)
+    }
+
+    fn live(&self) -> anyhow::Result<BTreeMap<RuleKey, RuleValue>> {
+        self.iter()
+            .map(|r| r.context("reading RULES_EXACT"))
+            .collect()
+    }
+
+    fn put(&mut self, key: &RuleKey, value: &RuleValue) -> anyhow::Result<()> {
+        Ok(self.insert(key, value, 0)?)
+    }
+
+    fn del(&mut self, key: &RuleKey) -> anyhow::Result<()> {
+        Ok(self.remove(key)?)
+    }
+}
+
+impl RuleMap for LpmTrie<MapData, RuleKey, RuleValue> {
+    type Key = (u32, RuleKey);
+    const NAME: &'static str = map_names::RULES_PREFIX;
+
+    fn capacity(&self) -> anyhow::Result<usize> {
+        Ok(self.map().info()?.max_entries() as usize)
+    }
+
+    fn live(&self) -> anyhow::Result<BTreeMap<(u32, RuleKey), RuleValue>> {
+        self.iter()
+            .map(|r| {
+                let (k, v) = r.context("reading RULES_PREFIX")?;
+                Ok(((k.prefix_len(), k.data()), v))
+            })
+            .collect()
+    }
+
+    fn put(&mut self, (len, key): &(u32, RuleKey), value: &RuleValue) -> anyhow::Result<()> {
+        Ok(self.insert(&Key::new(*len, *key), value, 0)?)
+    }
+
+    fn del(&mut self, (len, key): &(u32, RuleKey)) -> anyhow::Result<()> {
+        Ok(self.remove(&Key::new(*len, *key))?)
+    }
+}
+
+fn check_capacity<M: RuleMap>(map: &M, wanted: usize) -> anyhow::Result<()> {
+    let cap = map.capacity()?;
+    if wanted > cap {
+        let key = if M::NAME == map_names::RULES_EXACT {
+            "exactRules"
+        } else {
+            "prefixRules"
+        };
+        bail!(
+            "{wanted} rules do not fit in {} ({cap} entries); raise maps.{key}",
+            M::NAME
+        );
+    }
+    Ok(())
+}
+
+fn sync<M: RuleMap>(
+    map: &mut M,
+    desired: &BTreeMap<M::Key, RuleValue>,
+) -> anyhow::Result<ApplyStats> {
+    let live = map.live()?;
+    let d = diff(&live, desired);
+    let remove_first = d.peak_entries(live.len()) > map.capacity()?;
+    if remove_first {
+        for k in &d.removals {
+            map.del(k)
+                .with_context(|| format!("removing from {}", M::NAME))?;
+        }
+    }
+    for (k, v) in &d.upserts {
+        map.put(k, v)
+            .with_context(|| format!("inserting into {}", M::NAME))?;
+    }
+    if !remove_first {
+        for k in &d.removals {
+            map.del(k)
+                .with_context(|| format!("removing from {}", M::NAME))?;
+        }
+    }
+    Ok(ApplyStats {
+        added: d.upserts.len(),
+        removed: d.removals.len(),
+        unchanged: d.unchanged,
+    })
+}

@@ -1,0 +1,238 @@
+//! The kernel side as seen from userspace: load the programs, pin maps and links under
+//! `<bpffs>/egress-enforcer/`, attach to cgroups, keep the rule maps equal to a rule set, and
+//! read counters and events. All aya calls live in this module.
+
+pub mod bpffs;
+pub mod cgroup;
+pub mod diff;
+pub mod events;
+pub mod links;
+pub mod maps;
+pub mod pins;
+pub mod stats;
+pub mod verdicts;
+
+use std::{
+    collections::HashSet,
+    fs::{self, File},
+    os::fd::AsRawFd as _,
+    path::Path,
+};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, RingBuf},
+    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink},
+};
+use enforcer_common::{PROGRAM_NAMES, map_names};
+
+use self::{cgroup::Cgroup, maps::Maps, pins::PinLayout};
+use crate::config::MapSizes;
+
+/// The kernel object built by `build.rs` (empty when built with AYA_BUILD_SKIP=1).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));
+
+pub struct Dataplane {
+    layout: PinLayout,
+    /// flock on the pin directory: one daemon per pin directory.
+    _lock: File,
+    ebpf: Ebpf,
+    pub maps: Maps,
+    events: Option<RingBuf<MapData>>,
+}
+
+/// Takes an exclusive lock on the pin directory, so two daemons never fight over one set of
+/// maps and `uninstall` can tell whether a daemon is running.
+fn lock(root: &Path) -> anyhow::Result<Option<File>> {
+    let f = File::open(root).with_context(|| format!("opening {}", root.display()))?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Ok(None);
+        }
+        return Err(e).with_context(|| format!("locking {}", root.display()));
+    }
+    Ok(Some(f))
+}
+
+impl Dataplane {
+    /// Loads the programs, reusing maps already pinned under `bpffs` (so the rules in force stay
+    /// in force) or creating and pinning new ones. Nothing is attached yet.
+    pub fn load(bpffs: &Path, sizes: &MapSizes, bpf_log: bool) -> anyhow::Result<Self> {
+        if OBJECT.is_empty() {
+            bail!(
+                "this binary was built with AYA_BUILD_SKIP=1 and has no eBPF programs; rebuild \
+                 without it (cargo xtask setup installs the eBPF toolchain)"
+            );
+        }
+        bpffs::ensure(bpffs)?;
+        let layout = PinLayout::new(bpffs);
+        for dir in [layout.maps_dir(), layout.links_dir()] {
+            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let lock = lock(&layout.root)?.with_context(|| {
+            format!(
+                "another egress-enforcer daemon is running with pins in {}",
+                layout.root.display()
+            )
+        })?;
+        maps::check_pinned_shapes(&layout, sizes)?;
+
+        let pin_paths: Vec<_> = map_names::PINNED
+            .iter()
+            .map(|n| (*n, layout.map(n)))
+            .collect();
+        let log_level: u8 = if bpf_log { 4 } else { 0 };
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        loader
+            .map_max_entries(map_names::RULES_EXACT, sizes.exact_rules)
+            .map_max_entries(map_names::RULES_PREFIX, sizes.prefix_rules)
+            .map_max_entries(map_names::EVENTS, sizes.event_buffer)
+            .override_global("AYA_LOG_LEVEL", &log_level, false);
+        let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
+
+        for name in PROGRAM_NAMES {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the eBPF object"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("the kernel refused program {name} (verifier)"))?;
+        }
+        let maps = Maps::from_ebpf(&mut ebpf)?;
+        let events = match ebpf.take_map(map_names::EVENTS) {
+            Some(m) => Some(RingBuf::try_from(m).context("EVENTS is not a ring buffer")?),
+            None => None,
+        };
+        Ok(Self {
+            layout,
+            _lock: lock,
+            ebpf,
+            maps,
+            events,
+        })
+    }
+
+    pub fn layout(&self) -> &PinLayout {
+        &self.layout
+    }
+
+    /// The aya-log ring buffer, for kernel debug messages (only when loaded with `bpf_log`).
+    pub fn take_logger(&mut self) -> anyhow::Result<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        Ok(aya_log::EbpfLogger::init(&mut self.ebpf)?)
+    }
+
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Attaches all four programs to every cgroup in `cgroups` and pins the links, replacing
+    /// links pinned by an earlier run. The new link is attached before the old one goes away
+    /// (both read the same maps), so enforcement never lapses. Links of cgroups no longer
+    /// configured are detached.
+    pub fn attach(&mut self, cgroups: &[Cgroup]) -> anyhow::Result<()> {
+        for cg in cgroups {
+            cg.create()?;
+            let dir = File::open(&cg.path)
+                .with_context(|| format!("opening cgroup {}", cg.path.display()))?;
+            let link_dir = self.layout.cgroup_links_dir(&cg.relative);
+            fs::create_dir_all(&link_dir)
+                .with_context(|| format!("creating {}", link_dir.display()))?;
+            for name in PROGRAM_NAMES {
+                let prog: &mut CgroupSockAddr = self
+                    .ebpf
+                    .program_mut(name)
+                    .with_context(|| format!("program {name} missing"))?
+                    .try_into()?;
+                let id = prog
+                    .attach(&dir, CgroupAttachMode::Single)
+                    .with_context(|| format!("attaching {name} to cgroup {}", cg.display()))?;
+                let link: FdLink = prog.take_link(id)?.try_into()?;
+                // bpffs allows no dots in names.
+                let tmp = link_dir.join(format!("{name}-new"));
+                let _ignored = fs::remove_file(&tmp);
+                let pinned = link
+                    .pin(&tmp)
+                    .with_context(|| format!("pinning link {}", tmp.display()))?;
+                // rename() replaces the old pin atomically; dropping its last reference detaches
+                // the old link, after the new one is already running.
+                fs::rename(&tmp, link_dir.join(name)).with_context(|| {
+                    format!("replacing pinned link {name} in {}", link_dir.display())
+                })?;
+                drop(pinned);
+            }
+            // Leftovers of an interrupted earlier run (temporary pins, unknown names).
+            if let Ok(rd) = fs::read_dir(&link_dir) {
+                for e in rd.flatten() {
+                    let n = e.file_name();
+                    if !PROGRAM_NAMES.iter().any(|p| n == *p) {
+                        let _ignored = fs::remove_file(e.path());
+                    }
+                }
+            }
+        }
+        let keep: HashSet<String> = cgroups
+            .iter()
+            .map(|c| pins::escape_cgroup(&c.relative))
+            .collect();
+        for (dir, rel) in links::cgroup_dirs(&self.layout) {
+            if !keep.contains(&dir) {
+                tracing::info!(
+                    cgroup = rel.as_deref().unwrap_or(&dir),
+                    "detaching cgroup no longer configured"
+                );
+                links::remove_cgroup_dir(&self.layout.links_dir().join(&dir))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What `uninstall` removed.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Uninstalled {
+    pub links: usize,
+    pub maps: usize,
+}
+
+/// Detaches every program (by removing the link pins) and removes the pinned maps.
+pub fn uninstall(bpffs: &Path, force: bool) -> anyhow::Result<Uninstalled> {
+    let layout = PinLayout::new(bpffs);
+    let mut done = Uninstalled::default();
+    if !layout.root.exists() {
+        return Ok(done);
+    }
+    let held = lock(&layout.root)?;
+    if held.is_none() && !force {
+        bail!(
+            "an egress-enforcer daemon is running with pins in {}; stop it first (or pass --force)",
+            layout.root.display()
+        );
+    }
+    for (dir, _) in links::cgroup_dirs(&layout) {
+        let path = layout.links_dir().join(&dir);
+        done.links += fs::read_dir(&path).map(|rd| rd.count()).unwrap_or(0);
+        links::remove_cgroup_dir(&path)?;
+    }
+    if let Ok(rd) = fs::read_dir(layout.maps_dir()) {
+        for e in rd.flatten() {
+            fs::remove_file(e.path())
+                .with_context(|| format!("unpinning {}", e.path().display()))?;
+            done.maps += 1;
+        }
+    }
+    for dir in [layout.links_dir(), layout.maps_dir(), layout.root.clone()] {
+        match fs::remove_dir(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", dir.display()));
+            }
+            _ => {}
+        }
+    }
+    Ok(done)
+}

@@ -1,0 +1,34 @@
+//! Names for the kernel's hook, protocol-class and verdict codes (shared by stats and events).
+
+use enforcer_common::{
+    PROGRAM_NAMES, VERDICT_ALLOW, VERDICT_ALLOW_LOOPBACK, VERDICT_AUDIT, VERDICT_DENY,
+};
+
+pub fn hook_name(hook: u32) -> &'static str {
+    PROGRAM_NAMES
+        .get(hook as usize)
+        .copied()
+        .unwrap_or("unknown")
+}
+
+pub const PROTO_CLASS_NAMES: [&str; 3] = ["tcp", "udp", "other"];
+
+pub fn verdict_name(verdict: u8) -> &'static str {
+    match verdict {
+        VERDICT_ALLOW => "allow",
+        VERDICT_ALLOW_LOOPBACK => "allow-loopback",
+        VERDICT_DENY => "deny",
+        VERDICT_AUDIT => "audit",
+        _ => "unknown",
+    }
+}
+
+pub fn proto_name(proto: u8) -> String {
+    match proto {
+        enforcer_common::IPPROTO_TCP => "tcp".to_owned(),
+        enforcer_common::IPPROTO_UDP => "udp".to_owned(),
+        1 => "icmp".to_owned(),
+        58 => "icmpv6".to_owned(),
+        n => format!("proto-{n}"),
+    }
+}

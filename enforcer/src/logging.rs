@@ -1,0 +1,24 @@
+//! tracing setup: text or JSON lines on stderr, level from `RUST_LOG` (default info).
+//! The `log` records of aya and aya-log are forwarded into tracing.
+
+use tracing_subscriber::{EnvFilter, util::SubscriberInitExt as _};
+
+use crate::config::LogFormat;
+
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // try_init: a second call (e.g. from tests) keeps the first subscriber.
+    let _already_set = match format {
+        LogFormat::Text => builder.finish().try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).finish().try_init(),
+    };
+}
+
+/// Whether debug records would be emitted, to decide if the kernel's debug log is worth
+/// enabling (it costs instructions on the deny path).
+pub fn debug_enabled() -> bool {
+    tracing::enabled!(tracing::Level::DEBUG)
+}

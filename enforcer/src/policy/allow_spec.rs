@@ -1,0 +1,310 @@
+//! Destination specs as written on the command line: `198.51.100.7:443/tcp`,
+//! `[2001:db8::7]:443/udp`, `203.0.113.0/24:*/tcp` (port `*` = any; protocol defaults to tcp).
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
+
+use thiserror::Error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Tcp => enforcer_common::IPPROTO_TCP,
+            Self::Udp => enforcer_common::IPPROTO_UDP,
+        }
+    }
+
+    pub const fn from_number(n: u8) -> Option<Self> {
+        match n {
+            enforcer_common::IPPROTO_TCP => Some(Self::Tcp),
+            enforcer_common::IPPROTO_UDP => Some(Self::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        })
+    }
+}
+
+/// An IP network: address with its host bits cleared, and prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Net {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Net {
+    pub fn new(addr: IpAddr, prefix: u8) -> Result<Self, SpecError> {
+        let max = max_prefix(addr);
+        if prefix > max {
+            return Err(SpecError::PrefixTooLong { prefix, max });
+        }
+        Ok(Self {
+            addr: mask(addr, prefix),
+            prefix,
+        })
+    }
+
+    pub fn is_host(&self) -> bool {
+        self.prefix == max_prefix(self.addr)
+    }
+
+    /// The address in the kernel's 16-byte form (IPv4 as `::ffff:a.b.c.d`) and the prefix
+    /// length counted over those 128 bits.
+    pub fn normalized(&self) -> ([u8; 16], u8) {
+        match self.addr {
+            IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), self.prefix + 96),
+            IpAddr::V6(v6) => (v6.octets(), self.prefix),
+        }
+    }
+
+    /// Inverse of [`Net::normalized`]: v4-mapped addresses are shown as IPv4.
+    pub fn from_normalized(addr: [u8; 16], prefix: u8) -> Self {
+        let v6 = Ipv6Addr::from(addr);
+        match v6.to_ipv4_mapped() {
+            Some(v4) if prefix >= 96 => Self {
+                addr: IpAddr::V4(v4),
+                prefix: prefix - 96,
+            },
+            _ => Self {
+                addr: IpAddr::V6(v6),
+                prefix,
+            },
+        }
+    }
+}
+
+impl fmt::Display for Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_host() {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.prefix)
+        }
+    }
+}
+
+const fn max_prefix(addr: IpAddr) -> u8 {
+    match addr {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    }
+}
+
+fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(v4) => {
+            let bits = u32::from(v4);
+            let m = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(prefix))
+            };
+            IpAddr::V4(Ipv4Addr::from(bits & m))
+        }
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            let m = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(prefix))
+            };
+            IpAddr::V6(Ipv6Addr::from(bits & m))
+        }
+    }
+}
+
+/// One allowed destination: a network, a port (0 = any) and a protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AllowSpec {
+    pub net: Net,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+impl fmt::Display for AllowSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let net = self.net.to_string();
+        let net = if self.net.addr.is_ipv6() {
+            format!("[{net}]")
+        } else {
+            net
+        };
+        if self.port == 0 {
+            write!(f, "{net}:*/{}", self.proto)
+        } else {
+            write!(f, "{net}:{}/{}", self.port, self.proto)
+        }
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("expected ADDR[/LEN]:PORT[/tcp|udp] (IPv6 in brackets, PORT may be *)")]
+    Shape,
+    #[error("{0:?} is not an IP address")]
+    Addr(String),
+    #[error("{0:?} is not a prefix length")]
+    PrefixLen(String),
+    #[error("prefix length {prefix} is longer than {max}")]
+    PrefixTooLong { prefix: u8, max: u8 },
+    #[error("{0:?} is not a port (1-65535 or *)")]
+    Port(String),
+    #[error("{0:?} is not a protocol (tcp or udp)")]
+    Proto(String),
+}
+
+/// Parses `ADDR` or `ADDR/LEN` (no brackets).
+pub fn parse_cidr(s: &str) -> Result<Net, SpecError> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let addr = IpAddr::from_str(addr).map_err(|_| SpecError::Addr(addr.to_owned()))?;
+    let prefix = match len {
+        Some(l) => l
+            .parse::<u8>()
+            .map_err(|_| SpecError::PrefixLen(l.to_owned()))?,
+        None => max_prefix(addr),
+    };
+    Net::new(addr, prefix)
+}
+
+impl FromStr for AllowSpec {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        let s = s.trim();
+        let (net, rest) = if let Some(inner) = s.strip_prefix('[') {
+            let (net, rest) = inner.split_once(']').ok_or(SpecError::Shape)?;
+            let net = parse_cidr(net)?;
+            if !net.addr.is_ipv6() {
+                return Err(SpecError::Shape);
+            }
+            (net, rest.strip_prefix(':').ok_or(SpecError::Shape)?)
+        } else {
+            let (net, rest) = s.split_once(':').ok_or(SpecError::Shape)?;
+            let net = parse_cidr(net)?;
+            if net.addr.is_ipv6() {
+                return Err(SpecError::Shape);
+            }
+            (net, rest)
+        };
+        let (port, proto) = match rest.split_once('/') {
+            Some((p, q)) => (p, Some(q)),
+            None => (rest, None),
+        };
+        let port = match port {
+            "*" => 0,
+            p => match p.parse::<u16>() {
+                Ok(n) if n != 0 => n,
+                _ => return Err(SpecError::Port(p.to_owned())),
+            },
+        };
+        let proto = match proto.map(str::to_ascii_lowercase).as_deref() {
+            None | Some("tcp") => Proto::Tcp,
+            Some("udp") => Proto::Udp,
+            Some(other) => return Err(SpecError::Proto(other.to_owned())),
+        };
+        Ok(Self { net, port, proto })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(s: &str) -> AllowSpec {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn parses_the_usual_forms() {
+        let a = spec("198.51.100.7:443/tcp");
+        assert_eq!(
+            a.net,
+            Net::new("198.51.100.7".parse().unwrap(), 32).unwrap()
+        );
+        assert_eq!((a.port, a.proto), (443, Proto::Tcp));
+        let b = spec("[2001:db8::7]:53/udp");
+        assert_eq!(b.net.prefix, 128);
+        assert_eq!((b.port, b.proto), (53, Proto::Udp));
+        let c = spec("203.0.113.0/24:*/UDP");
+        assert_eq!(c.net.prefix, 24);
+        assert_eq!((c.port, c.proto), (0, Proto::Udp));
+        let d = spec("[fd00::/8]:8080");
+        assert_eq!((d.net.prefix, d.proto), (8, Proto::Tcp));
+    }
+
+    #[test]
+    fn host_bits_are_cleared() {
+        assert_eq!(
+            spec("10.1.2.3/8:1").net.addr,
+            "10.0.0.0".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in [
+            "198.51.100.7:443/tcp",
+            "[2001:db8::7]:53/udp",
+            "203.0.113.0/24:*/udp",
+            "[fd00::/8]:*/tcp",
+        ] {
+            assert_eq!(spec(s).to_string(), s);
+            assert_eq!(spec(&spec(s).to_string()), spec(s));
+        }
+    }
+
+    #[test]
+    fn rejects_bad_specs() {
+        for (s, want) in [
+            ("198.51.100.7", SpecError::Shape),
+            ("2001:db8::7:443", SpecError::Addr("2001".into())),
+            ("[198.51.100.7]:443", SpecError::Shape),
+            ("[2001:db8::7:443", SpecError::Shape),
+            ("1.2.3.4:0", SpecError::Port("0".into())),
+            ("1.2.3.4:65536", SpecError::Port("65536".into())),
+            ("1.2.3.4:80/sctp", SpecError::Proto("sctp".into())),
+            (
+                "1.2.3.4/33:80",
+                SpecError::PrefixTooLong {
+                    prefix: 33,
+                    max: 32,
+                },
+            ),
+            ("1.2.3.4/x:80", SpecError::PrefixLen("x".into())),
+            ("host.example:80", SpecError::Addr("host.example".into())),
+        ] {
+            assert_eq!(s.parse::<AllowSpec>(), Err(want), "{s}");
+        }
+    }
+
+    #[test]
+    fn normalizes_v4_to_mapped() {
+        let n = spec("203.0.113.0/24:1").net;
+        let (addr, prefix) = n.normalized();
+        assert_eq!(prefix, 120);
+        assert_eq!(&addr[..12], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
+        assert_eq!(Net::from_normalized(addr, prefix), n);
+        let v6 = spec("[2001:db8::/32]:1").net;
+        let (a6, p6) = v6.normalized();
+        assert_eq!(Net::from_normalized(a6, p6), v6);
+    }
+}

@@ -1,0 +1,4 @@
+//! Pure policy logic: what the kernel maps should contain. No I/O here.
+
+pub mod allow_spec;
+pub mod rules;

@@ -1,0 +1,139 @@
+//! The rule set the kernel maps should hold, in the maps' own key/value types.
+
+use std::collections::{BTreeMap, btree_map::Entry};
+
+use enforcer_common::{POLICY_NODE, RULE_KEY_FIXED_BITS, RuleKey, RuleValue};
+
+use super::allow_spec::{AllowSpec, Net, Proto};
+
+/// Desired content of the two rule maps plus the names of the rule ids used in them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DesiredRules {
+    pub exact: BTreeMap<RuleKey, RuleValue>,
+    /// Keyed by (LPM prefix length over the whole key, key with host bits cleared).
+    pub prefix: BTreeMap<(u32, RuleKey), RuleValue>,
+    pub sources: BTreeMap<u32, String>,
+}
+
+impl DesiredRules {
+    /// Adds one destination under `rule_id`. When two sources allow the same key, the lower
+    /// rule id is kept so that the result does not depend on insertion order.
+    pub fn add(&mut self, spec: &AllowSpec, rule_id: u32) {
+        let (addr, addr_prefix) = spec.net.normalized();
+        let key = RuleKey {
+            policy: POLICY_NODE,
+            port: spec.port,
+            proto: spec.proto.number(),
+            pad: 0,
+            addr,
+        };
+        let value = RuleValue { rule_id, flags: 0 };
+        if spec.net.is_host() {
+            keep_lowest(self.exact.entry(key), value);
+        } else {
+            let len = RULE_KEY_FIXED_BITS + u32::from(addr_prefix);
+            keep_lowest(self.prefix.entry((len, key)), value);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.exact.len() + self.prefix.len()
+    }
+
+    /// Builds the rule set for `--allow` flags: rule id = position + 1 (0 is never used, so
+    /// that a zeroed value is recognisably wrong).
+    pub fn from_specs<'a>(specs: impl IntoIterator<Item = &'a AllowSpec>) -> Self {
+        let mut rules = Self::default();
+        for (i, spec) in specs.into_iter().enumerate() {
+            let id = u32::try_from(i + 1).unwrap_or(u32::MAX);
+            rules.sources.insert(id, format!("--allow {spec}"));
+            rules.add(spec, id);
+        }
+        rules
+    }
+}
+
+fn keep_lowest<K: Ord>(slot: Entry<'_, K, RuleValue>, value: RuleValue) {
+    match slot {
+        Entry::Vacant(v) => {
+            v.insert(value);
+        }
+        Entry::Occupied(mut o) => {
+            if value.rule_id < o.get().rule_id {
+                o.insert(value);
+            }
+        }
+    }
+}
+
+/// A map entry decoded back into user terms, for `inspect` and logs.
+pub fn describe(prefix_len: Option<u32>, key: &RuleKey) -> AllowSpec {
+    let addr_prefix = prefix_len.map_or(128, |p| p.saturating_sub(RULE_KEY_FIXED_BITS).min(128));
+    let net = Net::from_normalized(key.addr, addr_prefix as u8);
+    AllowSpec {
+        net,
+        port: key.port,
+        proto: Proto::from_number(key.proto).unwrap_or(Proto::Tcp),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn specs(s: &[&str]) -> Vec<AllowSpec> {
+        s.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn hosts_go_to_the_exact_map_and_networks_to_the_trie() {
+        let r = DesiredRules::from_specs(&specs(&[
+            "198.18.0.1:80/tcp",
+            "[fd00::1]:53/udp",
+            "198.18.1.0/24:*/tcp",
+            "[fd00:1::/64]:443/tcp",
+        ]));
+        assert_eq!(r.exact.len(), 2);
+        assert_eq!(r.prefix.len(), 2);
+        let lens: Vec<u32> = r.prefix.keys().map(|(l, _)| *l).collect();
+        assert!(lens.contains(&(64 + 96 + 24)));
+        assert!(lens.contains(&(64 + 64)));
+        let k = r.exact.keys().find(|k| k.proto == 17).unwrap();
+        assert_eq!((k.port, k.policy), (53, 0));
+    }
+
+    #[test]
+    fn duplicates_merge_to_the_lowest_rule_id() {
+        let r = DesiredRules::from_specs(&specs(&[
+            "198.18.0.1:80",
+            "198.18.0.2:80",
+            "198.18.0.1:80/tcp",
+        ]));
+        assert_eq!(r.exact.len(), 2);
+        let ids: Vec<u32> = r.exact.values().map(|v| v.rule_id).collect();
+        assert_eq!(ids, [1, 2]);
+        assert_eq!(r.sources.len(), 3);
+    }
+
+    #[test]
+    fn describe_inverts_add() {
+        for s in [
+            "198.18.0.1:80/tcp",
+            "198.18.1.0/24:*/udp",
+            "[fd00::/8]:443/tcp",
+            "[::ffff:0:0/96]:1/tcp",
+        ] {
+            let spec: AllowSpec = s.parse().unwrap();
+            let r = DesiredRules::from_specs([&spec]);
+            let got = if let Some(k) = r.exact.keys().next() {
+                describe(None, k)
+            } else {
+                let (l, k) = r.prefix.keys().next().unwrap();
+                describe(Some(*l), k)
+            };
+            // An all-IPv4 v6 prefix reads back as IPv4; compare in normalised form.
+            assert_eq!(got.net.normalized(), spec.net.normalized(), "{s}");
+            assert_eq!((got.port, got.proto), (spec.port, spec.proto));
+        }
+    }
+}
