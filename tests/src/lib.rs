@@ -1,1 +1,437 @@
+//! Harness for the end-to-end suite: every test gets its own network namespace (test addresses
+//! on its `lo`), its own cgroup, its own bpffs mount for pins, and a real `egress-enforcer`
+//! daemon. Everything is torn down in `Drop`, so a failing test cleans up too.
+//!
+//! The tests need root and a BPF-capable kernel; without them they fail (never skip).
 
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Addresses put on the test namespace's `lo`; traffic only ever goes to these (and loopback).
+pub const NETNS_ADDRS: &[&str] = &[
+    "198.18.0.1/32",
+    "198.18.0.2/32",
+    "198.18.0.3/32",
+    "198.18.1.7/32",
+    "198.18.2.7/32",
+    "fd00::1/128",
+    "fd00::2/128",
+    "fd00:1::5/128",
+];
+
+fn target_dir() -> PathBuf {
+    // <target>/debug/deps/<test binary>
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent()?.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("target/debug"))
+}
+
+/// The binary under test: `EE_BIN`, else `egress-enforcer` next to this test's target dir.
+pub fn enforcer_bin() -> PathBuf {
+    let p = std::env::var_os("EE_BIN").map_or_else(|| target_dir().join("egress-enforcer"), PathBuf::from);
+    assert!(
+        p.exists(),
+        "{} not found: build it first (`cargo xtask test` does)",
+        p.display()
+    );
+    p
+}
+
+pub fn probe_bin() -> PathBuf {
+    let p = target_dir().join("ee-probe");
+    assert!(p.exists(), "{} not found: build the e2e crate's binaries", p.display());
+    p
+}
+
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the end-to-end tests load BPF programs, create cgroups and network namespaces: run them \
+         as root (cargo xtask test checks this up front)"
+    );
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    out
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn cgroup2_mount() -> PathBuf {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    text.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            if right.split_whitespace().next()? != "cgroup2" {
+                return None;
+            }
+            Some(PathBuf::from(left.split_whitespace().nth(4)?))
+        })
+        .expect("no cgroup2 mount: the suite needs cgroup v2")
+}
+
+/// A network namespace with the test addresses on its `lo`.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: &str) -> Self {
+        let _ignored = run(Command::new("ip").args(["netns", "del", name]));
+        run_ok(Command::new("ip").args(["netns", "add", name]));
+        let ns = Self { name: name.to_owned() };
+        run_ok(Command::new("ip").args(["-n", name, "link", "set", "lo", "up"]));
+        for a in NETNS_ADDRS {
+            let mut args = vec!["-n", name, "addr", "add", a, "dev", "lo"];
+            if a.contains(':') {
+                args.push("nodad");
+            }
+            run_ok(Command::new("ip").args(&args));
+        }
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ignored = run(Command::new("ip").args(["netns", "del", &self.name]));
+    }
+}
+
+/// A running daemon whose stderr (JSON log lines) is collected in the background.
+pub struct Daemon {
+    pub child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// JSON log records (non-JSON lines are ignored).
+    pub fn records(&self) -> Vec<Value> {
+        self.lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Deny/audit event records.
+    pub fn events(&self) -> Vec<Value> {
+        self.records()
+            .into_iter()
+            .filter(|r| r["target"] == "egress_enforcer::event")
+            .collect()
+    }
+
+    pub fn wait_for(&mut self, what: &str, timeout: Duration, pred: impl Fn(&[Value]) -> bool) {
+        let start = Instant::now();
+        loop {
+            if pred(&self.records()) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("daemon exited ({status}) while waiting for {what}:\n{}", self.lines().join("\n"));
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "timed out after {timeout:?} waiting for {what}; daemon log:\n{}",
+                self.lines().join("\n")
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn wait_ready(&mut self) {
+        self.wait_for("the daemon to enforce", Duration::from_secs(30), |r| {
+            r.iter().any(|r| r["message"] == "enforcing")
+        });
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Sends `sig` and waits for the process to exit.
+    pub fn stop(mut self, sig: i32) -> std::process::ExitStatus {
+        self.signal(sig);
+        self.child.wait().expect("wait for daemon")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ignored = self.child.kill();
+            let _ignored = self.child.wait();
+        }
+    }
+}
+
+/// Result of one probe run: its pid and one result per operation.
+#[derive(Debug)]
+pub struct Probe {
+    pub pid: u32,
+    pub results: Vec<(String, String)>,
+}
+
+impl Probe {
+    pub fn result(&self, op: &str) -> &str {
+        self.results
+            .iter()
+            .find(|(o, _)| o == op)
+            .map_or_else(|| panic!("no result for {op} in {self:?}"), |(_, r)| r.as_str())
+    }
+}
+
+pub fn parse_probe(stdout: &str) -> Probe {
+    let mut pid = 0;
+    let mut results = Vec::new();
+    for line in stdout.lines() {
+        if let Some(p) = line.strip_prefix("pid ") {
+            pid = p.trim().parse().expect("probe pid");
+        } else if line == "started" {
+        } else if let Some((op, r)) = line.rsplit_once(' ') {
+            results.push((op.to_owned(), r.to_owned()));
+        }
+    }
+    Probe { pid, results }
+}
+
+/// A probe looping over its operations until `finish`.
+pub struct LoopProbe {
+    child: Child,
+    reader: BufReader<std::process::ChildStdout>,
+    stop: PathBuf,
+}
+
+impl LoopProbe {
+    /// Stops the loop and returns its tallies: (op, "result=count,...").
+    pub fn finish(mut self) -> Vec<(String, String)> {
+        use std::io::Read as _;
+        std::fs::write(&self.stop, b"stop").expect("stop file");
+        let mut out = String::new();
+        let _ignored = self.reader.read_to_string(&mut out);
+        let status = self.child.wait().expect("wait probe");
+        assert!(status.success(), "probe loop failed: {status}");
+        parse_probe(&out).results
+    }
+}
+
+impl Drop for LoopProbe {
+    fn drop(&mut self) {
+        let _ignored = std::fs::write(&self.stop, b"stop");
+        let _ignored = self.child.wait();
+    }
+}
+
+/// One test's world: netns, cgroup, bpffs mount, config file, daemon.
+pub struct Env {
+    pub name: String,
+    pub dir: PathBuf,
+    pub bpffs: PathBuf,
+    pub cgroup: String,
+    pub cgroup_path: PathBuf,
+    pub config: PathBuf,
+    pub netns: Netns,
+}
+
+impl Env {
+    /// `mode` is `enforce` or `audit`; `extra` is appended to the generated config YAML.
+    pub fn new(test: &str, mode: &str, extra: &str) -> Self {
+        require_root();
+        let pid = std::process::id();
+        let name = format!("ee-{test}-{pid}");
+        let dir = std::env::temp_dir().join(&name);
+        let _ignored = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let bpffs = dir.join("bpffs");
+        let cgroup = format!("ee-e2e/{name}");
+        let cgroup_path = cgroup2_mount().join(&cgroup);
+        let config = dir.join("config.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "mode: {mode}\ncgroups: [{cgroup}]\nbpffs: {}\nlog: {{format: json}}\n{extra}",
+                bpffs.display()
+            ),
+        )
+        .expect("write config");
+        let netns = Netns::new(&name);
+        Self {
+            name,
+            dir,
+            bpffs,
+            cgroup,
+            cgroup_path,
+            config,
+            netns,
+        }
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(enforcer_bin());
+        c.arg("--config").arg(&self.config);
+        c
+    }
+
+    pub fn start_daemon(&self, allow: &[&str]) -> Daemon {
+        let mut cmd = self.cmd();
+        cmd.arg("run");
+        for a in allow {
+            cmd.args(["--allow", a]);
+        }
+        cmd.env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn daemon");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = Arc::clone(&lines);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut l) = sink.lock() {
+                    l.push(line);
+                }
+            }
+        });
+        let mut d = Daemon { child, lines };
+        d.wait_ready();
+        d
+    }
+
+    fn probe_args(&self, ops: &[&str]) -> Vec<String> {
+        let mut a = vec!["--netns".to_owned(), self.netns.name.clone(), "--serve".to_owned()];
+        a.extend(ops.iter().map(|s| (*s).to_owned()));
+        a
+    }
+
+    /// Runs the probe inside the enforced cgroup through `egress-enforcer exec`.
+    pub fn probe_in_cgroup(&self, ops: &[&str]) -> Probe {
+        let out = run(self
+            .cmd()
+            .args(["exec", "--cgroup", &self.cgroup, "--"])
+            .arg(probe_bin())
+            .args(self.probe_args(ops)));
+        assert!(out.status.success(), "probe failed: {}", String::from_utf8_lossy(&out.stderr));
+        parse_probe(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// Runs the probe in the test process's own cgroup (not enforced).
+    pub fn probe_outside(&self, ops: &[&str]) -> Probe {
+        let out = run(Command::new(probe_bin()).args(self.probe_args(ops)));
+        assert!(out.status.success(), "probe failed: {}", String::from_utf8_lossy(&out.stderr));
+        parse_probe(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// Starts a looping probe in the cgroup, returning once it is running.
+    pub fn probe_loop(&self, ops: &[&str]) -> LoopProbe {
+        let stop = self.dir.join(format!("stop-{}", ops.len()));
+        let _ignored = std::fs::remove_file(&stop);
+        let mut args = self.probe_args(ops);
+        args.extend(["--until".to_owned(), stop.display().to_string()]);
+        let mut child = self
+            .cmd()
+            .args(["exec", "--cgroup", &self.cgroup, "--"])
+            .arg(probe_bin())
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn probe loop");
+        let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = reader.read_line(&mut line).expect("read probe");
+            assert!(n > 0, "probe loop exited before starting");
+            if line.trim() == "started" {
+                break;
+            }
+        }
+        LoopProbe { child, reader, stop }
+    }
+
+    pub fn inspect(&self, what: &str) -> Value {
+        let out = run(self.cmd().args(["inspect", what, "--json"]));
+        assert!(out.status.success(), "inspect failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("inspect JSON")
+    }
+
+    /// Non-zero counters as (hook, proto, verdict) -> count.
+    pub fn counters(&self) -> std::collections::BTreeMap<(String, String, String), u64> {
+        let v = self.inspect("stats");
+        v["stats"]["counters"]
+            .as_array()
+            .expect("counters")
+            .iter()
+            .map(|c| {
+                (
+                    (
+                        c["hook"].as_str().unwrap_or_default().to_owned(),
+                        c["proto"].as_str().unwrap_or_default().to_owned(),
+                        c["verdict"].as_str().unwrap_or_default().to_owned(),
+                    ),
+                    c["count"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// Program ids attached to our cgroup according to the kernel (bpftool), not our pins.
+    pub fn kernel_attached(&self) -> Vec<String> {
+        let out = run(Command::new("bpftool").args(["-j", "cgroup", "show"]).arg(&self.cgroup_path));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: Value = serde_json::from_str(text.trim()).unwrap_or(Value::Array(Vec::new()));
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|p| p["attach_type"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ignored = run(self.cmd().args(["uninstall", "--force"]));
+        if let Ok(c) = std::ffi::CString::new(self.bpffs.as_os_str().as_encoded_bytes()) {
+            // SAFETY: valid NUL-terminated path.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        let _ignored = std::fs::remove_dir_all(&self.dir);
+        // The cgroup can only go once its processes have exited.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.cgroup_path).is_ok() || !self.cgroup_path.exists() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

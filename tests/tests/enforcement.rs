@@ -1,0 +1,365 @@
+//! End-to-end: the real daemon and kernel hooks against workloads in a test namespace.
+//! Every scenario runs in enforce and in audit mode.
+
+use std::{collections::BTreeMap, process::Command, time::Duration};
+
+use e2e::{Env, run};
+
+/// Rules used by most tests.
+const RULES: &[&str] = &[
+    "198.18.0.1:8080/tcp",
+    "[fd00::1]:8080/tcp",
+    "198.18.0.1:5353/udp",
+    "[fd00::1]:5353/udp",
+    "198.18.1.0/24:9090/tcp",
+    "198.18.0.2:*/tcp",
+    "[fd00:1::/64]:*/udp",
+];
+
+/// (operation, allowed by RULES, hook that sees it, protocol, loopback)
+struct Case {
+    op: &'static str,
+    allowed: bool,
+    hook: &'static str,
+    proto: &'static str,
+    loopback: bool,
+}
+
+const fn case(op: &'static str, allowed: bool, hook: &'static str, proto: &'static str) -> Case {
+    Case { op, allowed, hook, proto, loopback: false }
+}
+
+const fn lo(op: &'static str, hook: &'static str) -> Case {
+    Case { op, allowed: true, hook, proto: "tcp", loopback: true }
+}
+
+const CASES: &[Case] = &[
+    // TCP v4 / v6
+    case("tcp:198.18.0.1:8080", true, "connect4", "tcp"),
+    case("tcp:198.18.0.1:8081", false, "connect4", "tcp"), // wrong port
+    case("tcp:198.18.0.3:8080", false, "connect4", "tcp"), // unregistered address
+    case("tcp:[fd00::1]:8080", true, "connect6", "tcp"),
+    case("tcp:[fd00::2]:8080", false, "connect6", "tcp"),
+    // IPv4-mapped destination on an AF_INET6 TCP socket: allowed only through its v4 rule
+    case("tcp:[::ffff:198.18.0.1]:8080", true, "connect6", "tcp"),
+    case("tcp:[::ffff:198.18.0.3]:8080", false, "connect6", "tcp"),
+    // connected UDP
+    case("udp:198.18.0.1:5353", true, "connect4", "udp"),
+    case("udp:198.18.0.1:5354", false, "connect4", "udp"),
+    case("udp:[fd00::1]:5353", true, "connect6", "udp"),
+    case("udp:[fd00::2]:5353", false, "connect6", "udp"),
+    // unconnected UDP sendto; a v4-mapped destination on an AF_INET6 socket goes through sendmsg4
+    case("sendto:198.18.0.1:5353", true, "sendmsg4", "udp"),
+    case("sendto:198.18.0.3:5353", false, "sendmsg4", "udp"),
+    case("sendto:[fd00::1]:5353", true, "sendmsg6", "udp"),
+    case("sendto:[fd00::2]:5353", false, "sendmsg6", "udp"),
+    case("sendto:[::ffff:198.18.0.1]:5353", true, "sendmsg4", "udp"),
+    case("sendto:[::ffff:198.18.0.3]:5353", false, "sendmsg4", "udp"),
+    // CIDR rule
+    case("tcp:198.18.1.7:9090", true, "connect4", "tcp"),
+    case("tcp:198.18.2.7:9090", false, "connect4", "tcp"),
+    // port wildcard, and protocol still checked
+    case("tcp:198.18.0.2:12345", true, "connect4", "tcp"),
+    case("tcp:198.18.0.2:23456", true, "connect4", "tcp"),
+    case("sendto:198.18.0.2:12345", false, "sendmsg4", "udp"),
+    // v6 CIDR with any port
+    case("sendto:[fd00:1::5]:7000", true, "sendmsg6", "udp"),
+    case("udp:[fd00:1::5]:7001", true, "connect6", "udp"),
+    // loopback, in all three forms
+    lo("tcp:127.0.0.1:7777", "connect4"),
+    lo("tcp:[::1]:7777", "connect6"),
+    lo("tcp:[::ffff:127.0.0.1]:7778", "connect6"),
+];
+
+fn ops(cases: &[Case]) -> Vec<&'static str> {
+    cases.iter().map(|c| c.op).collect()
+}
+
+fn split_addr(op: &str) -> (String, u16) {
+    let addr = op.split_once(':').map_or(op, |(_, a)| a);
+    let sa: std::net::SocketAddr = addr.parse().expect("case address");
+    let ip = match sa.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or_else(|| v6.to_string(), |v4| v4.to_string()),
+        v4 => v4.to_string(),
+    };
+    (ip, sa.port())
+}
+
+fn matrix(mode: &str) {
+    let env = Env::new(&format!("matrix-{mode}"), mode, "");
+    let daemon = env.start_daemon(RULES);
+    let audit = mode == "audit";
+
+    let probe = env.probe_in_cgroup(&ops(CASES));
+    for c in CASES {
+        let want = if c.allowed || audit { "ok" } else { "EPERM" };
+        assert_eq!(probe.result(c.op), want, "{} in {mode} mode", c.op);
+    }
+
+    // Counters: exactly one verdict per operation, on the expected hook.
+    let mut want: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+    for c in CASES {
+        let verdict = match (c.loopback, c.allowed, audit) {
+            (true, _, _) => "allow-loopback",
+            (false, true, _) => "allow",
+            (false, false, false) => "deny",
+            (false, false, true) => "audit",
+        };
+        *want
+            .entry((c.hook.to_owned(), c.proto.to_owned(), verdict.to_owned()))
+            .or_default() += 1;
+    }
+    assert_eq!(env.counters(), want, "counters in {mode} mode");
+
+    // Events: one per denied operation, naming the process, hook, destination and verdict.
+    let denied: Vec<&Case> = CASES.iter().filter(|c| !c.allowed).collect();
+    let mut daemon = daemon;
+    daemon.wait_for("all events", Duration::from_secs(10), |_| true);
+    let start = std::time::Instant::now();
+    while daemon.events().len() < denied.len() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Give stragglers a chance to show up, so "exactly" is really checked.
+    std::thread::sleep(Duration::from_millis(300));
+    let events = daemon.events();
+    assert_eq!(events.len(), denied.len(), "events in {mode} mode: {events:#?}");
+    let verdict = if audit { "audit" } else { "deny" };
+    for c in denied {
+        let (ip, port) = split_addr(c.op);
+        let found = events.iter().any(|e| {
+            e["dst"] == ip.as_str()
+                && e["port"] == port
+                && e["hook"] == c.hook
+                && e["proto"] == c.proto
+                && e["verdict"] == verdict
+                && e["pid"] == probe.pid
+                && e["comm"] == "ee-probe"
+                && e["cgroup"] == format!("/{}", env.cgroup).as_str()
+        });
+        assert!(found, "no {verdict} event for {} in {events:#?}", c.op);
+    }
+    assert_eq!(env.inspect("stats")["stats"]["events_dropped"], 0);
+}
+
+#[test]
+fn matrix_enforce() {
+    matrix("enforce");
+}
+
+#[test]
+fn matrix_audit() {
+    matrix("audit");
+}
+
+#[test]
+fn loopback_switch_off_denies_loopback() {
+    let env = Env::new("noloop", "enforce", "allow: {loopback: false}\n");
+    let _daemon = env.start_daemon(&["127.0.0.1:7000/tcp"]);
+    let p = env.probe_in_cgroup(&["tcp:127.0.0.1:7001", "tcp:[::1]:7001", "tcp:127.0.0.1:7000"]);
+    assert_eq!(p.result("tcp:127.0.0.1:7001"), "EPERM");
+    assert_eq!(p.result("tcp:[::1]:7001"), "EPERM");
+    assert_eq!(p.result("tcp:127.0.0.1:7000"), "ok", "an explicit loopback rule still applies");
+}
+
+fn outside_cgroup(mode: &str) {
+    let env = Env::new(&format!("outside-{mode}"), mode, "");
+    let _daemon = env.start_daemon(RULES);
+    let p = env.probe_outside(&["tcp:198.18.0.3:8080", "sendto:[fd00::2]:5353", "tcp:198.18.0.1:8080"]);
+    for (op, r) in &p.results {
+        assert_eq!(r, "ok", "{op} from outside the cgroup");
+    }
+    assert!(env.counters().is_empty(), "hooks must not see processes outside the cgroup");
+}
+
+#[test]
+fn outside_cgroup_unaffected_enforce() {
+    outside_cgroup("enforce");
+}
+
+#[test]
+fn outside_cgroup_unaffected_audit() {
+    outside_cgroup("audit");
+}
+
+const ALLOWED: &str = "tcp:198.18.0.1:8080";
+const DENIED: &str = "tcp:198.18.0.3:8080";
+const ALLOWED_UDP: &str = "sendto:[fd00::1]:5353";
+
+fn expect_enforcing(env: &Env, audit: bool, when: &str) {
+    let p = env.probe_in_cgroup(&[ALLOWED, DENIED, ALLOWED_UDP]);
+    assert_eq!(p.result(ALLOWED), "ok", "{when}");
+    assert_eq!(p.result(ALLOWED_UDP), "ok", "{when}");
+    assert_eq!(p.result(DENIED), if audit { "ok" } else { "EPERM" }, "{when}");
+}
+
+fn survives_sigkill(mode: &str) {
+    let env = Env::new(&format!("sigkill-{mode}"), mode, "");
+    let audit = mode == "audit";
+    let daemon = env.start_daemon(RULES);
+    expect_enforcing(&env, audit, "with the daemon running");
+    daemon.stop(libc::SIGKILL);
+    expect_enforcing(&env, audit, "after SIGKILL of the daemon");
+    assert_eq!(env.kernel_attached().len(), 4, "links stay attached in the kernel");
+    let rules = env.inspect("rules")["rules"].as_array().map(Vec::len);
+    assert_eq!(rules, Some(RULES.len()), "inspect reads the pinned rules without a daemon");
+    let c = env.counters();
+    let denied = c.get(&("connect4".into(), "tcp".into(), if audit { "audit" } else { "deny" }.into()));
+    assert_eq!(denied, Some(&2), "counters keep counting without a daemon: {c:?}");
+}
+
+#[test]
+fn enforcement_survives_sigkill_enforce() {
+    survives_sigkill("enforce");
+}
+
+#[test]
+fn enforcement_survives_sigkill_audit() {
+    survives_sigkill("audit");
+}
+
+fn tally(results: &[(String, String)], op: &str) -> BTreeMap<String, u64> {
+    let (_, t) = results.iter().find(|(o, _)| o == op).expect("tally");
+    t.split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.parse().unwrap_or(0)))
+        .collect()
+}
+
+fn restart_without_window(mode: &str) {
+    let env = Env::new(&format!("restart-{mode}"), mode, "");
+    let audit = mode == "audit";
+    let mut daemon = env.start_daemon(RULES);
+    let probe = env.probe_loop(&[ALLOWED, DENIED, ALLOWED_UDP]);
+    // Three restarts: after SIGKILL, after SIGTERM, and with a daemon that is replaced while
+    // the loop keeps connecting.
+    for sig in [libc::SIGKILL, libc::SIGTERM, libc::SIGKILL] {
+        std::thread::sleep(Duration::from_millis(300));
+        daemon.stop(sig);
+        std::thread::sleep(Duration::from_millis(100));
+        daemon = env.start_daemon(RULES);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let results = probe.finish();
+    let allowed = tally(&results, ALLOWED);
+    let allowed_udp = tally(&results, ALLOWED_UDP);
+    let denied = tally(&results, DENIED);
+    eprintln!("restart tallies ({mode}): {results:?}");
+    assert_eq!(allowed.keys().collect::<Vec<_>>(), ["ok"], "allowed TCP across restarts: {allowed:?}");
+    assert_eq!(allowed_udp.keys().collect::<Vec<_>>(), ["ok"], "allowed UDP across restarts: {allowed_udp:?}");
+    let want = if audit { "ok" } else { "EPERM" };
+    assert_eq!(denied.keys().collect::<Vec<_>>(), [want], "denied across restarts: {denied:?}");
+    assert!(allowed["ok"] > 100, "the loop ran through the restarts: {allowed:?}");
+    // Every call was seen by a hook: counters cover the loop's calls. A call made while old and
+    // new links are both attached (an instant per restart) is counted twice, hence the slack.
+    let c = env.counters();
+    let verdict = if audit { "audit" } else { "deny" };
+    for (key, n) in [
+        (("connect4", "tcp", "allow"), allowed["ok"]),
+        (("connect4", "tcp", verdict), denied[want]),
+        (("sendmsg6", "udp", "allow"), allowed_udp["ok"]),
+    ] {
+        let got = c
+            .get(&(key.0.to_owned(), key.1.to_owned(), key.2.to_owned()))
+            .copied()
+            .unwrap_or(0);
+        assert!((n..=n + 12).contains(&got), "counter {key:?} = {got}, loop made {n} calls");
+    }
+    drop(daemon);
+}
+
+#[test]
+fn restart_has_no_window_enforce() {
+    restart_without_window("enforce");
+}
+
+#[test]
+fn restart_has_no_window_audit() {
+    restart_without_window("audit");
+}
+
+fn uninstall(mode: &str) {
+    let env = Env::new(&format!("uninstall-{mode}"), mode, "");
+    let audit = mode == "audit";
+    let daemon = env.start_daemon(RULES);
+    // Refused while a daemon holds the pins, and nothing changes.
+    let out = run(env.cmd().arg("uninstall"));
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    expect_enforcing(&env, audit, "after a refused uninstall");
+
+    daemon.stop(libc::SIGTERM);
+    let out = run(env.cmd().arg("uninstall"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(env.kernel_attached().is_empty(), "no program attached: {:?}", env.kernel_attached());
+    assert!(!env.bpffs.join("egress-enforcer").exists(), "pins removed");
+    // Nothing enforces the cgroup any more: `exec` refuses, and a process in it goes anywhere.
+    let out = run(env
+        .cmd()
+        .args(["exec", "--cgroup", &env.cgroup, "--", "true"]));
+    assert_eq!(out.status.code(), Some(1), "exec into an unenforced cgroup is refused");
+    let out = run(env
+        .cmd()
+        .args(["exec", "--allow-unenforced", "--cgroup", &env.cgroup, "--"])
+        .arg(e2e::probe_bin())
+        .args(["--netns", &env.netns.name, "--serve", DENIED, ALLOWED]));
+    let p = e2e::parse_probe(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(p.result(DENIED), "ok");
+    assert_eq!(p.result(ALLOWED), "ok");
+}
+
+#[test]
+fn uninstall_removes_enforcement_enforce() {
+    uninstall("enforce");
+}
+
+#[test]
+fn uninstall_removes_enforcement_audit() {
+    uninstall("audit");
+}
+
+#[test]
+fn exec_passes_exit_status_through() {
+    let env = Env::new("exec", "enforce", "");
+    let _daemon = env.start_daemon(&[]);
+    let out = run(env.cmd().args(["exec", "--cgroup", &env.cgroup, "--", "sh", "-c", "exit 7"]));
+    assert_eq!(out.status.code(), Some(7));
+    // The command runs inside the cgroup.
+    let out = run(env.cmd().args(["exec", "--cgroup", &env.cgroup, "--", "cat", "/proc/self/cgroup"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("0::/{}", env.cgroup)), "{text}");
+    let out = run(env.cmd().args(["exec", "--cgroup", &env.cgroup, "--", "/nonexistent/cmd"]));
+    assert_eq!(out.status.code(), Some(127));
+    let _ = Command::new("true");
+}
+
+#[test]
+fn inspect_shows_live_rules_and_links() {
+    let env = Env::new("inspect", "enforce", "");
+    let daemon = env.start_daemon(&["198.18.0.1:8080/tcp", "198.18.1.0/24:*/udp"]);
+    let v = env.inspect("rules");
+    let rules: Vec<(String, String)> = v["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .map(|r| (r["rule"].as_str().unwrap_or_default().to_owned(), r["kind"].as_str().unwrap_or_default().to_owned()))
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            ("198.18.0.1:8080/tcp".to_owned(), "exact".to_owned()),
+            ("198.18.1.0/24:*/udp".to_owned(), "prefix".to_owned())
+        ]
+    );
+    let links = env.inspect("links");
+    let hooks: Vec<&str> = links["links"]
+        .as_array()
+        .expect("links")
+        .iter()
+        .map(|l| l["hook"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(hooks, ["connect4", "connect6", "sendmsg4", "sendmsg6"]);
+    assert!(links["links"].as_array().expect("links").iter().all(|l| l["verified_insns"].as_u64() > Some(0)));
+    drop(daemon);
+    assert_eq!(env.inspect("rules")["rules"].as_array().map(Vec::len), Some(2), "works without a daemon");
+}
