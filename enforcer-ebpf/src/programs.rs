@@ -134,7 +134,7 @@ fn rule_matches(proto: u8, dest: &Dest) -> bool {
         pad: 0,
         addr: dest.addr,
     };
-    if RULES_EXACT.get_ptr(&key).is_some() {
+    if RULES_EXACT.get_ptr(key).is_some() {
         return true;
     }
     let full = RULE_KEY_FIXED_BITS + 128;
@@ -143,7 +143,7 @@ fn rule_matches(proto: u8, dest: &Dest) -> bool {
     }
     // Port 0 in a rule means any port.
     key.port = 0;
-    if RULES_EXACT.get_ptr(&key).is_some() {
+    if RULES_EXACT.get_ptr(key).is_some() {
         return true;
     }
     RULES_PREFIX.get(Key::new(full, key)).is_some()

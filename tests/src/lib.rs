@@ -37,7 +37,8 @@ fn target_dir() -> PathBuf {
 
 /// The binary under test: `EE_BIN`, else `egress-enforcer` next to this test's target dir.
 pub fn enforcer_bin() -> PathBuf {
-    let p = std::env::var_os("EE_BIN").map_or_else(|| target_dir().join("egress-enforcer"), PathBuf::from);
+    let p = std::env::var_os("EE_BIN")
+        .map_or_else(|| target_dir().join("egress-enforcer"), PathBuf::from);
     assert!(
         p.exists(),
         "{} not found: build it first (`cargo xtask test` does)",
@@ -48,7 +49,11 @@ pub fn enforcer_bin() -> PathBuf {
 
 pub fn probe_bin() -> PathBuf {
     let p = target_dir().join("ee-probe");
-    assert!(p.exists(), "{} not found: build the e2e crate's binaries", p.display());
+    assert!(
+        p.exists(),
+        "{} not found: build the e2e crate's binaries",
+        p.display()
+    );
     p
 }
 
@@ -63,8 +68,8 @@ pub fn require_root() {
 }
 
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
-    out
+    cmd.output()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"))
 }
 
 fn run_ok(cmd: &mut Command) {
@@ -98,7 +103,9 @@ impl Netns {
     pub fn new(name: &str) -> Self {
         let _ignored = run(Command::new("ip").args(["netns", "del", name]));
         run_ok(Command::new("ip").args(["netns", "add", name]));
-        let ns = Self { name: name.to_owned() };
+        let ns = Self {
+            name: name.to_owned(),
+        };
         run_ok(Command::new("ip").args(["-n", name, "link", "set", "lo", "up"]));
         for a in NETNS_ADDRS {
             let mut args = vec!["-n", name, "addr", "add", a, "dev", "lo"];
@@ -155,7 +162,10 @@ impl Daemon {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("daemon exited ({status}) while waiting for {what}:\n{}", self.lines().join("\n"));
+                panic!(
+                    "daemon exited ({status}) while waiting for {what}:\n{}",
+                    self.lines().join("\n")
+                );
             }
             assert!(
                 start.elapsed() < timeout,
@@ -202,10 +212,10 @@ pub struct Probe {
 
 impl Probe {
     pub fn result(&self, op: &str) -> &str {
-        self.results
-            .iter()
-            .find(|(o, _)| o == op)
-            .map_or_else(|| panic!("no result for {op} in {self:?}"), |(_, r)| r.as_str())
+        self.results.iter().find(|(o, _)| o == op).map_or_else(
+            || panic!("no result for {op} in {self:?}"),
+            |(_, r)| r.as_str(),
+        )
     }
 }
 
@@ -327,7 +337,11 @@ impl Env {
     }
 
     fn probe_args(&self, ops: &[&str]) -> Vec<String> {
-        let mut a = vec!["--netns".to_owned(), self.netns.name.clone(), "--serve".to_owned()];
+        let mut a = vec![
+            "--netns".to_owned(),
+            self.netns.name.clone(),
+            "--serve".to_owned(),
+        ];
         a.extend(ops.iter().map(|s| (*s).to_owned()));
         a
     }
@@ -339,14 +353,22 @@ impl Env {
             .args(["exec", "--cgroup", &self.cgroup, "--"])
             .arg(probe_bin())
             .args(self.probe_args(ops)));
-        assert!(out.status.success(), "probe failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "probe failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         parse_probe(&String::from_utf8_lossy(&out.stdout))
     }
 
     /// Runs the probe in the test process's own cgroup (not enforced).
     pub fn probe_outside(&self, ops: &[&str]) -> Probe {
         let out = run(Command::new(probe_bin()).args(self.probe_args(ops)));
-        assert!(out.status.success(), "probe failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "probe failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         parse_probe(&String::from_utf8_lossy(&out.stdout))
     }
 
@@ -374,12 +396,20 @@ impl Env {
                 break;
             }
         }
-        LoopProbe { child, reader, stop }
+        LoopProbe {
+            child,
+            reader,
+            stop,
+        }
     }
 
     pub fn inspect(&self, what: &str) -> Value {
         let out = run(self.cmd().args(["inspect", what, "--json"]));
-        assert!(out.status.success(), "inspect failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "inspect failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("inspect JSON")
     }
 
@@ -405,7 +435,9 @@ impl Env {
 
     /// Program ids attached to our cgroup according to the kernel (bpftool), not our pins.
     pub fn kernel_attached(&self) -> Vec<String> {
-        let out = run(Command::new("bpftool").args(["-j", "cgroup", "show"]).arg(&self.cgroup_path));
+        let out = run(Command::new("bpftool")
+            .args(["-j", "cgroup", "show"])
+            .arg(&self.cgroup_path));
         let text = String::from_utf8_lossy(&out.stdout);
         let v: Value = serde_json::from_str(text.trim()).unwrap_or(Value::Array(Vec::new()));
         v.as_array()

@@ -26,11 +26,23 @@ struct Case {
 }
 
 const fn case(op: &'static str, allowed: bool, hook: &'static str, proto: &'static str) -> Case {
-    Case { op, allowed, hook, proto, loopback: false }
+    Case {
+        op,
+        allowed,
+        hook,
+        proto,
+        loopback: false,
+    }
 }
 
 const fn lo(op: &'static str, hook: &'static str) -> Case {
-    Case { op, allowed: true, hook, proto: "tcp", loopback: true }
+    Case {
+        op,
+        allowed: true,
+        hook,
+        proto: "tcp",
+        loopback: true,
+    }
 }
 
 const CASES: &[Case] = &[
@@ -124,7 +136,11 @@ fn matrix(mode: &str) {
     // Give stragglers a chance to show up, so "exactly" is really checked.
     std::thread::sleep(Duration::from_millis(300));
     let events = daemon.events();
-    assert_eq!(events.len(), denied.len(), "events in {mode} mode: {events:#?}");
+    assert_eq!(
+        events.len(),
+        denied.len(),
+        "events in {mode} mode: {events:#?}"
+    );
     let verdict = if audit { "audit" } else { "deny" };
     for c in denied {
         let (ip, port) = split_addr(c.op);
@@ -160,17 +176,28 @@ fn loopback_switch_off_denies_loopback() {
     let p = env.probe_in_cgroup(&["tcp:127.0.0.1:7001", "tcp:[::1]:7001", "tcp:127.0.0.1:7000"]);
     assert_eq!(p.result("tcp:127.0.0.1:7001"), "EPERM");
     assert_eq!(p.result("tcp:[::1]:7001"), "EPERM");
-    assert_eq!(p.result("tcp:127.0.0.1:7000"), "ok", "an explicit loopback rule still applies");
+    assert_eq!(
+        p.result("tcp:127.0.0.1:7000"),
+        "ok",
+        "an explicit loopback rule still applies"
+    );
 }
 
 fn outside_cgroup(mode: &str) {
     let env = Env::new(&format!("outside-{mode}"), mode, "");
     let _daemon = env.start_daemon(RULES);
-    let p = env.probe_outside(&["tcp:198.18.0.3:8080", "sendto:[fd00::2]:5353", "tcp:198.18.0.1:8080"]);
+    let p = env.probe_outside(&[
+        "tcp:198.18.0.3:8080",
+        "sendto:[fd00::2]:5353",
+        "tcp:198.18.0.1:8080",
+    ]);
     for (op, r) in &p.results {
         assert_eq!(r, "ok", "{op} from outside the cgroup");
     }
-    assert!(env.counters().is_empty(), "hooks must not see processes outside the cgroup");
+    assert!(
+        env.counters().is_empty(),
+        "hooks must not see processes outside the cgroup"
+    );
 }
 
 #[test]
@@ -191,7 +218,11 @@ fn expect_enforcing(env: &Env, audit: bool, when: &str) {
     let p = env.probe_in_cgroup(&[ALLOWED, DENIED, ALLOWED_UDP]);
     assert_eq!(p.result(ALLOWED), "ok", "{when}");
     assert_eq!(p.result(ALLOWED_UDP), "ok", "{when}");
-    assert_eq!(p.result(DENIED), if audit { "ok" } else { "EPERM" }, "{when}");
+    assert_eq!(
+        p.result(DENIED),
+        if audit { "ok" } else { "EPERM" },
+        "{when}"
+    );
 }
 
 fn survives_sigkill(mode: &str) {
@@ -201,12 +232,28 @@ fn survives_sigkill(mode: &str) {
     expect_enforcing(&env, audit, "with the daemon running");
     daemon.stop(libc::SIGKILL);
     expect_enforcing(&env, audit, "after SIGKILL of the daemon");
-    assert_eq!(env.kernel_attached().len(), 4, "links stay attached in the kernel");
+    assert_eq!(
+        env.kernel_attached().len(),
+        4,
+        "links stay attached in the kernel"
+    );
     let rules = env.inspect("rules")["rules"].as_array().map(Vec::len);
-    assert_eq!(rules, Some(RULES.len()), "inspect reads the pinned rules without a daemon");
+    assert_eq!(
+        rules,
+        Some(RULES.len()),
+        "inspect reads the pinned rules without a daemon"
+    );
     let c = env.counters();
-    let denied = c.get(&("connect4".into(), "tcp".into(), if audit { "audit" } else { "deny" }.into()));
-    assert_eq!(denied, Some(&2), "counters keep counting without a daemon: {c:?}");
+    let denied = c.get(&(
+        "connect4".into(),
+        "tcp".into(),
+        if audit { "audit" } else { "deny" }.into(),
+    ));
+    assert_eq!(
+        denied,
+        Some(&2),
+        "counters keep counting without a daemon: {c:?}"
+    );
 }
 
 #[test]
@@ -246,11 +293,26 @@ fn restart_without_window(mode: &str) {
     let allowed_udp = tally(&results, ALLOWED_UDP);
     let denied = tally(&results, DENIED);
     eprintln!("restart tallies ({mode}): {results:?}");
-    assert_eq!(allowed.keys().collect::<Vec<_>>(), ["ok"], "allowed TCP across restarts: {allowed:?}");
-    assert_eq!(allowed_udp.keys().collect::<Vec<_>>(), ["ok"], "allowed UDP across restarts: {allowed_udp:?}");
+    assert_eq!(
+        allowed.keys().collect::<Vec<_>>(),
+        ["ok"],
+        "allowed TCP across restarts: {allowed:?}"
+    );
+    assert_eq!(
+        allowed_udp.keys().collect::<Vec<_>>(),
+        ["ok"],
+        "allowed UDP across restarts: {allowed_udp:?}"
+    );
     let want = if audit { "ok" } else { "EPERM" };
-    assert_eq!(denied.keys().collect::<Vec<_>>(), [want], "denied across restarts: {denied:?}");
-    assert!(allowed["ok"] > 100, "the loop ran through the restarts: {allowed:?}");
+    assert_eq!(
+        denied.keys().collect::<Vec<_>>(),
+        [want],
+        "denied across restarts: {denied:?}"
+    );
+    assert!(
+        allowed["ok"] > 100,
+        "the loop ran through the restarts: {allowed:?}"
+    );
     // Every call was seen by a hook: counters cover the loop's calls. A call made while old and
     // new links are both attached (an instant per restart) is counted twice, hence the slack.
     let c = env.counters();
@@ -264,7 +326,10 @@ fn restart_without_window(mode: &str) {
             .get(&(key.0.to_owned(), key.1.to_owned(), key.2.to_owned()))
             .copied()
             .unwrap_or(0);
-        assert!((n..=n + 12).contains(&got), "counter {key:?} = {got}, loop made {n} calls");
+        assert!(
+            (n..=n + 12).contains(&got),
+            "counter {key:?} = {got}, loop made {n} calls"
+        );
     }
     drop(daemon);
 }
@@ -285,19 +350,36 @@ fn uninstall(mode: &str) {
     let daemon = env.start_daemon(RULES);
     // Refused while a daemon holds the pins, and nothing changes.
     let out = run(env.cmd().arg("uninstall"));
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     expect_enforcing(&env, audit, "after a refused uninstall");
 
     daemon.stop(libc::SIGTERM);
     let out = run(env.cmd().arg("uninstall"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(env.kernel_attached().is_empty(), "no program attached: {:?}", env.kernel_attached());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        env.kernel_attached().is_empty(),
+        "no program attached: {:?}",
+        env.kernel_attached()
+    );
     assert!(!env.bpffs.join("egress-enforcer").exists(), "pins removed");
     // Nothing enforces the cgroup any more: `exec` refuses, and a process in it goes anywhere.
     let out = run(env
         .cmd()
         .args(["exec", "--cgroup", &env.cgroup, "--", "true"]));
-    assert_eq!(out.status.code(), Some(1), "exec into an unenforced cgroup is refused");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "exec into an unenforced cgroup is refused"
+    );
     let out = run(env
         .cmd()
         .args(["exec", "--allow-unenforced", "--cgroup", &env.cgroup, "--"])
@@ -322,13 +404,24 @@ fn uninstall_removes_enforcement_audit() {
 fn exec_passes_exit_status_through() {
     let env = Env::new("exec", "enforce", "");
     let _daemon = env.start_daemon(&[]);
-    let out = run(env.cmd().args(["exec", "--cgroup", &env.cgroup, "--", "sh", "-c", "exit 7"]));
+    let out = run(env
+        .cmd()
+        .args(["exec", "--cgroup", &env.cgroup, "--", "sh", "-c", "exit 7"]));
     assert_eq!(out.status.code(), Some(7));
     // The command runs inside the cgroup.
-    let out = run(env.cmd().args(["exec", "--cgroup", &env.cgroup, "--", "cat", "/proc/self/cgroup"]));
+    let out = run(env.cmd().args([
+        "exec",
+        "--cgroup",
+        &env.cgroup,
+        "--",
+        "cat",
+        "/proc/self/cgroup",
+    ]));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("0::/{}", env.cgroup)), "{text}");
-    let out = run(env.cmd().args(["exec", "--cgroup", &env.cgroup, "--", "/nonexistent/cmd"]));
+    let out = run(env
+        .cmd()
+        .args(["exec", "--cgroup", &env.cgroup, "--", "/nonexistent/cmd"]));
     assert_eq!(out.status.code(), Some(127));
     let _ = Command::new("true");
 }
@@ -342,7 +435,12 @@ fn inspect_shows_live_rules_and_links() {
         .as_array()
         .expect("rules")
         .iter()
-        .map(|r| (r["rule"].as_str().unwrap_or_default().to_owned(), r["kind"].as_str().unwrap_or_default().to_owned()))
+        .map(|r| {
+            (
+                r["rule"].as_str().unwrap_or_default().to_owned(),
+                r["kind"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
         .collect();
     assert_eq!(
         rules,
@@ -359,7 +457,17 @@ fn inspect_shows_live_rules_and_links() {
         .map(|l| l["hook"].as_str().unwrap_or_default())
         .collect();
     assert_eq!(hooks, ["connect4", "connect6", "sendmsg4", "sendmsg6"]);
-    assert!(links["links"].as_array().expect("links").iter().all(|l| l["verified_insns"].as_u64() > Some(0)));
+    assert!(
+        links["links"]
+            .as_array()
+            .expect("links")
+            .iter()
+            .all(|l| l["verified_insns"].as_u64() > Some(0))
+    );
     drop(daemon);
-    assert_eq!(env.inspect("rules")["rules"].as_array().map(Vec::len), Some(2), "works without a daemon");
+    assert_eq!(
+        env.inspect("rules")["rules"].as_array().map(Vec::len),
+        Some(2),
+        "works without a daemon"
+    );
 }

@@ -1,1 +1,104 @@
-fn main() {}
+//! `cargo xtask setup|build|run|test`: the project's entry points (DESIGN §1, §7).
+
+mod setup;
+mod test;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent; fast when all is present)
+    Setup,
+    /// Build the workspace, including the eBPF programs
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build and run the daemon as root: `cargo xtask run -- --allow 198.51.100.7:443/tcp`
+    Run {
+        #[arg(long)]
+        release: bool,
+        /// Arguments for `egress-enforcer run`
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// fmt check, clippy -D warnings, unit tests, then the end-to-end suite (needs root)
+    Test {
+        /// Skip the end-to-end suite (no root needed)
+        #[arg(long)]
+        unit_only: bool,
+    },
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Runs a command, failing with the step's name.
+pub fn step(name: &str, cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("==> {name}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("{name}: could not start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{name} failed ({status})");
+    }
+    Ok(())
+}
+
+/// cargo, run from the workspace root.
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
+}
+
+fn build(release: bool) -> anyhow::Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "enforcer"]);
+    if release {
+        cmd.arg("--release");
+    }
+    step("build egress-enforcer (with eBPF programs)", &mut cmd)?;
+    Ok(workspace_root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("egress-enforcer"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Task::Setup => setup::setup(),
+        Task::Build { release } => setup::setup().and_then(|()| build(release).map(drop)),
+        Task::Run { release, args } => setup::setup().and_then(|()| {
+            let bin = build(release)?;
+            let mut cmd = Command::new(bin);
+            cmd.arg("run").args(args);
+            step("egress-enforcer run", &mut cmd)
+        }),
+        Task::Test { unit_only } => setup::setup().and_then(|()| test::test(unit_only)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -117,10 +117,10 @@ pub fn path_for_id(mount: &Path, roots: &[Cgroup], id: u64) -> Option<String> {
             return None;
         }
         for e in fs::read_dir(dir).ok()?.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                if let Some(p) = walk(&e.path(), id, depth - 1) {
-                    return Some(p);
-                }
+            if e.file_type().is_ok_and(|t| t.is_dir())
+                && let Some(p) = walk(&e.path(), id, depth - 1)
+            {
+                return Some(p);
             }
         }
         None
@@ -176,7 +176,7 @@ mod tests {
         assert_eq!(c.display(), "/x/y");
         let root = Cgroup::resolve(Path::new("/cg"), "/").unwrap();
         assert_eq!(
-            (root.path, root.display()),
+            (root.path.clone(), root.display()),
             (PathBuf::from("/cg"), "/".to_owned())
         );
     }

@@ -102,16 +102,15 @@ impl Servers {
             let at = serve_addr(op.addr);
             match op.kind {
                 Kind::Tcp => {
-                    if !s.tcp.contains_key(&at) {
-                        let l = TcpListener::bind(at).with_context(|| format!("listen {at}"))?;
-                        s.tcp.insert(at, l);
+                    if let std::collections::hash_map::Entry::Vacant(slot) = s.tcp.entry(at) {
+                        slot.insert(TcpListener::bind(at).with_context(|| format!("listen {at}"))?);
                     }
                 }
                 Kind::Udp | Kind::Sendto => {
-                    if !s.udp.contains_key(&at) {
+                    if let std::collections::hash_map::Entry::Vacant(slot) = s.udp.entry(at) {
                         let u = UdpSocket::bind(at).with_context(|| format!("bind {at}"))?;
                         u.set_read_timeout(Some(Duration::from_secs(1)))?;
-                        s.udp.insert(at, u);
+                        slot.insert(u);
                     }
                 }
             }
@@ -167,10 +166,10 @@ fn run_op(op: &Op, servers: Option<&Servers>, seq: u64) -> String {
         Kind::Tcp => match TcpStream::connect_timeout(&op.addr, Duration::from_secs(2)) {
             Ok(s) => {
                 reset_on_close(&s);
-                if let Some(l) = servers.and_then(|sv| sv.tcp.get(&serve_addr(op.addr))) {
-                    if let Err(e) = l.accept() {
-                        return format!("accept-{}", errno_name(&e));
-                    }
+                if let Some(l) = servers.and_then(|sv| sv.tcp.get(&serve_addr(op.addr)))
+                    && let Err(e) = l.accept()
+                {
+                    return format!("accept-{}", errno_name(&e));
                 }
                 "ok".into()
             }
@@ -215,21 +214,34 @@ fn main() -> anyhow::Result<()> {
             "--netns" => netns = Some(args.next().context("--netns NAME")?),
             "--serve" => serve = true,
             "--until" => until = Some(args.next().context("--until FILE")?.into()),
-            "--pace-us" => pace = Duration::from_micros(args.next().context("--pace-us N")?.parse()?),
-            "--max-secs" => max = Duration::from_secs(args.next().context("--max-secs N")?.parse()?),
+            "--pace-us" => {
+                pace = Duration::from_micros(args.next().context("--pace-us N")?.parse()?)
+            }
+            "--max-secs" => {
+                max = Duration::from_secs(args.next().context("--max-secs N")?.parse()?)
+            }
             _ => ops.push(parse_op(&a)?),
         }
     }
     if let Some(ns) = &netns {
         enter_netns(ns)?;
     }
-    let servers = if serve { Some(Servers::new(&ops)?) } else { None };
+    let servers = if serve {
+        Some(Servers::new(&ops)?)
+    } else {
+        None
+    };
     let mut out = std::io::stdout().lock();
     writeln!(out, "pid {}", std::process::id())?;
 
     let Some(stop) = until else {
         for (i, op) in ops.iter().enumerate() {
-            writeln!(out, "{} {}", op.text, run_op(op, servers.as_ref(), i as u64))?;
+            writeln!(
+                out,
+                "{} {}",
+                op.text,
+                run_op(op, servers.as_ref(), i as u64)
+            )?;
         }
         return Ok(());
     };
