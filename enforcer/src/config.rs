@@ -30,7 +30,6 @@ pub enum LogFormat {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Config {
     pub mode: Mode,
-    pub service_entries: Vec<PathBuf>,
     /// cgroup v2 directories, relative to the cgroup2 mount.
     pub cgroups: Vec<String>,
     pub bpffs: PathBuf,
@@ -67,7 +66,6 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             mode: Mode::Enforce,
-            service_entries: vec![PathBuf::from("/etc/egress-enforcer/serviceentries")],
             cgroups: vec!["egress-enforcer".to_owned()],
             bpffs: PathBuf::from("/sys/fs/bpf"),
             allow: Allow::default(),
@@ -211,6 +209,12 @@ mod tests {
         assert!(parse("bpffs: relative").is_err());
         assert!(parse("allow: {cidrs: [10.0.0.0/33]}").is_err());
         assert!(parse("maps: {eventBuffer: 5000}").is_err());
+    }
+
+    #[test]
+    fn the_shipped_example_is_the_defaults() {
+        let text = include_str!("../../config/config.yaml");
+        assert_eq!(parse(text).unwrap(), Config::default());
     }
 
     #[test]
