@@ -40,7 +40,10 @@ fn bad_config_is_a_user_error_naming_file_and_line() {
     let out = run(env.cmd().args(["run"]));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{}:5", env.config.display())), "{err}");
+    assert!(
+        err.contains(&format!("{}:5", env.config.display())),
+        "{err}"
+    );
     assert!(err.contains("mod"), "{err}");
 }
 
@@ -55,7 +58,10 @@ fn restart_with_incompatible_map_sizes_keeps_the_old_enforcement() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("RULES_EXACT") && err.contains("1024"), "{err}");
-    assert_enforcing(&env, "after a refused restart, the pinned policy is untouched");
+    assert_enforcing(
+        &env,
+        "after a refused restart, the pinned policy is untouched",
+    );
 }
 
 #[test]
@@ -87,7 +93,10 @@ fn sighup_reloads_mode_and_a_bad_reload_keeps_the_policy() {
     });
     let p = env.probe_in_cgroup(&[ALLOWED, DENIED]);
     assert_eq!(p.result(DENIED), "ok", "audit mode after reload");
-    assert!(env.counters().contains_key(&("connect4".into(), "tcp".into(), "audit".into())));
+    assert!(
+        env.counters()
+            .contains_key(&("connect4".into(), "tcp".into(), "audit".into()))
+    );
 }
 
 #[test]
@@ -100,7 +109,11 @@ fn cgroups_dropped_from_the_config_are_detached_on_restart() {
     let other = format!("{}-b", env.cgroup);
     rewrite_config(&env, &base_config(&env, "enforce", &other));
     let d = env.start_daemon(RULES);
-    assert!(env.kernel_attached().is_empty(), "old cgroup detached: {:?}", env.kernel_attached());
+    assert!(
+        env.kernel_attached().is_empty(),
+        "old cgroup detached: {:?}",
+        env.kernel_attached()
+    );
     let links = env.inspect("links");
     let cgroups: Vec<&str> = links["links"]
         .as_array()
@@ -111,6 +124,8 @@ fn cgroups_dropped_from_the_config_are_detached_on_restart() {
     assert_eq!(cgroups, vec![format!("/{other}").as_str(); 4]);
     drop(d);
     let _ = run(env.cmd().args(["uninstall"]));
-    let path = env.cgroup_path.with_file_name(other.rsplit('/').next().unwrap_or_default());
+    let path = env
+        .cgroup_path
+        .with_file_name(other.rsplit('/').next().unwrap_or_default());
     let _ = std::fs::remove_dir(path);
 }
