@@ -1,8 +1,11 @@
 //! `cargo xtask test`: the one test command (DESIGN §7).
 
-use std::process::Command;
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 
 use crate::{cargo, step, workspace_root};
 
@@ -74,18 +77,21 @@ pub fn test(unit_only: bool) -> anyhow::Result<()> {
                 "warnings",
             ]),
     )?;
-    step(
+    let mut totals = Totals::default();
+    let unit = counted_step(
         "unit tests",
         cargo().args(["test", "--workspace", "--exclude", "e2e"]),
-    )?;
-    if unit_only {
-        return Ok(());
+        &mut totals,
+    );
+    if unit_only || unit.is_err() {
+        totals.print();
+        return unit;
     }
     step(
         "build binaries",
         cargo().args(["build", "--workspace", "--bins"]),
     )?;
-    step(
+    let e2e = counted_step(
         "end-to-end tests",
         cargo()
             .args(["test", "--package", "e2e", "--", "--test-threads", "2"])
@@ -93,5 +99,77 @@ pub fn test(unit_only: bool) -> anyhow::Result<()> {
                 "EE_BIN",
                 workspace_root().join("target/debug/egress-enforcer"),
             ),
-    )
+        &mut totals,
+    );
+    totals.print();
+    e2e
+}
+
+/// Sum of cargo's per-binary "test result" lines, printed once at the end so the whole run
+/// has one closing line.
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split([';', '.']) {
+            let mut words = part.split_whitespace();
+            if let (Some(n), Some(what)) = (words.next(), words.next()) {
+                let Ok(n) = n.parse::<u64>() else { continue };
+                match what {
+                    "passed" => self.passed += n,
+                    "failed" => self.failed += n,
+                    "ignored" => self.ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn print(&self) {
+        println!(
+            "tests: {} passed, {} failed, {} skipped",
+            self.passed, self.failed, self.ignored
+        );
+    }
+}
+
+/// Like `step`, but echoes the command's stdout while counting its test results.
+fn counted_step(name: &str, cmd: &mut Command, totals: &mut Totals) -> anyhow::Result<()> {
+    eprintln!("==> {name}");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("{name}: could not start {cmd:?}"))?;
+    let stdout = child.stdout.take().context("stdout")?;
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        println!("{line}");
+        totals.add(&line);
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{name} failed ({status})");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_cargo_result_lines() {
+        let mut t = Totals::default();
+        t.add("test result: ok. 13 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 4.11s");
+        t.add("test result: FAILED. 4 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out");
+        t.add("running 5 tests");
+        assert_eq!((t.passed, t.failed, t.ignored), (17, 1, 1));
+    }
 }
