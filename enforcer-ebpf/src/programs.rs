@@ -185,7 +185,14 @@ fn decide(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
 
     if verdict == VERDICT_DENY || verdict == VERDICT_AUDIT {
         report(hook, proto, verdict, &dest);
-        debug!(ctx, "egress {} port {} proto {}", verdict, dest.port, proto);
+        debug!(
+            ctx,
+            "hook {} proto {} port {}: verdict {} (2 deny, 3 audit)",
+            hook as u8,
+            proto,
+            dest.port,
+            verdict
+        );
     }
     if verdict == VERDICT_DENY { DENY } else { ALLOW }
 }

@@ -82,7 +82,8 @@ pub fn run(config_path: Option<&Path>, cfg: Config, allow: Vec<AllowSpec>) -> Re
 fn start(cfg: &Config, allow: &[AllowSpec]) -> Result<(Dataplane, Vec<Cgroup>, PathBuf), Failure> {
     let (mount, cgroups) = resolve_cgroups(cfg).runtime()?;
     let rules = desired_rules(cfg, allow);
-    let mut dp = Dataplane::load(&cfg.bpffs, &cfg.maps, logging::debug_enabled()).runtime()?;
+    let mut dp =
+        Dataplane::load(&cfg.bpffs, &cfg.maps, logging::kernel_debug_enabled()).runtime()?;
     dp.maps
         .write_config(mode_code(cfg.mode), cfg.allow.loopback)
         .runtime()?;
@@ -118,7 +119,7 @@ async fn serve(
             }
         });
     }
-    if logging::debug_enabled() {
+    if logging::kernel_debug_enabled() {
         match dp.take_logger() {
             Ok(logger) => {
                 tokio::spawn(async move {

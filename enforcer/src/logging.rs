@@ -18,8 +18,12 @@ pub fn init(format: LogFormat) {
     };
 }
 
-/// Whether debug records would be emitted, to decide if the kernel's debug log is worth
-/// enabling (it costs instructions on the deny path).
-pub fn debug_enabled() -> bool {
-    tracing::enabled!(tracing::Level::DEBUG)
+/// The target of the kernel programs' aya-log records (their module path).
+pub const KERNEL_TARGET: &str = "enforcer::programs";
+
+/// Whether the kernel programs' debug records would be shown (e.g. `RUST_LOG=debug` or
+/// `RUST_LOG=info,enforcer=debug`); only then is their logging switched on, as it costs
+/// instructions on the deny path.
+pub fn kernel_debug_enabled() -> bool {
+    tracing::enabled!(target: KERNEL_TARGET, tracing::Level::DEBUG)
 }

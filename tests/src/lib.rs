@@ -311,12 +311,17 @@ impl Env {
     }
 
     pub fn start_daemon(&self, allow: &[&str]) -> Daemon {
+        self.start_daemon_with_log(allow, "info")
+    }
+
+    /// Starts the daemon with `RUST_LOG` set to `filter`.
+    pub fn start_daemon_with_log(&self, allow: &[&str], filter: &str) -> Daemon {
         let mut cmd = self.cmd();
         cmd.arg("run");
         for a in allow {
             cmd.args(["--allow", a]);
         }
-        cmd.env("RUST_LOG", "info")
+        cmd.env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

@@ -129,3 +129,29 @@ fn cgroups_dropped_from_the_config_are_detached_on_restart() {
         .with_file_name(other.rsplit('/').next().unwrap_or_default());
     let _ = std::fs::remove_dir(path);
 }
+
+#[test]
+fn kernel_debug_log_only_at_debug_level() {
+    let kernel = |d: &e2e::Daemon| {
+        d.records()
+            .into_iter()
+            .filter(|r| r["target"] == "enforcer::programs")
+            .count()
+    };
+    let env = Env::new("kdebug", "enforce", "");
+    let d = env.start_daemon_with_log(RULES, "info,enforcer=debug");
+    assert_enforcing(&env, "with kernel debug logging");
+    let mut d = d;
+    d.wait_for("a kernel debug record", Duration::from_secs(10), |r| {
+        r.iter().any(|r| {
+            r["target"] == "enforcer::programs"
+                && r["message"].as_str().is_some_and(|m| m.contains("8080"))
+        })
+    });
+    d.stop(libc::SIGTERM);
+
+    let d = env.start_daemon(RULES);
+    assert_enforcing(&env, "without kernel debug logging");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(kernel(&d), 0, "kernel debug messages are off at info level");
+}

@@ -34,10 +34,29 @@ pub fn diff<K: Ord + Clone, V: PartialEq + Clone>(
     }
 }
 
-impl<K, V> Diff<K, V> {
-    /// Number of entries the map holds at its fullest if upserts go in before removals.
-    pub fn peak_entries(&self, live: usize) -> usize {
-        live + self.upserts.len()
+/// One map write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op<K, V> {
+    Put(K, V),
+    Delete(K),
+}
+
+impl<K: Clone, V: Clone> Diff<K, V> {
+    /// The writes in the order to make them. Upserts go first so that a rule present before
+    /// and after is never missing and a replaced rule never lapses; only when the map cannot
+    /// hold the live entries plus the upserts at once do the removals (of rules that are going
+    /// away anyway) go first.
+    pub fn ordered(&self, live: usize, capacity: usize) -> Vec<Op<K, V>> {
+        let puts = self
+            .upserts
+            .iter()
+            .map(|(k, v)| Op::Put(k.clone(), v.clone()));
+        let dels = self.removals.iter().map(|k| Op::Delete(k.clone()));
+        if live + self.upserts.len() > capacity {
+            dels.chain(puts).collect()
+        } else {
+            puts.chain(dels).collect()
+        }
     }
 }
 
@@ -58,7 +77,18 @@ mod tests {
         assert_eq!(d.upserts, vec![(3, 30), (4, 4)]);
         assert_eq!(d.removals, vec![1]);
         assert_eq!(d.unchanged, 1);
-        assert_eq!(d.peak_entries(3), 5);
+    }
+
+    #[test]
+    fn upserts_go_before_removals_when_they_fit() {
+        let d = diff(&m(&[(1, 1), (2, 2)]), &m(&[(2, 2), (3, 3)]));
+        assert_eq!(d.ordered(2, 3), vec![Op::Put(3, 3), Op::Delete(1)]);
+    }
+
+    #[test]
+    fn removals_go_first_only_when_the_map_would_overflow() {
+        let d = diff(&m(&[(1, 1), (2, 2)]), &m(&[(2, 2), (3, 3)]));
+        assert_eq!(d.ordered(2, 2), vec![Op::Delete(1), Op::Put(3, 3)]);
     }
 
     #[test]

@@ -10,7 +10,11 @@ use aya::maps::{
 use enforcer_common::{ABI_VERSION, Config, NUM_COUNTERS, RuleKey, RuleValue, map_names};
 use serde::Serialize;
 
-use super::{diff::diff, pins::PinLayout, stats::Stats};
+use super::{
+    diff::{Op, diff},
+    pins::PinLayout,
+    stats::Stats,
+};
 use crate::{config::MapSizes, policy::rules::DesiredRules};
 
 pub struct Maps {
@@ -329,21 +333,14 @@ fn sync<M: RuleMap>(
 ) -> anyhow::Result<ApplyStats> {
     let live = map.live()?;
     let d = diff(&live, desired);
-    let remove_first = d.peak_entries(live.len()) > map.capacity()?;
-    if remove_first {
-        for k in &d.removals {
-            map.del(k)
-                .with_context(|| format!("removing from {}", M::NAME))?;
-        }
-    }
-    for (k, v) in &d.upserts {
-        map.put(k, v)
-            .with_context(|| format!("inserting into {}", M::NAME))?;
-    }
-    if !remove_first {
-        for k in &d.removals {
-            map.del(k)
-                .with_context(|| format!("removing from {}", M::NAME))?;
+    for op in d.ordered(live.len(), map.capacity()?) {
+        match op {
+            Op::Put(k, v) => map
+                .put(&k, &v)
+                .with_context(|| format!("inserting into {}", M::NAME))?,
+            Op::Delete(k) => map
+                .del(&k)
+                .with_context(|| format!("removing from {}", M::NAME))?,
         }
     }
     Ok(ApplyStats {
