@@ -84,10 +84,12 @@ fn start(cfg: &Config, allow: &[AllowSpec]) -> Result<(Dataplane, Vec<Cgroup>, P
     let rules = desired_rules(cfg, allow);
     let mut dp =
         Dataplane::load(&cfg.bpffs, &cfg.maps, logging::kernel_debug_enabled()).runtime()?;
+    // Rules first: apply checks capacity before writing anything, so a refused start leaves
+    // the pinned policy (rules and mode) exactly as it was.
+    let applied = dp.maps.apply(&rules).user()?;
     dp.maps
         .write_config(mode_code(cfg.mode), cfg.allow.loopback)
         .runtime()?;
-    let applied = dp.maps.apply(&rules).user()?;
     dp.attach(&cgroups).runtime()?;
     for (id, source) in &rules.sources {
         tracing::debug!(rule_id = id, source = %source, "rule source");

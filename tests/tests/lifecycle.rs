@@ -47,21 +47,72 @@ fn bad_config_is_a_user_error_naming_file_and_line() {
     assert!(err.contains("mod"), "{err}");
 }
 
+fn pinned_max_entries(env: &Env, map: &str) -> u64 {
+    let path = env.bpffs.join("egress-enforcer/maps").join(map);
+    let out = run(std::process::Command::new("bpftool")
+        .args(["-j", "map", "show", "pinned"])
+        .arg(&path));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["max_entries"].as_u64().unwrap_or(0)
+}
+
 #[test]
-fn restart_with_incompatible_map_sizes_keeps_the_old_enforcement() {
+fn restart_with_resized_maps_migrates_without_a_window() {
     let env = Env::new("resize", "enforce", "");
     let d = env.start_daemon(RULES);
+    assert_eq!(pinned_max_entries(&env, "RULES_EXACT"), 65536);
+    let probe = env.probe_loop(&[ALLOWED, DENIED]);
+    std::thread::sleep(Duration::from_millis(200));
     d.stop(libc::SIGTERM);
     let cfg = base_config(&env, "enforce", &env.cgroup) + "maps: {exactRules: 1024}\n";
     rewrite_config(&env, &cfg);
-    let out = run(env.cmd().args(["run", "--allow", "198.18.0.3:8080/tcp"]));
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("RULES_EXACT") && err.contains("1024"), "{err}");
-    assert_enforcing(
-        &env,
-        "after a refused restart, the pinned policy is untouched",
+    let mut d = env.start_daemon(RULES);
+    d.wait_for("the migration", Duration::from_secs(10), |r| {
+        r.iter().any(|r| r["message"] == "migrated to new maps")
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let results = probe.finish();
+    let get = |op: &str| {
+        results
+            .iter()
+            .find(|(o, _)| o == op)
+            .map(|(_, r)| r.clone())
+    };
+    let allowed = get(ALLOWED).unwrap_or_default();
+    let denied = get(DENIED).unwrap_or_default();
+    assert!(
+        allowed.starts_with("ok=") && !allowed.contains(','),
+        "allowed across the migration: {allowed}"
     );
+    assert!(
+        denied.starts_with("EPERM=") && !denied.contains(','),
+        "denied across the migration: {denied}"
+    );
+    assert_eq!(pinned_max_entries(&env, "RULES_EXACT"), 1024);
+    assert!(!env.bpffs.join("egress-enforcer/maps-next").exists());
+    assert_enforcing(&env, "after the migration");
+    let rules = env.inspect("rules")["rules"].as_array().map(Vec::len);
+    assert_eq!(rules, Some(1));
+}
+
+#[test]
+fn rules_over_capacity_are_refused_before_anything_changes() {
+    let env = Env::new("overcap", "enforce", "maps: {exactRules: 2}\n");
+    let d = env.start_daemon(RULES);
+    d.stop(libc::SIGTERM);
+    let out = run(env.cmd().args([
+        "run",
+        "--allow",
+        "198.18.0.2:1/tcp",
+        "--allow",
+        "198.18.0.2:2/tcp",
+        "--allow",
+        "198.18.0.2:3/tcp",
+    ]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("maps.exactRules"), "{err}");
+    assert_enforcing(&env, "after a refused over-capacity start");
 }
 
 #[test]

@@ -89,9 +89,14 @@ pub fn expected_shapes(sizes: &MapSizes) -> [Shape; 5] {
     ]
 }
 
-/// Checks maps already pinned under `layout` against the shapes this build and config expect.
-/// Reusing a map of another shape would misread it (ABI change) or silently keep old sizes.
-pub fn check_pinned_shapes(layout: &PinLayout, sizes: &MapSizes) -> anyhow::Result<()> {
+/// Compares maps already pinned under `layout` with the shapes this build and config expect,
+/// returning why each one cannot be reused (empty: all reusable or absent). Reusing a map of
+/// another layout would misread it; one of another size would silently keep the old size.
+pub fn pinned_shape_mismatches(
+    layout: &PinLayout,
+    sizes: &MapSizes,
+) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
     for want in expected_shapes(sizes) {
         let path = layout.map(want.name);
         if !path.exists() {
@@ -101,39 +106,44 @@ pub fn check_pinned_shapes(layout: &PinLayout, sizes: &MapSizes) -> anyhow::Resu
             .and_then(|m| m.info())
             .with_context(|| format!("opening pinned map {}", path.display()))?;
         let got_type = info.map_type().ok();
-        let mismatch = if got_type != Some(want.map_type)
+        if got_type != Some(want.map_type)
             || info.key_size() != want.key_size
             || info.value_size() != want.value_size
         {
-            Some(format!(
-                "its layout (type {got_type:?}, key {} B, value {} B) is not this version's \
-                 (type {:?}, key {} B, value {} B)",
+            out.push(format!(
+                "{}: layout (type {got_type:?}, key {} B, value {} B) differs from this \
+                 version's (type {:?}, key {} B, value {} B)",
+                want.name,
                 info.key_size(),
                 info.value_size(),
                 want.map_type,
                 want.key_size,
                 want.value_size
-            ))
+            ));
+        } else if want.name == map_names::CONFIG
+            && let Some(v) = pinned_abi_version(&path)
+            && v != 0
+            && v != ABI_VERSION
+        {
+            out.push(format!(
+                "CONFIG: written by ABI version {v}, this build is {ABI_VERSION}"
+            ));
         } else if info.max_entries() != want.max_entries {
-            Some(format!(
-                "it was created with {} entries but the config asks for {}; keep the old size in \
-                 `maps:`",
+            out.push(format!(
+                "{}: {} entries pinned, {} configured",
+                want.name,
                 info.max_entries(),
                 want.max_entries
-            ))
-        } else {
-            None
-        };
-        if let Some(why) = mismatch {
-            bail!(
-                "cannot reuse pinned map {}: {why}. The pinned state is still enforcing. To start \
-                 over, run `egress-enforcer uninstall` (this lifts enforcement until the next \
-                 start)",
-                path.display()
-            );
+            ));
         }
     }
-    Ok(())
+    Ok(out)
+}
+
+fn pinned_abi_version(path: &std::path::Path) -> Option<u32> {
+    let map = Map::from_map_data(MapData::from_pin(path).ok()?).ok()?;
+    let config: Array<MapData, Config> = map.try_into().ok()?;
+    Some(config.get(&0, 0).ok()?.abi_version)
 }
 
 fn take<T: TryFrom<Map>>(map: Option<Map>, name: &str) -> anyhow::Result<T>

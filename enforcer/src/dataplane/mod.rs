@@ -40,6 +40,8 @@ pub struct Dataplane {
     ebpf: Ebpf,
     pub maps: Maps,
     events: Option<RingBuf<MapData>>,
+    /// The maps were created in the staging directory; `attach` moves them into place.
+    migrating: bool,
 }
 
 /// Takes an exclusive lock on the pin directory, so two daemons never fight over one set of
@@ -78,11 +80,29 @@ impl Dataplane {
                 layout.root.display()
             )
         })?;
-        maps::check_pinned_shapes(&layout, sizes)?;
+        // Pinned maps that cannot be reused stay in place (their programs keep enforcing) while
+        // a complete new set is built beside them; `attach` swaps it in.
+        let mismatches = maps::pinned_shape_mismatches(&layout, sizes)?;
+        let migrating = !mismatches.is_empty();
+        let maps_dir = if migrating {
+            tracing::warn!(
+                reasons = %mismatches.join("; "),
+                "pinned maps cannot be reused: building new maps and migrating (counters restart)"
+            );
+            let staging = layout.staging_maps_dir();
+            // Leftovers of an interrupted migration: unpinning does not disturb programs still
+            // using them.
+            let _ignored = fs::remove_dir_all(&staging);
+            fs::create_dir_all(&staging)
+                .with_context(|| format!("creating {}", staging.display()))?;
+            staging
+        } else {
+            layout.maps_dir()
+        };
 
         let pin_paths: Vec<_> = map_names::PINNED
             .iter()
-            .map(|n| (*n, layout.map(n)))
+            .map(|n| (*n, maps_dir.join(n)))
             .collect();
         let log_level: u8 = if bpf_log { 4 } else { 0 };
         let mut loader = EbpfLoader::new();
@@ -115,6 +135,7 @@ impl Dataplane {
             ebpf,
             maps,
             events,
+            migrating,
         })
     }
 
@@ -189,6 +210,29 @@ impl Dataplane {
                 links::remove_cgroup_dir(&self.layout.links_dir().join(&dir))?;
             }
         }
+        if self.migrating {
+            self.finish_migration()?;
+        }
+        Ok(())
+    }
+
+    /// Every pinned link now runs the new programs on the new maps: move the new maps' pins
+    /// over the old ones, which the kernel frees once nothing uses them.
+    fn finish_migration(&mut self) -> anyhow::Result<()> {
+        let staging = self.layout.staging_maps_dir();
+        for name in map_names::PINNED {
+            let from = staging.join(name);
+            fs::rename(&from, self.layout.map(name)).with_context(|| {
+                format!(
+                    "moving {} into {}",
+                    from.display(),
+                    self.layout.maps_dir().display()
+                )
+            })?;
+        }
+        fs::remove_dir(&staging).with_context(|| format!("removing {}", staging.display()))?;
+        self.migrating = false;
+        tracing::info!("migrated to new maps");
         Ok(())
     }
 }

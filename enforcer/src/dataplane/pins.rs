@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! <bpffs>/egress-enforcer/maps/<MAP>               rule maps, config, counters, events
+//! <bpffs>/egress-enforcer/maps-next/<MAP>          only while migrating to resized maps
 //! <bpffs>/egress-enforcer/links/<cgroup>/<hook>    one link per enforced cgroup and hook
 //! ```
 //!
@@ -31,6 +32,12 @@ impl PinLayout {
 
     pub fn map(&self, name: &str) -> PathBuf {
         self.maps_dir().join(name)
+    }
+
+    /// New maps are built here when the pinned ones cannot be reused (other sizes or ABI), and
+    /// renamed over `maps/` once programs using them are attached.
+    pub fn staging_maps_dir(&self) -> PathBuf {
+        self.root.join("maps-next")
     }
 
     pub fn links_dir(&self) -> PathBuf {
