@@ -418,6 +418,16 @@ impl Env {
         serde_json::from_slice(&out.stdout).expect("inspect JSON")
     }
 
+    /// One string field of every row of `inspect <what>`, e.g. `column("links", "hook")`.
+    pub fn column(&self, what: &str, field: &str) -> Vec<String> {
+        self.inspect(what)[what]
+            .as_array()
+            .unwrap_or_else(|| panic!("inspect {what} has no list"))
+            .iter()
+            .map(|row| row[field].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
     /// Non-zero counters as (hook, proto, verdict) -> count.
     pub fn counters(&self) -> std::collections::BTreeMap<(String, String, String), u64> {
         let v = self.inspect("stats");

@@ -430,39 +430,20 @@ fn exec_passes_exit_status_through() {
 fn inspect_shows_live_rules_and_links() {
     let env = Env::new("inspect", "enforce", "");
     let daemon = env.start_daemon(&["198.18.0.1:8080/tcp", "198.18.1.0/24:*/udp"]);
-    let v = env.inspect("rules");
-    let rules: Vec<(String, String)> = v["rules"]
-        .as_array()
-        .expect("rules")
-        .iter()
-        .map(|r| {
-            (
-                r["rule"].as_str().unwrap_or_default().to_owned(),
-                r["kind"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect();
     assert_eq!(
-        rules,
-        [
-            ("198.18.0.1:8080/tcp".to_owned(), "exact".to_owned()),
-            ("198.18.1.0/24:*/udp".to_owned(), "prefix".to_owned())
-        ]
+        env.column("rules", "rule"),
+        ["198.18.0.1:8080/tcp", "198.18.1.0/24:*/udp"]
+    );
+    assert_eq!(env.column("rules", "kind"), ["exact", "prefix"]);
+    assert_eq!(
+        env.column("links", "hook"),
+        ["connect4", "connect6", "sendmsg4", "sendmsg6"]
     );
     let links = env.inspect("links");
-    let hooks: Vec<&str> = links["links"]
-        .as_array()
-        .expect("links")
-        .iter()
-        .map(|l| l["hook"].as_str().unwrap_or_default())
-        .collect();
-    assert_eq!(hooks, ["connect4", "connect6", "sendmsg4", "sendmsg6"]);
+    let insns = links["links"].as_array().expect("links");
     assert!(
-        links["links"]
-            .as_array()
-            .expect("links")
-            .iter()
-            .all(|l| l["verified_insns"].as_u64() > Some(0))
+        insns.iter().all(|l| l["verified_insns"].as_u64() > Some(0)),
+        "{insns:?}"
     );
     drop(daemon);
     assert_eq!(

@@ -165,14 +165,7 @@ fn cgroups_dropped_from_the_config_are_detached_on_restart() {
         "old cgroup detached: {:?}",
         env.kernel_attached()
     );
-    let links = env.inspect("links");
-    let cgroups: Vec<&str> = links["links"]
-        .as_array()
-        .expect("links")
-        .iter()
-        .map(|l| l["cgroup"].as_str().unwrap_or_default())
-        .collect();
-    assert_eq!(cgroups, vec![format!("/{other}").as_str(); 4]);
+    assert_eq!(env.column("links", "cgroup"), vec![format!("/{other}"); 4]);
     drop(d);
     let _ = run(env.cmd().args(["uninstall"]));
     let path = env
