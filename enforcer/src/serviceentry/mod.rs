@@ -1,0 +1,13 @@
+//! Istio `ServiceEntry`: the model, YAML decoding, and validation equal to Istio's own.
+//! Pure logic except for reading the files it is pointed at.
+
+pub mod decode;
+pub mod issue;
+pub mod model;
+pub mod names;
+pub mod source;
+pub mod validate;
+
+pub use issue::{Issue, Severity};
+pub use model::ServiceEntry;
+pub use source::{LoadReport, Loaded, Origin, load_paths};

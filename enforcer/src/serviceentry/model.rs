@@ -1,0 +1,160 @@
+//! The Istio `ServiceEntry` resource, every field (istio.io/api networking v1).
+
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceEntry {
+    pub api_version: String,
+    pub metadata: Metadata,
+    pub spec: Spec,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Metadata {
+    pub name: String,
+    pub namespace: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Metadata {
+    /// Namespace as Kubernetes would default it.
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("default")
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Location {
+    #[default]
+    MeshExternal,
+    MeshInternal,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Resolution {
+    #[default]
+    None,
+    Static,
+    Dns,
+    DnsRoundRobin,
+    DynamicDns,
+}
+
+impl Resolution {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "NONE",
+            Self::Static => "STATIC",
+            Self::Dns => "DNS",
+            Self::DnsRoundRobin => "DNS_ROUND_ROBIN",
+            Self::DynamicDns => "DYNAMIC_DNS",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Spec {
+    pub hosts: Vec<String>,
+    pub addresses: Vec<String>,
+    pub ports: Vec<Port>,
+    pub location: Location,
+    pub resolution: Resolution,
+    /// `None` when the field is absent; `Some(vec![])` for an explicit empty list (which the
+    /// CRD's `has(self.endpoints)` rules treat as set).
+    pub endpoints: Option<Vec<WorkloadEntry>>,
+    pub workload_selector: Option<WorkloadSelector>,
+    pub export_to: Vec<String>,
+    pub subject_alt_names: Vec<String>,
+}
+
+impl Spec {
+    pub fn endpoints(&self) -> &[WorkloadEntry] {
+        self.endpoints.as_deref().unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Port {
+    pub number: u32,
+    /// As written; empty when unset. Parsed case-insensitively by [`Protocol::parse`].
+    pub protocol: String,
+    pub name: String,
+    /// 0 when unset.
+    pub target_port: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkloadEntry {
+    pub address: String,
+    /// Port name → port number overrides for this endpoint.
+    pub ports: BTreeMap<String, u32>,
+    pub labels: BTreeMap<String, String>,
+    pub network: String,
+    pub locality: String,
+    pub weight: u32,
+    pub service_account: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkloadSelector {
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Istio's protocol names (`pkg/config/protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    GrpcWeb,
+    Http,
+    HttpProxy,
+    Http2,
+    Https,
+    Tcp,
+    Tls,
+    Udp,
+    Mongo,
+    Redis,
+    MySql,
+    Unsupported,
+}
+
+impl Protocol {
+    /// Case-insensitive, as Istio parses it. (Istio lists "DoubleHBONE" in its parser but
+    /// compares it against the lowercased input, so it never matches: unsupported here too.)
+    pub fn parse(s: &str) -> Self {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Self::Tcp,
+            "udp" => Self::Udp,
+            "grpc" => Self::Grpc,
+            "grpc-web" => Self::GrpcWeb,
+            "http" => Self::Http,
+            "http_proxy" => Self::HttpProxy,
+            "http2" => Self::Http2,
+            "https" => Self::Https,
+            "tls" => Self::Tls,
+            "mongo" => Self::Mongo,
+            "redis" => Self::Redis,
+            "mysql" => Self::MySql,
+            _ => Self::Unsupported,
+        }
+    }
+
+    pub const fn is_http(self) -> bool {
+        matches!(
+            self,
+            Self::Http | Self::Http2 | Self::HttpProxy | Self::Grpc | Self::GrpcWeb
+        )
+    }
+
+    pub const fn is_tcp(self) -> bool {
+        matches!(
+            self,
+            Self::Tcp | Self::Https | Self::Tls | Self::Mongo | Self::Redis | Self::MySql
+        )
+    }
+
+    pub const fn is_tls(self) -> bool {
+        matches!(self, Self::Https | Self::Tls)
+    }
+}
