@@ -636,3 +636,7 @@ pub fn validate(se: &ServiceEntry) -> Vec<Issue> {
     validate_export_to(&mut r, se.metadata.namespace(), &spec.export_to);
     r.issues
 }
+
+#[cfg(test)]
+#[path = "validate_tests.rs"]
+mod tests;
