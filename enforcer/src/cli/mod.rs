@@ -1,6 +1,7 @@
 //! Command line: one module per subcommand. Exit codes: 0 ok, 1 user or config error,
 //! 2 runtime failure (DESIGN §6); `exec` passes its command's status through.
 
+mod check;
 mod exec;
 mod inspect;
 mod run;
@@ -29,6 +30,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon in the foreground: load, attach, keep the rules in the kernel
     Run(run::Args),
+    /// Validate ServiceEntry files as Istio would; exit 1 on any error
+    Check(check::Args),
     /// Run a command inside an enforced cgroup
     Exec(exec::Args),
     /// Show the pinned rules, counters or links (works with or without a running daemon)
@@ -82,6 +85,13 @@ pub fn main() -> ExitCode {
     let config = cli.config.as_deref();
     let result = match cli.command {
         Command::Run(a) => run::run(config, a).map(|()| ExitCode::SUCCESS),
+        Command::Check(a) => check::check(config, a).map(|ok| {
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }),
         Command::Exec(a) => exec::exec(config, a),
         Command::Inspect(a) => inspect::inspect(config, a).map(|()| ExitCode::SUCCESS),
         Command::Uninstall(a) => uninstall::uninstall(config, a).map(|()| ExitCode::SUCCESS),

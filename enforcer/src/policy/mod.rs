@@ -1,4 +1,5 @@
 //! Pure policy logic: what the kernel maps should contain. No I/O here.
 
 pub mod allow_spec;
+pub mod compile;
 pub mod rules;

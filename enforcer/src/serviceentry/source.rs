@@ -41,6 +41,16 @@ impl Origin {
     }
 }
 
+impl Origin {
+    /// `file:line`, for rule sources.
+    pub fn short(&self) -> String {
+        match self.line {
+            Some(l) => format!("{}:{l}", self.file.display()),
+            None => self.file.display().to_string(),
+        }
+    }
+}
+
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.file.display())?;
@@ -179,25 +189,27 @@ pub fn collect_files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<(Origin, Issue)>) 
     (files, problems)
 }
 
-/// 1-based start line of each document: a `---` marker line starts one, and text before the
-/// first marker forms document 0.
+/// 1-based start line of each document: a `---` marker line starts one, and content before
+/// the first marker forms document 0, starting at its first line that is not a comment.
 fn document_lines(text: &str) -> Vec<usize> {
     let mut starts = Vec::new();
-    let mut content_before_marker = false;
+    let mut first_content = None;
     for (i, line) in text.lines().enumerate() {
         let is_marker = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
         if is_marker {
-            if starts.is_empty() && content_before_marker {
-                starts.push(1);
+            if let (true, Some(l)) = (starts.is_empty(), first_content) {
+                starts.push(l);
             }
             starts.push(i + 1);
-        } else if starts.is_empty() {
+        } else if starts.is_empty() && first_content.is_none() {
             let t = line.trim();
-            content_before_marker |= !t.is_empty() && !t.starts_with('#');
+            if !t.is_empty() && !t.starts_with('#') {
+                first_content = Some(i + 1);
+            }
         }
     }
     if starts.is_empty() {
-        starts.push(1);
+        starts.push(first_content.unwrap_or(1));
     }
     starts
 }
@@ -370,7 +382,7 @@ mod tests {
         );
         let r = load(&text);
         assert_eq!(r.entries.len(), 2, "{:?}", r.problems);
-        assert_eq!(r.entries[0].origin.line, Some(1));
+        assert_eq!(r.entries[0].origin.line, Some(2));
         assert_eq!(r.entries[1].origin.line, Some(6));
         assert_eq!(r.entries[1].origin.to_string(), "t.yaml:6 (document 1)");
         assert!(r.entries.iter().all(Loaded::is_valid));

@@ -1,0 +1,349 @@
+//! ServiceEntries + daemon config → what to allow: static IP/CIDR rules, and hostnames whose
+//! DNS answers are allowed. Follows DESIGN §4's table; pure, no I/O.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use serde::Serialize;
+
+use super::{
+    allow_spec::{AllowSpec, Net, Proto},
+    rules::DesiredRules,
+};
+use crate::serviceentry::{
+    Issue, Loaded,
+    model::{Protocol, Resolution, ServiceEntry, WorkloadEntry},
+    names,
+};
+
+/// A destination port and protocol; port 0 means any port.
+pub type Target = (u16, Proto);
+
+/// Inputs from the daemon config that the compiler turns into rules as well.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigAllows {
+    /// `--allow` flags.
+    pub specs: Vec<AllowSpec>,
+    /// `allow.cidrs`: any port, TCP and UDP.
+    pub cidrs: Vec<Net>,
+    /// DNS servers the workloads use: port 53, TCP and UDP.
+    pub dns_servers: Vec<IpAddr>,
+}
+
+/// Something that does not make an entry invalid but that the user should know.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Notice {
+    pub entry: String,
+    pub issue: Issue,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompiledPolicy {
+    /// Rule id → where the rule comes from, e.g. `ServiceEntry default/api (se.yaml:3)`.
+    pub sources: BTreeMap<u32, String>,
+    /// Static destinations and the rule ids that allow them (subsumed ones merged away).
+    pub statics: BTreeMap<AllowSpec, BTreeSet<u32>>,
+    /// Hostname → targets and rule ids; every A/AAAA answer for the name gets these.
+    pub hostnames: BTreeMap<String, BTreeMap<Target, BTreeSet<u32>>>,
+    pub notices: Vec<Notice>,
+}
+
+/// Port targets of one ServiceEntry port: its number and targetPort, as TCP unless the
+/// protocol is UDP.
+fn port_targets(number: u32, target_port: u32, protocol: &str) -> Vec<Target> {
+    let proto = if Protocol::parse(protocol) == Protocol::Udp {
+        Proto::Udp
+    } else {
+        Proto::Tcp
+    };
+    [number, target_port]
+        .into_iter()
+        .filter_map(|p| u16::try_from(p).ok().filter(|p| *p != 0))
+        .map(|p| (p, proto))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// Targets for an endpoint: the entry's, plus the endpoint's port overrides.
+fn endpoint_targets(se: &ServiceEntry, we: &WorkloadEntry) -> Vec<Target> {
+    let mut out: BTreeSet<Target> = BTreeSet::new();
+    for p in &se.spec.ports {
+        out.extend(port_targets(p.number, p.target_port, &p.protocol));
+        if let Some(over) = we.ports.get(&p.name) {
+            out.extend(port_targets(*over, 0, &p.protocol));
+        }
+    }
+    out.into_iter().collect()
+}
+
+fn entry_targets(se: &ServiceEntry) -> Vec<Target> {
+    se.spec
+        .ports
+        .iter()
+        .flat_map(|p| port_targets(p.number, p.target_port, &p.protocol))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+struct Builder {
+    policy: CompiledPolicy,
+}
+
+impl Builder {
+    fn static_rule(&mut self, net: Net, target: Target, id: u32) {
+        let spec = AllowSpec {
+            net,
+            port: target.0,
+            proto: target.1,
+        };
+        self.policy.statics.entry(spec).or_default().insert(id);
+    }
+
+    fn address(&mut self, text: &str, targets: &[Target], id: u32) {
+        let net = match names::parse_prefix(text) {
+            Some((addr, len)) => Net::new(addr, len).ok(),
+            None => names::parse_ip(text)
+                .and_then(|a| Net::new(a, if a.is_ipv4() { 32 } else { 128 }).ok()),
+        };
+        if let Some(net) = net {
+            for t in targets {
+                self.static_rule(net, *t, id);
+            }
+        }
+    }
+
+    fn hostname(&mut self, host: &str, targets: &[Target], id: u32) {
+        let slot = self
+            .policy
+            .hostnames
+            .entry(host.trim_end_matches('.').to_ascii_lowercase())
+            .or_default();
+        for t in targets {
+            slot.entry(*t).or_default().insert(id);
+        }
+    }
+
+    fn notice(&mut self, entry: &str, path: &str, rule: &'static str, msg: String) {
+        self.policy.notices.push(Notice {
+            entry: entry.to_owned(),
+            issue: Issue::notice(path, rule, msg),
+        });
+    }
+
+    fn entry(&mut self, loaded: &Loaded, id: u32) {
+        let se = &loaded.entry;
+        let spec = &se.spec;
+        let name = loaded.id();
+        let targets = entry_targets(se);
+        if targets.is_empty() {
+            self.notice(
+                &name,
+                "spec.ports",
+                "no-ports",
+                "no ports: this entry allows nothing".to_owned(),
+            );
+        }
+        if !spec.export_to.is_empty() {
+            self.notice(
+                &name,
+                "spec.exportTo",
+                "scoping",
+                "exportTo is not applied yet: the entry is allowed node-wide".to_owned(),
+            );
+        }
+        if spec.workload_selector.is_some() {
+            self.notice(
+                &name,
+                "spec.workloadSelector",
+                "scoping",
+                "workloadSelector is not applied yet: the entry is allowed node-wide".to_owned(),
+            );
+        }
+        let wildcard_notice = |b: &mut Self, i: usize, h: &str| {
+            b.notice(
+                &name,
+                &format!("spec.hosts[{i}]"),
+                "dns-aware-mode",
+                format!("wildcard host {h:?} cannot be resolved ahead of time: needs DNS-aware mode, not allowed yet"),
+            );
+        };
+        let resolve_hosts = |b: &mut Self| {
+            for (i, h) in spec.hosts.iter().enumerate() {
+                if h.starts_with('*') {
+                    wildcard_notice(b, i, h);
+                } else {
+                    b.hostname(h, &targets, id);
+                }
+            }
+        };
+        let addresses = |b: &mut Self| {
+            for a in &spec.addresses {
+                b.address(a, &targets, id);
+            }
+        };
+        match spec.resolution {
+            Resolution::None if !spec.addresses.is_empty() => addresses(self),
+            Resolution::None => resolve_hosts(self),
+            Resolution::Static => {
+                for (i, we) in spec.endpoints().iter().enumerate() {
+                    if we.address.starts_with("unix://") || we.address.is_empty() {
+                        self.notice(
+                            &name,
+                            &format!("spec.endpoints[{i}]"),
+                            "no-network",
+                            "endpoint has no IP address: nothing to allow".to_owned(),
+                        );
+                        continue;
+                    }
+                    self.address(&we.address, &endpoint_targets(se, we), id);
+                }
+                addresses(self);
+            }
+            Resolution::Dns | Resolution::DnsRoundRobin => {
+                if spec.endpoints().is_empty() {
+                    resolve_hosts(self);
+                }
+                for we in spec.endpoints() {
+                    let t = endpoint_targets(se, we);
+                    if names::parse_ip(&we.address).is_some() {
+                        self.address(&we.address, &t, id);
+                    } else {
+                        self.hostname(&we.address, &t, id);
+                    }
+                }
+                addresses(self);
+            }
+            Resolution::DynamicDns => {
+                for (i, h) in spec.hosts.iter().enumerate() {
+                    wildcard_notice(self, i, h);
+                }
+            }
+        }
+    }
+
+    /// Drops static rules covered by a broader one (a containing network on the same port, or
+    /// on any port, same protocol), folding their rule ids into the broader rule.
+    fn merge(&mut self) {
+        let all: Vec<AllowSpec> = self.policy.statics.keys().copied().collect();
+        let mut lens: Vec<u8> = all
+            .iter()
+            .map(|s| s.net.normalized().1)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        lens.sort_unstable();
+        for spec in all {
+            let (_, own_len) = spec.net.normalized();
+            let covering = lens
+                .iter()
+                .filter(|l| **l <= own_len)
+                .flat_map(|l| {
+                    let (addr, _) = spec.net.normalized();
+                    let net = Net::from_normalized(mask128(addr, *l), *l);
+                    [spec.port, 0].map(|port| AllowSpec {
+                        net,
+                        port,
+                        proto: spec.proto,
+                    })
+                })
+                .find(|c| *c != spec && self.policy.statics.contains_key(c));
+            if let Some(cover) = covering
+                && let Some(ids) = self.policy.statics.remove(&spec)
+            {
+                self.policy.statics.entry(cover).or_default().extend(ids);
+            }
+        }
+    }
+}
+
+fn mask128(addr: [u8; 16], len: u8) -> [u8; 16] {
+    let bits = u128::from_be_bytes(addr);
+    let m = if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(len))
+    };
+    (bits & m).to_be_bytes()
+}
+
+/// Compiles the config's allows and every valid entry (invalid ones are the caller's to
+/// report; they are skipped here). Rule ids: config sources first, then entries in order.
+pub fn compile(config: &ConfigAllows, entries: &[Loaded]) -> CompiledPolicy {
+    let mut b = Builder {
+        policy: CompiledPolicy::default(),
+    };
+    let mut next_id = 1u32;
+    let mut new_id = |b: &mut Builder, source: String| {
+        let id = next_id;
+        next_id = next_id.saturating_add(1);
+        b.policy.sources.insert(id, source);
+        id
+    };
+    for spec in &config.specs {
+        let id = new_id(&mut b, format!("--allow {spec}"));
+        b.static_rule(spec.net, (spec.port, spec.proto), id);
+    }
+    for net in &config.cidrs {
+        let id = new_id(&mut b, format!("allow.cidrs {net}"));
+        for proto in [Proto::Tcp, Proto::Udp] {
+            b.static_rule(*net, (0, proto), id);
+        }
+    }
+    for ip in &config.dns_servers {
+        let id = new_id(&mut b, format!("DNS server {ip}"));
+        let net = Net::new(*ip, if ip.is_ipv4() { 32 } else { 128 }).unwrap_or(Net {
+            addr: *ip,
+            prefix: 0,
+        });
+        for proto in [Proto::Tcp, Proto::Udp] {
+            b.static_rule(net, (53, proto), id);
+        }
+    }
+    for loaded in entries.iter().filter(|e| e.is_valid()) {
+        let id = new_id(
+            &mut b,
+            format!("ServiceEntry {} ({})", loaded.id(), loaded.origin.short()),
+        );
+        b.entry(loaded, id);
+    }
+    b.merge();
+    b.policy
+}
+
+impl CompiledPolicy {
+    /// The kernel rules once hostnames are resolved; `resolve` gives the addresses currently
+    /// allowed for a name (none: nothing is allowed for it yet).
+    pub fn desired_rules(&self, resolve: impl Fn(&str) -> Vec<IpAddr>) -> DesiredRules {
+        let mut rules = DesiredRules {
+            sources: self.sources.clone(),
+            ..DesiredRules::default()
+        };
+        for (spec, ids) in &self.statics {
+            rules.add(spec, ids.first().copied().unwrap_or(0));
+        }
+        for (host, targets) in &self.hostnames {
+            for ip in resolve(host) {
+                let Ok(net) = Net::new(ip, if ip.is_ipv4() { 32 } else { 128 }) else {
+                    continue;
+                };
+                for ((port, proto), ids) in targets {
+                    let spec = AllowSpec {
+                        net,
+                        port: *port,
+                        proto: *proto,
+                    };
+                    rules.add(&spec, ids.first().copied().unwrap_or(0));
+                }
+            }
+        }
+        rules
+    }
+}
+
+#[cfg(test)]
+#[path = "compile_tests.rs"]
+mod tests;

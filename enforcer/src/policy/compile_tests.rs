@@ -1,0 +1,362 @@
+//! The DESIGN §4 table, row by row, and every combination of resolution, endpoints and
+//! addresses.
+
+use std::path::Path;
+
+use super::*;
+use crate::serviceentry::source::{LoadReport, load_text};
+
+fn load(yaml: &str) -> Vec<Loaded> {
+    let mut r = LoadReport::default();
+    load_text(yaml, Path::new("se.yaml"), &mut r);
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    r.entries
+}
+
+fn entry(name: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}}}\nspec:\n{}",
+        spec.lines().map(|l| format!("  {l}\n")).collect::<String>()
+    )
+}
+
+fn compile_one(spec: &str) -> CompiledPolicy {
+    compile(&ConfigAllows::default(), &load(&entry("e", spec)))
+}
+
+/// Statics as `addr:port/proto` strings.
+fn statics(p: &CompiledPolicy) -> Vec<String> {
+    p.statics.keys().map(ToString::to_string).collect()
+}
+
+fn hosts(p: &CompiledPolicy) -> Vec<String> {
+    p.hostnames.keys().cloned().collect()
+}
+
+fn host_targets(p: &CompiledPolicy, h: &str) -> Vec<String> {
+    p.hostnames[h]
+        .keys()
+        .map(|(port, proto)| format!("{port}/{proto}"))
+        .collect()
+}
+
+fn notice_rules(p: &CompiledPolicy) -> Vec<&'static str> {
+    p.notices.iter().map(|n| n.issue.rule).collect()
+}
+
+#[test]
+fn none_with_addresses_allows_the_listed_ips_and_cidrs_only() {
+    let p = compile_one(
+        "hosts: [api.example.com]\naddresses: [192.0.2.1, 10.0.0.0/8, '2001:db8::/32']\nports: [{number: 443, name: https, protocol: TLS}]\nresolution: NONE",
+    );
+    assert_eq!(
+        statics(&p),
+        [
+            "10.0.0.0/8:443/tcp",
+            "192.0.2.1:443/tcp",
+            "[2001:db8::/32]:443/tcp"
+        ]
+    );
+    assert!(
+        hosts(&p).is_empty(),
+        "hosts are not resolved when addresses are given"
+    );
+}
+
+#[test]
+fn none_without_addresses_allows_the_hosts_dns_answers() {
+    let p = compile_one(
+        "hosts: [api.example.com, 'Other.Example.com.', '*.wild.example.com']\nports: [{number: 443, name: https, protocol: TLS}]\nresolution: NONE",
+    );
+    assert_eq!(hosts(&p), ["api.example.com", "other.example.com"]);
+    assert!(statics(&p).is_empty());
+    assert_eq!(
+        notice_rules(&p),
+        ["dns-aware-mode"],
+        "a wildcard host needs DNS-aware mode"
+    );
+}
+
+#[test]
+fn static_allows_endpoint_ips_with_overrides_plus_addresses() {
+    let p = compile_one(
+        "hosts: [db.internal]\naddresses: [192.0.2.50]\nports: [{number: 5432, name: pg, protocol: TCP}]\nresolution: STATIC\nendpoints: [{address: 192.0.2.10}, {address: 192.0.2.11, ports: {pg: 6432}}, {address: 'unix:///tmp/s.sock'}]",
+    );
+    let p2 = compile_one(
+        "hosts: [db.internal]\naddresses: [192.0.2.50]\nports: [{number: 5432, name: pg, protocol: TCP}]\nresolution: STATIC\nendpoints: [{address: 192.0.2.10}, {address: 192.0.2.11, ports: {pg: 6432}}]",
+    );
+    assert_eq!(
+        statics(&p2),
+        [
+            "192.0.2.10:5432/tcp",
+            "192.0.2.11:5432/tcp",
+            "192.0.2.11:6432/tcp",
+            "192.0.2.50:5432/tcp"
+        ]
+    );
+    assert!(hosts(&p2).is_empty(), "STATIC never resolves hosts");
+    // A unix endpoint (valid with one service port) carries no network traffic: noticed.
+    assert_eq!(notice_rules(&p), ["no-network"]);
+}
+
+#[test]
+fn dns_without_endpoints_resolves_the_hosts_plus_addresses() {
+    let p = compile_one(
+        "hosts: [api.example.com]\naddresses: [192.0.2.1]\nports: [{number: 443, name: https, protocol: HTTPS, targetPort: 8443}]\nresolution: DNS",
+    );
+    assert_eq!(hosts(&p), ["api.example.com"]);
+    assert_eq!(host_targets(&p, "api.example.com"), ["443/tcp", "8443/tcp"]);
+    assert_eq!(statics(&p), ["192.0.2.1:443/tcp", "192.0.2.1:8443/tcp"]);
+}
+
+#[test]
+fn dns_with_endpoints_resolves_the_endpoints_not_the_hosts() {
+    for res in ["DNS", "DNS_ROUND_ROBIN"] {
+        let eps = if res == "DNS" {
+            "[{address: eu.example.com, ports: {https: 9443}}, {address: 192.0.2.9}]"
+        } else {
+            "[{address: eu.example.com, ports: {https: 9443}}]"
+        };
+        let p = compile_one(&format!(
+            "hosts: ['*.example.com']\nports: [{{number: 443, name: https, protocol: TLS}}]\nresolution: {res}\nendpoints: {eps}"
+        ));
+        assert_eq!(hosts(&p), ["eu.example.com"], "{res}");
+        assert_eq!(
+            host_targets(&p, "eu.example.com"),
+            ["443/tcp", "9443/tcp"],
+            "{res}"
+        );
+        if res == "DNS" {
+            assert_eq!(statics(&p), ["192.0.2.9:443/tcp"]);
+        }
+    }
+}
+
+#[test]
+fn dynamic_dns_needs_dns_aware_mode() {
+    let p = compile_one(
+        "hosts: ['*.example.com']\nports: [{number: 443, name: tls, protocol: TLS}]\nresolution: DYNAMIC_DNS",
+    );
+    assert!(statics(&p).is_empty() && hosts(&p).is_empty());
+    assert_eq!(notice_rules(&p), ["dns-aware-mode"]);
+}
+
+#[test]
+fn location_changes_nothing() {
+    let spec = "hosts: [api.example.com]\nports: [{number: 443, name: https, protocol: TLS}]\nresolution: DNS";
+    let ext = compile_one(&format!("{spec}\nlocation: MESH_EXTERNAL"));
+    let int = compile_one(&format!("{spec}\nlocation: MESH_INTERNAL"));
+    assert_eq!(ext.hostnames, int.hostnames);
+    assert_eq!(ext.statics, int.statics);
+}
+
+#[test]
+fn scoping_fields_draw_a_notice() {
+    let p = compile_one(
+        "hosts: [api.example.com]\nports: [{number: 443, name: https, protocol: TLS}]\nresolution: DNS\nexportTo: ['.']\nworkloadSelector: {labels: {app: x}}",
+    );
+    assert_eq!(notice_rules(&p), ["scoping", "scoping"]);
+    assert_eq!(hosts(&p), ["api.example.com"], "still allowed, node-wide");
+}
+
+#[test]
+fn protocols_map_to_tcp_except_udp() {
+    let p = compile_one(
+        "hosts: [api.example.com]\naddresses: [192.0.2.1]\nports: [{number: 53, name: dns, protocol: UDP}, {number: 54, name: dns-tcp, protocol: TCP}, {number: 80, name: http, protocol: HTTP}, {number: 81, name: plain}, {number: 82, name: grpc, protocol: grpc}, {number: 83, name: udp-lower, protocol: udp}]\nresolution: STATIC",
+    );
+    assert_eq!(
+        statics(&p),
+        [
+            "192.0.2.1:53/udp",
+            "192.0.2.1:54/tcp",
+            "192.0.2.1:80/tcp",
+            "192.0.2.1:81/tcp",
+            "192.0.2.1:82/tcp",
+            "192.0.2.1:83/udp"
+        ]
+    );
+}
+
+#[test]
+fn entries_without_ports_allow_nothing() {
+    let p = compile_one("hosts: [api.example.com]\naddresses: [192.0.2.1]\nresolution: NONE");
+    assert!(statics(&p).is_empty());
+    assert_eq!(notice_rules(&p), ["no-ports"]);
+}
+
+#[test]
+fn invalid_entries_are_skipped_and_ids_follow_config_sources() {
+    let yaml = entry("bad", "hosts: ['*']\nports: [{number: 1, name: a}]")
+        + &entry(
+            "good",
+            "hosts: [a.example.com]\naddresses: [192.0.2.1]\nports: [{number: 1, name: a, protocol: TLS}]\nresolution: STATIC",
+        );
+    let cfg = ConfigAllows {
+        specs: vec!["198.18.0.1:80/tcp".parse().unwrap()],
+        cidrs: vec![crate::policy::allow_spec::parse_cidr("10.96.0.0/12").unwrap()],
+        dns_servers: vec!["192.0.2.53".parse().unwrap()],
+    };
+    let p = compile(&cfg, &load(&yaml));
+    let sources: Vec<&str> = p.sources.values().map(String::as_str).collect();
+    assert_eq!(
+        sources[..3],
+        [
+            "--allow 198.18.0.1:80/tcp",
+            "allow.cidrs 10.96.0.0/12",
+            "DNS server 192.0.2.53"
+        ]
+    );
+    assert!(
+        sources[3].starts_with("ServiceEntry default/good (se.yaml:"),
+        "{sources:?}"
+    );
+    assert_eq!(sources.len(), 4, "the invalid entry gets no rules");
+    assert_eq!(
+        statics(&p),
+        [
+            "10.96.0.0/12:*/tcp",
+            "10.96.0.0/12:*/udp",
+            "192.0.2.1:1/tcp",
+            "192.0.2.53:53/tcp",
+            "192.0.2.53:53/udp",
+            "198.18.0.1:80/tcp"
+        ]
+    );
+    assert_eq!(
+        p.statics
+            .iter()
+            .find(|(s, _)| s.port == 1)
+            .map(|(_, ids)| ids.iter().copied().collect::<Vec<_>>()),
+        Some(vec![4])
+    );
+}
+
+#[test]
+fn overlaps_merge_into_the_broader_rule() {
+    let yaml = entry(
+        "wide",
+        "hosts: [a.example.com]\naddresses: [10.0.0.0/8]\nports: [{number: 443, name: https, protocol: TLS}]\nresolution: NONE",
+    ) + &entry(
+        "narrow",
+        "hosts: [b.example.com]\naddresses: [10.1.2.3, 10.1.0.0/16]\nports: [{number: 443, name: https, protocol: TLS}]\nresolution: NONE",
+    ) + &entry(
+        "anyport",
+        "hosts: [c.example.com]\naddresses: [192.0.2.0/24]\nports: [{number: 1, name: a, protocol: TLS}]\nresolution: NONE",
+    ) + &entry(
+        "same",
+        "hosts: [d.example.com]\naddresses: [192.0.2.1]\nports: [{number: 1, name: a, protocol: TLS}, {number: 53, name: dns, protocol: UDP}]\nresolution: NONE",
+    );
+    let p = compile(
+        &ConfigAllows {
+            cidrs: vec![crate::policy::allow_spec::parse_cidr("192.0.2.0/24").unwrap()],
+            ..Default::default()
+        },
+        &load(&yaml),
+    );
+    assert_eq!(
+        statics(&p),
+        [
+            "10.0.0.0/8:443/tcp",
+            "192.0.2.0/24:*/tcp",
+            "192.0.2.0/24:*/udp"
+        ]
+    );
+    let ids = |s: &str| {
+        p.statics
+            .iter()
+            .find(|(k, _)| k.to_string() == s)
+            .map(|(_, v)| v.len())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        ids("10.0.0.0/8:443/tcp"),
+        2,
+        "the narrow entry's id is kept with the wide rule"
+    );
+    assert_eq!(ids("192.0.2.0/24:*/tcp"), 3);
+}
+
+#[test]
+fn desired_rules_add_resolved_addresses() {
+    let p = compile_one(
+        "hosts: [api.example.com]\naddresses: [192.0.2.1]\nports: [{number: 443, name: https, protocol: HTTPS}]\nresolution: DNS",
+    );
+    let rules = p.desired_rules(|h| {
+        assert_eq!(h, "api.example.com");
+        vec![
+            "198.51.100.7".parse().unwrap(),
+            "2001:db8::7".parse().unwrap(),
+        ]
+    });
+    let mut got: Vec<String> = rules
+        .exact
+        .keys()
+        .map(|k| crate::policy::rules::describe(None, k).to_string())
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "192.0.2.1:443/tcp",
+            "198.51.100.7:443/tcp",
+            "[2001:db8::7]:443/tcp"
+        ]
+    );
+    assert!(rules.exact.values().all(|v| v.rule_id == 1));
+    assert!(
+        p.desired_rules(|_| Vec::new()).exact.len() == 1,
+        "unresolved hosts allow nothing"
+    );
+}
+
+/// Every combination of resolution × endpoints × addresses: what is allowed statically and
+/// which names are resolved. Combinations Istio rejects allow nothing.
+#[test]
+fn every_combination_of_resolution_endpoints_and_addresses() {
+    let endpoints = [
+        ("none", ""),
+        ("ip", "\nendpoints: [{address: 192.0.2.7}]"),
+        ("fqdn", "\nendpoints: [{address: backend.example.com}]"),
+    ];
+    let addresses = [("none", ""), ("addr", "\naddresses: [198.51.100.1]")];
+    let expect = |res: &str, ep: &str, ad: &str| -> (Vec<&'static str>, Vec<&'static str>) {
+        let addr = if ad == "addr" {
+            vec!["198.51.100.1:443/tcp"]
+        } else {
+            vec![]
+        };
+        match (res, ep) {
+            ("NONE", "none") if ad == "addr" => (addr, vec![]),
+            ("NONE", "none") => (vec![], vec!["api.example.com"]),
+            ("NONE", _) | ("STATIC", "fqdn") | ("DYNAMIC_DNS", _) => (vec![], vec![]),
+            ("STATIC", "none") => (addr, vec![]),
+            ("STATIC", "ip") => ([vec!["192.0.2.7:443/tcp"], addr].concat(), vec![]),
+            (_, "none") => (addr, vec!["api.example.com"]),
+            (_, "ip") => ([vec!["192.0.2.7:443/tcp"], addr].concat(), vec![]),
+            (_, _) => (addr, vec!["backend.example.com"]),
+        }
+    };
+    let mut checked = 0;
+    for res in ["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"] {
+        for (ep, ep_yaml) in endpoints {
+            for (ad, ad_yaml) in addresses {
+                let p = compile_one(&format!(
+                    "hosts: [api.example.com]\nports: [{{number: 443, name: https, protocol: TLS}}]\nresolution: {res}{ep_yaml}{ad_yaml}"
+                ));
+                let (want_statics, want_hosts) = expect(res, ep, ad);
+                let mut got = statics(&p);
+                got.sort();
+                let mut want: Vec<String> = want_statics.iter().map(ToString::to_string).collect();
+                want.sort();
+                assert_eq!(got, want, "statics for {res} endpoints={ep} addresses={ad}");
+                assert_eq!(
+                    hosts(&p),
+                    want_hosts,
+                    "hostnames for {res} endpoints={ep} addresses={ad}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 30);
+}
