@@ -82,6 +82,13 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    if !matches!(cli.command, Command::Run(_)) {
+        // Report-printing commands end quietly when their reader goes away (`| head`), like
+        // other Unix tools; the daemon keeps Rust's default (SIGPIPE ignored) so that a closed
+        // log pipe never takes enforcement management down with it.
+        // SAFETY: restoring the default disposition before any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let config = cli.config.as_deref();
     let result = match cli.command {
         Command::Run(a) => run::run(config, a).map(|()| ExitCode::SUCCESS),

@@ -189,29 +189,37 @@ pub fn collect_files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<(Origin, Issue)>) 
     (files, problems)
 }
 
-/// 1-based start line of each document: a `---` marker line starts one, and content before
-/// the first marker forms document 0, starting at its first line that is not a comment.
-fn document_lines(text: &str) -> Vec<usize> {
-    let mut starts = Vec::new();
-    let mut first_content = None;
+/// For each document, the 1-based line where its content starts (its first line that is
+/// neither blank nor a comment; `None` for an empty document). A `---` line starts a new
+/// document; content before the first one forms document 0.
+fn document_lines(text: &str) -> Vec<Option<usize>> {
+    let mut docs: Vec<Option<usize>> = Vec::new();
+    let mut before_first_marker: Option<usize> = None;
+    let mut seen_marker = false;
     for (i, line) in text.lines().enumerate() {
         let is_marker = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
+        let content = |t: &str| !t.is_empty() && !t.starts_with('#');
         if is_marker {
-            if let (true, Some(l)) = (starts.is_empty(), first_content) {
-                starts.push(l);
+            if !seen_marker && before_first_marker.is_some() {
+                docs.push(before_first_marker);
             }
-            starts.push(i + 1);
-        } else if starts.is_empty() && first_content.is_none() {
-            let t = line.trim();
-            if !t.is_empty() && !t.starts_with('#') {
-                first_content = Some(i + 1);
+            seen_marker = true;
+            let inline = line.trim_start_matches('-').trim();
+            docs.push(content(inline).then_some(i + 1));
+        } else if content(line.trim()) {
+            match docs.last_mut() {
+                Some(slot @ None) if seen_marker => *slot = Some(i + 1),
+                _ if !seen_marker && before_first_marker.is_none() => {
+                    before_first_marker = Some(i + 1)
+                }
+                _ => {}
             }
         }
     }
-    if starts.is_empty() {
-        starts.push(first_content.unwrap_or(1));
+    if !seen_marker {
+        docs.push(before_first_marker);
     }
-    starts
+    docs
 }
 
 fn str_field<'v>(v: &'v Value, name: &str) -> Option<&'v str> {
@@ -283,7 +291,7 @@ fn resource(v: &Value, origin: Origin, report: &mut LoadReport) {
         }
         None => report.problems.push((
             origin,
-            Issue::warning(
+            Issue::notice(
                 "kind",
                 "no-kind",
                 "skipped: no kind (not a Kubernetes resource)",
@@ -300,7 +308,7 @@ pub fn load_text(text: &str, file: &Path, report: &mut LoadReport) {
             file: file.to_path_buf(),
             document: Some(i),
             item: None,
-            line: lines.get(i).copied(),
+            line: lines.get(i).copied().flatten(),
         };
         match Value::deserialize(doc) {
             Ok(v) => resource(&v, origin, report),
@@ -383,9 +391,23 @@ mod tests {
         let r = load(&text);
         assert_eq!(r.entries.len(), 2, "{:?}", r.problems);
         assert_eq!(r.entries[0].origin.line, Some(2));
-        assert_eq!(r.entries[1].origin.line, Some(6));
-        assert_eq!(r.entries[1].origin.to_string(), "t.yaml:6 (document 1)");
+        assert_eq!(r.entries[1].origin.line, Some(7));
+        assert_eq!(r.entries[1].origin.to_string(), "t.yaml:7 (document 1)");
         assert!(r.entries.iter().all(Loaded::is_valid));
+    }
+
+    #[test]
+    fn document_start_lines() {
+        assert_eq!(document_lines("a: 1\n"), [Some(1)]);
+        assert_eq!(
+            document_lines("# c\n\na: 1\n---\n# c\nb: 2\n"),
+            [Some(3), Some(6)]
+        );
+        assert_eq!(
+            document_lines("---\na: 1\n---\n---\nb: 1\n"),
+            [Some(2), None, Some(5)]
+        );
+        assert_eq!(document_lines("--- {a: 1}\n"), [Some(1)]);
     }
 
     #[test]
@@ -411,7 +433,7 @@ mod tests {
         assert!(r.entries.is_empty());
         assert_eq!(r.problems[0].1.severity, Severity::Notice);
         assert!(r.problems[0].1.message.contains("ConfigMap"));
-        assert_eq!(r.problems[1].1.severity, Severity::Warning);
+        assert_eq!(r.problems[1].1.rule, "no-kind");
     }
 
     #[test]
