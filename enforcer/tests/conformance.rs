@@ -51,8 +51,8 @@ fn istio_conformance_corpus() {
     ] {
         for f in files(folder) {
             let (errors, warnings) = verdict(&f);
-            let ok = (!errors.is_empty()) == want_errors
-                && want_warnings.is_none_or(|w| (!warnings.is_empty()) == w);
+            let ok = errors.is_empty() != want_errors
+                && want_warnings.is_none_or(|w| warnings.is_empty() != w);
             if ok {
                 agree += 1;
             } else {

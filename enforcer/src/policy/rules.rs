@@ -40,6 +40,10 @@ impl DesiredRules {
         self.exact.len() + self.prefix.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.prefix.is_empty()
+    }
+
     /// Builds the rule set for `--allow` flags: rule id = position + 1 (0 is never used, so
     /// that a zeroed value is recognisably wrong).
     pub fn from_specs<'a>(specs: impl IntoIterator<Item = &'a AllowSpec>) -> Self {

@@ -208,30 +208,30 @@ fn validate_dns_endpoint(
 fn crd_endpoint(r: &mut Report, path: &str, we: &WorkloadEntry) {
     limit(
         r,
-        &join(path, "address"),
+        join(path, "address"),
         we.address.len(),
         256,
         "characters",
     );
-    limit(r, &join(path, "labels"), we.labels.len(), 256, "labels");
+    limit(r, join(path, "labels"), we.labels.len(), 256, "labels");
     limit(
         r,
-        &join(path, "locality"),
+        join(path, "locality"),
         we.locality.len(),
         2048,
         "characters",
     );
     limit(
         r,
-        &join(path, "network"),
+        join(path, "network"),
         we.network.len(),
         2048,
         "characters",
     );
-    limit(r, &join(path, "ports"), we.ports.len(), 128, "ports");
+    limit(r, join(path, "ports"), we.ports.len(), 128, "ports");
     limit(
         r,
-        &join(path, "serviceAccount"),
+        join(path, "serviceAccount"),
         we.service_account.len(),
         253,
         "characters",
@@ -620,17 +620,18 @@ pub fn validate(se: &ServiceEntry) -> Vec<Issue> {
     }
 
     // Plain TCP cannot tell several hosts apart unless the hosts are ignored (NONE).
-    if spec.resolution != Resolution::None && spec.hosts.len() > 1 {
-        if let Some(i) = spec.ports.iter().position(|p| {
+    if spec.resolution != Resolution::None
+        && spec.hosts.len() > 1
+        && let Some(i) = spec.ports.iter().position(|p| {
             let proto = Protocol::parse(&p.protocol);
             !proto.is_http() && !proto.is_tls()
-        }) {
-            r.error(
-                index("spec.ports", i),
-                "multiple-hosts-tcp",
-                "multiple hosts provided with non-HTTP, non-TLS ports",
-            );
-        }
+        })
+    {
+        r.error(
+            index("spec.ports", i),
+            "multiple-hosts-tcp",
+            "multiple hosts provided with non-HTTP, non-TLS ports",
+        );
     }
 
     validate_export_to(&mut r, se.metadata.namespace(), &spec.export_to);
