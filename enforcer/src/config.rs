@@ -3,7 +3,7 @@
 //! Every key is optional. Unknown keys are rejected (a typo must not silently weaken policy),
 //! and errors name the file and, where the YAML parser knows it, the line.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
@@ -132,8 +132,7 @@ impl Config {
             bail!("cgroups: at least one cgroup is needed");
         }
         for c in &self.cgroups {
-            crate::dataplane::cgroup::validate_relative(c)
-                .with_context(|| format!("cgroups: {c:?}"))?;
+            cgroup_relative(c).with_context(|| format!("cgroups: {c:?}"))?;
         }
         if !self.bpffs.is_absolute() {
             bail!(
@@ -163,6 +162,20 @@ impl Config {
             .filter_map(|c| crate::policy::allow_spec::parse_cidr(c).ok())
             .collect()
     }
+}
+
+/// Normalises a configured cgroup to a path relative to the cgroup2 mount ("" = the root).
+/// Rejects `..` so a config cannot point outside the hierarchy.
+pub fn cgroup_relative(dir: &str) -> anyhow::Result<String> {
+    let mut parts = Vec::new();
+    for c in Path::new(dir).components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(p) => parts.push(p.to_str().context("not UTF-8")?.to_owned()),
+            Component::ParentDir | Component::Prefix(_) => bail!("must not contain '..'"),
+        }
+    }
+    Ok(parts.join("/"))
 }
 
 #[cfg(test)]

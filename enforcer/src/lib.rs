@@ -3,10 +3,15 @@
 //! `serviceentry` (decode + validate) and `policy` (compile to rules) are pure; `dataplane`
 //! does all kernel I/O; `daemon` wires them together; `cli` is the command line.
 
-pub mod cli;
 pub mod config;
-pub mod daemon;
-pub mod dataplane;
-pub mod logging;
 pub mod policy;
 pub mod serviceentry;
+
+#[cfg(feature = "runtime")]
+pub mod cli;
+#[cfg(feature = "runtime")]
+pub mod daemon;
+#[cfg(feature = "runtime")]
+pub mod dataplane;
+#[cfg(feature = "runtime")]
+pub mod logging;

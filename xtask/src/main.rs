@@ -1,5 +1,6 @@
 //! `cargo xtask setup|build|run|test`: the project's entry points (DESIGN §1, §7).
 
+mod bench;
 mod setup;
 mod test;
 
@@ -34,6 +35,12 @@ enum Task {
         /// Arguments for `egress-enforcer run`
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Measure against the targets; results go to bench/RESULTS.md and bench/results.json
+    Bench {
+        /// A reduced set that finishes in well under two minutes
+        #[arg(long)]
+        quick: bool,
     },
     /// fmt check, clippy -D warnings, unit tests, then the end-to-end suite (needs root)
     Test {
@@ -92,6 +99,7 @@ fn main() -> ExitCode {
             cmd.arg("run").args(args);
             step("egress-enforcer run", &mut cmd)
         }),
+        Task::Bench { quick } => setup::setup().and_then(|()| bench::bench(quick)),
         Task::Test { unit_only } => setup::setup().and_then(|()| test::test(unit_only)),
     };
     match result {

@@ -170,9 +170,22 @@ fn packages() -> anyhow::Result<()> {
     .context("step `packages`")
 }
 
+/// cargo-fuzz drives the libFuzzer target in `fuzz/`.
+fn cargo_fuzz() -> anyhow::Result<()> {
+    if output(Command::new(cargo_bin_dir().join("cargo-fuzz")).arg("--version")).is_some() {
+        return Ok(());
+    }
+    crate::step(
+        "setup: cargo install cargo-fuzz (~1 min)",
+        crate::cargo().args(["install", "--locked", "cargo-fuzz@0.13.2"]),
+    )
+    .context("step `cargo-fuzz`")
+}
+
 pub fn setup() -> anyhow::Result<()> {
     let sysroot = nightly_sysroot()?;
     rust_src(&sysroot)?;
     bpf_linker(&sysroot)?;
+    cargo_fuzz()?;
     packages()
 }

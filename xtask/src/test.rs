@@ -83,9 +83,14 @@ pub fn test(unit_only: bool) -> anyhow::Result<()> {
         cargo().args(["test", "--workspace", "--exclude", "e2e"]),
         &mut totals,
     );
-    if unit_only || unit.is_err() {
+    if unit.is_err() {
         totals.print();
         return unit;
+    }
+    let fuzz = fuzz();
+    if unit_only || fuzz.is_err() {
+        totals.print();
+        return fuzz;
     }
     step(
         "build binaries",
@@ -103,6 +108,42 @@ pub fn test(unit_only: bool) -> anyhow::Result<()> {
     );
     totals.print();
     e2e
+}
+
+/// Runs the ServiceEntry fuzz target for a bounded time (`EE_FUZZ_SECS`, default 30), seeded
+/// with the conformance corpus and the shipped examples. A crash, leak, timeout or memory
+/// blow-up fails the step and leaves the input in fuzz/artifacts/.
+fn fuzz() -> anyhow::Result<()> {
+    let secs: u64 = std::env::var("EE_FUZZ_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let root = workspace_root();
+    let corpus = root.join("fuzz/corpus/serviceentry");
+    std::fs::create_dir_all(&corpus)?;
+    let data = root.join("enforcer/tests/data/istio-serviceentry");
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root.join("fuzz"))
+        .env("AYA_BUILD_SKIP", "1")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .args(["+nightly", "fuzz", "run", "serviceentry", "--fuzz-dir", "."])
+        .arg(&corpus)
+        .arg(data.join("valid"))
+        .arg(data.join("warning"))
+        .arg(data.join("invalid"))
+        .arg(root.join("config/serviceentries"))
+        .args([
+            "--",
+            &format!("-max_total_time={secs}"),
+            "-rss_limit_mb=2048",
+            "-timeout=10",
+            "-max_len=65536",
+            "-print_final_stats=1",
+        ]);
+    step(
+        &format!("fuzz ServiceEntry decoding for {secs} s"),
+        &mut cmd,
+    )
 }
 
 /// Sum of cargo's per-binary "test result" lines, printed once at the end so the whole run

@@ -6,10 +6,10 @@
 use std::{
     fs,
     os::unix::fs::MetadataExt as _,
-    path::{Component, Path, PathBuf},
+    path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
 /// Finds the cgroup2 mount point in mountinfo text (format: proc(5)).
 pub fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
@@ -57,19 +57,7 @@ pub fn cgroup2_mount() -> anyhow::Result<PathBuf> {
     )
 }
 
-/// Normalises a configured cgroup to a path relative to the cgroup2 mount ("" = the root).
-/// Rejects `..` so a config cannot point outside the hierarchy.
-pub fn validate_relative(dir: &str) -> anyhow::Result<String> {
-    let mut parts = Vec::new();
-    for c in Path::new(dir).components() {
-        match c {
-            Component::RootDir | Component::CurDir => {}
-            Component::Normal(p) => parts.push(p.to_str().context("not UTF-8")?.to_owned()),
-            Component::ParentDir | Component::Prefix(_) => bail!("must not contain '..'"),
-        }
-    }
-    Ok(parts.join("/"))
-}
+pub use crate::config::cgroup_relative as validate_relative;
 
 /// A cgroup we enforce: its path relative to the cgroup2 mount and its absolute path.
 #[derive(Debug, Clone, PartialEq, Eq)]

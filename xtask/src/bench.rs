@@ -1,0 +1,205 @@
+//! `cargo xtask bench`: measurements with targets, written to bench/RESULTS.md and
+//! bench/results.json together with the machine they ran on. Quote medians.
+
+use std::{fmt::Write as _, path::Path, process::Command};
+
+use anyhow::{Context as _, bail};
+
+use crate::{cargo, step, workspace_root};
+
+/// One measured case: name, median, unit, target, and whether the target is met.
+struct Row {
+    case: String,
+    median: f64,
+    unit: &'static str,
+    target: Option<f64>,
+    detail: String,
+}
+
+impl Row {
+    fn verdict(&self) -> &'static str {
+        match self.target {
+            Some(t) if self.median <= t => "met",
+            Some(_) => "MISSED",
+            None => "-",
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => f64::midpoint(v[n / 2 - 1], v[n / 2]),
+    }
+}
+
+fn json_f64(line: &str, key: &str) -> anyhow::Result<f64> {
+    let pat = format!("\"{key}\": ");
+    let rest = line
+        .split_once(&pat)
+        .map(|(_, r)| r)
+        .with_context(|| format!("no {key} in {line}"))?;
+    let num: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    Ok(num.parse()?)
+}
+
+/// Parse + validate + compile N ServiceEntries in a fresh process, `runs` times.
+fn serviceentries(n: usize, runs: usize) -> anyhow::Result<Vec<Row>> {
+    step(
+        "bench: build serviceentry_bench (release)",
+        cargo().env("AYA_BUILD_SKIP", "1").args([
+            "build",
+            "--release",
+            "-p",
+            "enforcer",
+            "--no-default-features",
+            "--example",
+            "serviceentry_bench",
+        ]),
+    )?;
+    let bin = workspace_root().join("target/release/examples/serviceentry_bench");
+    let dir = workspace_root().join(format!("target/bench/serviceentries-{n}"));
+    let _ignored = std::fs::remove_dir_all(&dir);
+    step(
+        &format!("bench: generate {n} ServiceEntries"),
+        Command::new(&bin)
+            .arg("generate")
+            .arg(&dir)
+            .arg(n.to_string()),
+    )?;
+    let mut ms = Vec::new();
+    let mut rss = Vec::new();
+    for _ in 0..runs {
+        let out = Command::new(&bin).arg("run").arg(&dir).output()?;
+        if !out.status.success() {
+            bail!(
+                "serviceentry_bench failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let line = String::from_utf8_lossy(&out.stdout).into_owned();
+        if json_f64(&line, "entries")? as usize != n || json_f64(&line, "errors")? != 0.0 {
+            bail!("serviceentry_bench did not load {n} valid entries: {line}");
+        }
+        ms.push(json_f64(&line, "total_ms")?);
+        rss.push(json_f64(&line, "peak_rss_kib")? / 1024.0);
+    }
+    let detail = format!(
+        "{runs} runs, each a fresh process; min {:.0} / max {:.0} ms",
+        ms.iter().copied().fold(f64::INFINITY, f64::min),
+        ms.iter().copied().fold(0.0, f64::max)
+    );
+    Ok(vec![
+        Row {
+            case: format!("parse + validate + compile {n} ServiceEntries"),
+            median: median(ms),
+            unit: "ms",
+            target: Some(1000.0),
+            detail,
+        },
+        Row {
+            case: format!("peak RSS, {n} ServiceEntries"),
+            median: median(rss),
+            unit: "MiB",
+            target: Some(100.0),
+            detail: "VmHWM of the whole process".to_owned(),
+        },
+    ])
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().find_map(|l| {
+                l.strip_prefix("MemTotal:")
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            })
+        })
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    let kernel = Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!("{cpu}, {cores} cores, {mem_gib:.0} GiB; Linux {kernel}; {date}")
+}
+
+fn write_results(rows: &[Row], quick: bool) -> anyhow::Result<()> {
+    let dir = workspace_root().join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let command = if quick {
+        "cargo xtask bench --quick"
+    } else {
+        "cargo xtask bench"
+    };
+    let mut md = String::new();
+    let _ = writeln!(md, "# Benchmark results\n");
+    let _ = writeln!(md, "Generated by `{command}` — do not edit by hand.\n");
+    let _ = writeln!(md, "- Machine: {}", machine());
+    let _ = writeln!(md, "- Statistic: median over the runs stated per case\n");
+    let _ = writeln!(md, "| case | median | target | verdict | notes |");
+    let _ = writeln!(md, "| --- | ---: | ---: | --- | --- |");
+    for r in rows {
+        let target = r
+            .target
+            .map_or_else(|| "-".to_owned(), |t| format!("≤ {t:.0} {}", r.unit));
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} {} | {target} | {} | {} |",
+            r.case,
+            r.median,
+            r.unit,
+            r.verdict(),
+            r.detail
+        );
+    }
+    let json: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "case": r.case, "median": r.median, "unit": r.unit,
+                "target": r.target, "verdict": r.verdict(), "notes": r.detail,
+            })
+        })
+        .collect();
+    let json = serde_json::to_string_pretty(
+        &serde_json::json!({"machine": machine(), "command": command, "results": json}),
+    )? + "\n";
+    let (md_name, json_name) = if quick {
+        ("RESULTS-quick.md", "results-quick.json")
+    } else {
+        ("RESULTS.md", "results.json")
+    };
+    std::fs::write(dir.join(md_name), &md)?;
+    std::fs::write(dir.join(json_name), json)?;
+    print!("\n{md}");
+    println!("written to {}", Path::new("bench").join(md_name).display());
+    Ok(())
+}
+
+pub fn bench(quick: bool) -> anyhow::Result<()> {
+    let runs = if quick { 3 } else { 7 };
+    let rows = serviceentries(10_000, runs)?;
+    write_results(&rows, quick)
+}
