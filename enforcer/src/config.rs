@@ -3,12 +3,20 @@
 //! Every key is optional. Unknown keys are rejected (a typo must not silently weaken policy),
 //! and errors name the file and, where the YAML parser knows it, the line.
 
-use std::path::{Component, Path, PathBuf};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Component, Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
 pub const DEFAULT_PATH: &str = "/etc/egress-enforcer/config.yaml";
+pub const DEFAULT_SERVICEENTRIES: &str = "/etc/egress-enforcer/serviceentries";
+/// The examples in this source checkout. Used when no config file exists and
+/// /etc/egress-enforcer/serviceentries does not either, so `cargo xtask run` works as is.
+pub const CHECKOUT_SERVICEENTRIES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/serviceentries");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -30,18 +38,75 @@ pub enum LogFormat {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Config {
     pub mode: Mode,
+    /// Files and directories (walked for *.yaml / *.yml) holding ServiceEntries.
+    pub service_entries: Vec<PathBuf>,
     /// cgroup v2 directories, relative to the cgroup2 mount.
     pub cgroups: Vec<String>,
     pub bpffs: PathBuf,
     pub allow: Allow,
+    pub dns: Dns,
     pub maps: MapSizes,
+    pub limits: Limits,
     pub log: Log,
+}
+
+/// `auto` (the nameservers in /etc/resolv.conf) or a list of IPs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum DnsServers {
+    Keyword(String),
+    List(Vec<String>),
+}
+
+/// How the daemon resolves ServiceEntry hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Dns {
+    /// "IP", "IP:PORT" or "[IPv6]:PORT"; empty: /etc/resolv.conf.
+    pub servers: Vec<String>,
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub min_ttl: Duration,
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub max_ttl: Duration,
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub stale_grace: Duration,
+    /// Lookups in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            min_ttl: Duration::from_secs(5),
+            max_ttl: Duration::from_secs(300),
+            stale_grace: Duration::from_secs(120),
+            concurrency: 32,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Limits {
+    /// ServiceEntry files larger than this are rejected.
+    pub max_file_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: crate::serviceentry::source::DEFAULT_MAX_FILE_BYTES,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Allow {
     pub loopback: bool,
+    /// DNS servers the workloads use: allowed on 53/udp and 53/tcp.
+    pub dns_servers: DnsServers,
     pub cidrs: Vec<String>,
 }
 
@@ -66,10 +131,13 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             mode: Mode::Enforce,
+            service_entries: vec![PathBuf::from(DEFAULT_SERVICEENTRIES)],
             cgroups: vec!["egress-enforcer".to_owned()],
             bpffs: PathBuf::from("/sys/fs/bpf"),
             allow: Allow::default(),
+            dns: Dns::default(),
             maps: MapSizes::default(),
+            limits: Limits::default(),
             log: Log::default(),
         }
     }
@@ -79,6 +147,7 @@ impl Default for Allow {
     fn default() -> Self {
         Self {
             loopback: true,
+            dns_servers: DnsServers::Keyword("auto".to_owned()),
             cidrs: Vec::new(),
         }
     }
@@ -104,9 +173,19 @@ impl Config {
         };
         match std::fs::read_to_string(path) {
             Ok(text) => Self::parse(&text, path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(Self::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(Self::builtin()),
             Err(e) => Err(e).with_context(|| format!("reading config {}", path.display())),
         }
+    }
+
+    /// The embedded default used when no config file exists: the defaults, with the checkout's
+    /// example ServiceEntries when there are none under /etc.
+    pub fn builtin() -> Self {
+        let mut c = Self::default();
+        if !Path::new(DEFAULT_SERVICEENTRIES).exists() && Path::new(CHECKOUT_SERVICEENTRIES).is_dir() {
+            c.service_entries = vec![PathBuf::from(CHECKOUT_SERVICEENTRIES)];
+        }
+        c
     }
 
     pub fn parse(text: &str, path: &Path) -> anyhow::Result<Self> {
@@ -144,6 +223,25 @@ impl Config {
             crate::policy::allow_spec::parse_cidr(cidr)
                 .with_context(|| format!("allow.cidrs: {cidr:?}"))?;
         }
+        for s in &self.dns.servers {
+            parse_dns_server(s).with_context(|| format!("dns.servers: {s:?}"))?;
+        }
+        match &self.allow.dns_servers {
+            DnsServers::Keyword(k) if k == "auto" => {}
+            DnsServers::Keyword(k) => bail!("allow.dnsServers: {k:?} is neither `auto` nor a list of IPs"),
+            DnsServers::List(l) => {
+                for ip in l {
+                    ip.parse::<IpAddr>()
+                        .map_err(|_| anyhow::anyhow!("allow.dnsServers: {ip:?} is not an IP address"))?;
+                }
+            }
+        }
+        if self.dns.min_ttl > self.dns.max_ttl {
+            bail!("dns: minTtl must not be larger than maxTtl");
+        }
+        if self.dns.concurrency == 0 {
+            bail!("dns.concurrency must be at least 1");
+        }
         let m = &self.maps;
         if m.exact_rules == 0 || m.prefix_rules == 0 {
             bail!("maps: exactRules and prefixRules must be at least 1");
@@ -154,6 +252,21 @@ impl Config {
         Ok(())
     }
 
+    /// The daemon's resolvers from `dns.servers` (validated in `parse`).
+    pub fn dns_servers(&self) -> Vec<SocketAddr> {
+        self.dns.servers.iter().filter_map(|s| parse_dns_server(s).ok()).collect()
+    }
+
+    /// The workloads' DNS servers to allow: the list, or resolv.conf's nameservers.
+    pub fn allowed_dns_servers(&self) -> Vec<IpAddr> {
+        match &self.allow.dns_servers {
+            DnsServers::List(l) => l.iter().filter_map(|s| s.parse().ok()).collect(),
+            DnsServers::Keyword(_) => std::fs::read_to_string("/etc/resolv.conf")
+                .map(|t| resolv_conf_nameservers(&t))
+                .unwrap_or_default(),
+        }
+    }
+
     /// `allow.cidrs` as parsed networks (validated in `parse`).
     pub fn allowed_cidrs(&self) -> Vec<crate::policy::allow_spec::Net> {
         self.allow
@@ -162,6 +275,26 @@ impl Config {
             .filter_map(|c| crate::policy::allow_spec::parse_cidr(c).ok())
             .collect()
     }
+}
+
+/// `IP`, `IP:PORT` or `[IPv6]:PORT`; port 53 when none is given.
+pub fn parse_dns_server(s: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, 53));
+    }
+    s.parse::<SocketAddr>()
+        .map_err(|_| anyhow::anyhow!("expected IP, IP:PORT or [IPv6]:PORT"))
+}
+
+/// `nameserver` lines of resolv.conf(5); zone suffixes (`fe80::1%eth0`) are dropped.
+pub fn resolv_conf_nameservers(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next()? == "nameserver").then_some(())?;
+            w.next()?.split('%').next()?.parse().ok()
+        })
+        .collect()
 }
 
 /// Normalises a configured cgroup to a path relative to the cgroup2 mount ("" = the root).
@@ -215,6 +348,27 @@ mod tests {
     }
 
     #[test]
+    fn dns_settings() {
+        let c = parse("dns: {servers: [192.0.2.53, '127.0.0.1:5353', '[::1]:53'], minTtl: 1s, maxTtl: 2m, staleGrace: 500ms}\nallow: {dnsServers: [192.0.2.53]}").unwrap();
+        assert_eq!(c.dns_servers().len(), 3);
+        assert_eq!(c.dns_servers()[0].port(), 53);
+        assert_eq!(c.dns.max_ttl, Duration::from_secs(120));
+        assert_eq!(c.dns.stale_grace, Duration::from_millis(500));
+        assert_eq!(c.allowed_dns_servers(), ["192.0.2.53".parse::<IpAddr>().unwrap()]);
+        assert!(parse("dns: {minTtl: 5}").is_err());
+        assert!(parse("dns: {minTtl: 10m, maxTtl: 1m}").is_err());
+        assert!(parse("dns: {servers: [nameserver.example]}").is_err());
+        assert!(parse("allow: {dnsServers: manual}").is_err());
+        assert!(parse("allow: {dnsServers: [not-an-ip]}").is_err());
+    }
+
+    #[test]
+    fn resolv_conf() {
+        let ips = resolv_conf_nameservers("# x\nsearch a.b\nnameserver 10.0.0.2\nnameserver fe80::1%eth0\noptions ndots:5\nnameserver bogus\n");
+        assert_eq!(ips, ["10.0.0.2".parse::<IpAddr>().unwrap(), "fe80::1".parse().unwrap()]);
+    }
+
+    #[test]
     fn bad_values_are_rejected() {
         assert!(parse("mode: permissive").is_err());
         assert!(parse("cgroups: []").is_err());
@@ -228,6 +382,8 @@ mod tests {
     fn the_shipped_example_is_the_defaults() {
         let text = include_str!("../../config/config.yaml");
         assert_eq!(parse(text).unwrap(), Config::default());
+        let builtin = Config::builtin();
+        assert!(builtin.service_entries.iter().all(|p| p.is_dir() || p == Path::new(DEFAULT_SERVICEENTRIES)));
     }
 
     #[test]
