@@ -16,7 +16,8 @@ pub const DEFAULT_PATH: &str = "/etc/egress-enforcer/config.yaml";
 pub const DEFAULT_SERVICEENTRIES: &str = "/etc/egress-enforcer/serviceentries";
 /// The examples in this source checkout. Used when no config file exists and
 /// /etc/egress-enforcer/serviceentries does not either, so `cargo xtask run` works as is.
-pub const CHECKOUT_SERVICEENTRIES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/serviceentries");
+pub const CHECKOUT_SERVICEENTRIES: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../config/serviceentries");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -182,7 +183,9 @@ impl Config {
     /// example ServiceEntries when there are none under /etc.
     pub fn builtin() -> Self {
         let mut c = Self::default();
-        if !Path::new(DEFAULT_SERVICEENTRIES).exists() && Path::new(CHECKOUT_SERVICEENTRIES).is_dir() {
+        if !Path::new(DEFAULT_SERVICEENTRIES).exists()
+            && Path::new(CHECKOUT_SERVICEENTRIES).is_dir()
+        {
             c.service_entries = vec![PathBuf::from(CHECKOUT_SERVICEENTRIES)];
         }
         c
@@ -228,11 +231,14 @@ impl Config {
         }
         match &self.allow.dns_servers {
             DnsServers::Keyword(k) if k == "auto" => {}
-            DnsServers::Keyword(k) => bail!("allow.dnsServers: {k:?} is neither `auto` nor a list of IPs"),
+            DnsServers::Keyword(k) => {
+                bail!("allow.dnsServers: {k:?} is neither `auto` nor a list of IPs")
+            }
             DnsServers::List(l) => {
                 for ip in l {
-                    ip.parse::<IpAddr>()
-                        .map_err(|_| anyhow::anyhow!("allow.dnsServers: {ip:?} is not an IP address"))?;
+                    ip.parse::<IpAddr>().map_err(|_| {
+                        anyhow::anyhow!("allow.dnsServers: {ip:?} is not an IP address")
+                    })?;
                 }
             }
         }
@@ -254,7 +260,11 @@ impl Config {
 
     /// The daemon's resolvers from `dns.servers` (validated in `parse`).
     pub fn dns_servers(&self) -> Vec<SocketAddr> {
-        self.dns.servers.iter().filter_map(|s| parse_dns_server(s).ok()).collect()
+        self.dns
+            .servers
+            .iter()
+            .filter_map(|s| parse_dns_server(s).ok())
+            .collect()
     }
 
     /// The workloads' DNS servers to allow: the list, or resolv.conf's nameservers.
@@ -354,7 +364,10 @@ mod tests {
         assert_eq!(c.dns_servers()[0].port(), 53);
         assert_eq!(c.dns.max_ttl, Duration::from_secs(120));
         assert_eq!(c.dns.stale_grace, Duration::from_millis(500));
-        assert_eq!(c.allowed_dns_servers(), ["192.0.2.53".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            c.allowed_dns_servers(),
+            ["192.0.2.53".parse::<IpAddr>().unwrap()]
+        );
         assert!(parse("dns: {minTtl: 5}").is_err());
         assert!(parse("dns: {minTtl: 10m, maxTtl: 1m}").is_err());
         assert!(parse("dns: {servers: [nameserver.example]}").is_err());
@@ -364,8 +377,16 @@ mod tests {
 
     #[test]
     fn resolv_conf() {
-        let ips = resolv_conf_nameservers("# x\nsearch a.b\nnameserver 10.0.0.2\nnameserver fe80::1%eth0\noptions ndots:5\nnameserver bogus\n");
-        assert_eq!(ips, ["10.0.0.2".parse::<IpAddr>().unwrap(), "fe80::1".parse().unwrap()]);
+        let ips = resolv_conf_nameservers(
+            "# x\nsearch a.b\nnameserver 10.0.0.2\nnameserver fe80::1%eth0\noptions ndots:5\nnameserver bogus\n",
+        );
+        assert_eq!(
+            ips,
+            [
+                "10.0.0.2".parse::<IpAddr>().unwrap(),
+                "fe80::1".parse().unwrap()
+            ]
+        );
     }
 
     #[test]
@@ -383,7 +404,12 @@ mod tests {
         let text = include_str!("../../config/config.yaml");
         assert_eq!(parse(text).unwrap(), Config::default());
         let builtin = Config::builtin();
-        assert!(builtin.service_entries.iter().all(|p| p.is_dir() || p == Path::new(DEFAULT_SERVICEENTRIES)));
+        assert!(
+            builtin
+                .service_entries
+                .iter()
+                .all(|p| p.is_dir() || p == Path::new(DEFAULT_SERVICEENTRIES))
+        );
     }
 
     #[test]

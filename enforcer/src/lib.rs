@@ -16,3 +16,5 @@ pub mod daemon;
 pub mod dataplane;
 #[cfg(feature = "runtime")]
 pub mod logging;
+#[cfg(feature = "runtime")]
+pub mod resolve;

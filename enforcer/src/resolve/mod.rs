@@ -1,0 +1,431 @@
+//! DNS resolution of ServiceEntry hosts (DESIGN §5): A and AAAA looked up separately with
+//! their own TTLs, every name once however many entries use it, a bounded number in flight,
+//! published as a snapshot whenever the allowed addresses change.
+
+pub mod state;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    future::Future,
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+    sync::Arc,
+    time::Duration,
+};
+
+use hickory_resolver::{
+    TokioResolver,
+    config::{NameServerConfig, ResolveHosts, ResolverConfig},
+    net::{DnsError, NetError, runtime::TokioRuntimeProvider},
+    proto::rr::RData,
+};
+use tokio::{sync::watch, task::JoinSet, time::Instant};
+
+use self::state::{Answer, NameState, Timing};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+/// Where answers come from: hickory in the daemon, a script in tests.
+pub trait Lookup: Send + Sync + 'static {
+    fn lookup(&self, name: String, family: Family) -> Pin<Box<dyn Future<Output = Answer> + Send>>;
+}
+
+/// Real DNS through hickory-resolver.
+pub struct HickoryLookup {
+    resolver: Arc<TokioResolver>,
+    min_ttl: Duration,
+}
+
+impl HickoryLookup {
+    /// `servers` empty: /etc/resolv.conf (and its search domains).
+    pub fn new(servers: &[SocketAddr], min_ttl: Duration) -> anyhow::Result<Self> {
+        let mut builder = if servers.is_empty() {
+            TokioResolver::builder_tokio()?
+        } else {
+            let mut configs = Vec::new();
+            for s in servers {
+                let mut c = NameServerConfig::udp_and_tcp(s.ip());
+                for conn in &mut c.connections {
+                    conn.port = s.port();
+                }
+                configs.push(c);
+            }
+            let mut b = TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(configs),
+                TokioRuntimeProvider::default(),
+            );
+            b.options_mut().use_hosts_file = ResolveHosts::Never;
+            b
+        };
+        let opts = builder.options_mut();
+        // We schedule refreshes ourselves at each answer's TTL: every lookup must ask the server.
+        opts.cache_size = 0;
+        opts.timeout = Duration::from_secs(2);
+        opts.attempts = 2;
+        Ok(Self {
+            resolver: Arc::new(builder.build()?),
+            min_ttl,
+        })
+    }
+}
+
+/// Names with a dot are queried as absolute names, so search domains (ndots:5 in
+/// Kubernetes) do not turn one lookup into six.
+fn query_name(name: &str) -> String {
+    if name.contains('.') && !name.ends_with('.') {
+        format!("{name}.")
+    } else {
+        name.to_owned()
+    }
+}
+
+impl Lookup for HickoryLookup {
+    fn lookup(&self, name: String, family: Family) -> Pin<Box<dyn Future<Output = Answer> + Send>> {
+        let resolver = Arc::clone(&self.resolver);
+        let min_ttl = self.min_ttl;
+        Box::pin(async move {
+            let q = query_name(&name);
+            let result = match family {
+                Family::V4 => resolver.ipv4_lookup(q.as_str()).await,
+                Family::V6 => resolver.ipv6_lookup(q.as_str()).await,
+            };
+            match result {
+                Ok(lookup) => {
+                    let addrs = lookup
+                        .answers()
+                        .iter()
+                        .filter_map(|r| match &r.data {
+                            RData::A(a) => Some(IpAddr::V4(a.0)),
+                            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                            _ => None,
+                        })
+                        .collect();
+                    let ttl = lookup
+                        .valid_until()
+                        .saturating_duration_since(std::time::Instant::now());
+                    Answer::Records { addrs, ttl }
+                }
+                Err(NetError::Dns(DnsError::NoRecordsFound(nr))) => Answer::Records {
+                    addrs: Vec::new(),
+                    ttl: nr
+                        .negative_ttl
+                        .map_or(min_ttl, |t| Duration::from_secs(u64::from(t))),
+                },
+                Err(e) => Answer::Failed(e.to_string()),
+            }
+        })
+    }
+}
+
+/// What the resolver publishes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolved {
+    /// Allowed addresses per name (current answers plus stale ones within their grace).
+    pub addrs: BTreeMap<String, Vec<IpAddr>>,
+    /// Every current name has had at least one lookup finish.
+    pub complete: bool,
+    /// Names whose latest lookup failed, with the error.
+    pub failing: BTreeMap<String, String>,
+    /// Names that have never had a successful answer since they were added.
+    pub never_resolved: BTreeSet<String>,
+}
+
+struct Task {
+    lookup: Arc<dyn Lookup>,
+    timing: Timing,
+    concurrency: usize,
+    states: HashMap<(String, Family), NameState>,
+    succeeded: BTreeSet<(String, Family)>,
+    inflight: BTreeSet<(String, Family)>,
+    jobs: JoinSet<((String, Family), Answer)>,
+}
+
+impl Task {
+    fn snapshot(&self) -> Resolved {
+        let mut r = Resolved {
+            complete: self.states.values().all(|s| s.attempted),
+            ..Resolved::default()
+        };
+        for ((name, family), s) in &self.states {
+            let slot = r.addrs.entry(name.clone()).or_default();
+            slot.extend(s.allowed());
+            if s.failing() {
+                if let Some(e) = &s.last_error {
+                    r.failing.insert(format!("{name} ({family:?})"), e.clone());
+                }
+            }
+            if !self.succeeded.contains(&(name.clone(), *family)) {
+                r.never_resolved.insert(name.clone());
+            }
+        }
+        for v in r.addrs.values_mut() {
+            v.sort();
+            v.dedup();
+        }
+        r
+    }
+
+    fn set_names(&mut self, names: &BTreeSet<String>, now: Instant) {
+        self.states.retain(|(n, _), _| names.contains(n));
+        self.succeeded.retain(|(n, _)| names.contains(n));
+        for n in names {
+            for f in [Family::V4, Family::V6] {
+                self.states
+                    .entry((n.clone(), f))
+                    .or_insert_with(|| NameState::new(now));
+            }
+        }
+    }
+
+    fn start_due(&mut self, now: Instant) {
+        let mut due: Vec<(String, Family)> = self
+            .states
+            .iter()
+            .filter(|(k, s)| s.due(now) && !self.inflight.contains(*k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        due.sort();
+        for key in due {
+            if self.inflight.len() >= self.concurrency {
+                break;
+            }
+            self.inflight.insert(key.clone());
+            let fut = self.lookup.lookup(key.0.clone(), key.1);
+            self.jobs.spawn(async move { (key, fut.await) });
+        }
+    }
+
+    fn next_wakeup(&self) -> Option<Instant> {
+        self.states
+            .iter()
+            .filter(|(k, _)| !self.inflight.contains(*k))
+            .map(|(_, s)| s.next_event())
+            .min()
+    }
+}
+
+/// Starts the resolver. It follows the name set in `names` and publishes snapshots; it stops
+/// when `names`' sender is dropped.
+pub fn spawn(
+    lookup: Arc<dyn Lookup>,
+    timing: Timing,
+    concurrency: usize,
+    mut names: watch::Receiver<BTreeSet<String>>,
+) -> watch::Receiver<Resolved> {
+    let mut task = Task {
+        lookup,
+        timing,
+        concurrency: concurrency.max(1),
+        states: HashMap::new(),
+        succeeded: BTreeSet::new(),
+        inflight: BTreeSet::new(),
+        jobs: JoinSet::new(),
+    };
+    task.set_names(&names.borrow_and_update(), Instant::now());
+    let (tx, rx) = watch::channel(task.snapshot());
+    tokio::spawn(async move {
+        loop {
+            task.start_due(Instant::now());
+            let wake = task.next_wakeup();
+            tokio::select! {
+                changed = names.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let set = names.borrow_and_update().clone();
+                    task.set_names(&set, Instant::now());
+                }
+                Some(done) = task.jobs.join_next(), if !task.jobs.is_empty() => {
+                    let Ok((key, answer)) = done else { continue };
+                    task.inflight.remove(&key);
+                    if matches!(answer, Answer::Records { .. }) {
+                        task.succeeded.insert(key.clone());
+                    }
+                    if let Some(s) = task.states.get_mut(&key) {
+                        s.apply(Instant::now(), answer, &task.timing);
+                    }
+                }
+                () = sleep_until(wake) => {
+                    let now = Instant::now();
+                    for s in task.states.values_mut() {
+                        s.expire(now);
+                    }
+                }
+            }
+            let snap = task.snapshot();
+            tx.send_if_modified(|cur| {
+                let changed = *cur != snap;
+                if changed {
+                    *cur = snap;
+                }
+                changed
+            });
+        }
+    });
+    rx
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Answers from a table the test edits; counts lookups.
+    #[derive(Default)]
+    struct Script {
+        answers: Mutex<HashMap<(String, Family), Answer>>,
+        calls: Mutex<Vec<(String, Family)>>,
+    }
+
+    impl Lookup for Arc<Script> {
+        fn lookup(
+            &self,
+            name: String,
+            family: Family,
+        ) -> Pin<Box<dyn Future<Output = Answer> + Send>> {
+            self.calls.lock().unwrap().push((name.clone(), family));
+            let a = self
+                .answers
+                .lock()
+                .unwrap()
+                .get(&(name, family))
+                .cloned()
+                .unwrap_or(Answer::Records {
+                    addrs: vec![],
+                    ttl: Duration::from_secs(60),
+                });
+            Box::pin(async move { a })
+        }
+    }
+
+    const T: Timing = Timing {
+        min_ttl: Duration::from_secs(5),
+        max_ttl: Duration::from_secs(300),
+        stale_grace: Duration::from_secs(120),
+    };
+
+    fn set(script: &Script, name: &str, family: Family, a: Answer) {
+        script
+            .answers
+            .lock()
+            .unwrap()
+            .insert((name.to_owned(), family), a);
+    }
+
+    fn rec(ips: &[&str], ttl: u64) -> Answer {
+        Answer::Records {
+            addrs: ips.iter().map(|s| s.parse().unwrap()).collect(),
+            ttl: Duration::from_secs(ttl),
+        }
+    }
+
+    async fn settle(rx: &mut watch::Receiver<Resolved>) -> Resolved {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        rx.borrow_and_update().clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resolves_refreshes_at_ttl_and_follows_changes() {
+        let script = Arc::new(Script::default());
+        set(&script, "a.example", Family::V4, rec(&["192.0.2.1"], 30));
+        set(&script, "a.example", Family::V6, rec(&["2001:db8::1"], 30));
+        let (names_tx, names_rx) = watch::channel(BTreeSet::from(["a.example".to_owned()]));
+        let mut rx = spawn(Arc::new(Arc::clone(&script)), T, 4, names_rx);
+        let r = settle(&mut rx).await;
+        assert!(r.complete);
+        assert_eq!(r.addrs["a.example"].len(), 2);
+        assert_eq!(script.calls.lock().unwrap().len(), 2);
+
+        set(&script, "a.example", Family::V4, rec(&["192.0.2.9"], 30));
+        tokio::time::advance(Duration::from_secs(29)).await;
+        settle(&mut rx).await;
+        assert_eq!(script.calls.lock().unwrap().len(), 2, "not before the TTL");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let r = settle(&mut rx).await;
+        assert_eq!(script.calls.lock().unwrap().len(), 4);
+        assert_eq!(
+            r.addrs["a.example"],
+            [
+                "192.0.2.1".parse::<IpAddr>().unwrap(),
+                "192.0.2.9".parse().unwrap(),
+                "2001:db8::1".parse().unwrap()
+            ],
+            "old address within grace"
+        );
+        tokio::time::advance(Duration::from_secs(121)).await;
+        let r = settle(&mut rx).await;
+        assert!(
+            !r.addrs["a.example"].contains(&"192.0.2.1".parse().unwrap()),
+            "gone after grace"
+        );
+
+        names_tx.send(BTreeSet::new()).unwrap();
+        let r = settle(&mut rx).await;
+        assert!(r.addrs.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrency_is_bounded_and_names_are_looked_up_once() {
+        let script = Arc::new(Script::default());
+        let names: BTreeSet<String> = (0..10).map(|i| format!("n{i}.example")).collect();
+        let (_tx, names_rx) = watch::channel(names);
+        let mut rx = spawn(Arc::new(Arc::clone(&script)), T, 3, names_rx);
+        let r = settle(&mut rx).await;
+        assert!(r.complete);
+        assert_eq!(
+            script.calls.lock().unwrap().len(),
+            20,
+            "each name and family exactly once"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_keep_addresses_and_are_reported() {
+        let script = Arc::new(Script::default());
+        set(&script, "a.example", Family::V4, rec(&["192.0.2.1"], 10));
+        let (_tx, names_rx) = watch::channel(BTreeSet::from(["a.example".to_owned()]));
+        let mut rx = spawn(Arc::new(Arc::clone(&script)), T, 4, names_rx);
+        settle(&mut rx).await;
+        set(
+            &script,
+            "a.example",
+            Family::V4,
+            Answer::Failed("timed out".into()),
+        );
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let r = settle(&mut rx).await;
+        assert_eq!(
+            r.addrs["a.example"],
+            ["192.0.2.1".parse::<IpAddr>().unwrap()]
+        );
+        assert!(r.failing.keys().any(|k| k.starts_with("a.example")));
+        // Much later, still failing, still allowed (no grace applies to failures).
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        let r = settle(&mut rx).await;
+        assert_eq!(
+            r.addrs["a.example"],
+            ["192.0.2.1".parse::<IpAddr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn absolute_query_names() {
+        assert_eq!(query_name("api.example.com"), "api.example.com.");
+        assert_eq!(query_name("api.example.com."), "api.example.com.");
+        assert_eq!(query_name("short"), "short");
+    }
+}
