@@ -287,8 +287,10 @@ impl Env {
         std::fs::write(
             &config,
             format!(
-                "mode: {mode}\ncgroups: [{cgroup}]\nbpffs: {}\nlog: {{format: json}}\n{extra}",
-                bpffs.display()
+                "mode: {mode}\ncgroups: [{cgroup}]\nbpffs: {}\nlog: {{format: json}}\n{}{extra}",
+                bpffs.display(),
+                // Keep the host's resolv.conf out of the rule set unless a test sets `allow:`.
+                if extra.contains("allow:") { "" } else { "allow: {dnsServers: []}\n" }
             ),
         )
         .expect("write config");

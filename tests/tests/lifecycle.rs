@@ -20,7 +20,7 @@ fn rewrite_config(env: &Env, yaml: &str) {
 
 fn base_config(env: &Env, mode: &str, cgroup: &str) -> String {
     format!(
-        "mode: {mode}\ncgroups: [{cgroup}]\nbpffs: {}\nlog: {{format: json}}\n",
+        "mode: {mode}\ncgroups: [{cgroup}]\nbpffs: {}\nlog: {{format: json}}\nallow: {{dnsServers: []}}\n",
         env.bpffs.display()
     )
 }
@@ -40,8 +40,10 @@ fn bad_config_is_a_user_error_naming_file_and_line() {
     let out = run(env.cmd().args(["run"]));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
+    let text = std::fs::read_to_string(&env.config).expect("config");
+    let line = text.lines().position(|l| l.starts_with("mod:")).expect("mod line") + 1;
     assert!(
-        err.contains(&format!("{}:5", env.config.display())),
+        err.contains(&format!("{}:{line}", env.config.display())),
         "{err}"
     );
     assert!(err.contains("mod"), "{err}");

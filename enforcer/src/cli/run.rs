@@ -1,17 +1,24 @@
 use std::path::Path;
 
-use super::{Failure, OrFailure as _};
-use crate::{config::Config, policy::allow_spec::AllowSpec};
+use super::Failure;
+use crate::{daemon::RunOptions, policy::allow_spec::AllowSpec};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Allow a destination: ADDR[/LEN]:PORT[/tcp|udp], IPv6 in brackets, PORT `*` = any.
-    /// Repeatable. Example: --allow 198.51.100.7:443/tcp --allow '[2001:db8::/32]:*/udp'
+    /// Allow a destination besides the ServiceEntries: ADDR[/LEN]:PORT[/tcp|udp], IPv6 in
+    /// brackets, PORT `*` = any. Repeatable. Example: --allow 198.51.100.7:443/tcp
     #[arg(long, value_name = "SPEC")]
     pub allow: Vec<AllowSpec>,
+    /// Apply the policy once (after every host has been looked up) and exit, leaving it
+    /// pinned: for init containers and scripts
+    #[arg(long)]
+    pub once: bool,
 }
 
 pub fn run(config: Option<&Path>, args: Args) -> Result<(), Failure> {
-    let cfg = Config::load(config).user()?;
-    crate::daemon::run(config, cfg, args.allow)
+    crate::daemon::run(RunOptions {
+        config: config.map(Path::to_path_buf),
+        allow: args.allow,
+        once: args.once,
+    })
 }

@@ -231,6 +231,18 @@ impl Maps {
         })
     }
 
+    /// Like [`Maps::apply`] but never removes: used until the daemon knows every answer, so
+    /// rules a previous run left in the pinned maps stay in force meanwhile.
+    pub fn apply_additive(&mut self, desired: &DesiredRules) -> anyhow::Result<ApplyStats> {
+        let a = sync_additive(&mut self.exact, &desired.exact)?;
+        let b = sync_additive(&mut self.prefix, &desired.prefix)?;
+        Ok(ApplyStats {
+            added: a.added + b.added,
+            removed: 0,
+            unchanged: a.unchanged + b.unchanged,
+        })
+    }
+
     pub fn stats(&self) -> anyhow::Result<Stats> {
         let mut totals = vec![0u64; NUM_COUNTERS as usize];
         for (i, per_cpu) in self.counters.iter().enumerate() {
@@ -356,6 +368,40 @@ fn sync<M: RuleMap>(
     Ok(ApplyStats {
         added: d.upserts.len(),
         removed: d.removals.len(),
+        unchanged: d.unchanged,
+    })
+}
+
+fn sync_additive<M: RuleMap>(
+    map: &mut M,
+    desired: &BTreeMap<M::Key, RuleValue>,
+) -> anyhow::Result<ApplyStats> {
+    let live = map.live()?;
+    let d = diff(&live, desired);
+    let new_keys = d
+        .upserts
+        .iter()
+        .filter(|(k, _)| !live.contains_key(k))
+        .count();
+    if live.len() + new_keys > map.capacity()? {
+        let key = if M::NAME == map_names::RULES_EXACT {
+            "exactRules"
+        } else {
+            "prefixRules"
+        };
+        bail!(
+            "{} rules do not fit in {} with the ones already pinned; raise maps.{key}",
+            live.len() + new_keys,
+            M::NAME
+        );
+    }
+    for (k, v) in &d.upserts {
+        map.put(k, v)
+            .with_context(|| format!("inserting into {}", M::NAME))?;
+    }
+    Ok(ApplyStats {
+        added: d.upserts.len(),
+        removed: 0,
         unchanged: d.unchanged,
     })
 }

@@ -1,0 +1,391 @@
+//! Deny and audit events: read from the kernel ring buffer, explained (which hostnames and
+//! ServiceEntries own the address, and for a denial the nearest entry that allows it on
+//! another port), aggregated (identical events within a second become one line with a count)
+//! and logged through tracing.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::PathBuf,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use tokio::{io::unix::AsyncFd, time::Instant};
+use tracing::warn;
+
+use crate::{
+    dataplane::{
+        cgroup::{self, Cgroup},
+        events::{EventRecord, decode},
+    },
+    policy::{
+        allow_spec::{Net, Proto},
+        compile::{CompiledPolicy, Target},
+    },
+    resolve::Resolved,
+};
+
+/// Who allows an address, on which ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Owner {
+    host: Option<String>,
+    sources: Vec<String>,
+    targets: Vec<Target>,
+}
+
+/// Address → owners, rebuilt after every apply.
+#[derive(Debug, Default)]
+pub struct EventIndex {
+    by_addr: HashMap<IpAddr, Vec<Owner>>,
+    nets: Vec<(Net, Owner)>,
+}
+
+/// What the index says about one destination.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Explanation {
+    pub hosts: Vec<String>,
+    pub entries: Vec<String>,
+    /// For a denial: the owners' allowed ports, e.g. `ServiceEntry default/api (se.yaml:3) allows 443/tcp`.
+    pub nearest: Option<String>,
+}
+
+fn fmt_target((port, proto): &Target) -> String {
+    if *port == 0 {
+        format!("*/{proto}")
+    } else {
+        format!("{port}/{proto}")
+    }
+}
+
+impl EventIndex {
+    pub fn build(compiled: &CompiledPolicy, resolved: &Resolved) -> Self {
+        let names = |ids: &mut dyn Iterator<Item = &u32>| -> Vec<String> {
+            let mut v: Vec<String> = ids
+                .filter_map(|id| compiled.sources.get(id).cloned())
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let mut idx = Self::default();
+        for (host, targets) in &compiled.hostnames {
+            let Some(addrs) = resolved.addrs.get(host) else {
+                continue;
+            };
+            let owner = Owner {
+                host: Some(host.clone()),
+                sources: names(&mut targets.values().flatten()),
+                targets: targets.keys().copied().collect(),
+            };
+            for a in addrs {
+                idx.by_addr.entry(*a).or_default().push(owner.clone());
+            }
+        }
+        for (spec, ids) in &compiled.statics {
+            let owner = Owner {
+                host: None,
+                sources: names(&mut ids.iter()),
+                targets: vec![(spec.port, spec.proto)],
+            };
+            if spec.net.is_host() {
+                idx.by_addr.entry(spec.net.addr).or_default().push(owner);
+            } else {
+                idx.nets.push((spec.net, owner));
+            }
+        }
+        idx
+    }
+
+    pub fn explain(
+        &self,
+        addr: IpAddr,
+        port: u16,
+        proto: Option<Proto>,
+        denied: bool,
+    ) -> Explanation {
+        let mut owners: Vec<&Owner> = self
+            .by_addr
+            .get(&addr)
+            .map(|v| v.iter().collect())
+            .unwrap_or_default();
+        owners.extend(
+            self.nets
+                .iter()
+                .filter(|(n, _)| contains(n, addr))
+                .map(|(_, o)| o),
+        );
+        let mut e = Explanation::default();
+        for o in &owners {
+            e.hosts.extend(o.host.clone());
+            e.entries.extend(o.sources.iter().cloned());
+        }
+        e.hosts.sort();
+        e.hosts.dedup();
+        e.entries.sort();
+        e.entries.dedup();
+        if denied && !owners.is_empty() {
+            let allowed: Vec<String> = owners
+                .iter()
+                .flat_map(|o| o.targets.iter())
+                .filter(|t| proto.is_none_or(|p| t.1 == p) || t.0 != port)
+                .map(fmt_target)
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            e.nearest = Some(format!(
+                "{} allows {}",
+                e.entries.join(", "),
+                allowed.join(", ")
+            ));
+        }
+        e
+    }
+}
+
+fn contains(net: &Net, addr: IpAddr) -> bool {
+    let n = Net::new(addr, net.prefix).ok();
+    n.is_some_and(|n| n.addr == net.addr && addr.is_ipv4() == net.addr.is_ipv4())
+}
+
+/// Identity of an event for aggregation.
+type Key = (
+    &'static str,
+    u32,
+    String,
+    u64,
+    &'static str,
+    String,
+    IpAddr,
+    u16,
+);
+
+fn key(ev: &EventRecord) -> Key {
+    (
+        ev.verdict,
+        ev.pid,
+        ev.comm.clone(),
+        ev.cgroup_id,
+        ev.hook,
+        ev.proto.clone(),
+        ev.addr,
+        ev.port,
+    )
+}
+
+/// Counts repeats of an event within a window after its first occurrence.
+#[derive(Default)]
+pub struct Aggregator {
+    open: HashMap<Key, (Instant, u64, EventRecord)>,
+}
+
+impl Aggregator {
+    /// True if this event opens a new window (log it now); false if it is a repeat.
+    pub fn offer(&mut self, ev: &EventRecord, now: Instant, window: Duration) -> bool {
+        let k = key(ev);
+        match self.open.get_mut(&k) {
+            Some((start, n, _)) if now.duration_since(*start) < window => {
+                *n += 1;
+                false
+            }
+            _ => {
+                self.open.insert(k, (now, 0, ev.clone()));
+                true
+            }
+        }
+    }
+
+    /// Windows that have closed with repeats: (event, repeats).
+    pub fn flush(&mut self, now: Instant, window: Duration) -> Vec<(EventRecord, u64)> {
+        let mut out = Vec::new();
+        self.open.retain(|_, (start, n, ev)| {
+            if now.duration_since(*start) < window {
+                return true;
+            }
+            if *n > 0 {
+                out.push((ev.clone(), *n));
+            }
+            false
+        });
+        out
+    }
+}
+
+const WINDOW: Duration = Duration::from_secs(1);
+
+fn log_event(ev: &EventRecord, count: u64, cgroup: &str, index: &EventIndex) {
+    let proto = match ev.proto.as_str() {
+        "tcp" => Some(Proto::Tcp),
+        "udp" => Some(Proto::Udp),
+        _ => None,
+    };
+    let denied = ev.verdict == "deny";
+    let x = index.explain(ev.addr, ev.port, proto, denied);
+    let msg = match (denied, count) {
+        (true, 1) => "connection denied",
+        (true, _) => "connection denied (repeated)",
+        (false, 1) => "connection allowed by audit mode",
+        (false, _) => "connection allowed by audit mode (repeated)",
+    };
+    warn!(
+        target: "egress_enforcer::event",
+        verdict = ev.verdict,
+        count,
+        pid = ev.pid,
+        tid = ev.tid,
+        comm = %ev.comm,
+        cgroup = %cgroup,
+        hook = ev.hook,
+        proto = %ev.proto,
+        dst = %ev.addr,
+        port = ev.port,
+        hosts = %x.hosts.join(","),
+        entries = %x.entries.join("; "),
+        nearest = %x.nearest.unwrap_or_default(),
+        "{msg}"
+    );
+}
+
+pub async fn consume(
+    rb: RingBuf<MapData>,
+    mount: PathBuf,
+    roots: Vec<Cgroup>,
+    index: Arc<RwLock<EventIndex>>,
+) -> anyhow::Result<()> {
+    // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd lives.
+    let mut fd = unsafe { AsyncFd::register(rb) }
+        .map_err(|_| anyhow::anyhow!("cannot poll the events ring buffer"))
+        .context("events")?;
+    let mut cgroup_paths: HashMap<u64, String> = HashMap::new();
+    let mut agg = Aggregator::default();
+    let mut tick = tokio::time::interval(WINDOW / 2);
+    let mut path_of = |id: u64| {
+        cgroup_paths
+            .entry(id)
+            .or_insert_with(|| {
+                cgroup::path_for_id(&mount, &roots, id).unwrap_or_else(|| format!("id:{id}"))
+            })
+            .clone()
+    };
+    loop {
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                let rb = guard.get_inner_mut();
+                let now = Instant::now();
+                while let Some(item) = rb.next() {
+                    let Some(ev) = decode(&item) else {
+                        warn!(len = item.len(), "undecodable event (ABI mismatch?)");
+                        continue;
+                    };
+                    if agg.offer(&ev, now, WINDOW) {
+                        let cg = path_of(ev.cgroup_id);
+                        let idx = index.read().map_err(|_| anyhow::anyhow!("event index poisoned"))?;
+                        log_event(&ev, 1, &cg, &idx);
+                    }
+                }
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                for (ev, repeats) in agg.flush(Instant::now(), WINDOW) {
+                    let cg = path_of(ev.cgroup_id);
+                    let idx = index.read().map_err(|_| anyhow::anyhow!("event index poisoned"))?;
+                    log_event(&ev, repeats, &cg, &idx);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::{
+        policy::compile::{ConfigAllows, compile},
+        serviceentry::source::{LoadReport, load_text},
+    };
+
+    fn policy() -> CompiledPolicy {
+        let yaml = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: api}\nspec: {hosts: [api.example.com], ports: [{number: 443, name: https, protocol: TLS}], resolution: DNS}\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: net}\nspec: {hosts: [n.example.com], addresses: [10.0.0.0/8], ports: [{number: 53, name: dns, protocol: UDP}], resolution: NONE}\n";
+        let mut r = LoadReport::default();
+        load_text(yaml, Path::new("se.yaml"), &mut r);
+        compile(&ConfigAllows::default(), &r.entries)
+    }
+
+    fn resolved() -> Resolved {
+        let mut r = Resolved::default();
+        r.addrs.insert(
+            "api.example.com".into(),
+            vec!["198.51.100.7".parse().unwrap()],
+        );
+        r
+    }
+
+    #[test]
+    fn explains_owners_and_the_nearest_entry() {
+        let idx = EventIndex::build(&policy(), &resolved());
+        let x = idx.explain("198.51.100.7".parse().unwrap(), 80, Some(Proto::Tcp), true);
+        assert_eq!(x.hosts, ["api.example.com"]);
+        assert_eq!(x.entries.len(), 1);
+        assert!(x.entries[0].starts_with("ServiceEntry default/api"));
+        assert!(
+            x.nearest
+                .as_deref()
+                .is_some_and(|n| n.ends_with("allows 443/tcp")),
+            "{x:?}"
+        );
+        let net = idx.explain("10.1.2.3".parse().unwrap(), 53, Some(Proto::Tcp), true);
+        assert!(net.entries[0].starts_with("ServiceEntry default/net"));
+        assert!(
+            net.nearest
+                .as_deref()
+                .is_some_and(|n| n.ends_with("allows 53/udp")),
+            "{net:?}"
+        );
+        assert_eq!(
+            idx.explain("192.0.2.1".parse().unwrap(), 1, None, true),
+            Explanation::default()
+        );
+    }
+
+    fn ev(port: u16) -> EventRecord {
+        EventRecord {
+            ts_ns: 0,
+            pid: 1,
+            tid: 1,
+            comm: "curl".into(),
+            cgroup_id: 7,
+            hook: "connect4",
+            proto: "tcp".into(),
+            addr: "192.0.2.1".parse().unwrap(),
+            port,
+            verdict: "deny",
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn identical_events_within_a_second_are_aggregated() {
+        let mut a = Aggregator::default();
+        let t0 = Instant::now();
+        assert!(a.offer(&ev(80), t0, WINDOW));
+        assert!(!a.offer(&ev(80), t0 + Duration::from_millis(10), WINDOW));
+        assert!(!a.offer(&ev(80), t0 + Duration::from_millis(900), WINDOW));
+        assert!(
+            a.offer(&ev(81), t0, WINDOW),
+            "another port is another event"
+        );
+        assert!(a.flush(t0 + Duration::from_millis(999), WINDOW).is_empty());
+        let flushed = a.flush(t0 + WINDOW, WINDOW);
+        assert_eq!(
+            flushed.len(),
+            1,
+            "only the window with repeats is reported again"
+        );
+        assert_eq!((flushed[0].0.port, flushed[0].1), (80, 2));
+        assert!(a.offer(&ev(80), t0 + WINDOW, WINDOW), "a new window");
+    }
+}

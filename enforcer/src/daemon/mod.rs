@@ -1,0 +1,336 @@
+//! The long-running daemon: loads the policy (config + ServiceEntries), keeps DNS answers
+//! fresh, and keeps the kernel maps equal to the result, through reloads and restarts.
+//! Enforcement stays pinned when it exits (fail closed).
+
+mod events;
+mod policy;
+mod sd_notify;
+mod watch;
+
+use std::{
+    collections::BTreeSet,
+    path::PathBuf,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, watch as tokio_watch},
+};
+use tracing::{error, info, warn};
+
+use self::{events::EventIndex, policy::LoadedPolicy};
+use crate::{
+    cli::{Failure, OrFailure as _},
+    config::{Config, Mode},
+    dataplane::{
+        Dataplane,
+        cgroup::{self, Cgroup},
+    },
+    logging,
+    policy::allow_spec::AllowSpec,
+    resolve::{self, HickoryLookup, Resolved, state::Timing},
+};
+
+pub struct RunOptions {
+    pub config: Option<PathBuf>,
+    pub allow: Vec<AllowSpec>,
+    pub once: bool,
+}
+
+/// Quiet time after a file change before reloading: editors write in several steps.
+const DEBOUNCE: Duration = Duration::from_millis(25);
+
+const fn mode_code(mode: Mode) -> u32 {
+    match mode {
+        Mode::Enforce => enforcer_common::MODE_ENFORCE,
+        Mode::Audit => enforcer_common::MODE_AUDIT,
+    }
+}
+
+fn resolve_cgroups(cfg: &Config) -> anyhow::Result<(PathBuf, Vec<Cgroup>)> {
+    let mount = cgroup::cgroup2_mount()?;
+    let cgroups = cfg
+        .cgroups
+        .iter()
+        .map(|c| Cgroup::resolve(&mount, c))
+        .collect::<anyhow::Result<_>>()?;
+    Ok((mount, cgroups))
+}
+
+fn timing(cfg: &Config) -> Timing {
+    Timing {
+        min_ttl: cfg.dns.min_ttl,
+        max_ttl: cfg.dns.max_ttl,
+        stale_grace: cfg.dns.stale_grace,
+    }
+}
+
+fn names(p: &LoadedPolicy) -> BTreeSet<String> {
+    p.compiled.hostnames.keys().cloned().collect()
+}
+
+pub fn run(opts: RunOptions) -> Result<(), Failure> {
+    // The config is read once before logging starts, for its log format; errors in it are
+    // reported on stderr like every other user error.
+    let first =
+        policy::load(opts.config.as_deref(), &opts.allow).map_err(|e| Failure::User(e.into()))?;
+    logging::init(first.config.log.format);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .runtime()?;
+    rt.block_on(Daemon::serve(opts, first))
+}
+
+struct Daemon {
+    opts: RunOptions,
+    current: LoadedPolicy,
+    dp: Dataplane,
+    resolved: Resolved,
+    /// Until every name has been answered once since start, stale rules left in the pinned
+    /// maps by the previous run are kept (they may be the last good answers).
+    settled: bool,
+    index: Arc<RwLock<EventIndex>>,
+    names_tx: tokio_watch::Sender<BTreeSet<String>>,
+}
+
+impl Daemon {
+    async fn serve(opts: RunOptions, first: LoadedPolicy) -> Result<(), Failure> {
+        for r in &first.remarks {
+            warn!("{r}");
+        }
+        let (mount, cgroups) = resolve_cgroups(&first.config).runtime()?;
+        let mut dp = Dataplane::load(
+            &first.config.bpffs,
+            &first.config.maps,
+            logging::kernel_debug_enabled(),
+        )
+        .runtime()?;
+
+        // Static rules go in at once and never wait for DNS. Nothing is removed yet: on a
+        // restart the pinned maps still hold the previous answers for the hosts.
+        let desired = first.compiled.desired_rules(|_| Vec::new());
+        let applied = dp.maps.apply_additive(&desired).user()?;
+        dp.maps
+            .write_config(mode_code(first.config.mode), first.config.allow.loopback)
+            .runtime()?;
+        dp.attach(&cgroups).runtime()?;
+        info!(
+            mode = ?first.config.mode,
+            entries = first.entries,
+            static_rules = desired.len(),
+            hostnames = first.compiled.hostnames.len(),
+            added = applied.added,
+            cgroups = ?cgroups.iter().map(Cgroup::display).collect::<Vec<_>>(),
+            pins = %dp.layout().root.display(),
+            "enforcing"
+        );
+
+        let lookup =
+            HickoryLookup::new(&first.config.dns_servers(), first.config.dns.min_ttl).runtime()?;
+        let (names_tx, names_rx) = tokio_watch::channel(names(&first));
+        let mut resolved_rx = resolve::spawn(
+            Arc::new(lookup),
+            timing(&first.config),
+            first.config.dns.concurrency,
+            names_rx,
+        );
+
+        let index = Arc::new(RwLock::new(EventIndex::default()));
+        if let Some(rb) = dp.take_events() {
+            let (idx, roots) = (Arc::clone(&index), cgroups.clone());
+            tokio::spawn(async move {
+                if let Err(e) = events::consume(rb, mount, roots, idx).await {
+                    error!("event reader stopped: {e:#}");
+                }
+            });
+        }
+        if logging::kernel_debug_enabled() {
+            match dp.take_logger() {
+                Ok(logger) => {
+                    tokio::spawn(async move {
+                        if let Err(e) = forward_kernel_log(logger).await {
+                            warn!("kernel debug log reader stopped: {e:#}");
+                        }
+                    });
+                }
+                Err(e) => warn!("kernel debug log unavailable: {e:#}"),
+            }
+        }
+
+        let mut d = Self {
+            opts,
+            current: first,
+            dp,
+            resolved: Resolved::default(),
+            settled: false,
+            index,
+            names_tx,
+        };
+        let (fs_tx, mut fs_rx) = mpsc::unbounded_channel();
+        let mut watcher = d.watch(fs_tx.clone());
+        let mut term = signal(SignalKind::terminate()).runtime()?;
+        let mut int = signal(SignalKind::interrupt()).runtime()?;
+        let mut hup = signal(SignalKind::hangup()).runtime()?;
+        let mut ready = false;
+
+        loop {
+            if !ready
+                && d.resolved.complete
+                && d.resolved.addrs.len() == d.current.compiled.hostnames.len()
+            {
+                if let Err(e) = d.apply() {
+                    error!("applying the policy failed: {e:#}");
+                }
+                ready = true;
+                info!(
+                    hostnames = d.resolved.addrs.len(),
+                    failing = d.resolved.failing.len(),
+                    "first full apply done"
+                );
+                sd_notify::notify("READY=1\nSTATUS=enforcing");
+                if d.opts.once {
+                    info!("--once: exiting; the policy stays pinned");
+                    return Ok(());
+                }
+            }
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    info!("SIGHUP: reloading");
+                    if d.reload() {
+                        watcher = d.watch(fs_tx.clone());
+                    }
+                }
+                Some(()) = fs_rx.recv() => {
+                    tokio::time::sleep(DEBOUNCE).await;
+                    while fs_rx.try_recv().is_ok() {}
+                    if d.reload() {
+                        watcher = d.watch(fs_tx.clone());
+                    }
+                }
+                changed = resolved_rx.changed() => {
+                    if changed.is_err() {
+                        return Err(Failure::Runtime(anyhow::anyhow!("the DNS resolver stopped")));
+                    }
+                    d.resolved = resolved_rx.borrow_and_update().clone();
+                    for (name, err) in &d.resolved.failing {
+                        warn!(name = %name, "DNS lookup failed, keeping the last good answer: {err}");
+                    }
+                    if ready && let Err(e) = d.apply() {
+                        error!("applying DNS changes failed: {e:#}");
+                    }
+                }
+            }
+        }
+        drop(watcher);
+        info!("stopping; enforcement stays pinned (run `egress-enforcer uninstall` to remove it)");
+        Ok(())
+    }
+
+    fn watch(&self, tx: mpsc::UnboundedSender<()>) -> Option<watch::FileWatch> {
+        let config_file = self
+            .opts
+            .config
+            .clone()
+            .or_else(|| Some(PathBuf::from(crate::config::DEFAULT_PATH)));
+        match watch::FileWatch::start(
+            config_file.as_deref(),
+            &self.current.config.service_entries,
+            tx,
+        ) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!("watching files failed, only SIGHUP reloads: {e:#}");
+                None
+            }
+        }
+    }
+
+    /// Makes the maps equal to the policy and the current DNS answers.
+    fn apply(&mut self) -> anyhow::Result<()> {
+        let resolved = &self.resolved;
+        let desired = self
+            .current
+            .compiled
+            .desired_rules(|h| resolved.addrs.get(h).cloned().unwrap_or_default());
+        // Keep whatever an earlier run left until every name has had a real answer.
+        if !self.settled && resolved.never_resolved.is_empty() && resolved.complete {
+            self.settled = true;
+        }
+        let stats = if self.settled {
+            self.dp.maps.apply(&desired)?
+        } else {
+            self.dp.maps.apply_additive(&desired)?
+        };
+        if let Ok(mut idx) = self.index.write() {
+            *idx = EventIndex::build(&self.current.compiled, resolved);
+        }
+        if stats.added + stats.removed > 0 {
+            info!(
+                rules = desired.len(),
+                added = stats.added,
+                removed = stats.removed,
+                "rules updated"
+            );
+        }
+        Ok(())
+    }
+
+    /// Re-reads everything; a bad config or any invalid ServiceEntry changes nothing.
+    /// Returns whether the watched paths may have changed.
+    fn reload(&mut self) -> bool {
+        let next = match policy::load(self.opts.config.as_deref(), &self.opts.allow) {
+            Ok(p) => p,
+            Err(e) => {
+                error!("reload failed, keeping the policy in force: {e}");
+                return false;
+            }
+        };
+        for r in &next.remarks {
+            warn!("{r}");
+        }
+        let (old, new) = (&self.current.config, &next.config);
+        if new.bpffs != old.bpffs || new.maps != old.maps || new.dns != old.dns {
+            warn!("bpffs, maps and dns changes take effect at the next restart");
+        }
+        let cgroups_changed = new.cgroups != old.cgroups;
+        let (mode, loopback) = (new.mode, new.allow.loopback);
+        let paths_changed = new.service_entries != old.service_entries;
+        let previous = std::mem::replace(&mut self.current, next);
+        let result = (|| -> anyhow::Result<()> {
+            self.apply()?;
+            self.dp.maps.write_config(mode_code(mode), loopback)?;
+            if cgroups_changed {
+                let (_, cgroups) = resolve_cgroups(&self.current.config)?;
+                self.dp.attach(&cgroups)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            error!("reload could not be applied, keeping the previous policy: {e:#}");
+            self.current = previous;
+            let _ignored = self.apply();
+            return false;
+        }
+        self.names_tx.send_replace(names(&self.current));
+        info!(mode = ?mode, entries = self.current.entries, hostnames = self.current.compiled.hostnames.len(), "reloaded");
+        paths_changed
+    }
+}
+
+async fn forward_kernel_log(
+    logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+) -> anyhow::Result<()> {
+    // SAFETY: the logger owns its ring buffer's fd for as long as the AsyncFd lives.
+    let mut fd = unsafe { tokio::io::unix::AsyncFd::register(logger) }
+        .map_err(|_| anyhow::anyhow!("cannot poll the kernel log ring buffer"))?;
+    loop {
+        let mut guard = fd.readable_mut().await?;
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}

@@ -1,0 +1,102 @@
+//! One complete policy load: config file, every ServiceEntry, compiled. Either all of it is
+//! good or none of it is applied.
+
+use std::path::{Path, PathBuf};
+
+use crate::{
+    config::{self, Config},
+    policy::{
+        allow_spec::AllowSpec,
+        compile::{CompiledPolicy, ConfigAllows, compile},
+    },
+    serviceentry::{LoadReport, Severity, load_paths},
+};
+
+pub struct LoadedPolicy {
+    pub config: Config,
+    pub compiled: CompiledPolicy,
+    pub entries: usize,
+    /// Warnings and notices, formatted for the log.
+    pub remarks: Vec<String>,
+}
+
+/// Every error, one per line, each naming file, document, entry, field and rule.
+#[derive(Debug)]
+pub struct LoadError(pub Vec<String>);
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} error(s):", self.0.len())?;
+        for e in &self.0 {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+fn describe(report: &LoadReport, severity: Severity) -> Vec<String> {
+    let mut out: Vec<String> = report
+        .problems
+        .iter()
+        .filter(|(_, i)| i.severity == severity)
+        .map(|(o, i)| format!("{o}: {} [{}]", i.message, i.rule))
+        .collect();
+    for e in &report.entries {
+        for i in e.issues.iter().filter(|i| i.severity == severity) {
+            let path = if i.path.is_empty() {
+                String::new()
+            } else {
+                format!("{}: ", i.path)
+            };
+            out.push(format!(
+                "{}: ServiceEntry {}: {path}{} [{}]",
+                e.origin,
+                e.id(),
+                i.message,
+                i.rule
+            ));
+        }
+    }
+    out
+}
+
+/// The ServiceEntry paths to read; the default directory may be absent (no entries yet),
+/// any path the config names explicitly must exist.
+fn entry_paths(cfg: &Config) -> Vec<PathBuf> {
+    cfg.service_entries
+        .iter()
+        .filter(|p| p.as_path() != Path::new(config::DEFAULT_SERVICEENTRIES) || p.exists())
+        .cloned()
+        .collect()
+}
+
+pub fn load(config_path: Option<&Path>, allow: &[AllowSpec]) -> Result<LoadedPolicy, LoadError> {
+    let cfg = Config::load(config_path).map_err(|e| LoadError(vec![format!("{e:#}")]))?;
+    let report = load_paths(&entry_paths(&cfg), cfg.limits.max_file_bytes);
+    let errors = describe(&report, Severity::Error);
+    if !errors.is_empty() {
+        return Err(LoadError(errors));
+    }
+    let allows = ConfigAllows {
+        specs: allow.to_vec(),
+        cidrs: cfg.allowed_cidrs(),
+        dns_servers: cfg.allowed_dns_servers(),
+    };
+    let compiled = compile(&allows, &report.entries);
+    let mut remarks = describe(&report, Severity::Warning);
+    remarks.extend(describe(&report, Severity::Notice));
+    remarks.extend(compiled.notices.iter().map(|n| {
+        format!(
+            "ServiceEntry {}: {}: {} [{}]",
+            n.entry, n.issue.path, n.issue.message, n.issue.rule
+        )
+    }));
+    Ok(LoadedPolicy {
+        entries: report.entries.len(),
+        config: cfg,
+        compiled,
+        remarks,
+    })
+}
