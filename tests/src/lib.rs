@@ -25,6 +25,8 @@ pub const NETNS_ADDRS: &[&str] = &[
     "fd00::1/128",
     "fd00::2/128",
     "fd00:1::5/128",
+    "198.18.0.53/32",
+    "198.18.0.54/32",
 ];
 
 fn target_dir() -> PathBuf {
@@ -260,6 +262,85 @@ impl Drop for LoopProbe {
     }
 }
 
+/// A real DNS server (dnsmasq) on 127.0.0.1 for the daemon's lookups, answering from a hosts
+/// file the test rewrites. Names under `ee.test` that are not in the file get NXDOMAIN.
+pub struct Dns {
+    pub port: u16,
+    hosts: PathBuf,
+    child: Child,
+}
+
+impl Dns {
+    pub fn start(dir: &Path, ttl_secs: u32) -> Self {
+        let hosts = dir.join("dns-hosts");
+        std::fs::write(&hosts, "").expect("hosts file");
+        // A free port: bind, read it, release (dnsmasq binds it right after).
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let child = Command::new("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                "--user=root",
+                "--pid-file=",
+                "--local=/ee.test/",
+            ])
+            .arg(format!("--port={port}"))
+            .arg(format!("--addn-hosts={}", hosts.display()))
+            .arg(format!("--local-ttl={ttl_secs}"))
+            .arg(format!("--neg-ttl={ttl_secs}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq (installed by cargo xtask setup)");
+        let dns = Self { port, hosts, child };
+        // Ready when it answers on TCP.
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(10), "dnsmasq did not start");
+            thread::sleep(Duration::from_millis(20));
+        }
+        dns
+    }
+
+    /// Replaces all records: `(name, ip)` pairs; dnsmasq re-reads the file on SIGHUP.
+    pub fn set(&self, records: &[(&str, &str)]) {
+        let text: String = records.iter().map(|(n, ip)| format!("{ip} {n}\n")).collect();
+        std::fs::write(&self.hosts, text).expect("hosts file");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    /// Simulates an outage (the server stops answering) and its end.
+    pub fn pause(&self, paused: bool) {
+        let sig = if paused { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Config lines pointing the daemon at this server, with short TTLs for tests.
+    pub fn config(&self, min_ttl: &str, max_ttl: &str, grace: &str) -> String {
+        format!(
+            "dns: {{servers: ['127.0.0.1:{}'], minTtl: {min_ttl}, maxTtl: {max_ttl}, staleGrace: {grace}}}\n",
+            self.port
+        )
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        self.pause(false);
+        let _ignored = self.child.kill();
+        let _ignored = self.child.wait();
+    }
+}
+
 /// One test's world: netns, cgroup, bpffs mount, config file, daemon.
 pub struct Env {
     pub name: String,
@@ -407,6 +488,38 @@ impl Env {
             child,
             reader,
             stop,
+        }
+    }
+
+    /// Writes a ServiceEntry file into `<dir>/se/` (created), the directory tests point
+    /// `serviceEntries` at.
+    pub fn write_se(&self, file: &str, yaml: &str) {
+        let dir = self.dir.join("se");
+        std::fs::create_dir_all(&dir).expect("se dir");
+        // Write then rename, as a careful operator (or a ConfigMap update) would.
+        let tmp = dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, yaml).expect("write se");
+        std::fs::rename(&tmp, dir.join(file)).expect("rename se");
+    }
+
+    pub fn remove_se(&self, file: &str) {
+        std::fs::remove_file(self.dir.join("se").join(file)).expect("remove se");
+    }
+
+    /// Repeats the probe until `op` gives `want` (rules follow DNS and files asynchronously).
+    pub fn wait_probe(&self, op: &str, want: &str, timeout: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            let got = self.probe_in_cgroup(&[op]);
+            if got.result(op) == want {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "{op} still gives {} (want {want}) after {timeout:?}",
+                got.result(op)
+            );
+            thread::sleep(Duration::from_millis(50));
         }
     }
 
