@@ -302,7 +302,10 @@ impl Dns {
         // Ready when it answers on TCP.
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(10), "dnsmasq did not start");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "dnsmasq did not start"
+            );
             thread::sleep(Duration::from_millis(20));
         }
         dns
@@ -310,7 +313,10 @@ impl Dns {
 
     /// Replaces all records: `(name, ip)` pairs; dnsmasq re-reads the file on SIGHUP.
     pub fn set(&self, records: &[(&str, &str)]) {
-        let text: String = records.iter().map(|(n, ip)| format!("{ip} {n}\n")).collect();
+        let text: String = records
+            .iter()
+            .map(|(n, ip)| format!("{ip} {n}\n"))
+            .collect();
         std::fs::write(&self.hosts, text).expect("hosts file");
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
@@ -371,7 +377,11 @@ impl Env {
                 "mode: {mode}\ncgroups: [{cgroup}]\nbpffs: {}\nlog: {{format: json}}\n{}{extra}",
                 bpffs.display(),
                 // Keep the host's resolv.conf out of the rule set unless a test sets `allow:`.
-                if extra.contains("allow:") { "" } else { "allow: {dnsServers: []}\n" }
+                if extra.contains("allow:") {
+                    ""
+                } else {
+                    "allow: {dnsServers: []}\n"
+                }
             ),
         )
         .expect("write config");

@@ -41,7 +41,11 @@ fn bad_config_is_a_user_error_naming_file_and_line() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     let text = std::fs::read_to_string(&env.config).expect("config");
-    let line = text.lines().position(|l| l.starts_with("mod:")).expect("mod line") + 1;
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("mod:"))
+        .expect("mod line")
+        + 1;
     assert!(
         err.contains(&format!("{}:{line}", env.config.display())),
         "{err}"

@@ -12,7 +12,8 @@ fn se(name: &str, spec: &str) -> String {
     )
 }
 
-const API: &str = "hosts: [api.ee.test]\nports: [{number: 8080, name: http, protocol: HTTP}]\nresolution: DNS";
+const API: &str =
+    "hosts: [api.ee.test]\nports: [{number: 8080, name: http, protocol: HTTP}]\nresolution: DNS";
 
 /// An env whose daemon reads `<dir>/se` and asks `dns`.
 fn env_with_dns(test: &str, mode: &str, extra: &str) -> (Env, Dns) {
@@ -34,10 +35,21 @@ fn a_resolved_host_is_allowed_and_the_rest_denied() {
     let (env, dns) = env_with_dns("dns-basic", "enforce", "");
     dns.set(&[("api.ee.test", "198.18.0.1"), ("v6.ee.test", "fd00::1")]);
     env.write_se("api.yaml", &se("api", API));
-    env.write_se("v6.yaml", &se("v6", &API.replace("api.ee.test", "v6.ee.test")));
+    env.write_se(
+        "v6.yaml",
+        &se("v6", &API.replace("api.ee.test", "v6.ee.test")),
+    );
     let mut d = env.start_daemon(&[]);
-    d.wait_for("the first full apply", WAIT, |r| r.iter().any(|r| r["message"] == "first full apply done"));
-    let p = env.probe_in_cgroup(&["tcp:198.18.0.1:8080", "tcp:198.18.0.1:8081", "tcp:198.18.0.3:8080", "tcp:[fd00::1]:8080", "tcp:[fd00::2]:8080"]);
+    d.wait_for("the first full apply", WAIT, |r| {
+        r.iter().any(|r| r["message"] == "first full apply done")
+    });
+    let p = env.probe_in_cgroup(&[
+        "tcp:198.18.0.1:8080",
+        "tcp:198.18.0.1:8081",
+        "tcp:198.18.0.3:8080",
+        "tcp:[fd00::1]:8080",
+        "tcp:[fd00::2]:8080",
+    ]);
     assert_eq!(p.result("tcp:198.18.0.1:8080"), "ok", "A record");
     assert_eq!(p.result("tcp:[fd00::1]:8080"), "ok", "AAAA record");
     assert_eq!(p.result("tcp:198.18.0.1:8081"), "EPERM", "another port");
@@ -50,8 +62,12 @@ fn a_resolved_host_is_allowed_and_the_rest_denied() {
             e["target"] == "egress_enforcer::event"
                 && e["port"] == 8081
                 && e["hosts"] == "api.ee.test"
-                && e["entries"].as_str().is_some_and(|s| s.contains("ServiceEntry shop/api"))
-                && e["nearest"].as_str().is_some_and(|s| s.ends_with("allows 8080/tcp"))
+                && e["entries"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("ServiceEntry shop/api"))
+                && e["nearest"]
+                    .as_str()
+                    .is_some_and(|s| s.ends_with("allows 8080/tcp"))
         })
     });
 }
@@ -68,9 +84,16 @@ fn a_changed_record_moves_the_allowed_ip_and_the_old_one_expires_after_the_grace
     let moved = env.wait_probe("tcp:198.18.0.2:8080", "ok", Duration::from_secs(5));
     // ...and the old one still is, for the grace period (2 s), then denied.
     let p = env.probe_in_cgroup(&["tcp:198.18.0.1:8080"]);
-    assert_eq!(p.result("tcp:198.18.0.1:8080"), "ok", "old address within the grace period (moved after {moved:?})");
+    assert_eq!(
+        p.result("tcp:198.18.0.1:8080"),
+        "ok",
+        "old address within the grace period (moved after {moved:?})"
+    );
     let gone = env.wait_probe("tcp:198.18.0.1:8080", "EPERM", Duration::from_secs(8));
-    assert!(gone >= Duration::from_millis(500), "expired too early: {gone:?}");
+    assert!(
+        gone >= Duration::from_millis(500),
+        "expired too early: {gone:?}"
+    );
 }
 
 #[test]
@@ -82,35 +105,60 @@ fn a_dns_outage_keeps_the_last_good_answer() {
     env.wait_probe("tcp:198.18.0.1:8080", "ok", WAIT);
     dns.pause(true);
     d.wait_for("a failed lookup", Duration::from_secs(20), |r| {
-        r.iter().any(|r| r["message"].as_str().is_some_and(|m| m.contains("DNS lookup failed")))
+        r.iter().any(|r| {
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("DNS lookup failed"))
+        })
     });
     // Well past maxTtl + staleGrace (2 s + 2 s).
     std::thread::sleep(Duration::from_secs(5));
     let p = env.probe_in_cgroup(&["tcp:198.18.0.1:8080"]);
-    assert_eq!(p.result("tcp:198.18.0.1:8080"), "ok", "last good answer kept during the outage");
+    assert_eq!(
+        p.result("tcp:198.18.0.1:8080"),
+        "ok",
+        "last good answer kept during the outage"
+    );
     dns.pause(false);
 }
 
 #[test]
 fn entries_added_edited_and_removed_while_running_take_effect() {
     let (env, dns) = env_with_dns("dns-edit", "enforce", "");
-    dns.set(&[("api.ee.test", "198.18.0.1"), ("other.ee.test", "198.18.0.3")]);
+    dns.set(&[
+        ("api.ee.test", "198.18.0.1"),
+        ("other.ee.test", "198.18.0.3"),
+    ]);
     env.write_se("api.yaml", &se("api", API));
     let _d = env.start_daemon(&[]);
     env.wait_probe("tcp:198.18.0.1:8080", "ok", WAIT);
     env.wait_probe("tcp:198.18.0.3:8080", "EPERM", WAIT);
     // Added.
-    env.write_se("other.yaml", &se("other", &API.replace("api.ee.test", "other.ee.test")));
+    env.write_se(
+        "other.yaml",
+        &se("other", &API.replace("api.ee.test", "other.ee.test")),
+    );
     env.wait_probe("tcp:198.18.0.3:8080", "ok", WAIT);
     // Edited: another port.
-    env.write_se("other.yaml", &se("other", &API.replace("api.ee.test", "other.ee.test").replace("8080", "9090")));
+    env.write_se(
+        "other.yaml",
+        &se(
+            "other",
+            &API.replace("api.ee.test", "other.ee.test")
+                .replace("8080", "9090"),
+        ),
+    );
     env.wait_probe("tcp:198.18.0.3:8080", "EPERM", WAIT);
     env.wait_probe("tcp:198.18.0.3:9090", "ok", WAIT);
     // Removed.
     env.remove_se("other.yaml");
     env.wait_probe("tcp:198.18.0.3:9090", "EPERM", WAIT);
     let p = env.probe_in_cgroup(&["tcp:198.18.0.1:8080"]);
-    assert_eq!(p.result("tcp:198.18.0.1:8080"), "ok", "the other entry was never disturbed");
+    assert_eq!(
+        p.result("tcp:198.18.0.1:8080"),
+        "ok",
+        "the other entry was never disturbed"
+    );
 }
 
 #[test]
@@ -120,18 +168,34 @@ fn a_broken_file_keeps_the_old_policy_and_the_daemon_up() {
     env.write_se("api.yaml", &se("api", API));
     let mut d = env.start_daemon(&[]);
     env.wait_probe("tcp:198.18.0.1:8080", "ok", WAIT);
-    env.write_se("api.yaml", &se("api", "hosts: ['*']\nports: [{number: 8080, name: http, protocol: HTTP, targetPort: 99999}]"));
+    env.write_se(
+        "api.yaml",
+        &se(
+            "api",
+            "hosts: ['*']\nports: [{number: 8080, name: http, protocol: HTTP, targetPort: 99999}]",
+        ),
+    );
     d.wait_for("the rejected reload", WAIT, |r| {
         r.iter().any(|r| {
             r["message"].as_str().is_some_and(|m| {
-                m.contains("reload failed") && m.contains("api.yaml") && m.contains("spec.hosts[0]") && m.contains("spec.ports[0].targetPort")
+                m.contains("reload failed")
+                    && m.contains("api.yaml")
+                    && m.contains("spec.hosts[0]")
+                    && m.contains("spec.ports[0].targetPort")
             })
         })
     });
     std::thread::sleep(Duration::from_millis(300));
-    assert!(d.child.try_wait().expect("wait").is_none(), "the daemon stays up");
+    assert!(
+        d.child.try_wait().expect("wait").is_none(),
+        "the daemon stays up"
+    );
     let p = env.probe_in_cgroup(&["tcp:198.18.0.1:8080"]);
-    assert_eq!(p.result("tcp:198.18.0.1:8080"), "ok", "the old policy stays in force");
+    assert_eq!(
+        p.result("tcp:198.18.0.1:8080"),
+        "ok",
+        "the old policy stays in force"
+    );
     // The next good version applies.
     env.write_se("api.yaml", &se("api", &API.replace("8080", "9090")));
     env.wait_probe("tcp:198.18.0.1:9090", "ok", WAIT);
@@ -143,13 +207,23 @@ fn sighup_reloads() {
     dns.set(&[("api.ee.test", "198.18.0.1")]);
     env.write_se("api.yaml", &se("api", API));
     let mut d = env.start_daemon(&[]);
-    let before = d.records().iter().filter(|r| r["message"] == "reloaded").count();
+    let before = d
+        .records()
+        .iter()
+        .filter(|r| r["message"] == "reloaded")
+        .count();
     d.signal(libc::SIGHUP);
     d.wait_for("a reload after SIGHUP", WAIT, |r| {
         let hup = r.iter().position(|r| r["message"] == "SIGHUP: reloading");
         hup.is_some_and(|i| r[i..].iter().any(|r| r["message"] == "reloaded"))
     });
-    assert_eq!(d.records().iter().filter(|r| r["message"] == "reloaded").count(), before + 1);
+    assert_eq!(
+        d.records()
+            .iter()
+            .filter(|r| r["message"] == "reloaded")
+            .count(),
+        before + 1
+    );
     env.wait_probe("tcp:198.18.0.1:8080", "ok", WAIT);
 }
 
@@ -163,13 +237,21 @@ fn audit_mode_logs_and_allows() {
     let p = env.probe_in_cgroup(&["tcp:198.18.0.3:8080"]);
     assert_eq!(p.result("tcp:198.18.0.3:8080"), "ok");
     d.wait_for("the audit event", WAIT, |r| {
-        r.iter().any(|e| e["target"] == "egress_enforcer::event" && e["verdict"] == "audit" && e["dst"] == "198.18.0.3")
+        r.iter().any(|e| {
+            e["target"] == "egress_enforcer::event"
+                && e["verdict"] == "audit"
+                && e["dst"] == "198.18.0.3"
+        })
     });
 }
 
 #[test]
 fn dns_servers_are_allowed_on_port_53_only() {
-    let (env, dns) = env_with_dns("dns-servers", "enforce", "allow: {dnsServers: [198.18.0.53]}\n");
+    let (env, dns) = env_with_dns(
+        "dns-servers",
+        "enforce",
+        "allow: {dnsServers: [198.18.0.53]}\n",
+    );
     dns.set(&[]);
     let _d = env.start_daemon(&[]);
     let p = env.probe_in_cgroup(&[
@@ -181,9 +263,17 @@ fn dns_servers_are_allowed_on_port_53_only() {
     ]);
     assert_eq!(p.result("sendto:198.18.0.53:53"), "ok");
     assert_eq!(p.result("tcp:198.18.0.53:53"), "ok");
-    assert_eq!(p.result("tcp:198.18.0.53:54"), "EPERM", "the DNS server on another port");
+    assert_eq!(
+        p.result("tcp:198.18.0.53:54"),
+        "EPERM",
+        "the DNS server on another port"
+    );
     assert_eq!(p.result("sendto:198.18.0.53:5353"), "EPERM");
-    assert_eq!(p.result("sendto:198.18.0.54:53"), "EPERM", "port 53 on a server not configured");
+    assert_eq!(
+        p.result("sendto:198.18.0.54:53"),
+        "EPERM",
+        "port 53 on a server not configured"
+    );
 }
 
 #[test]
@@ -204,7 +294,9 @@ fn static_none_cidr_and_dns_with_endpoints_follow_the_table() {
         &se("svc", "hosts: [svc.ee.test]\nports: [{number: 443, name: tls, protocol: TLS}]\nresolution: DNS\nendpoints: [{address: ep.ee.test}]"),
     );
     let mut d = env.start_daemon(&[]);
-    d.wait_for("the first full apply", WAIT, |r| r.iter().any(|r| r["message"] == "first full apply done"));
+    d.wait_for("the first full apply", WAIT, |r| {
+        r.iter().any(|r| r["message"] == "first full apply done")
+    });
     let ops = [
         ("tcp:198.18.1.7:5432", "ok"),
         ("tcp:198.18.0.1:5432", "ok"),
@@ -224,13 +316,21 @@ fn static_none_cidr_and_dns_with_endpoints_follow_the_table() {
 #[test]
 fn a_registered_rule_survives_100_reloads_without_a_gap() {
     let (env, dns) = env_with_dns("dns-reloads", "enforce", "");
-    dns.set(&[("api.ee.test", "198.18.0.1"), ("other.ee.test", "198.18.0.3")]);
+    dns.set(&[
+        ("api.ee.test", "198.18.0.1"),
+        ("other.ee.test", "198.18.0.3"),
+    ]);
     env.write_se("api.yaml", &se("api", API));
     let mut d = env.start_daemon(&[]);
     env.wait_probe("tcp:198.18.0.1:8080", "ok", WAIT);
     let probe = env.probe_loop(&["tcp:198.18.0.1:8080", "tcp:198.18.0.2:8080"]);
     let other = se("other", &API.replace("api.ee.test", "other.ee.test"));
-    let reloads = |d: &e2e::Daemon| d.records().iter().filter(|r| r["message"] == "reloaded").count();
+    let reloads = |d: &e2e::Daemon| {
+        d.records()
+            .iter()
+            .filter(|r| r["message"] == "reloaded")
+            .count()
+    };
     for i in 0..100 {
         let before = reloads(&d);
         // Alternate: add another entry, remove it; also re-write the stable one.
@@ -240,13 +340,27 @@ fn a_registered_rule_survives_100_reloads_without_a_gap() {
             env.remove_se("other.yaml");
         }
         env.write_se("api.yaml", &se("api", API));
-        d.wait_for(&format!("reload {i}"), WAIT, |r| r.iter().filter(|r| r["message"] == "reloaded").count() > before);
+        d.wait_for(&format!("reload {i}"), WAIT, |r| {
+            r.iter().filter(|r| r["message"] == "reloaded").count() > before
+        });
     }
     let results = probe.finish();
-    let (_, allowed) = results.iter().find(|(o, _)| o == "tcp:198.18.0.1:8080").expect("tally");
-    let (_, denied) = results.iter().find(|(o, _)| o == "tcp:198.18.0.2:8080").expect("tally");
-    assert!(allowed.starts_with("ok=") && !allowed.contains(','), "allowed across 100 reloads: {allowed}");
-    assert!(denied.starts_with("EPERM=") && !denied.contains(','), "denied across 100 reloads: {denied}");
+    let (_, allowed) = results
+        .iter()
+        .find(|(o, _)| o == "tcp:198.18.0.1:8080")
+        .expect("tally");
+    let (_, denied) = results
+        .iter()
+        .find(|(o, _)| o == "tcp:198.18.0.2:8080")
+        .expect("tally");
+    assert!(
+        allowed.starts_with("ok=") && !allowed.contains(','),
+        "allowed across 100 reloads: {allowed}"
+    );
+    assert!(
+        denied.starts_with("EPERM=") && !denied.contains(','),
+        "denied across 100 reloads: {denied}"
+    );
     assert!(reloads(&d) >= 100);
 }
 
@@ -256,9 +370,17 @@ fn once_applies_and_exits_leaving_the_policy_pinned() {
     dns.set(&[("api.ee.test", "198.18.0.1")]);
     env.write_se("api.yaml", &se("api", API));
     let out = run(env.cmd().args(["run", "--once"]));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let p = env.probe_in_cgroup(&["tcp:198.18.0.1:8080", "tcp:198.18.0.3:8080"]);
-    assert_eq!(p.result("tcp:198.18.0.1:8080"), "ok", "resolved before exiting");
+    assert_eq!(
+        p.result("tcp:198.18.0.1:8080"),
+        "ok",
+        "resolved before exiting"
+    );
     assert_eq!(p.result("tcp:198.18.0.3:8080"), "EPERM");
 }
 
@@ -271,7 +393,9 @@ fn readiness_is_signalled_to_systemd_after_the_first_full_apply() {
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("notify socket");
     sock.set_read_timeout(Some(WAIT)).expect("timeout");
     let mut cmd = env.cmd();
-    cmd.arg("run").env("NOTIFY_SOCKET", &sock_path).stderr(std::process::Stdio::null());
+    cmd.arg("run")
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stderr(std::process::Stdio::null());
     let mut child = cmd.spawn().expect("daemon");
     let mut buf = [0u8; 256];
     let n = sock.recv(&mut buf).expect("READY=1 within the timeout");

@@ -8,12 +8,12 @@ use anyhow::{Context as _, bail};
 use crate::{cargo, step, workspace_root};
 
 /// One measured case: name, median, unit, target, and whether the target is met.
-struct Row {
-    case: String,
-    median: f64,
-    unit: &'static str,
-    target: Option<f64>,
-    detail: String,
+pub struct Row {
+    pub case: String,
+    pub median: f64,
+    pub unit: &'static str,
+    pub target: Option<f64>,
+    pub detail: String,
 }
 
 impl Row {
@@ -26,7 +26,7 @@ impl Row {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
         0 => f64::NAN,
@@ -200,6 +200,7 @@ fn write_results(rows: &[Row], quick: bool) -> anyhow::Result<()> {
 
 pub fn bench(quick: bool) -> anyhow::Result<()> {
     let runs = if quick { 3 } else { 7 };
-    let rows = serviceentries(10_000, runs)?;
+    let mut rows = serviceentries(if quick { 2_000 } else { 10_000 }, runs)?;
+    rows.extend(crate::bench_daemon::daemon_rows(quick)?);
     write_results(&rows, quick)
 }

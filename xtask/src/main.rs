@@ -1,6 +1,7 @@
 //! `cargo xtask setup|build|run|test`: the project's entry points (DESIGN §1, §7).
 
 mod bench;
+mod bench_daemon;
 mod setup;
 mod test;
 

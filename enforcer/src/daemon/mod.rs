@@ -164,7 +164,7 @@ impl Daemon {
             opts,
             current: first,
             dp,
-            resolved: Resolved::default(),
+            resolved: resolved_rx.borrow_and_update().clone(),
             settled: false,
             index,
             names_tx,

@@ -36,6 +36,27 @@ fn targets(config: Option<&Path>, service_entries: &[PathBuf]) -> Vec<(PathBuf, 
     out
 }
 
+/// Whether a changed path can affect the policy: the config file, a named ServiceEntry file,
+/// or a YAML file (or directory) below a ServiceEntry directory. Other files next to the
+/// config (logs, pins, editor swap files) must not cause reloads.
+fn relevant(path: &Path, config: Option<&Path>, entries: &[PathBuf]) -> bool {
+    if config == Some(path) {
+        return true;
+    }
+    let hidden = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'));
+    let yaml_or_dir = path.is_dir()
+        || path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
+    entries
+        .iter()
+        .any(|e| path == e || (path.starts_with(e) && !hidden && (yaml_or_dir || !path.exists())))
+}
+
 impl FileWatch {
     /// Every change under the watched paths sends `()` on `tx`.
     pub fn start(
@@ -63,6 +84,23 @@ impl FileWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_policy_files_are_relevant() {
+        let dir = std::env::temp_dir().join(format!("ee-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("config.yaml");
+        let se = dir.join("se");
+        let entries = vec![se.clone(), dir.join("one.yaml")];
+        assert!(relevant(&cfg, Some(&cfg), &entries));
+        assert!(relevant(&se.join("a.yaml"), Some(&cfg), &entries));
+        assert!(relevant(&se.join("sub/b.yml"), Some(&cfg), &entries));
+        assert!(relevant(&dir.join("one.yaml"), Some(&cfg), &entries));
+        assert!(!relevant(&dir.join("dnsmasq.log"), Some(&cfg), &entries));
+        assert!(!relevant(&se.join(".a.yaml.tmp"), Some(&cfg), &entries));
+        assert!(!relevant(&dir.join("other.yaml"), Some(&cfg), &entries));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn files_are_watched_through_their_directory() {

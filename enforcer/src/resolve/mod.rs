@@ -48,7 +48,9 @@ impl HickoryLookup {
         } else {
             let mut configs = Vec::new();
             for s in servers {
-                let mut c = NameServerConfig::udp_and_tcp(s.ip());
+                // UDP, with TCP only for truncated answers: a TCP connection per query would
+                // make a forking server such as dnsmasq the bottleneck.
+                let mut c = NameServerConfig::udp(s.ip());
                 for conn in &mut c.connections {
                     conn.port = s.port();
                 }
@@ -66,6 +68,7 @@ impl HickoryLookup {
         opts.cache_size = 0;
         opts.timeout = Duration::from_secs(2);
         opts.attempts = 2;
+        opts.try_tcp_on_error = true;
         Ok(Self {
             resolver: Arc::new(builder.build()?),
             min_ttl,
@@ -199,11 +202,14 @@ impl Task {
         }
     }
 
-    fn next_wakeup(&self) -> Option<Instant> {
+    /// The next future event. Names already due but waiting for a lookup slot are started when
+    /// a lookup finishes, so they must not wake the loop (it would spin).
+    fn next_wakeup(&self, now: Instant) -> Option<Instant> {
         self.states
             .iter()
             .filter(|(k, _)| !self.inflight.contains(*k))
             .map(|(_, s)| s.next_event())
+            .filter(|t| *t > now)
             .min()
     }
 }
@@ -229,41 +235,50 @@ pub fn spawn(
     let (tx, rx) = watch::channel(task.snapshot());
     tokio::spawn(async move {
         loop {
-            task.start_due(Instant::now());
-            let wake = task.next_wakeup();
-            tokio::select! {
+            let now = Instant::now();
+            task.start_due(now);
+            let wake = task.next_wakeup(now);
+            // Publishing walks every name: do it only when something the daemon acts on
+            // changed (allowed addresses, failures, completeness, the name set).
+            let dirty = tokio::select! {
                 changed = names.changed() => {
                     if changed.is_err() {
                         return;
                     }
                     let set = names.borrow_and_update().clone();
                     task.set_names(&set, Instant::now());
+                    true
                 }
                 Some(done) = task.jobs.join_next(), if !task.jobs.is_empty() => {
                     let Ok((key, answer)) = done else { continue };
                     task.inflight.remove(&key);
-                    if matches!(answer, Answer::Records { .. }) {
-                        task.succeeded.insert(key.clone());
-                    }
-                    if let Some(s) = task.states.get_mut(&key) {
-                        s.apply(Instant::now(), answer, &task.timing);
-                    }
+                    let first_success = matches!(answer, Answer::Records { .. }) && task.succeeded.insert(key.clone());
+                    let Some(s) = task.states.get_mut(&key) else { continue };
+                    let (was_failing, was_attempted) = (s.failing(), s.attempted);
+                    let changed = s.apply(Instant::now(), answer, &task.timing);
+                    let flipped = was_failing != s.failing();
+                    let all_attempted = task.states.values().all(|s| s.attempted);
+                    changed || flipped || (all_attempted && (!was_attempted || first_success))
                 }
                 () = sleep_until(wake) => {
                     let now = Instant::now();
+                    let mut any = false;
                     for s in task.states.values_mut() {
-                        s.expire(now);
+                        any |= s.expire(now);
                     }
+                    any
                 }
+            };
+            if dirty {
+                let snap = task.snapshot();
+                tx.send_if_modified(|cur| {
+                    let changed = *cur != snap;
+                    if changed {
+                        *cur = snap;
+                    }
+                    changed
+                });
             }
-            let snap = task.snapshot();
-            tx.send_if_modified(|cur| {
-                let changed = *cur != snap;
-                if changed {
-                    *cur = snap;
-                }
-                changed
-            });
         }
     });
     rx
