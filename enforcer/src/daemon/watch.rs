@@ -64,10 +64,16 @@ impl FileWatch {
         service_entries: &[PathBuf],
         tx: mpsc::UnboundedSender<()>,
     ) -> anyhow::Result<Self> {
+        let config_file = config.map(Path::to_path_buf);
+        let entries = service_entries.to_vec();
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
                 if let Ok(ev) = res
                     && !ev.kind.is_access()
+                    && ev
+                        .paths
+                        .iter()
+                        .any(|p| relevant(p, config_file.as_deref(), &entries))
                 {
                     let _ignored = tx.send(());
                 }

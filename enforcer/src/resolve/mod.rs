@@ -144,22 +144,29 @@ struct Task {
     states: HashMap<(String, Family), NameState>,
     succeeded: BTreeSet<(String, Family)>,
     inflight: BTreeSet<(String, Family)>,
+    /// Lookups to make, by time. Entries whose state is gone or rescheduled are skipped when
+    /// popped. New names are queued at their creation time, so they go before refreshes.
+    queue: BTreeSet<(Instant, (String, Family))>,
+    unattempted: usize,
     jobs: JoinSet<((String, Family), Answer)>,
 }
+
+/// How often stale addresses are checked for expiry.
+const EXPIRY_TICK: Duration = Duration::from_millis(250);
 
 impl Task {
     fn snapshot(&self) -> Resolved {
         let mut r = Resolved {
-            complete: self.states.values().all(|s| s.attempted),
+            complete: self.unattempted == 0,
             ..Resolved::default()
         };
         for ((name, family), s) in &self.states {
             let slot = r.addrs.entry(name.clone()).or_default();
             slot.extend(s.allowed());
-            if s.failing() {
-                if let Some(e) = &s.last_error {
-                    r.failing.insert(format!("{name} ({family:?})"), e.clone());
-                }
+            if s.failing()
+                && let Some(e) = &s.last_error
+            {
+                r.failing.insert(format!("{name} ({family:?})"), e.clone());
             }
             if !self.succeeded.contains(&(name.clone(), *family)) {
                 r.never_resolved.insert(name.clone());
@@ -177,24 +184,28 @@ impl Task {
         self.succeeded.retain(|(n, _)| names.contains(n));
         for n in names {
             for f in [Family::V4, Family::V6] {
-                self.states
-                    .entry((n.clone(), f))
-                    .or_insert_with(|| NameState::new(now));
+                let key = (n.clone(), f);
+                if !self.states.contains_key(&key) {
+                    self.states.insert(key.clone(), NameState::new(now));
+                    self.queue.insert((now, key));
+                }
             }
         }
+        self.unattempted = self.states.values().filter(|s| !s.attempted).count();
     }
 
     fn start_due(&mut self, now: Instant) {
-        let mut due: Vec<(String, Family)> = self
-            .states
-            .iter()
-            .filter(|(k, s)| s.due(now) && !self.inflight.contains(*k))
-            .map(|(k, _)| k.clone())
-            .collect();
-        due.sort();
-        for key in due {
-            if self.inflight.len() >= self.concurrency {
+        while self.inflight.len() < self.concurrency {
+            let Some((at, key)) = self.queue.first().cloned() else {
                 break;
+            };
+            if at > now {
+                break;
+            }
+            self.queue.pop_first();
+            // Skip entries of removed names and ones already in flight.
+            if !self.states.contains_key(&key) || self.inflight.contains(&key) {
+                continue;
             }
             self.inflight.insert(key.clone());
             let fut = self.lookup.lookup(key.0.clone(), key.1);
@@ -202,15 +213,32 @@ impl Task {
         }
     }
 
-    /// The next future event. Names already due but waiting for a lookup slot are started when
-    /// a lookup finishes, so they must not wake the loop (it would spin).
+    /// The next queued lookup, if a slot is free for it (otherwise a finishing lookup wakes
+    /// the loop), and at least every EXPIRY_TICK while stale addresses wait to expire.
     fn next_wakeup(&self, now: Instant) -> Option<Instant> {
-        self.states
-            .iter()
-            .filter(|(k, _)| !self.inflight.contains(*k))
-            .map(|(_, s)| s.next_event())
-            .filter(|t| *t > now)
-            .min()
+        let lookup = (self.inflight.len() < self.concurrency)
+            .then(|| self.queue.first().map(|(t, _)| *t))
+            .flatten();
+        let expiry = Some(now + EXPIRY_TICK);
+        lookup.into_iter().chain(expiry).min()
+    }
+
+    /// Records an answer; returns whether the daemon needs a new snapshot.
+    fn complete(&mut self, key: (String, Family), answer: Answer, now: Instant) -> bool {
+        self.inflight.remove(&key);
+        let first_success =
+            matches!(answer, Answer::Records { .. }) && self.succeeded.insert(key.clone());
+        let Some(s) = self.states.get_mut(&key) else {
+            return false;
+        };
+        let (was_failing, was_attempted) = (s.failing(), s.attempted);
+        let changed = s.apply(now, answer, &self.timing);
+        let flipped = was_failing != s.failing();
+        self.queue.insert((s.next_lookup(), key));
+        if !was_attempted {
+            self.unattempted = self.unattempted.saturating_sub(1);
+        }
+        changed || flipped || (self.unattempted == 0 && (!was_attempted || first_success))
     }
 }
 
@@ -229,6 +257,8 @@ pub fn spawn(
         states: HashMap::new(),
         succeeded: BTreeSet::new(),
         inflight: BTreeSet::new(),
+        queue: BTreeSet::new(),
+        unattempted: 0,
         jobs: JoinSet::new(),
     };
     task.set_names(&names.borrow_and_update(), Instant::now());
@@ -251,14 +281,7 @@ pub fn spawn(
                 }
                 Some(done) = task.jobs.join_next(), if !task.jobs.is_empty() => {
                     let Ok((key, answer)) = done else { continue };
-                    task.inflight.remove(&key);
-                    let first_success = matches!(answer, Answer::Records { .. }) && task.succeeded.insert(key.clone());
-                    let Some(s) = task.states.get_mut(&key) else { continue };
-                    let (was_failing, was_attempted) = (s.failing(), s.attempted);
-                    let changed = s.apply(Instant::now(), answer, &task.timing);
-                    let flipped = was_failing != s.failing();
-                    let all_attempted = task.states.values().all(|s| s.attempted);
-                    changed || flipped || (all_attempted && (!was_attempted || first_success))
+                    task.complete(key, answer, Instant::now())
                 }
                 () = sleep_until(wake) => {
                     let now = Instant::now();

@@ -96,6 +96,11 @@ impl NameState {
         self.addrs.keys().copied()
     }
 
+    /// When the next lookup is due.
+    pub fn next_lookup(&self) -> Instant {
+        self.next_lookup
+    }
+
     /// The next instant something happens to this name: a lookup or a stale address expiring.
     pub fn next_event(&self) -> Instant {
         self.addrs
