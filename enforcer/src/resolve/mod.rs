@@ -151,6 +151,9 @@ struct Task {
     jobs: JoinSet<((String, Family), Answer)>,
 }
 
+/// Minimum interval between snapshots while lookups are still in flight.
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
 /// How often stale addresses are checked for expiry.
 const EXPIRY_TICK: Duration = Duration::from_millis(250);
 
@@ -264,6 +267,10 @@ pub fn spawn(
     task.set_names(&names.borrow_and_update(), Instant::now());
     let (tx, rx) = watch::channel(task.snapshot());
     tokio::spawn(async move {
+        // During a burst of answers, publish at most every PUBLISH_EVERY (each snapshot walks
+        // every name); the last answer of a burst is always published at once.
+        let mut pending = false;
+        let mut last_publish = Instant::now();
         loop {
             let now = Instant::now();
             task.start_due(now);
@@ -292,7 +299,11 @@ pub fn spawn(
                     any
                 }
             };
-            if dirty {
+            pending |= dirty;
+            let burst = !task.jobs.is_empty() && last_publish.elapsed() < PUBLISH_EVERY;
+            if pending && !burst {
+                pending = false;
+                last_publish = Instant::now();
                 let snap = task.snapshot();
                 tx.send_if_modified(|cur| {
                     let changed = *cur != snap;
