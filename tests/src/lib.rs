@@ -27,6 +27,8 @@ pub const NETNS_ADDRS: &[&str] = &[
     "fd00:1::5/128",
     "198.18.0.53/32",
     "198.18.0.54/32",
+    // The cloud metadata address, only ever inside the test namespace.
+    "169.254.169.254/32",
 ];
 
 fn target_dir() -> PathBuf {

@@ -55,6 +55,17 @@ fn a_resolved_host_is_allowed_and_the_rest_denied() {
     assert_eq!(p.result("tcp:198.18.0.1:8081"), "EPERM", "another port");
     assert_eq!(p.result("tcp:198.18.0.3:8080"), "EPERM", "unregistered");
     assert_eq!(p.result("tcp:[fd00::2]:8080"), "EPERM", "unregistered v6");
+    // inspect names the ServiceEntry behind each kernel rule.
+    let rules = env.column("rules", "rule");
+    let sources = env.column("rules", "source");
+    let i = rules
+        .iter()
+        .position(|r| r == "198.18.0.1:8080/tcp")
+        .expect("rule in the map");
+    assert!(
+        sources[i].starts_with("ServiceEntry shop/api ("),
+        "{sources:?}"
+    );
 
     // The denial names the host and the entry that allows the address on another port.
     d.wait_for("the explained event", WAIT, |r| {
@@ -260,7 +271,13 @@ fn dns_servers_are_allowed_on_port_53_only() {
         "tcp:198.18.0.53:54",
         "sendto:198.18.0.53:5353",
         "sendto:198.18.0.54:53",
+        "tcp:169.254.169.254:80",
     ]);
+    assert_eq!(
+        p.result("tcp:169.254.169.254:80"),
+        "EPERM",
+        "cloud metadata is not allowed by default"
+    );
     assert_eq!(p.result("sendto:198.18.0.53:53"), "ok");
     assert_eq!(p.result("tcp:198.18.0.53:53"), "ok");
     assert_eq!(

@@ -62,7 +62,14 @@ pub fn inspect(config: Option<&Path>, args: Args) -> Result<(), Failure> {
         pin_dir: layout.root.display().to_string(),
         mode,
         rules: match (&maps, want(What::Rules)) {
-            (Some(m), true) => Some(m.rules().runtime()?),
+            (Some(m), true) => {
+                let names = crate::dataplane::sources::read(&layout.root);
+                let mut rows = m.rules().runtime()?;
+                for r in &mut rows {
+                    r.source = names.get(&r.rule_id).cloned();
+                }
+                Some(rows)
+            }
             _ => None,
         },
         stats: match (&maps, want(What::Stats)) {

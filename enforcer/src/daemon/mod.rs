@@ -117,6 +117,9 @@ impl Daemon {
             .write_config(mode_code(first.config.mode), first.config.allow.loopback)
             .runtime()?;
         dp.attach(&cgroups).runtime()?;
+        if let Err(e) = crate::dataplane::sources::write(&dp.layout().root, &desired.sources) {
+            warn!("cannot record rule sources for `inspect`: {e:#}");
+        }
         info!(
             mode = ?first.config.mode,
             entries = first.entries,
@@ -266,6 +269,9 @@ impl Daemon {
         } else {
             self.dp.maps.apply_additive(&desired)?
         };
+        if let Err(e) = crate::dataplane::sources::write(&self.dp.layout().root, &desired.sources) {
+            warn!("cannot record rule sources for `inspect`: {e:#}");
+        }
         if let Ok(mut idx) = self.index.write() {
             *idx = EventIndex::build(&self.current.compiled, resolved);
         }

@@ -38,6 +38,9 @@ pub struct RuleRow {
     pub rule: String,
     pub kind: &'static str,
     pub rule_id: u32,
+    /// Where the rule comes from, when the daemon has recorded it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// The expected shape of each pinned map; a pinned map of another shape is not reused.
@@ -261,6 +264,7 @@ impl Maps {
                 rule: crate::policy::rules::describe(None, &k).to_string(),
                 kind: "exact",
                 rule_id: v.rule_id,
+                source: None,
             });
         }
         for ((len, k), v) in self.prefix.live()? {
@@ -268,6 +272,7 @@ impl Maps {
                 rule: crate::policy::rules::describe(Some(len), &k).to_string(),
                 kind: "prefix",
                 rule_id: v.rule_id,
+                source: None,
             });
         }
         Ok(rows)

@@ -9,6 +9,7 @@ pub mod events;
 pub mod links;
 pub mod maps;
 pub mod pins;
+pub mod sources;
 pub mod stats;
 pub mod verdicts;
 

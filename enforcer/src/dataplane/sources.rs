@@ -1,0 +1,63 @@
+//! Rule id → source names (`ServiceEntry shop/api (se.yaml:3)`, `--allow …`), written by the
+//! daemon after every apply so that `inspect` can name the entry behind a kernel rule. The
+//! kernel maps hold only ids; bpffs cannot hold plain files, so the table lives in
+//! /run/egress-enforcer, one file per pin directory.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+pub const STATE_DIR: &str = "/run/egress-enforcer";
+
+/// The table's file for the pins under `pin_root`.
+pub fn path_for(pin_root: &Path) -> PathBuf {
+    let name: String = pin_root
+        .to_string_lossy()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Path::new(STATE_DIR).join(format!("{name}.sources.json"))
+}
+
+/// Written to a temporary file and renamed, so readers never see half a table.
+pub fn write(pin_root: &Path, sources: &BTreeMap<u32, String>) -> anyhow::Result<()> {
+    let path = path_for(pin_root);
+    std::fs::create_dir_all(STATE_DIR)?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(sources)?)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+/// Empty when the daemon has not written one (e.g. never ran since boot).
+pub fn read(pin_root: &Path) -> BTreeMap<u32, String> {
+    std::fs::read(path_for(pin_root))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+pub fn remove(pin_root: &Path) {
+    let _ignored = std::fs::remove_file(path_for(pin_root));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_are_flat_and_distinct() {
+        let a = path_for(Path::new("/sys/fs/bpf/egress-enforcer"));
+        let b = path_for(Path::new("/tmp/x/bpffs/egress-enforcer"));
+        assert_ne!(a, b);
+        assert_eq!(a.parent(), Some(Path::new(STATE_DIR)));
+        assert!(!a.file_name().unwrap().to_string_lossy().contains('/'));
+    }
+}
