@@ -98,6 +98,10 @@ struct Daemon {
 
 impl Daemon {
     async fn serve(opts: RunOptions, first: LoadedPolicy) -> Result<(), Failure> {
+        // Handlers first: a SIGHUP (e.g. systemd's reload) during start-up must not kill us.
+        let mut term = signal(SignalKind::terminate()).runtime()?;
+        let mut int = signal(SignalKind::interrupt()).runtime()?;
+        let mut hup = signal(SignalKind::hangup()).runtime()?;
         for r in &first.remarks {
             warn!("{r}");
         }
@@ -174,9 +178,6 @@ impl Daemon {
         };
         let (fs_tx, mut fs_rx) = mpsc::unbounded_channel();
         let mut watcher = d.watch(fs_tx.clone());
-        let mut term = signal(SignalKind::terminate()).runtime()?;
-        let mut int = signal(SignalKind::interrupt()).runtime()?;
-        let mut hup = signal(SignalKind::hangup()).runtime()?;
         let mut ready = false;
 
         loop {
