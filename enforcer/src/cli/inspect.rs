@@ -98,11 +98,18 @@ fn render(r: &Report) -> String {
         let _ = writeln!(out, "\nrules ({}):", rules.len());
         let _ = writeln!(
             out,
-            "  {:<44} {:<7} {:>8}",
+            "  {:<44} {:<7} {:>8}  SOURCE",
             "DESTINATION", "KIND", "RULE ID"
         );
         for row in rules {
-            let _ = writeln!(out, "  {:<44} {:<7} {:>8}", row.rule, row.kind, row.rule_id);
+            let _ = writeln!(
+                out,
+                "  {:<44} {:<7} {:>8}  {}",
+                row.rule,
+                row.kind,
+                row.rule_id,
+                row.source.as_deref().unwrap_or("-")
+            );
         }
     }
     if let Some(stats) = &r.stats {
