@@ -22,7 +22,7 @@ use crate::{
         events::{EventRecord, decode},
     },
     policy::{
-        allow_spec::{Net, Proto},
+        allow_spec::Net,
         compile::{CompiledPolicy, Target},
     },
     resolve::Resolved,
@@ -99,13 +99,7 @@ impl EventIndex {
         idx
     }
 
-    pub fn explain(
-        &self,
-        addr: IpAddr,
-        port: u16,
-        proto: Option<Proto>,
-        denied: bool,
-    ) -> Explanation {
+    pub fn explain(&self, addr: IpAddr, denied: bool) -> Explanation {
         let mut owners: Vec<&Owner> = self
             .by_addr
             .get(&addr)
@@ -130,7 +124,6 @@ impl EventIndex {
             let allowed: Vec<String> = owners
                 .iter()
                 .flat_map(|o| o.targets.iter())
-                .filter(|t| proto.is_none_or(|p| t.1 == p) || t.0 != port)
                 .map(fmt_target)
                 .collect::<std::collections::BTreeSet<_>>()
                 .into_iter()
@@ -216,13 +209,8 @@ impl Aggregator {
 const WINDOW: Duration = Duration::from_secs(1);
 
 fn log_event(ev: &EventRecord, count: u64, cgroup: &str, index: &EventIndex) {
-    let proto = match ev.proto.as_str() {
-        "tcp" => Some(Proto::Tcp),
-        "udp" => Some(Proto::Udp),
-        _ => None,
-    };
     let denied = ev.verdict == "deny";
-    let x = index.explain(ev.addr, ev.port, proto, denied);
+    let x = index.explain(ev.addr, denied);
     let msg = match (denied, count) {
         (true, 1) => "connection denied",
         (true, _) => "connection denied (repeated)",
@@ -328,7 +316,7 @@ mod tests {
     #[test]
     fn explains_owners_and_the_nearest_entry() {
         let idx = EventIndex::build(&policy(), &resolved());
-        let x = idx.explain("198.51.100.7".parse().unwrap(), 80, Some(Proto::Tcp), true);
+        let x = idx.explain("198.51.100.7".parse().unwrap(), true);
         assert_eq!(x.hosts, ["api.example.com"]);
         assert_eq!(x.entries.len(), 1);
         assert!(x.entries[0].starts_with("ServiceEntry default/api"));
@@ -338,7 +326,7 @@ mod tests {
                 .is_some_and(|n| n.ends_with("allows 443/tcp")),
             "{x:?}"
         );
-        let net = idx.explain("10.1.2.3".parse().unwrap(), 53, Some(Proto::Tcp), true);
+        let net = idx.explain("10.1.2.3".parse().unwrap(), true);
         assert!(net.entries[0].starts_with("ServiceEntry default/net"));
         assert!(
             net.nearest
@@ -347,7 +335,7 @@ mod tests {
             "{net:?}"
         );
         assert_eq!(
-            idx.explain("192.0.2.1".parse().unwrap(), 1, None, true),
+            idx.explain("192.0.2.1".parse().unwrap(), true),
             Explanation::default()
         );
     }
