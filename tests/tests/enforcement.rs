@@ -452,3 +452,33 @@ fn inspect_shows_live_rules_and_links() {
         "works without a daemon"
     );
 }
+
+#[test]
+fn identical_events_within_a_second_are_aggregated_with_a_count() {
+    let env = Env::new("aggregate", "enforce", "");
+    let mut daemon = env.start_daemon(RULES);
+    let probe = env.probe_loop(&[DENIED]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let results = probe.finish();
+    let denials: u64 = tally(&results, DENIED).get("EPERM").copied().unwrap_or(0);
+    assert!(denials > 100, "{results:?}");
+    daemon.wait_for("the repeat summaries", Duration::from_secs(5), |r| {
+        let total: u64 = r
+            .iter()
+            .filter(|e| e["target"] == "egress_enforcer::event")
+            .filter_map(|e| e["count"].as_u64())
+            .sum();
+        total == denials
+    });
+    let lines = daemon.events();
+    assert!(
+        lines.len() < 10,
+        "{} lines for {denials} denials",
+        lines.len()
+    );
+    assert!(
+        lines.iter().any(
+            |e| e["message"] == "connection denied (repeated)" && e["count"].as_u64() > Some(1)
+        )
+    );
+}

@@ -175,17 +175,27 @@ pub struct Aggregator {
 }
 
 impl Aggregator {
-    /// True if this event opens a new window (log it now); false if it is a repeat.
-    pub fn offer(&mut self, ev: &EventRecord, now: Instant, window: Duration) -> bool {
+    /// Whether this event opens a new window (log it now) or is a repeat, and the summary of
+    /// the window it replaces, if that one had repeats nobody has reported yet.
+    pub fn offer(
+        &mut self,
+        ev: &EventRecord,
+        now: Instant,
+        window: Duration,
+    ) -> (bool, Option<(EventRecord, u64)>) {
         let k = key(ev);
         match self.open.get_mut(&k) {
             Some((start, n, _)) if now.duration_since(*start) < window => {
                 *n += 1;
-                false
+                (false, None)
             }
             _ => {
-                self.open.insert(k, (now, 0, ev.clone()));
-                true
+                let closed = self
+                    .open
+                    .insert(k, (now, 0, ev.clone()))
+                    .filter(|(_, n, _)| *n > 0)
+                    .map(|(_, n, e)| (e, n));
+                (true, closed)
             }
         }
     }
@@ -268,10 +278,13 @@ pub async fn consume(
                         warn!(len = item.len(), "undecodable event (ABI mismatch?)");
                         continue;
                     };
-                    if agg.offer(&ev, now, WINDOW) {
-                        let cg = path_of(ev.cgroup_id);
-                        let idx = index.read().map_err(|_| anyhow::anyhow!("event index poisoned"))?;
-                        log_event(&ev, 1, &cg, &idx);
+                    let (new, closed) = agg.offer(&ev, now, WINDOW);
+                    let idx = index.read().map_err(|_| anyhow::anyhow!("event index poisoned"))?;
+                    if let Some((old, repeats)) = closed {
+                        log_event(&old, repeats, &path_of(old.cgroup_id), &idx);
+                    }
+                    if new {
+                        log_event(&ev, 1, &path_of(ev.cgroup_id), &idx);
                     }
                 }
                 guard.clear_ready();
@@ -359,11 +372,11 @@ mod tests {
     async fn identical_events_within_a_second_are_aggregated() {
         let mut a = Aggregator::default();
         let t0 = Instant::now();
-        assert!(a.offer(&ev(80), t0, WINDOW));
-        assert!(!a.offer(&ev(80), t0 + Duration::from_millis(10), WINDOW));
-        assert!(!a.offer(&ev(80), t0 + Duration::from_millis(900), WINDOW));
+        assert!(a.offer(&ev(80), t0, WINDOW).0);
+        assert!(!a.offer(&ev(80), t0 + Duration::from_millis(10), WINDOW).0);
+        assert!(!a.offer(&ev(80), t0 + Duration::from_millis(900), WINDOW).0);
         assert!(
-            a.offer(&ev(81), t0, WINDOW),
+            a.offer(&ev(81), t0, WINDOW).0,
             "another port is another event"
         );
         assert!(a.flush(t0 + Duration::from_millis(999), WINDOW).is_empty());
@@ -374,6 +387,14 @@ mod tests {
             "only the window with repeats is reported again"
         );
         assert_eq!((flushed[0].0.port, flushed[0].1), (80, 2));
-        assert!(a.offer(&ev(80), t0 + WINDOW, WINDOW), "a new window");
+        assert!(a.offer(&ev(80), t0 + WINDOW, WINDOW).0, "a new window");
+        // A window that closes by a new event, before any flush, reports its repeats then.
+        assert!(
+            !a.offer(&ev(80), t0 + WINDOW + Duration::from_millis(1), WINDOW)
+                .0
+        );
+        let (new, closed) = a.offer(&ev(80), t0 + WINDOW * 2, WINDOW);
+        assert!(new);
+        assert_eq!(closed.map(|(e, n)| (e.port, n)), Some((80, 1)));
     }
 }

@@ -78,7 +78,11 @@ impl FileWatch {
                     let _ignored = tx.send(());
                 }
             })?;
-        for (path, mode) in targets(config, service_entries) {
+        // A path that does not exist (yet) cannot be watched; SIGHUP covers it.
+        for (path, mode) in targets(config, service_entries)
+            .into_iter()
+            .filter(|(p, _)| p.exists())
+        {
             if let Err(e) = watcher.watch(&path, mode) {
                 tracing::warn!(path = %path.display(), "cannot watch for changes: {e} (SIGHUP still reloads)");
             }
