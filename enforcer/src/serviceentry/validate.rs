@@ -206,36 +206,21 @@ fn validate_dns_endpoint(
 
 /// CRD rules on each endpoint that Istio's webhook does not repeat.
 fn crd_endpoint(r: &mut Report, path: &str, we: &WorkloadEntry) {
-    limit(
-        r,
-        join(path, "address"),
-        we.address.len(),
-        256,
-        "characters",
-    );
-    limit(r, join(path, "labels"), we.labels.len(), 256, "labels");
-    limit(
-        r,
-        join(path, "locality"),
-        we.locality.len(),
-        2048,
-        "characters",
-    );
-    limit(
-        r,
-        join(path, "network"),
-        we.network.len(),
-        2048,
-        "characters",
-    );
-    limit(r, join(path, "ports"), we.ports.len(), 128, "ports");
-    limit(
-        r,
-        join(path, "serviceAccount"),
-        we.service_account.len(),
-        253,
-        "characters",
-    );
+    for (field, len, max, what) in [
+        ("address", we.address.len(), 256, "characters"),
+        ("labels", we.labels.len(), 256, "labels"),
+        ("locality", we.locality.len(), 2048, "characters"),
+        ("network", we.network.len(), 2048, "characters"),
+        ("ports", we.ports.len(), 128, "ports"),
+        (
+            "serviceAccount",
+            we.service_account.len(),
+            253,
+            "characters",
+        ),
+    ] {
+        limit(r, join(path, field), len, max, what);
+    }
     // The CRD's port-name pattern uses size(key) < 63, one shorter than a DNS label's limit.
     // (Its other endpoint rules repeat checks Istio makes for STATIC and DNS, and endpoints
     // are an error with the other resolutions.)
