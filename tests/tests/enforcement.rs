@@ -55,6 +55,10 @@ const CASES: &[Case] = &[
     // IPv4-mapped destination on an AF_INET6 TCP socket: allowed only through its v4 rule
     case("tcp:[::ffff:198.18.0.1]:8080", true, "connect6", "tcp"),
     case("tcp:[::ffff:198.18.0.3]:8080", false, "connect6", "tcp"),
+    // TCP Fast Open connects inside sendto(MSG_FASTOPEN): same hook, same verdict
+    case("tfo:198.18.0.1:8080", true, "connect4", "tcp"),
+    case("tfo:198.18.0.3:8080", false, "connect4", "tcp"),
+    case("tfo:[fd00::2]:8080", false, "connect6", "tcp"),
     // connected UDP
     case("udp:198.18.0.1:5353", true, "connect4", "udp"),
     case("udp:198.18.0.1:5354", false, "connect4", "udp"),

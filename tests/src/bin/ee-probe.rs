@@ -28,6 +28,8 @@ use anyhow::{Context as _, bail};
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
     Tcp,
+    /// TCP Fast Open: the connection is made by sendto(MSG_FASTOPEN), not connect().
+    Tfo,
     Udp,
     Sendto,
 }
@@ -44,6 +46,7 @@ fn parse_op(s: &str) -> anyhow::Result<Op> {
         "tcp" => Kind::Tcp,
         "udp" => Kind::Udp,
         "sendto" => Kind::Sendto,
+        "tfo" => Kind::Tfo,
         _ => bail!("unknown op kind {k}"),
     };
     Ok(Op {
@@ -101,7 +104,7 @@ impl Servers {
         for op in ops {
             let at = serve_addr(op.addr);
             match op.kind {
-                Kind::Tcp => {
+                Kind::Tcp | Kind::Tfo => {
                     if let std::collections::hash_map::Entry::Vacant(slot) = s.tcp.entry(at) {
                         slot.insert(TcpListener::bind(at).with_context(|| format!("listen {at}"))?);
                     }
@@ -188,6 +191,7 @@ fn run_op(op: &Op, servers: Option<&Servers>, seq: u64) -> String {
             }
             servers.map_or_else(|| "ok".into(), |sv| receive(sv, op, token.as_bytes()))
         }
+        Kind::Tfo => tfo(op, servers),
         Kind::Sendto => {
             let s = match UdpSocket::bind(unspecified_for(op.addr)) {
                 Ok(s) => s,
@@ -198,6 +202,62 @@ fn run_op(op: &Op, servers: Option<&Servers>, seq: u64) -> String {
             }
             servers.map_or_else(|| "ok".into(), |sv| receive(sv, op, token.as_bytes()))
         }
+    }
+}
+
+/// sendto(MSG_FASTOPEN) on a fresh TCP socket: the kernel connects inside sendmsg.
+fn tfo(op: &Op, servers: Option<&Servers>) -> String {
+    let family = if op.addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket syscalls on an fd we own and close; the sockaddr storage is sized
+    // for either family.
+    unsafe {
+        let fd = libc::socket(family, libc::SOCK_STREAM, 0);
+        if fd < 0 {
+            return format!("socket-{}", errno_name(&std::io::Error::last_os_error()));
+        }
+        let mut ss: libc::sockaddr_storage = std::mem::zeroed();
+        let len = match op.addr {
+            SocketAddr::V4(a) => {
+                let sin = (&raw mut ss).cast::<libc::sockaddr_in>();
+                (*sin).sin_family = libc::AF_INET as libc::sa_family_t;
+                (*sin).sin_port = a.port().to_be();
+                (*sin).sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+                size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(a) => {
+                let sin6 = (&raw mut ss).cast::<libc::sockaddr_in6>();
+                (*sin6).sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                (*sin6).sin6_port = a.port().to_be();
+                (*sin6).sin6_addr.s6_addr = a.ip().octets();
+                size_of::<libc::sockaddr_in6>()
+            }
+        };
+        let msg = b"ee-probe-tfo";
+        let rc = libc::sendto(
+            fd,
+            msg.as_ptr().cast(),
+            msg.len(),
+            libc::MSG_FASTOPEN,
+            (&raw const ss).cast(),
+            len as libc::socklen_t,
+        );
+        let result = if rc < 0 {
+            errno_name(&std::io::Error::last_os_error())
+        } else {
+            let accepted = servers
+                .and_then(|sv| sv.tcp.get(&serve_addr(op.addr)))
+                .map_or(Ok(()), |l| l.accept().map(drop));
+            match accepted {
+                Ok(()) => "ok".to_owned(),
+                Err(e) => format!("accept-{}", errno_name(&e)),
+            }
+        };
+        libc::close(fd);
+        result
     }
 }
 
