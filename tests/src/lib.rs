@@ -273,14 +273,23 @@ pub struct Dns {
 }
 
 impl Dns {
+    /// Test server: names under `ee.test` only, `ttl_secs` for answers and NXDOMAIN.
     pub fn start(dir: &Path, ttl_secs: u32) -> Self {
+        Self::start_with(dir, ttl_secs, &["ee.test"])
+            .expect("dnsmasq (installed by cargo xtask setup)")
+    }
+
+    /// A dnsmasq on a free port of 127.0.0.1 that answers only from its hosts file in `dir`
+    /// and with NXDOMAIN for other names under `local_domains`; it forwards nothing.
+    pub fn start_with(dir: &Path, ttl_secs: u32, local_domains: &[&str]) -> anyhow::Result<Self> {
         let hosts = dir.join("dns-hosts");
-        std::fs::write(&hosts, "").expect("hosts file");
+        if !hosts.exists() {
+            std::fs::write(&hosts, "")?;
+        }
         // A free port: bind, read it, release (dnsmasq binds it right after).
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let child = Command::new("dnsmasq")
             .args([
                 "--keep-in-foreground",
@@ -290,8 +299,10 @@ impl Dns {
                 "--listen-address=127.0.0.1",
                 "--user=root",
                 "--pid-file=",
-                "--local=/ee.test/",
+                "--cache-size=10000",
+                "--dns-forward-max=1000",
             ])
+            .args(local_domains.iter().map(|d| format!("--local=/{d}/")))
             .arg(format!("--port={port}"))
             .arg(format!("--addn-hosts={}", hosts.display()))
             .arg(format!("--local-ttl={ttl_secs}"))
@@ -299,18 +310,18 @@ impl Dns {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("dnsmasq (installed by cargo xtask setup)");
+            .map_err(|e| anyhow::anyhow!("starting dnsmasq: {e}"))?;
         let dns = Self { port, hosts, child };
         // Ready when it answers on TCP.
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
+            anyhow::ensure!(
                 start.elapsed() < Duration::from_secs(10),
                 "dnsmasq did not start"
             );
             thread::sleep(Duration::from_millis(20));
         }
-        dns
+        Ok(dns)
     }
 
     /// Replaces all records: `(name, ip)` pairs; dnsmasq re-reads the file on SIGHUP.

@@ -13,6 +13,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+use e2e::Dns;
+
 use crate::{bench::Row, workspace_root};
 
 struct Daemon {
@@ -87,54 +89,8 @@ impl Daemon {
     }
 }
 
-struct Dnsmasq(Child, u16);
-
-impl Dnsmasq {
-    fn start(hosts: &Path) -> anyhow::Result<Self> {
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let child = Command::new("dnsmasq")
-            .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                "--listen-address=127.0.0.1",
-                "--user=root",
-                "--pid-file=",
-                "--local=/bench.test/",
-                "--local=/example.com/",
-                "--local=/example.org/",
-                "--local=/example/",
-                "--local-ttl=300",
-                "--neg-ttl=300",
-                "--cache-size=10000",
-                "--dns-forward-max=1000",
-            ])
-            .arg(format!("--port={port}"))
-            .arg(format!("--addn-hosts={}", hosts.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting dnsmasq")?;
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if start.elapsed() > Duration::from_secs(10) {
-                bail!("dnsmasq did not start");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Self(child, port))
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ignored = self.0.kill();
-        let _ignored = self.0.wait();
-    }
-}
+/// Names the benchmarks use; dnsmasq answers NXDOMAIN for the ones it does not list.
+const BENCH_DOMAINS: &[&str] = &["bench.test", "example.com", "example.org", "example"];
 
 fn config(dir: &Path, se_dir: &Path, dns_port: u16, cgroup: &str) -> anyhow::Result<PathBuf> {
     let path = dir.join("config.yaml");
@@ -183,12 +139,10 @@ fn fresh_dir(name: &str) -> anyhow::Result<PathBuf> {
 /// File change → rule applied (the daemon logs after the map writes return).
 fn change_to_enforced(bin: &Path, samples: usize) -> anyhow::Result<Row> {
     let dir = fresh_dir("change")?;
-    let hosts = dir.join("hosts");
-    std::fs::write(&hosts, "")?;
-    let dns = Dnsmasq::start(&hosts)?;
+    let dns = Dns::start_with(&dir, 300, BENCH_DOMAINS)?;
     let se = dir.join("se");
     std::fs::write(se.join("base.yaml"), static_entry(0))?;
-    let mut d = Daemon::start(bin, &config(&dir, &se, dns.1, "ee-bench-change")?)?;
+    let mut d = Daemon::start(bin, &config(&dir, &se, dns.port, "ee-bench-change")?)?;
     d.wait_for("first full apply done", Duration::from_secs(30))?;
     let mut ms = Vec::new();
     for i in 1..=samples {
@@ -223,19 +177,19 @@ fn resolve_hosts(bin: &Path, n: usize, runs: usize) -> anyhow::Result<Row> {
     let mut ms = Vec::new();
     for run in 0..runs {
         let dir = fresh_dir(&format!("resolve-{run}"))?;
-        let hosts = dir.join("hosts");
+        let hosts = dir.join("dns-hosts");
         let text: String = (0..n)
             .map(|i| format!("198.18.{}.{} h{i}.bench.test\n", i / 250, i % 250 + 1))
             .collect();
         std::fs::write(&hosts, text)?;
-        let dns = Dnsmasq::start(&hosts)?;
+        let dns = Dns::start_with(&dir, 300, BENCH_DOMAINS)?;
         let se = dir.join("se");
         let yaml: String = (0..n).map(dns_entry).collect();
         std::fs::write(se.join("hosts.yaml"), yaml)?;
         let t0 = Instant::now();
         let mut d = Daemon::start(
             bin,
-            &config(&dir, &se, dns.1, &format!("ee-bench-resolve-{run}"))?,
+            &config(&dir, &se, dns.port, &format!("ee-bench-resolve-{run}"))?,
         )?;
         d.wait_for("enforcing", Duration::from_secs(60))?;
         let t_static = Instant::now();
@@ -260,9 +214,7 @@ fn resolve_hosts(bin: &Path, n: usize, runs: usize) -> anyhow::Result<Row> {
 /// The daemon's resident memory once 10,000 entries are loaded, resolved and applied.
 fn rss(bin: &Path, entries: usize) -> anyhow::Result<Row> {
     let dir = fresh_dir("rss")?;
-    let hosts = dir.join("hosts");
-    std::fs::write(&hosts, "")?;
-    let dns = Dnsmasq::start(&hosts)?;
+    let dns = Dns::start_with(&dir, 300, BENCH_DOMAINS)?;
     let se = dir.join("se");
     let generator = workspace_root().join("target/release/examples/serviceentry_bench");
     let st = Command::new(&generator)
@@ -273,7 +225,7 @@ fn rss(bin: &Path, entries: usize) -> anyhow::Result<Row> {
     if !st.success() {
         bail!("generating entries failed");
     }
-    let mut d = Daemon::start(bin, &config(&dir, &se, dns.1, "ee-bench-rss")?)?;
+    let mut d = Daemon::start(bin, &config(&dir, &se, dns.port, "ee-bench-rss")?)?;
     d.wait_for("first full apply done", Duration::from_secs(120))?;
     std::thread::sleep(Duration::from_millis(500));
     let kib = d.rss_kib();
