@@ -127,17 +127,16 @@ fn all_issues<'a>(report: &'a LoadReport, notices: &'a [Notice]) -> Vec<JsonIssu
             });
         }
     }
-    let origin_of = |entry: &str| {
-        report
-            .entries
-            .iter()
-            .find(|e| e.id() == entry)
-            .map(|e| e.origin.to_string())
-            .unwrap_or_default()
-    };
+    // One table, not a search per notice: large sets draw a notice per entry.
+    let mut origins: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for e in &report.entries {
+        origins
+            .entry(e.id())
+            .or_insert_with(|| e.origin.to_string());
+    }
     for n in notices {
         out.push(JsonIssue {
-            origin: origin_of(&n.entry),
+            origin: origins.get(&n.entry).cloned().unwrap_or_default(),
             entry: Some(n.entry.clone()),
             issue: &n.issue,
         });

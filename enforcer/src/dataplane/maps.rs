@@ -283,6 +283,8 @@ impl Maps {
 trait RuleMap {
     type Key: Ord + Clone;
     const NAME: &'static str;
+    /// The `maps:` config key that sizes this map.
+    const SIZE_KEY: &'static str;
     fn capacity(&self) -> anyhow::Result<usize>;
     fn live(&self) -> anyhow::Result<BTreeMap<Self::Key, RuleValue>>;
     fn put(&mut self, key: &Self::Key, value: &RuleValue) -> anyhow::Result<()>;
@@ -292,6 +294,7 @@ trait RuleMap {
 impl RuleMap for HashMap<MapData, RuleKey, RuleValue> {
     type Key = RuleKey;
     const NAME: &'static str = map_names::RULES_EXACT;
+    const SIZE_KEY: &'static str = "exactRules";
 
     fn capacity(&self) -> anyhow::Result<usize> {
         Ok(self.map().info()?.max_entries() as usize)
@@ -315,6 +318,7 @@ impl RuleMap for HashMap<MapData, RuleKey, RuleValue> {
 impl RuleMap for LpmTrie<MapData, RuleKey, RuleValue> {
     type Key = (u32, RuleKey);
     const NAME: &'static str = map_names::RULES_PREFIX;
+    const SIZE_KEY: &'static str = "prefixRules";
 
     fn capacity(&self) -> anyhow::Result<usize> {
         Ok(self.map().info()?.max_entries() as usize)
@@ -341,14 +345,10 @@ impl RuleMap for LpmTrie<MapData, RuleKey, RuleValue> {
 fn check_capacity<M: RuleMap>(map: &M, wanted: usize) -> anyhow::Result<()> {
     let cap = map.capacity()?;
     if wanted > cap {
-        let key = if M::NAME == map_names::RULES_EXACT {
-            "exactRules"
-        } else {
-            "prefixRules"
-        };
         bail!(
-            "{wanted} rules do not fit in {} ({cap} entries); raise maps.{key}",
-            M::NAME
+            "{wanted} rules do not fit in {} ({cap} entries); raise maps.{}",
+            M::NAME,
+            M::SIZE_KEY
         );
     }
     Ok(())
@@ -389,15 +389,11 @@ fn sync_additive<M: RuleMap>(
         .filter(|(k, _)| !live.contains_key(k))
         .count();
     if live.len() + new_keys > map.capacity()? {
-        let key = if M::NAME == map_names::RULES_EXACT {
-            "exactRules"
-        } else {
-            "prefixRules"
-        };
         bail!(
-            "{} rules do not fit in {} with the ones already pinned; raise maps.{key}",
+            "{} rules do not fit in {} with the ones already pinned; raise maps.{}",
             live.len() + new_keys,
-            M::NAME
+            M::NAME,
+            M::SIZE_KEY
         );
     }
     for (k, v) in &d.upserts {
