@@ -145,8 +145,11 @@ fn sighup_reloads_mode_and_a_bad_reload_keeps_the_policy() {
     // A good config switches to audit mode in place.
     rewrite_config(&env, &base_config(&env, "audit", &env.cgroup));
     d.signal(libc::SIGHUP);
-    d.wait_for("the reload", Duration::from_secs(10), |r| {
-        r.iter().any(|r| r["message"] == "reloaded")
+    // The file watcher also reloads on each rewrite, so an earlier "reloaded" record (of the
+    // restored enforce config) may exist: wait for the one that switched to audit.
+    d.wait_for("the reload to audit", Duration::from_secs(10), |r| {
+        r.iter()
+            .any(|r| r["message"] == "reloaded" && r["mode"] == "Audit")
     });
     let p = env.probe_in_cgroup(&[ALLOWED, DENIED]);
     assert_eq!(p.result(DENIED), "ok", "audit mode after reload");
