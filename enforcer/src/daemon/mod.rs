@@ -265,6 +265,7 @@ impl Daemon {
         if !self.settled && resolved.never_resolved.is_empty() && resolved.complete {
             self.settled = true;
         }
+        let started = std::time::Instant::now();
         let stats = if self.settled {
             self.dp.maps.apply(&desired)?
         } else {
@@ -281,6 +282,7 @@ impl Daemon {
                 rules = desired.len(),
                 added = stats.added,
                 removed = stats.removed,
+                apply_ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
                 "rules updated"
             );
         }

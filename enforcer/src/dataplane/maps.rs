@@ -1,7 +1,7 @@
 //! Typed handles on the pinned maps, and the operations on them: rule apply (diffing, adds
 //! before removes), config, counters, rule listing. Shared by the daemon and the read-only CLI.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, os::fd::AsFd as _};
 
 use anyhow::{Context as _, bail};
 use aya::maps::{
@@ -11,6 +11,7 @@ use enforcer_common::{ABI_VERSION, Config, NUM_COUNTERS, RuleKey, RuleValue, map
 use serde::Serialize;
 
 use super::{
+    batch::{self, Batch},
     diff::{Op, diff},
     pins::PinLayout,
     stats::Stats,
@@ -289,6 +290,14 @@ trait RuleMap {
     fn live(&self) -> anyhow::Result<BTreeMap<Self::Key, RuleValue>>;
     fn put(&mut self, key: &Self::Key, value: &RuleValue) -> anyhow::Result<()>;
     fn del(&mut self, key: &Self::Key) -> anyhow::Result<()>;
+
+    fn put_many(&mut self, entries: &[(Self::Key, RuleValue)]) -> anyhow::Result<()> {
+        entries.iter().try_for_each(|(k, v)| self.put(k, v))
+    }
+
+    fn del_many(&mut self, keys: &[Self::Key]) -> anyhow::Result<()> {
+        keys.iter().try_for_each(|k| self.del(k))
+    }
 }
 
 impl RuleMap for HashMap<MapData, RuleKey, RuleValue> {
@@ -301,9 +310,14 @@ impl RuleMap for HashMap<MapData, RuleKey, RuleValue> {
     }
 
     fn live(&self) -> anyhow::Result<BTreeMap<RuleKey, RuleValue>> {
-        self.iter()
-            .map(|r| r.context("reading RULES_EXACT"))
-            .collect()
+        let fd = self.map().fd().as_fd();
+        match batch::dump(fd).context("reading RULES_EXACT")? {
+            Batch::Done(entries) => Ok(entries.into_iter().collect()),
+            Batch::Unsupported => self
+                .iter()
+                .map(|r| r.context("reading RULES_EXACT"))
+                .collect(),
+        }
     }
 
     fn put(&mut self, key: &RuleKey, value: &RuleValue) -> anyhow::Result<()> {
@@ -312,6 +326,20 @@ impl RuleMap for HashMap<MapData, RuleKey, RuleValue> {
 
     fn del(&mut self, key: &RuleKey) -> anyhow::Result<()> {
         Ok(self.remove(key)?)
+    }
+
+    fn put_many(&mut self, entries: &[(RuleKey, RuleValue)]) -> anyhow::Result<()> {
+        match batch::update(self.map().fd().as_fd(), entries)? {
+            Batch::Done(()) => Ok(()),
+            Batch::Unsupported => entries.iter().try_for_each(|(k, v)| self.put(k, v)),
+        }
+    }
+
+    fn del_many(&mut self, keys: &[RuleKey]) -> anyhow::Result<()> {
+        match batch::delete(self.map().fd().as_fd(), keys)? {
+            Batch::Done(()) => Ok(()),
+            Batch::Unsupported => keys.iter().try_for_each(|k| self.del(k)),
+        }
     }
 }
 
@@ -360,13 +388,13 @@ fn sync<M: RuleMap>(
 ) -> anyhow::Result<ApplyStats> {
     let live = map.live()?;
     let d = diff(&live, desired);
-    for op in d.ordered(live.len(), map.capacity()?) {
-        match op {
-            Op::Put(k, v) => map
-                .put(&k, &v)
+    for step in group(d.ordered(live.len(), map.capacity()?)) {
+        match step {
+            Step::Put(entries) => map
+                .put_many(&entries)
                 .with_context(|| format!("inserting into {}", M::NAME))?,
-            Op::Delete(k) => map
-                .del(&k)
+            Step::Delete(keys) => map
+                .del_many(&keys)
                 .with_context(|| format!("removing from {}", M::NAME))?,
         }
     }
@@ -396,13 +424,66 @@ fn sync_additive<M: RuleMap>(
             M::SIZE_KEY
         );
     }
-    for (k, v) in &d.upserts {
-        map.put(k, v)
-            .with_context(|| format!("inserting into {}", M::NAME))?;
-    }
+    map.put_many(&d.upserts)
+        .with_context(|| format!("inserting into {}", M::NAME))?;
     Ok(ApplyStats {
         added: d.upserts.len(),
         removed: 0,
         unchanged: d.unchanged,
     })
+}
+
+/// Consecutive writes of one kind, to be made as one batch.
+enum Step<K> {
+    Put(Vec<(K, RuleValue)>),
+    Delete(Vec<K>),
+}
+
+/// Groups runs of puts and of deletes, keeping their order (which `Diff::ordered` chose so that
+/// no surviving rule is ever missing).
+fn group<K>(ops: Vec<Op<K, RuleValue>>) -> Vec<Step<K>> {
+    let mut out: Vec<Step<K>> = Vec::new();
+    for op in ops {
+        match (op, out.last_mut()) {
+            (Op::Put(k, v), Some(Step::Put(run))) => run.push((k, v)),
+            (Op::Delete(k), Some(Step::Delete(run))) => run.push(k),
+            (Op::Put(k, v), _) => out.push(Step::Put(vec![(k, v)])),
+            (Op::Delete(k), _) => out.push(Step::Delete(vec![k])),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(id: u32) -> RuleValue {
+        RuleValue {
+            rule_id: id,
+            flags: 0,
+        }
+    }
+
+    #[test]
+    fn grouping_keeps_the_order_and_merges_runs() {
+        let ops = vec![
+            Op::Delete(1u8),
+            Op::Delete(2),
+            Op::Put(3, v(3)),
+            Op::Put(4, v(4)),
+            Op::Delete(5),
+        ];
+        let shape: Vec<(char, Vec<u8>)> = group(ops)
+            .into_iter()
+            .map(|s| match s {
+                Step::Put(e) => ('p', e.into_iter().map(|(k, _)| k).collect()),
+                Step::Delete(k) => ('d', k),
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            vec![('d', vec![1, 2]), ('p', vec![3, 4]), ('d', vec![5])]
+        );
+    }
 }

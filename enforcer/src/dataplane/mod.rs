@@ -2,6 +2,7 @@
 //! `<bpffs>/egress-enforcer/`, attach to cgroups, keep the rule maps equal to a rule set, and
 //! read counters and events. All aya calls live in this module.
 
+pub mod batch;
 pub mod bpffs;
 pub mod cgroup;
 pub mod diff;

@@ -1,0 +1,177 @@
+//! Batched map operations (`BPF_MAP_{LOOKUP,UPDATE,DELETE}_BATCH`, Linux 5.6+), which aya 0.14
+//! does not wrap. One syscall moves thousands of rules instead of one, which is what lets a
+//! million-rule policy load (and be read back for diffing) in well under a second.
+//!
+//! Hash maps support them; LPM tries do not. Each function returns [`Batch::Unsupported`] when
+//! the kernel refuses the command for this map before touching anything, so that the caller can
+//! fall back to per-element operations.
+
+use std::{
+    io,
+    os::fd::{AsRawFd as _, BorrowedFd},
+};
+
+use aya::Pod;
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+/// The kernel's internal ENOTSUPP, which batch commands leak to userspace.
+const ENOTSUPP: i32 = 524;
+/// Elements per syscall: large enough to amortise the syscall, small enough that the kernel's
+/// temporary copy stays small.
+pub const CHUNK: usize = 8192;
+
+/// The `batch` member of `union bpf_attr` (stable kernel ABI).
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Outcome of a batch operation that may not be available.
+#[derive(Debug)]
+pub enum Batch<T> {
+    Done(T),
+    /// The kernel or the map type has no batch support; nothing was changed.
+    Unsupported,
+}
+
+fn sys_bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
+    // SAFETY: `attr` is a valid, initialised bpf_attr prefix of the size passed; the pointers it
+    // holds are set by the callers to buffers that outlive the call and hold `count` elements of
+    // the map's key and value sizes.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_mut(attr),
+            size_of::<BatchAttr>(),
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)
+    )
+}
+
+/// Inserts or replaces every `(key, value)`.
+pub fn update<K: Pod, V: Pod>(fd: BorrowedFd<'_>, entries: &[(K, V)]) -> io::Result<Batch<()>> {
+    let mut keys = Vec::with_capacity(CHUNK.min(entries.len()));
+    let mut values = Vec::with_capacity(CHUNK.min(entries.len()));
+    for (n, chunk) in entries.chunks(CHUNK).enumerate() {
+        keys.clear();
+        values.clear();
+        keys.extend(chunk.iter().map(|(k, _)| *k));
+        values.extend(chunk.iter().map(|(_, v)| *v));
+        let mut done = 0;
+        while done < chunk.len() {
+            let mut attr = BatchAttr {
+                keys: keys[done..].as_ptr() as u64,
+                values: values[done..].as_ptr() as u64,
+                count: (chunk.len() - done) as u32,
+                map_fd: fd.as_raw_fd() as u32,
+                ..BatchAttr::default()
+            };
+            match sys_bpf(BPF_MAP_UPDATE_BATCH, &mut attr) {
+                Ok(()) => done = chunk.len(),
+                Err(e) if n == 0 && done == 0 && attr.count == 0 && unsupported(&e) => {
+                    return Ok(Batch::Unsupported);
+                }
+                // The kernel reports how many went in before the error; a signal is retried.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => done += attr.count as usize,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(Batch::Done(()))
+}
+
+/// Deletes every key. A key that is already gone is an error (ENOENT), as with single deletes.
+pub fn delete<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<Batch<()>> {
+    for (n, chunk) in keys.chunks(CHUNK).enumerate() {
+        let mut done = 0;
+        while done < chunk.len() {
+            let mut attr = BatchAttr {
+                keys: chunk[done..].as_ptr() as u64,
+                count: (chunk.len() - done) as u32,
+                map_fd: fd.as_raw_fd() as u32,
+                ..BatchAttr::default()
+            };
+            match sys_bpf(BPF_MAP_DELETE_BATCH, &mut attr) {
+                Ok(()) => done = chunk.len(),
+                Err(e) if n == 0 && done == 0 && attr.count == 0 && unsupported(&e) => {
+                    return Ok(Batch::Unsupported);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => done += attr.count as usize,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(Batch::Done(()))
+}
+
+/// Reads every entry of a hash map.
+pub fn dump<K: Pod, V: Pod>(fd: BorrowedFd<'_>) -> io::Result<Batch<Vec<(K, V)>>> {
+    // SAFETY: `Pod` types are valid for every bit pattern, including all zeroes.
+    let (zk, zv): (K, V) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    let mut keys = vec![zk; CHUNK];
+    let mut values = vec![zv; CHUNK];
+    // The position token is opaque; hash maps use a u32, a key-sized buffer is always enough.
+    let token_len = size_of::<K>().max(8);
+    let mut token_in = vec![0u8; token_len];
+    let mut token_out = vec![0u8; token_len];
+    let mut out = Vec::new();
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { token_in.as_ptr() as u64 },
+            out_batch: token_out.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: CHUNK as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        let result = sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let got = (attr.count as usize).min(CHUNK);
+        match result {
+            Ok(()) => {}
+            // ENOENT: the walk reached the end; `count` holds the last entries.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                out.extend(
+                    keys[..got]
+                        .iter()
+                        .copied()
+                        .zip(values[..got].iter().copied()),
+                );
+                return Ok(Batch::Done(out));
+            }
+            Err(e) if first && unsupported(&e) => return Ok(Batch::Unsupported),
+            Err(e) => return Err(e),
+        }
+        out.extend(
+            keys[..got]
+                .iter()
+                .copied()
+                .zip(values[..got].iter().copied()),
+        );
+        token_in.copy_from_slice(&token_out);
+        first = false;
+    }
+}
