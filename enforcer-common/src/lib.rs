@@ -72,8 +72,17 @@ pub struct Config {
     /// 1: loopback and the unspecified address (which the kernel routes to loopback) are
     /// always allowed.
     pub allow_loopback: u32,
-    pub pad: u32,
+    /// `SKIP_*` bits: lookups the programs may leave out because no rule of that kind exists.
+    /// 0 (what a map from before this field existed holds) means every lookup is made.
+    pub skip: u32,
 }
+
+/// No exact rule has port 0 (any port): the second exact lookup cannot match.
+pub const SKIP_EXACT_ANY_PORT: u32 = 1;
+/// No prefix rule has a specific port: the first prefix lookup cannot match.
+pub const SKIP_PREFIX_PORT: u32 = 2;
+/// No prefix rule has port 0: the second prefix lookup cannot match.
+pub const SKIP_PREFIX_ANY_PORT: u32 = 4;
 
 /// The hook a verdict came from; also the index of the program in [`PROGRAM_NAMES`].
 #[repr(u8)]

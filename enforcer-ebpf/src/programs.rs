@@ -1,5 +1,7 @@
 use aya_ebpf::{
-    bindings::bpf_sock_addr,
+    bindings::{
+        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE, bpf_sock_addr,
+    },
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
     },
@@ -11,8 +13,9 @@ use aya_log_ebpf::debug;
 use enforcer_common::{
     COUNTER_EVENTS_DROPPED, Config, Event, Hook, IPPROTO_TCP, IPPROTO_UDP, MODE_AUDIT,
     NUM_COUNTERS, POLICY_NODE, PROTO_CLASS_OTHER, PROTO_CLASS_TCP, PROTO_CLASS_UDP,
-    RULE_KEY_FIXED_BITS, RuleKey, RuleValue, VERDICT_ALLOW, VERDICT_ALLOW_LOOPBACK, VERDICT_AUDIT,
-    VERDICT_DENY, counter_index,
+    RULE_KEY_FIXED_BITS, RuleKey, RuleValue, SKIP_EXACT_ANY_PORT, SKIP_PREFIX_ANY_PORT,
+    SKIP_PREFIX_PORT, VERDICT_ALLOW, VERDICT_ALLOW_LOOPBACK, VERDICT_AUDIT, VERDICT_DENY,
+    counter_index,
 };
 
 // Sizes here are defaults only: the daemon overrides max_entries from its config before load.
@@ -125,8 +128,11 @@ fn is_loopback(a: &[u8; 16]) -> bool {
     (a[10] | a[11] | a[12] | a[13] | a[14]) == 0 && (a[15] == 1 || a[15] == 0)
 }
 
+/// Exact rule for this port first (the common case: one hash lookup), then only the lookups
+/// that can match: userspace sets `skip` bits for the kinds of rule that do not exist, which
+/// saves the trie walks on a denied destination when there are no CIDR or any-port rules.
 #[inline(always)]
-fn rule_matches(proto: u8, dest: &Dest) -> bool {
+fn rule_matches(proto: u8, dest: &Dest, skip: u32) -> bool {
     let mut key = RuleKey {
         policy: POLICY_NODE,
         port: dest.port,
@@ -138,15 +144,15 @@ fn rule_matches(proto: u8, dest: &Dest) -> bool {
         return true;
     }
     let full = RULE_KEY_FIXED_BITS + 128;
-    if RULES_PREFIX.get(Key::new(full, key)).is_some() {
+    if skip & SKIP_PREFIX_PORT == 0 && RULES_PREFIX.get(Key::new(full, key)).is_some() {
         return true;
     }
     // Port 0 in a rule means any port.
     key.port = 0;
-    if RULES_EXACT.get_ptr(key).is_some() {
+    if skip & SKIP_EXACT_ANY_PORT == 0 && RULES_EXACT.get_ptr(key).is_some() {
         return true;
     }
-    RULES_PREFIX.get(Key::new(full, key)).is_some()
+    skip & SKIP_PREFIX_ANY_PORT == 0 && RULES_PREFIX.get(Key::new(full, key)).is_some()
 }
 
 #[inline(always)]
@@ -167,14 +173,14 @@ fn decide(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
         _ => PROTO_CLASS_OTHER,
     };
     // A missing config entry can only happen before the daemon's first write: fail closed.
-    let (audit, allow_loopback) = match CONFIG.get(0) {
-        Some(c) => (c.mode == MODE_AUDIT, c.allow_loopback != 0),
-        None => (false, false),
+    let (audit, allow_loopback, skip) = match CONFIG.get(0) {
+        Some(c) => (c.mode == MODE_AUDIT, c.allow_loopback != 0, c.skip),
+        None => (false, false, 0),
     };
 
     let verdict = if allow_loopback && is_loopback(&dest.addr) {
         VERDICT_ALLOW_LOOPBACK
-    } else if rule_matches(proto, &dest) {
+    } else if rule_matches(proto, &dest, skip) {
         VERDICT_ALLOW
     } else if audit {
         VERDICT_AUDIT
@@ -219,7 +225,16 @@ fn report(hook: Hook, proto: u8, verdict: u8, dest: &Dest) {
         pad: [0; 3],
     };
     entry.write(ev);
-    entry.submit(0);
+    // Waking the reader for each event costs more than the rest of the program; the daemon
+    // drains the buffer on a short timer instead, and is woken only when it fills up.
+    let used = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
+    let flags = if used > size / 4 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags as u64);
 }
 
 #[cfg(not(test))]

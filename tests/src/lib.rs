@@ -85,7 +85,7 @@ fn run_ok(cmd: &mut Command) {
     );
 }
 
-fn cgroup2_mount() -> PathBuf {
+pub fn cgroup2_mount() -> PathBuf {
     let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     text.lines()
         .find_map(|l| {

@@ -7,6 +7,12 @@ use anyhow::{Context as _, bail};
 
 use crate::{cargo, step, workspace_root};
 
+/// A titled markdown table of measurements that have no single target.
+pub struct Section {
+    pub title: String,
+    pub body: String,
+}
+
 /// One measured case: name, median, unit, target, and whether the target is met.
 pub struct Row {
     pub case: String,
@@ -145,7 +151,13 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores, {mem_gib:.0} GiB; Linux {kernel}; {date}")
 }
 
-fn write_results(rows: &[Row], quick: bool) -> anyhow::Result<()> {
+fn write_results(
+    rows: &[Row],
+    sections: &[Section],
+    kernel_json: &serde_json::Value,
+    quick: bool,
+    save: bool,
+) -> anyhow::Result<()> {
     let dir = workspace_root().join("bench");
     std::fs::create_dir_all(&dir)?;
     let command = if quick {
@@ -163,16 +175,19 @@ fn write_results(rows: &[Row], quick: bool) -> anyhow::Result<()> {
     for r in rows {
         let target = r
             .target
-            .map_or_else(|| "-".to_owned(), |t| format!("≤ {t:.0} {}", r.unit));
+            .map_or_else(|| "-".to_owned(), |t| format!("≤ {t} {}", r.unit));
         let _ = writeln!(
             md,
-            "| {} | {:.1} {} | {target} | {} | {} |",
+            "| {} | {:.2} {} | {target} | {} | {} |",
             r.case,
             r.median,
             r.unit,
             r.verdict(),
             r.detail
         );
+    }
+    for sec in sections {
+        let _ = writeln!(md, "\n## {}\n\n{}", sec.title, sec.body);
     }
     let json: Vec<serde_json::Value> = rows
         .iter()
@@ -183,24 +198,75 @@ fn write_results(rows: &[Row], quick: bool) -> anyhow::Result<()> {
             })
         })
         .collect();
-    let json = serde_json::to_string_pretty(
-        &serde_json::json!({"machine": machine(), "command": command, "results": json}),
-    )? + "\n";
+    let json = serde_json::to_string_pretty(&serde_json::json!({
+        "machine": machine(), "command": command, "results": json, "kernel_path": kernel_json,
+    }))? + "\n";
     let (md_name, json_name) = if quick {
         ("RESULTS-quick.md", "results-quick.json")
     } else {
         ("RESULTS.md", "results.json")
     };
+    print!("\n{md}");
+    if !save {
+        println!("(one group only: results files left as they were)");
+        return Ok(());
+    }
     std::fs::write(dir.join(md_name), &md)?;
     std::fs::write(dir.join(json_name), json)?;
-    print!("\n{md}");
     println!("written to {}", Path::new("bench").join(md_name).display());
     Ok(())
 }
 
-pub fn bench(quick: bool) -> anyhow::Result<()> {
+/// The benchmark groups, for `--only`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Group {
+    /// ServiceEntry parse + validate + compile
+    Engine,
+    /// Reload latency, DNS resolution, RSS of the running daemon
+    Daemon,
+    /// Per-call cost against nftables and iptables, in-kernel cost, rule loading
+    Kernel,
+}
+
+pub fn bench(quick: bool, only: Option<Group>) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmarks load BPF programs and create namespaces: run them as root");
+    }
+    let wanted = |g: Group| only.is_none_or(|o| o == g);
     let runs = if quick { 3 } else { 7 };
-    let mut rows = serviceentries(if quick { 2_000 } else { 10_000 }, runs)?;
-    rows.extend(crate::bench_daemon::daemon_rows(quick)?);
-    write_results(&rows, quick)
+    let mut rows = Vec::new();
+    if wanted(Group::Engine) {
+        rows.extend(serviceentries(if quick { 2_000 } else { 10_000 }, runs)?);
+    }
+    step(
+        "bench: build egress-enforcer and ee-bench-worker (release)",
+        cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "enforcer",
+            "--bin",
+            "egress-enforcer",
+            "-p",
+            "e2e",
+            "--bin",
+            "ee-bench-worker",
+        ]),
+    )?;
+    let release = workspace_root().join("target/release");
+    let bin = release.join("egress-enforcer");
+    if wanted(Group::Daemon) {
+        rows.extend(crate::bench_daemon::daemon_rows(&bin, quick)?);
+    }
+    let mut sections = Vec::new();
+    let mut kernel_json = serde_json::Value::Null;
+    if wanted(Group::Kernel) {
+        let plan = crate::bench_kernel::Plan::new(quick);
+        let kernel = crate::bench_kernel::run(&plan, &bin, release.join("ee-bench-worker"))?;
+        rows.extend(kernel.rows);
+        sections = kernel.sections;
+        kernel_json = kernel.json;
+    }
+    write_results(&rows, &sections, &kernel_json, quick, only.is_none())
 }

@@ -17,9 +17,12 @@ use e2e::Dns;
 
 use crate::{bench::Row, workspace_root};
 
-struct Daemon {
+/// A daemon started for a benchmark; killed and uninstalled when dropped, so that a failed
+/// benchmark leaves no enforcement behind.
+pub struct Daemon {
     child: Child,
     lines: mpsc::Receiver<String>,
+    bin: PathBuf,
     config: PathBuf,
 }
 
@@ -36,7 +39,7 @@ fn read_lines(stderr: ChildStderr) -> mpsc::Receiver<String> {
 }
 
 impl Daemon {
-    fn start(bin: &Path, config: &Path) -> anyhow::Result<Self> {
+    pub fn start(bin: &Path, config: &Path) -> anyhow::Result<Self> {
         let mut child = Command::new(bin)
             .arg("--config")
             .arg(config)
@@ -50,19 +53,34 @@ impl Daemon {
         Ok(Self {
             child,
             lines,
+            bin: bin.to_path_buf(),
             config: config.to_path_buf(),
         })
     }
 
     /// Waits for a log line containing `needle`.
-    fn wait_for(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<Instant> {
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<Instant> {
+        self.wait_for_line(needle, timeout).map(|(t, _)| t)
+    }
+
+    /// Waits for a log line containing `needle`; returns when it came and the line.
+    pub fn wait_for_line(
+        &mut self,
+        needle: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<(Instant, String)> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(l) if l.contains(needle) => return Ok(Instant::now()),
+                Ok(l) if l.contains(needle) => return Ok((Instant::now(), l)),
                 Ok(_) => {}
-                Err(_) => bail!("no {needle:?} from the daemon within {timeout:?}"),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    bail!("the daemon exited before logging {needle:?}")
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    bail!("no {needle:?} from the daemon within {timeout:?}")
+                }
             }
         }
     }
@@ -78,10 +96,21 @@ impl Daemon {
             .unwrap_or(0)
     }
 
-    fn stop(mut self, bin: &Path) {
+    /// Drops pending log lines (so that the next wait sees only what follows).
+    pub fn drain(&mut self) {
+        while self.lines.try_recv().is_ok() {}
+    }
+
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
         let _ignored = self.child.kill();
         let _ignored = self.child.wait();
-        let _ignored = Command::new(bin)
+        let _ignored = Command::new(&self.bin)
             .arg("--config")
             .arg(&self.config)
             .args(["uninstall", "--force"])
@@ -120,7 +149,7 @@ fn dns_entry(i: usize) -> String {
     )
 }
 
-fn cleanup(dir: &Path) {
+pub fn cleanup(dir: &Path) {
     let bpffs = dir.join("bpffs");
     if let Ok(c) = std::ffi::CString::new(bpffs.as_os_str().as_encoded_bytes()) {
         // SAFETY: valid NUL-terminated path.
@@ -129,7 +158,7 @@ fn cleanup(dir: &Path) {
     let _ignored = std::fs::remove_dir_all(dir);
 }
 
-fn fresh_dir(name: &str) -> anyhow::Result<PathBuf> {
+pub fn fresh_dir(name: &str) -> anyhow::Result<PathBuf> {
     let dir = workspace_root().join("target/bench").join(name);
     cleanup(&dir);
     std::fs::create_dir_all(dir.join("se"))?;
@@ -148,13 +177,13 @@ fn change_to_enforced(bin: &Path, samples: usize) -> anyhow::Result<Row> {
     for i in 1..=samples {
         // Let the previous change's events settle so that each sample is one reload.
         std::thread::sleep(Duration::from_millis(60));
-        while d.lines.try_recv().is_ok() {}
+        d.drain();
         let t0 = Instant::now();
         std::fs::write(se.join("changing.yaml"), static_entry(i))?;
         let t1 = d.wait_for("rules updated", Duration::from_secs(10))?;
         ms.push(t1.duration_since(t0).as_secs_f64() * 1e3);
     }
-    d.stop(bin);
+    d.stop();
     drop(dns);
     cleanup(&dir);
     let (lo, hi) = (
@@ -196,7 +225,7 @@ fn resolve_hosts(bin: &Path, n: usize, runs: usize) -> anyhow::Result<Row> {
         let t1 = d.wait_for("first full apply done", Duration::from_secs(120))?;
         ms.push(t1.duration_since(t_static).as_secs_f64() * 1e3);
         let _ = t0;
-        d.stop(bin);
+        d.stop();
         drop(dns);
         cleanup(&dir);
     }
@@ -229,7 +258,7 @@ fn rss(bin: &Path, entries: usize) -> anyhow::Result<Row> {
     d.wait_for("first full apply done", Duration::from_secs(120))?;
     std::thread::sleep(Duration::from_millis(500));
     let kib = d.rss_kib();
-    d.stop(bin);
+    d.stop();
     drop(dns);
     cleanup(&dir);
     Ok(Row {
@@ -242,31 +271,15 @@ fn rss(bin: &Path, entries: usize) -> anyhow::Result<Row> {
     })
 }
 
-pub fn daemon_rows(quick: bool) -> anyhow::Result<Vec<Row>> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the daemon benchmarks load BPF programs: run `cargo xtask bench` as root");
-    }
-    crate::step(
-        "bench: build egress-enforcer (release)",
-        crate::cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "enforcer",
-            "--bin",
-            "egress-enforcer",
-        ]),
-    )?;
-    let bin = workspace_root().join("target/release/egress-enforcer");
+pub fn daemon_rows(bin: &Path, quick: bool) -> anyhow::Result<Vec<Row>> {
     let (samples, n_hosts, runs, entries) = if quick {
         (9, 200, 1, 2_000)
     } else {
         (41, 1_000, 5, 10_000)
     };
     Ok(vec![
-        change_to_enforced(&bin, samples)?,
-        resolve_hosts(&bin, n_hosts, runs)?,
-        rss(&bin, entries)?,
+        change_to_enforced(bin, samples)?,
+        resolve_hosts(bin, n_hosts, runs)?,
+        rss(bin, entries)?,
     ])
 }

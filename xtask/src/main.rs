@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_daemon;
+mod bench_kernel;
 mod setup;
 mod test;
 
@@ -42,6 +43,9 @@ enum Task {
         /// A reduced set that finishes in well under two minutes
         #[arg(long)]
         quick: bool,
+        /// Run one group only and print it without writing the results files
+        #[arg(long, value_enum)]
+        only: Option<bench::Group>,
     },
     /// fmt check, clippy -D warnings, unit tests, then the end-to-end suite (needs root)
     Test {
@@ -100,7 +104,7 @@ fn main() -> ExitCode {
             cmd.arg("run").args(args);
             step("egress-enforcer run", &mut cmd)
         }),
-        Task::Bench { quick } => setup::setup().and_then(|()| bench::bench(quick)),
+        Task::Bench { quick, only } => setup::setup().and_then(|()| bench::bench(quick, only)),
         Task::Test { unit_only } => setup::setup().and_then(|()| test::test(unit_only)),
     };
     match result {

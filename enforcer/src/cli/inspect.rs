@@ -136,19 +136,27 @@ fn render(r: &Report) -> String {
         let _ = writeln!(out, "\nlinks ({}):", links.len());
         let _ = writeln!(
             out,
-            "  {:<36} {:<9} {:>8} {:>8} {:>14}",
-            "CGROUP", "HOOK", "LINK", "PROGRAM", "VERIFIED INSNS"
+            "  {:<36} {:<9} {:>8} {:>8} {:>14} {:>12} {:>10}",
+            "CGROUP", "HOOK", "LINK", "PROGRAM", "VERIFIED INSNS", "RUNS", "NS/RUN"
         );
         let opt = |v: Option<u32>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
         for l in links {
+            // Run statistics exist only while kernel.bpf_stats_enabled is on.
+            let per_run = match (l.run_count, l.run_time_ns) {
+                (Some(n), Some(t)) if n > 0 => format!("{:.1}", t as f64 / n as f64),
+                _ => "-".to_owned(),
+            };
             let _ = writeln!(
                 out,
-                "  {:<36} {:<9} {:>8} {:>8} {:>14}{}",
+                "  {:<36} {:<9} {:>8} {:>8} {:>14} {:>12} {:>10}{}",
                 l.cgroup,
                 l.hook,
                 opt(l.link_id),
                 opt(l.program_id),
                 opt(l.verified_insns),
+                l.run_count
+                    .map_or_else(|| "-".to_owned(), |v| v.to_string()),
+                per_run,
                 l.error
                     .as_deref()
                     .map(|e| format!("  error: {e}"))

@@ -217,6 +217,8 @@ impl Aggregator {
 }
 
 const WINDOW: Duration = Duration::from_secs(1);
+/// How often the ring buffer is drained when the kernel has not woken us.
+const DRAIN_EVERY: Duration = Duration::from_millis(100);
 
 fn log_event(ev: &EventRecord, count: u64, cgroup: &str, index: &EventIndex) {
     let denied = ev.verdict == "deny";
@@ -258,7 +260,9 @@ pub async fn consume(
         .context("events")?;
     let mut cgroup_paths: HashMap<u64, String> = HashMap::new();
     let mut agg = Aggregator::default();
-    let mut tick = tokio::time::interval(WINDOW / 2);
+    // The kernel wakes us only when the buffer is a quarter full (a wake-up per event would
+    // cost more than the verdict itself), so it is also drained on this short timer.
+    let mut tick = tokio::time::interval(DRAIN_EVERY);
     let mut path_of = |id: u64| {
         cgroup_paths
             .entry(id)
@@ -267,35 +271,40 @@ pub async fn consume(
             })
             .clone()
     };
+    let mut drain = |rb: &mut RingBuf<MapData>| -> anyhow::Result<()> {
+        let now = Instant::now();
+        while let Some(item) = rb.next() {
+            let Some(ev) = decode(&item) else {
+                warn!(len = item.len(), "undecodable event (ABI mismatch?)");
+                continue;
+            };
+            let (new, closed) = agg.offer(&ev, now, WINDOW);
+            let idx = index
+                .read()
+                .map_err(|_| anyhow::anyhow!("event index poisoned"))?;
+            if let Some((old, repeats)) = closed {
+                log_event(&old, repeats, &path_of(old.cgroup_id), &idx);
+            }
+            if new {
+                log_event(&ev, 1, &path_of(ev.cgroup_id), &idx);
+            }
+        }
+        for (ev, repeats) in agg.flush(now, WINDOW) {
+            let idx = index
+                .read()
+                .map_err(|_| anyhow::anyhow!("event index poisoned"))?;
+            log_event(&ev, repeats, &path_of(ev.cgroup_id), &idx);
+        }
+        Ok(())
+    };
     loop {
         tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
-                let rb = guard.get_inner_mut();
-                let now = Instant::now();
-                while let Some(item) = rb.next() {
-                    let Some(ev) = decode(&item) else {
-                        warn!(len = item.len(), "undecodable event (ABI mismatch?)");
-                        continue;
-                    };
-                    let (new, closed) = agg.offer(&ev, now, WINDOW);
-                    let idx = index.read().map_err(|_| anyhow::anyhow!("event index poisoned"))?;
-                    if let Some((old, repeats)) = closed {
-                        log_event(&old, repeats, &path_of(old.cgroup_id), &idx);
-                    }
-                    if new {
-                        log_event(&ev, 1, &path_of(ev.cgroup_id), &idx);
-                    }
-                }
+                drain(guard.get_inner_mut())?;
                 guard.clear_ready();
             }
-            _ = tick.tick() => {
-                for (ev, repeats) in agg.flush(Instant::now(), WINDOW) {
-                    let cg = path_of(ev.cgroup_id);
-                    let idx = index.read().map_err(|_| anyhow::anyhow!("event index poisoned"))?;
-                    log_event(&ev, repeats, &cg, &idx);
-                }
-            }
+            _ = tick.tick() => drain(fd.get_mut())?,
         }
     }
 }

@@ -116,7 +116,9 @@ impl Daemon {
         // Static rules go in at once and never wait for DNS. Nothing is removed yet: on a
         // restart the pinned maps still hold the previous answers for the hosts.
         let desired = first.compiled.desired_rules(|_| Vec::new());
+        let started = std::time::Instant::now();
         let applied = dp.maps.apply_additive(&desired).user()?;
+        let apply_ms = started.elapsed().as_secs_f64() * 1000.0;
         dp.maps
             .write_config(mode_code(first.config.mode), first.config.allow.loopback)
             .runtime()?;
@@ -130,6 +132,7 @@ impl Daemon {
             static_rules = desired.len(),
             hostnames = first.compiled.hostnames.len(),
             added = applied.added,
+            apply_ms = format!("{apply_ms:.1}"),
             cgroups = ?cgroups.iter().map(Cgroup::display).collect::<Vec<_>>(),
             pins = %dp.layout().root.display(),
             "enforcing"

@@ -18,6 +18,10 @@ pub struct LinkRow {
     pub program_id: Option<u32>,
     /// Instructions the verifier processed when the program was loaded.
     pub verified_insns: Option<u32>,
+    /// Runs and total run time of the program since `kernel.bpf_stats_enabled` was switched on
+    /// (both stay 0 while it is off).
+    pub run_count: Option<u64>,
+    pub run_time_ns: Option<u64>,
     /// Set when the pin exists but the kernel object could not be read.
     pub error: Option<String>,
 }
@@ -59,12 +63,14 @@ pub fn list(layout: &PinLayout) -> Vec<LinkRow> {
         for hook in names {
             let path = layout.links_dir().join(&dir).join(&hook);
             let row = match read_link(&path) {
-                Ok((link_id, program_id, verified_insns)) => LinkRow {
+                Ok(l) => LinkRow {
                     cgroup: cgroup.clone(),
                     hook,
-                    link_id: Some(link_id),
-                    program_id: Some(program_id),
-                    verified_insns,
+                    link_id: Some(l.link_id),
+                    program_id: Some(l.program_id),
+                    verified_insns: l.verified_insns,
+                    run_count: l.run_count,
+                    run_time_ns: l.run_time_ns,
                     error: None,
                 },
                 Err(e) => LinkRow {
@@ -73,6 +79,8 @@ pub fn list(layout: &PinLayout) -> Vec<LinkRow> {
                     link_id: None,
                     program_id: None,
                     verified_insns: None,
+                    run_count: None,
+                    run_time_ns: None,
                     error: Some(format!("{e:#}")),
                 },
             };
@@ -82,17 +90,29 @@ pub fn list(layout: &PinLayout) -> Vec<LinkRow> {
     rows
 }
 
-fn read_link(path: &Path) -> anyhow::Result<(u32, u32, Option<u32>)> {
+struct LinkInfo {
+    link_id: u32,
+    program_id: u32,
+    verified_insns: Option<u32>,
+    run_count: Option<u64>,
+    run_time_ns: Option<u64>,
+}
+
+fn read_link(path: &Path) -> anyhow::Result<LinkInfo> {
     let link = aya::programs::links::FdLink::from(PinnedLink::from_pin(path)?);
     let info = link.info()?;
     let prog = loaded_programs()
         .flatten()
         .find(|p| p.id() == info.program_id());
-    Ok((
-        info.id(),
-        info.program_id(),
-        prog.and_then(|p| p.verified_instruction_count()),
-    ))
+    Ok(LinkInfo {
+        link_id: info.id(),
+        program_id: info.program_id(),
+        verified_insns: prog.as_ref().and_then(|p| p.verified_instruction_count()),
+        run_count: prog.as_ref().map(aya::programs::ProgramInfo::run_count),
+        run_time_ns: prog
+            .as_ref()
+            .map(|p| u64::try_from(p.run_time().as_nanos()).unwrap_or(u64::MAX)),
+    })
 }
 
 /// Unpins every link in one cgroup's directory and removes it. The kernel detaches a link when

@@ -213,9 +213,21 @@ impl Maps {
             abi_version: ABI_VERSION,
             mode,
             allow_loopback: u32::from(allow_loopback),
-            pad: 0,
+            // Describes the rule maps' content, which this does not change.
+            skip: old.skip,
         };
         self.config.set(0, cfg, 0)?;
+        Ok(())
+    }
+
+    /// Rewrites the lookup-skip bits, leaving the rest of the config as it is.
+    fn set_skips(&mut self, skip: impl FnOnce(u32) -> u32) -> anyhow::Result<()> {
+        let mut cfg = self.read_config()?;
+        let new = skip(cfg.skip);
+        if new != cfg.skip {
+            cfg.skip = new;
+            self.config.set(0, cfg, 0)?;
+        }
         Ok(())
     }
 
@@ -226,8 +238,13 @@ impl Maps {
         // Check both capacities before touching either map, so a too-large set changes nothing.
         check_capacity(&self.exact, desired.exact.len())?;
         check_capacity(&self.prefix, desired.prefix.len())?;
+        // While old and new rules coexist, the kernel makes every lookup either set needs;
+        // it narrows to the new set's only once the old rules are gone.
+        let skips = desired.lookup_skips();
+        self.set_skips(|old| old & skips)?;
         let a = sync(&mut self.exact, &desired.exact)?;
         let b = sync(&mut self.prefix, &desired.prefix)?;
+        self.set_skips(|_| skips)?;
         Ok(ApplyStats {
             added: a.added + b.added,
             removed: a.removed + b.removed,
@@ -238,6 +255,9 @@ impl Maps {
     /// Like [`Maps::apply`] but never removes: used until the daemon knows every answer, so
     /// rules a previous run left in the pinned maps stay in force meanwhile.
     pub fn apply_additive(&mut self, desired: &DesiredRules) -> anyhow::Result<ApplyStats> {
+        // Rules already pinned stay, so the lookups they need stay too.
+        let skips = desired.lookup_skips();
+        self.set_skips(|old| old & skips)?;
         let a = sync_additive(&mut self.exact, &desired.exact)?;
         let b = sync_additive(&mut self.prefix, &desired.prefix)?;
         Ok(ApplyStats {

@@ -2,7 +2,10 @@
 
 use std::collections::{BTreeMap, btree_map::Entry};
 
-use enforcer_common::{POLICY_NODE, RULE_KEY_FIXED_BITS, RuleKey, RuleValue};
+use enforcer_common::{
+    POLICY_NODE, RULE_KEY_FIXED_BITS, RuleKey, RuleValue, SKIP_EXACT_ANY_PORT,
+    SKIP_PREFIX_ANY_PORT, SKIP_PREFIX_PORT,
+};
 
 use super::allow_spec::{AllowSpec, Net, Proto};
 
@@ -42,6 +45,23 @@ impl DesiredRules {
 
     pub fn is_empty(&self) -> bool {
         self.exact.is_empty() && self.prefix.is_empty()
+    }
+
+    /// The `Config::skip` bits for this rule set: the lookups the kernel can leave out because
+    /// no rule of that kind exists.
+    pub fn lookup_skips(&self) -> u32 {
+        let mut skip = SKIP_EXACT_ANY_PORT | SKIP_PREFIX_PORT | SKIP_PREFIX_ANY_PORT;
+        if self.exact.keys().any(|k| k.port == 0) {
+            skip &= !SKIP_EXACT_ANY_PORT;
+        }
+        for (_, k) in self.prefix.keys() {
+            skip &= !if k.port == 0 {
+                SKIP_PREFIX_ANY_PORT
+            } else {
+                SKIP_PREFIX_PORT
+            };
+        }
+        skip
     }
 
     /// Builds the rule set for `--allow` flags: rule id = position + 1 (0 is never used, so
@@ -87,6 +107,34 @@ mod tests {
 
     fn specs(s: &[&str]) -> Vec<AllowSpec> {
         s.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn lookup_skips_name_only_the_kinds_that_are_absent() {
+        let all = SKIP_EXACT_ANY_PORT | SKIP_PREFIX_PORT | SKIP_PREFIX_ANY_PORT;
+        let skips = |s: &[&str]| DesiredRules::from_specs(&specs(s)).lookup_skips();
+        assert_eq!(skips(&[]), all);
+        assert_eq!(skips(&["198.18.0.1:80/tcp"]), all);
+        assert_eq!(
+            skips(&["198.18.0.1:*/tcp"]),
+            SKIP_PREFIX_PORT | SKIP_PREFIX_ANY_PORT
+        );
+        assert_eq!(
+            skips(&["198.18.1.0/24:443/tcp"]),
+            SKIP_EXACT_ANY_PORT | SKIP_PREFIX_ANY_PORT
+        );
+        assert_eq!(
+            skips(&["198.18.1.0/24:*/udp"]),
+            SKIP_EXACT_ANY_PORT | SKIP_PREFIX_PORT
+        );
+        assert_eq!(
+            skips(&[
+                "198.18.0.1:*/tcp",
+                "198.18.1.0/24:*/udp",
+                "[fd00::/64]:53/udp"
+            ]),
+            0
+        );
     }
 
     #[test]
