@@ -270,3 +270,73 @@ pub fn bench(quick: bool, only: Option<Group>) -> anyhow::Result<()> {
     }
     write_results(&rows, &sections, &kernel_json, quick, only.is_none())
 }
+
+/// The smoke check `cargo xtask test` runs after `bench --quick`: every case must have produced
+/// a finite, positive number (their values are not judged). Returns how many were checked.
+pub fn check_quick_results() -> anyhow::Result<usize> {
+    let path = workspace_root().join("bench/results-quick.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    let mut checked = 0;
+    let mut check = |what: &str, x: &serde_json::Value| -> anyhow::Result<()> {
+        match x.as_f64() {
+            Some(f) if f.is_finite() && f >= 0.0 => {
+                checked += 1;
+                Ok(())
+            }
+            _ => bail!("{what}: no number ({x})"),
+        }
+    };
+    let list = |key: &str| -> anyhow::Result<Vec<serde_json::Value>> {
+        let mut node = &v;
+        for k in key.split('.') {
+            node = &node[k];
+        }
+        let items = node.as_array().cloned().unwrap_or_default();
+        if items.is_empty() {
+            bail!("{key}: no cases in {}", path.display());
+        }
+        Ok(items)
+    };
+    for r in list("results")? {
+        check(&format!("results: {}", r["case"]), &r["median"])?;
+    }
+    let per_call = list("kernel_path.per_call")?;
+    for c in &per_call {
+        let name = format!(
+            "per call: {} {} {} {}",
+            c["system"], c["rules"], c["work"], c["destination"]
+        );
+        check(&name, &c["median_ns"])?;
+        check(&name, &c["baseline_median_ns"])?;
+    }
+    // Every configuration measured every work for both destinations.
+    let systems: std::collections::BTreeSet<String> =
+        per_call.iter().map(|c| c["system"].to_string()).collect();
+    if systems.len() != 4 {
+        bail!(
+            "per-call results cover {} configurations, not 4: {systems:?}",
+            systems.len()
+        );
+    }
+    if per_call.len() % 6 != 0 {
+        bail!(
+            "{} per-call results: not 3 works × 2 destinations per configuration",
+            per_call.len()
+        );
+    }
+    for k in list("kernel_path.in_kernel")? {
+        check(
+            &format!("in-kernel: {} {}", k["program"], k["exact_rules"]),
+            &k["median_ns_per_run"],
+        )?;
+    }
+    for l in list("kernel_path.loading")? {
+        check(
+            &format!("loading: {} {}", l["system"], l["rules"]),
+            &l["ms"],
+        )?;
+    }
+    Ok(checked)
+}

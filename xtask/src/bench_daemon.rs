@@ -70,13 +70,23 @@ impl Daemon {
         timeout: Duration,
     ) -> anyhow::Result<(Instant, String)> {
         let deadline = Instant::now() + timeout;
+        let mut recent = std::collections::VecDeque::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(l) if l.contains(needle) => return Ok((Instant::now(), l)),
-                Ok(_) => {}
+                Ok(l) => {
+                    if recent.len() == 10 {
+                        recent.pop_front();
+                    }
+                    recent.push_back(l);
+                }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    bail!("the daemon exited before logging {needle:?}")
+                    let tail: Vec<String> = recent.into_iter().collect();
+                    bail!(
+                        "the daemon exited before logging {needle:?}:\n{}",
+                        tail.join("\n")
+                    )
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     bail!("no {needle:?} from the daemon within {timeout:?}")

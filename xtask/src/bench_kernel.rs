@@ -40,6 +40,8 @@ fn worker_cpu() -> usize {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum System {
+    /// A program that allows everything and does nothing: the cost of the hook itself.
+    Noop,
     Enforcer,
     Nft,
     Iptables,
@@ -48,6 +50,7 @@ enum System {
 impl System {
     const fn label(self) -> &'static str {
         match self {
+            Self::Noop => "no-op cgroup program (calibration)",
             Self::Enforcer => "egress-enforcer",
             Self::Nft => "nftables set (socket cgroupv2)",
             Self::Iptables => "iptables linear (-m cgroup --path)",
@@ -302,10 +305,14 @@ fn start_enforcer(bin: &Path, n: usize, diff: usize) -> anyhow::Result<Loaded> {
     std::fs::write(se.join("allowed.yaml"), allowed_entry())?;
     std::fs::write(se.join("ranges.yaml"), cidr_entries())?;
     let fill = n.saturating_sub(4 + diff);
-    std::fs::write(
-        se.join("filler.yaml"),
-        static_entries("fill", (0..fill).map(|i| filler(i, 10))),
-    )?;
+    // 100,000 rules (about 2.5 MB) per file keeps each file far below the size limit.
+    for (f, start) in (0..fill).step_by(100_000).enumerate() {
+        let end = (start + 100_000).min(fill);
+        std::fs::write(
+            se.join(format!("filler-{f:02}.yaml")),
+            static_entries(&format!("fill{f}"), (start..end).map(|i| filler(i, 10))),
+        )?;
+    }
     if diff > 0 {
         std::fs::write(
             se.join("diff.yaml"),
@@ -488,7 +495,11 @@ fn unload_iptables(fx: &Fixture) {
 /// Whether `system` refuses `work` to the denied destination (UDP connect() sends no packet, so
 /// netfilter has nothing to decide until the first datagram).
 fn denies(system: System, work: &Work) -> bool {
-    system == System::Enforcer || work.workload != "udp-connect"
+    match system {
+        System::Noop => false,
+        System::Enforcer => true,
+        System::Nft | System::Iptables => work.workload != "udp-connect",
+    }
 }
 
 /// One measured cell: a configuration, a workload and a destination.
@@ -663,6 +674,36 @@ fn measure_kernel(
     Ok(cells)
 }
 
+/// In-kernel cost of the no-op program: the floor of what the statistics can show.
+fn measure_noop(
+    fx: &Fixture,
+    plan: &Plan,
+    noop: &crate::bench_noop::Noop,
+) -> anyhow::Result<KernelCell> {
+    let _stats = BpfStats::enable()?;
+    let mut ns = Vec::new();
+    for _ in 0..plan.runs {
+        let case = format!("udp-connect,ok,{ALLOWED}:{UDP_PORT},{}", plan.iters.kernel);
+        let (n0, t0) = noop.stats()?;
+        fx.run(&[case], false)?;
+        let (n1, t1) = noop.stats()?;
+        if n1 - n0 < plan.iters.kernel {
+            bail!(
+                "the no-op program ran {} times for {} calls",
+                n1 - n0,
+                plan.iters.kernel
+            );
+        }
+        ns.push((t1 - t0) as f64 / (n1 - n0) as f64);
+    }
+    Ok(KernelCell {
+        rules: 0,
+        program: "noop",
+        denied: false,
+        ns,
+    })
+}
+
 struct LoadRow {
     system: &'static str,
     rules: String,
@@ -682,6 +723,12 @@ pub fn run(plan: &Plan, bin: &Path, worker: PathBuf) -> anyhow::Result<KernelRes
     let mut kernel = Vec::new();
     let mut loads = Vec::new();
     let max = plan.enforcer_sizes.iter().copied().max().unwrap_or(0);
+    {
+        eprintln!("==> bench: calibration, a no-op cgroup/connect4 program");
+        let noop = crate::bench_noop::Noop::attach(&fx.cgroup("case"))?;
+        cells.extend(measure_block(&fx, plan, System::Noop, 0)?);
+        kernel.push(measure_noop(&fx, plan, &noop)?);
+    }
     for &n in &plan.enforcer_sizes {
         let diff = if n == max { plan.diff.min(n / 2) } else { 0 };
         eprintln!("==> bench: egress-enforcer, {n} exact + {CIDR_RULES} CIDR rules");
@@ -758,6 +805,7 @@ fn fmt_ns(ns: f64) -> String {
 
 fn rules_label(system: System, n: usize) -> String {
     match system {
+        System::Noop => "-".to_owned(),
         System::Iptables => format!("{n} rules"),
         _ => format!("{n} exact + {CIDR_RULES} CIDR"),
     }
@@ -836,7 +884,19 @@ fn report(
     }
     let _ = writeln!(md);
     let _ = writeln!(md, "| ---: |{}", " ---: |".repeat(programs.len() * 2));
-    let mut sizes: Vec<usize> = kernel.iter().map(|k| k.rules).collect();
+    if let Some(k) = kernel.iter().find(|k| k.program == "noop") {
+        let _ = writeln!(
+            md,
+            "| no-op program (floor: hook + statistics) | {:.1} ns |{}",
+            median(k.ns.clone()),
+            " |".repeat(programs.len() * 2 - 1)
+        );
+    }
+    let mut sizes: Vec<usize> = kernel
+        .iter()
+        .filter(|k| k.program != "noop")
+        .map(|k| k.rules)
+        .collect();
     sizes.dedup();
     for n in &sizes {
         let _ = write!(md, "| {n} |");
@@ -903,6 +963,14 @@ fn report(
 /// The issue's targets, each as a row with a verdict.
 fn targets(plan: &Plan, cells: &[Cell], kernel: &[KernelCell], max: usize) -> Vec<Row> {
     let mut rows = Vec::new();
+    let noop_overhead = cells
+        .iter()
+        .find(|c| c.system == Some(System::Noop) && c.work == "udp_connect" && !c.denied_dest)
+        .map(Cell::ratio);
+    let noop_ns = kernel
+        .iter()
+        .find(|k| k.program == "noop")
+        .map(|k| median(k.ns.clone()));
     for denied in [false, true] {
         if let Some(c) = cells.iter().find(|c| {
             c.system == Some(System::Enforcer)
@@ -920,10 +988,15 @@ fn targets(plan: &Plan, cells: &[Cell], kernel: &[KernelCell], max: usize) -> Ve
                 unit: "%",
                 target: Some(5.0),
                 detail: format!(
-                    "{} vs {} per call, medians of {} alternating runs",
+                    "{} vs {} per call, medians of {} interleaved runs; a no-op program \
+                     attached the same way: {}",
                     fmt_ns(c.median()),
                     fmt_ns(median(c.base.clone())),
-                    plan.runs
+                    plan.runs,
+                    noop_overhead.map_or_else(
+                        || "-".to_owned(),
+                        |r| format!("{:+.1} %", (r - 1.0) * 100.0)
+                    )
                 ),
             });
         }
@@ -946,7 +1019,11 @@ fn targets(plan: &Plan, cells: &[Cell], kernel: &[KernelCell], max: usize) -> Ve
                     median: median(k.ns.clone()),
                     unit: "ns",
                     target: Some(100.0),
-                    detail: format!("run_time_ns / run_cnt, {} runs", k.ns.len()),
+                    detail: format!(
+                        "run_time_ns / run_cnt, {} runs; the no-op program measures {}",
+                        k.ns.len(),
+                        noop_ns.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} ns"))
+                    ),
                 });
             }
         }
@@ -966,8 +1043,10 @@ fn targets(plan: &Plan, cells: &[Cell], kernel: &[KernelCell], max: usize) -> Ve
                             && c.denied_dest == denied
                     })
                 };
+                // Each side against the baseline it was interleaved with: blocks run minutes
+                // apart, and the machine drifts more than the difference being measured.
                 if let (Some(e), Some(f)) = (get(System::Enforcer), get(System::Nft)) {
-                    let r = e.median() / f.median();
+                    let r = e.ratio() / f.ratio();
                     let what = format!("{work} {}", if denied { "denied" } else { "allowed" });
                     if worst.as_ref().is_none_or(|(w, _)| r > *w) {
                         worst = Some((r, what));
@@ -978,8 +1057,9 @@ fn targets(plan: &Plan, cells: &[Cell], kernel: &[KernelCell], max: usize) -> Ve
         if let Some((r, what)) = worst {
             rows.push(Row {
                 case: format!(
-                    "egress-enforcer ÷ nftables per call, {n} exact + {CIDR_RULES} CIDR (worst \
-                     of UDP connect+send and TCP connect+accept, allowed and denied)"
+                    "egress-enforcer ÷ nftables, per-call cost relative to no enforcement, {n} \
+                     exact + {CIDR_RULES} CIDR (worst of UDP connect+send and TCP \
+                     connect+accept, allowed and denied)"
                 ),
                 median: r,
                 unit: "×",

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_daemon;
 mod bench_kernel;
+mod bench_noop;
 mod setup;
 mod test;
 

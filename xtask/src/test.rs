@@ -106,8 +106,23 @@ pub fn test(unit_only: bool) -> anyhow::Result<()> {
             ),
         &mut totals,
     );
+    if e2e.is_err() {
+        totals.print();
+        return e2e;
+    }
+    // Smoke test of the benchmarks: every case runs and yields numbers.
+    let smoke = crate::bench::bench(true, None).and_then(|()| crate::bench::check_quick_results());
+    match smoke {
+        Ok(n) => {
+            eprintln!("bench --quick: all {n} measurements present");
+            totals.passed += 1;
+        }
+        Err(_) => totals.failed += 1,
+    }
     totals.print();
-    e2e
+    smoke
+        .map(drop)
+        .context("benchmark smoke test (cargo xtask bench --quick)")
 }
 
 /// Runs the ServiceEntry fuzz target for a bounded time (`EE_FUZZ_SECS`, default 30), seeded
