@@ -208,3 +208,35 @@ fn kernel_debug_log_only_at_debug_level() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(kernel(&d), 0, "kernel debug messages are off at info level");
 }
+
+#[test]
+fn prefix_and_any_port_rules_added_and_removed_by_a_reload_take_effect() {
+    // The kernel leaves out lookups for kinds of rule that do not exist (`Config::skip`): the
+    // first prefix or any-port rule must switch them back on, and the last one's removal
+    // must not leave a stale allowance behind.
+    let env = Env::new("skips", "enforce", "");
+    let _d = env.start_daemon(RULES);
+    let in_cidr = "tcp:198.18.1.7:8080";
+    let any_port = "tcp:198.18.2.7:9999";
+    let p = env.probe_in_cgroup(&[in_cidr, any_port]);
+    assert_eq!(
+        (p.result(in_cidr), p.result(any_port)),
+        ("EPERM", "EPERM")
+    );
+
+    let plain = base_config(&env, "enforce", &env.cgroup);
+    let wider = plain.replace(
+        "allow: {dnsServers: []}",
+        "allow: {dnsServers: [], cidrs: [198.18.1.0/24, 198.18.2.7/32]}",
+    );
+    assert_ne!(plain, wider);
+    rewrite_config(&env, &wider);
+    env.wait_probe(in_cidr, "ok", Duration::from_secs(10));
+    env.wait_probe(any_port, "ok", Duration::from_secs(10));
+    assert_enforcing(&env, "with a prefix and an any-port rule");
+
+    rewrite_config(&env, &plain);
+    env.wait_probe(in_cidr, "EPERM", Duration::from_secs(10));
+    env.wait_probe(any_port, "EPERM", Duration::from_secs(10));
+    assert_enforcing(&env, "after they are removed again");
+}
