@@ -219,10 +219,7 @@ fn prefix_and_any_port_rules_added_and_removed_by_a_reload_take_effect() {
     let in_cidr = "tcp:198.18.1.7:8080";
     let any_port = "tcp:198.18.2.7:9999";
     let p = env.probe_in_cgroup(&[in_cidr, any_port]);
-    assert_eq!(
-        (p.result(in_cidr), p.result(any_port)),
-        ("EPERM", "EPERM")
-    );
+    assert_eq!((p.result(in_cidr), p.result(any_port)), ("EPERM", "EPERM"));
 
     let plain = base_config(&env, "enforce", &env.cgroup);
     let wider = plain.replace(

@@ -274,6 +274,7 @@ impl Daemon {
         } else {
             self.dp.maps.apply_additive(&desired)?
         };
+        let apply_ms = started.elapsed().as_secs_f64() * 1000.0;
         if let Err(e) = crate::dataplane::sources::write(&self.dp.layout().root, &desired.sources) {
             warn!("cannot record rule sources for `inspect`: {e:#}");
         }
@@ -285,7 +286,7 @@ impl Daemon {
                 rules = desired.len(),
                 added = stats.added,
                 removed = stats.removed,
-                apply_ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
+                apply_ms = format!("{apply_ms:.1}"),
                 "rules updated"
             );
         }

@@ -307,7 +307,8 @@ trait RuleMap {
     /// The `maps:` config key that sizes this map.
     const SIZE_KEY: &'static str;
     fn capacity(&self) -> anyhow::Result<usize>;
-    fn live(&self) -> anyhow::Result<BTreeMap<Self::Key, RuleValue>>;
+    /// The map's entries, sorted by key.
+    fn live(&self) -> anyhow::Result<Vec<(Self::Key, RuleValue)>>;
     fn put(&mut self, key: &Self::Key, value: &RuleValue) -> anyhow::Result<()>;
     fn del(&mut self, key: &Self::Key) -> anyhow::Result<()>;
 
@@ -329,15 +330,17 @@ impl RuleMap for HashMap<MapData, RuleKey, RuleValue> {
         Ok(self.map().info()?.max_entries() as usize)
     }
 
-    fn live(&self) -> anyhow::Result<BTreeMap<RuleKey, RuleValue>> {
+    fn live(&self) -> anyhow::Result<Vec<(RuleKey, RuleValue)>> {
         let fd = self.map().fd().as_fd();
-        match batch::dump(fd).context("reading RULES_EXACT")? {
-            Batch::Done(entries) => Ok(entries.into_iter().collect()),
+        let mut entries = match batch::dump(fd).context("reading RULES_EXACT")? {
+            Batch::Done(entries) => entries,
             Batch::Unsupported => self
                 .iter()
                 .map(|r| r.context("reading RULES_EXACT"))
-                .collect(),
-        }
+                .collect::<anyhow::Result<_>>()?,
+        };
+        entries.sort_unstable_by_key(|e| e.0);
+        Ok(entries)
     }
 
     fn put(&mut self, key: &RuleKey, value: &RuleValue) -> anyhow::Result<()> {
@@ -372,13 +375,16 @@ impl RuleMap for LpmTrie<MapData, RuleKey, RuleValue> {
         Ok(self.map().info()?.max_entries() as usize)
     }
 
-    fn live(&self) -> anyhow::Result<BTreeMap<(u32, RuleKey), RuleValue>> {
-        self.iter()
+    fn live(&self) -> anyhow::Result<Vec<((u32, RuleKey), RuleValue)>> {
+        let mut entries = self
+            .iter()
             .map(|r| {
                 let (k, v) = r.context("reading RULES_PREFIX")?;
                 Ok(((k.prefix_len(), k.data()), v))
             })
-            .collect()
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        entries.sort_unstable_by_key(|e| e.0);
+        Ok(entries)
     }
 
     fn put(&mut self, (len, key): &(u32, RuleKey), value: &RuleValue) -> anyhow::Result<()> {
@@ -434,7 +440,7 @@ fn sync_additive<M: RuleMap>(
     let new_keys = d
         .upserts
         .iter()
-        .filter(|(k, _)| !live.contains_key(k))
+        .filter(|(k, _)| live.binary_search_by(|(lk, _)| lk.cmp(k)).is_err())
         .count();
     if live.len() + new_keys > map.capacity()? {
         bail!(
