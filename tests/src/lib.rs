@@ -4,6 +4,8 @@
 //!
 //! The tests need root and a BPF-capable kernel; without them they fail (never skip).
 
+pub mod sys;
+
 use std::{
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},

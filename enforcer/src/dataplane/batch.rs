@@ -70,60 +70,54 @@ fn unsupported(e: &io::Error) -> bool {
     )
 }
 
-/// Inserts or replaces every `(key, value)`.
-pub fn update<K: Pod, V: Pod>(fd: BorrowedFd<'_>, entries: &[(K, V)]) -> io::Result<Batch<()>> {
-    let mut keys = Vec::with_capacity(CHUNK.min(entries.len()));
-    let mut values = Vec::with_capacity(CHUNK.min(entries.len()));
-    for (n, chunk) in entries.chunks(CHUNK).enumerate() {
-        keys.clear();
-        values.clear();
-        keys.extend(chunk.iter().map(|(k, _)| *k));
-        values.extend(chunk.iter().map(|(_, v)| *v));
-        let mut done = 0;
-        while done < chunk.len() {
-            let mut attr = BatchAttr {
-                keys: keys[done..].as_ptr() as u64,
-                values: values[done..].as_ptr() as u64,
-                count: (chunk.len() - done) as u32,
-                map_fd: fd.as_raw_fd() as u32,
-                ..BatchAttr::default()
-            };
-            match sys_bpf(BPF_MAP_UPDATE_BATCH, &mut attr) {
-                Ok(()) => done = chunk.len(),
-                Err(e) if n == 0 && done == 0 && attr.count == 0 && unsupported(&e) => {
-                    return Ok(Batch::Unsupported);
-                }
-                // The kernel reports how many went in before the error; a signal is retried.
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => done += attr.count as usize,
-                Err(e) => return Err(e),
+/// Runs a batch command over `len` elements, `CHUNK` at a time; `attr_for(start, count)`
+/// describes elements `start..start + count`. A call interrupted by a signal resumes after the
+/// elements the kernel reports as done.
+fn in_chunks(
+    cmd: libc::c_long,
+    len: usize,
+    mut attr_for: impl FnMut(usize, usize) -> BatchAttr,
+) -> io::Result<Batch<()>> {
+    let mut done = 0;
+    while done < len {
+        let count = (len - done).min(CHUNK);
+        let mut attr = attr_for(done, count);
+        match sys_bpf(cmd, &mut attr) {
+            Ok(()) => done += count,
+            Err(e) if done == 0 && attr.count == 0 && unsupported(&e) => {
+                return Ok(Batch::Unsupported);
             }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => done += attr.count as usize,
+            Err(e) => return Err(e),
         }
     }
     Ok(Batch::Done(()))
 }
 
+/// Inserts or replaces every `(key, value)`.
+pub fn update<K: Pod, V: Pod>(fd: BorrowedFd<'_>, entries: &[(K, V)]) -> io::Result<Batch<()>> {
+    // The kernel wants keys and values in two arrays.
+    let keys: Vec<K> = entries.iter().map(|(k, _)| *k).collect();
+    let values: Vec<V> = entries.iter().map(|(_, v)| *v).collect();
+    in_chunks(BPF_MAP_UPDATE_BATCH, entries.len(), |start, count| {
+        BatchAttr {
+            keys: keys[start..].as_ptr() as u64,
+            values: values[start..].as_ptr() as u64,
+            count: count as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        }
+    })
+}
+
 /// Deletes every key. A key that is already gone is an error (ENOENT), as with single deletes.
 pub fn delete<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<Batch<()>> {
-    for (n, chunk) in keys.chunks(CHUNK).enumerate() {
-        let mut done = 0;
-        while done < chunk.len() {
-            let mut attr = BatchAttr {
-                keys: chunk[done..].as_ptr() as u64,
-                count: (chunk.len() - done) as u32,
-                map_fd: fd.as_raw_fd() as u32,
-                ..BatchAttr::default()
-            };
-            match sys_bpf(BPF_MAP_DELETE_BATCH, &mut attr) {
-                Ok(()) => done = chunk.len(),
-                Err(e) if n == 0 && done == 0 && attr.count == 0 && unsupported(&e) => {
-                    return Ok(Batch::Unsupported);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => done += attr.count as usize,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok(Batch::Done(()))
+    in_chunks(BPF_MAP_DELETE_BATCH, keys.len(), |start, count| BatchAttr {
+        keys: keys[start..].as_ptr() as u64,
+        count: count as u32,
+        map_fd: fd.as_raw_fd() as u32,
+        ..BatchAttr::default()
+    })
 }
 
 /// Reads every entry of a hash map.

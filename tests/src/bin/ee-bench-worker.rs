@@ -34,6 +34,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use e2e::sys::{RawAddr, enter_netns, errno_name, open_netns};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Workload {
@@ -81,14 +82,6 @@ fn os_err() -> std::io::Error {
     std::io::Error::last_os_error()
 }
 
-fn enter_netns(f: &File) -> anyhow::Result<()> {
-    // SAFETY: setns on an fd we own; the process is single-threaded.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(os_err()).context("setns");
-    }
-    Ok(())
-}
-
 fn join_cgroup(dir: &Path) -> anyhow::Result<()> {
     let path = dir.join("cgroup.procs");
     std::fs::write(&path, std::process::id().to_string())
@@ -106,46 +99,6 @@ fn pin_cpu(cpu: usize) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// A socket address in the C layout, with its length.
-struct RawAddr {
-    storage: libc::sockaddr_storage,
-    len: libc::socklen_t,
-}
-
-impl RawAddr {
-    fn new(a: SocketAddr) -> Self {
-        // SAFETY: all-zero is a valid sockaddr_storage; the writes below stay inside it, since
-        // sockaddr_in and sockaddr_in6 are both smaller than sockaddr_storage.
-        unsafe {
-            let mut storage: libc::sockaddr_storage = std::mem::zeroed();
-            let len = match a {
-                SocketAddr::V4(v4) => {
-                    let sin = (&raw mut storage).cast::<libc::sockaddr_in>();
-                    (*sin).sin_family = libc::AF_INET as libc::sa_family_t;
-                    (*sin).sin_port = v4.port().to_be();
-                    (*sin).sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
-                    size_of::<libc::sockaddr_in>()
-                }
-                SocketAddr::V6(v6) => {
-                    let sin6 = (&raw mut storage).cast::<libc::sockaddr_in6>();
-                    (*sin6).sin6_family = libc::AF_INET6 as libc::sa_family_t;
-                    (*sin6).sin6_port = v6.port().to_be();
-                    (*sin6).sin6_addr.s6_addr = v6.ip().octets();
-                    size_of::<libc::sockaddr_in6>()
-                }
-            };
-            Self {
-                storage,
-                len: len as libc::socklen_t,
-            }
-        }
-    }
-
-    fn ptr(&self) -> *const libc::sockaddr {
-        (&raw const self.storage).cast()
-    }
 }
 
 fn family(a: SocketAddr) -> libc::c_int {
@@ -188,7 +141,7 @@ fn serve(a: SocketAddr) -> anyhow::Result<[OwnedFd; 2]> {
     let udp = socket(a, libc::SOCK_DGRAM)?;
     for s in [&tcp, &udp] {
         // SAFETY: raw describes a valid sockaddr of raw.len bytes.
-        if unsafe { libc::bind(s.as_raw_fd(), raw.ptr(), raw.len) } != 0 {
+        if unsafe { libc::bind(s.as_raw_fd(), raw.ptr(), raw.socklen()) } != 0 {
             return Err(os_err()).with_context(|| format!("bind {a}"));
         }
     }
@@ -208,7 +161,7 @@ fn errno() -> i32 {
 
 fn connect(fd: RawFd, a: &RawAddr) -> Outcome {
     // SAFETY: a describes a valid sockaddr.
-    if unsafe { libc::connect(fd, a.ptr(), a.len) } == 0 {
+    if unsafe { libc::connect(fd, a.ptr(), a.socklen()) } == 0 {
         0
     } else {
         errno()
@@ -228,7 +181,17 @@ fn send_one(fd: RawFd) -> Outcome {
 fn sendto_one(fd: RawFd, a: &RawAddr) -> Outcome {
     let b = [0u8; 1];
     // SAFETY: one-byte buffer, valid sockaddr.
-    if unsafe { libc::sendto(fd, b.as_ptr().cast(), 1, libc::MSG_DONTWAIT, a.ptr(), a.len) } == 1 {
+    if unsafe {
+        libc::sendto(
+            fd,
+            b.as_ptr().cast(),
+            1,
+            libc::MSG_DONTWAIT,
+            a.ptr(),
+            a.socklen(),
+        )
+    } == 1
+    {
         0
     } else {
         errno()
@@ -288,17 +251,6 @@ impl Checker {
     }
 }
 
-fn errno_name(e: i32) -> String {
-    match e {
-        libc::EPERM => "EPERM".into(),
-        libc::EACCES => "EACCES".into(),
-        libc::ECONNREFUSED => "ECONNREFUSED".into(),
-        libc::ENETUNREACH => "ENETUNREACH".into(),
-        libc::EDESTADDRREQ => "EDESTADDRREQ".into(),
-        other => format!("errno {other}"),
-    }
-}
-
 /// A namespace + cgroup the process can enter, with the peers it serves there.
 struct Side {
     netns: File,
@@ -314,8 +266,7 @@ impl Side {
         server_cg: &str,
         addrs: &[SocketAddr],
     ) -> anyhow::Result<Self> {
-        let netns_file =
-            File::open(format!("/run/netns/{netns}")).with_context(|| format!("netns {netns}"))?;
+        let netns_file = open_netns(netns)?;
         enter_netns(&netns_file)?;
         join_cgroup(Path::new(server_cg))?;
         let mut listeners = Vec::new();

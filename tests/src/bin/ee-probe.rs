@@ -15,7 +15,6 @@
 
 use std::{
     collections::HashMap,
-    fs::File,
     io::Write as _,
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd as _,
@@ -69,25 +68,14 @@ fn serve_addr(a: SocketAddr) -> SocketAddr {
 
 fn errno_name(e: &std::io::Error) -> String {
     match e.raw_os_error() {
-        Some(libc::EPERM) => "EPERM".into(),
-        Some(libc::EACCES) => "EACCES".into(),
-        Some(libc::ECONNREFUSED) => "ECONNREFUSED".into(),
-        Some(libc::ENETUNREACH) => "ENETUNREACH".into(),
-        Some(libc::EADDRNOTAVAIL) => "EADDRNOTAVAIL".into(),
-        Some(libc::ETIMEDOUT) => "ETIMEDOUT".into(),
-        Some(n) => format!("errno-{n}"),
+        Some(n) => e2e::sys::errno_name(n),
         None if e.kind() == std::io::ErrorKind::TimedOut => "ETIMEDOUT".into(),
         None => format!("error-{}", e.kind()),
     }
 }
 
 fn enter_netns(name: &str) -> anyhow::Result<()> {
-    let f = File::open(format!("/run/netns/{name}")).with_context(|| format!("netns {name}"))?;
-    // SAFETY: setns on an fd we own; the process is still single-threaded here.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("setns");
-    }
-    Ok(())
+    e2e::sys::enter_netns(&e2e::sys::open_netns(name)?)
 }
 
 struct Servers {
@@ -219,31 +207,15 @@ fn tfo(op: &Op, servers: Option<&Servers>) -> String {
         if fd < 0 {
             return format!("socket-{}", errno_name(&std::io::Error::last_os_error()));
         }
-        let mut ss: libc::sockaddr_storage = std::mem::zeroed();
-        let len = match op.addr {
-            SocketAddr::V4(a) => {
-                let sin = (&raw mut ss).cast::<libc::sockaddr_in>();
-                (*sin).sin_family = libc::AF_INET as libc::sa_family_t;
-                (*sin).sin_port = a.port().to_be();
-                (*sin).sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
-                size_of::<libc::sockaddr_in>()
-            }
-            SocketAddr::V6(a) => {
-                let sin6 = (&raw mut ss).cast::<libc::sockaddr_in6>();
-                (*sin6).sin6_family = libc::AF_INET6 as libc::sa_family_t;
-                (*sin6).sin6_port = a.port().to_be();
-                (*sin6).sin6_addr.s6_addr = a.ip().octets();
-                size_of::<libc::sockaddr_in6>()
-            }
-        };
+        let raw = e2e::sys::RawAddr::new(op.addr);
         let msg = b"ee-probe-tfo";
         let rc = libc::sendto(
             fd,
             msg.as_ptr().cast(),
             msg.len(),
             libc::MSG_FASTOPEN,
-            (&raw const ss).cast(),
-            len as libc::socklen_t,
+            raw.ptr(),
+            raw.socklen(),
         );
         let result = if rc < 0 {
             errno_name(&std::io::Error::last_os_error())
