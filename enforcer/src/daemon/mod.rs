@@ -3,6 +3,7 @@
 //! Enforcement stays pinned when it exits (fail closed).
 
 mod events;
+pub mod metrics;
 mod policy;
 mod sd_notify;
 mod watch;

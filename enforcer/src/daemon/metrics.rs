@@ -1,0 +1,299 @@
+//! `/metrics`: the daemon's own counters plus the kernel's verdict counters, read at scrape
+//! time and written in the Prometheus text format by prometheus-client. Rendering is pure (a
+//! snapshot in, text out) so that it is tested without a kernel.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+use enforcer_common::{NUM_HOOKS, NUM_PROTO_CLASSES, NUM_VERDICTS};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+
+use crate::dataplane::{
+    stats::Stats,
+    verdicts::{PROTO_CLASS_NAMES, hook_name, verdict_name},
+};
+
+/// What the daemon counts as it works; shared between the daemon and the HTTP server.
+#[derive(Debug, Default)]
+pub struct DaemonMetrics {
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
+    pub dns_lookups: AtomicU64,
+    pub dns_failures: AtomicU64,
+    rules_exact: AtomicU64,
+    rules_prefix: AtomicU64,
+    ready: AtomicBool,
+    last_apply: Mutex<Option<Instant>>,
+}
+
+impl DaemonMetrics {
+    /// Records a successful apply of `exact` + `prefix` rules.
+    pub fn applied(&self, exact: usize, prefix: usize, at: Instant) {
+        self.rules_exact.store(exact as u64, Ordering::Relaxed);
+        self.rules_prefix.store(prefix as u64, Ordering::Relaxed);
+        if let Ok(mut last) = self.last_apply.lock() {
+            *last = Some(at);
+        }
+    }
+
+    /// The first full apply is done: `/readyz` answers 200 from now on.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    fn snapshot(&self, now: Instant) -> Values {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Values {
+            reloads: get(&self.reloads),
+            reload_failures: get(&self.reload_failures),
+            dns_lookups: get(&self.dns_lookups),
+            dns_failures: get(&self.dns_failures),
+            rules_exact: get(&self.rules_exact),
+            rules_prefix: get(&self.rules_prefix),
+            ready: self.is_ready(),
+            apply_age_secs: self
+                .last_apply
+                .lock()
+                .ok()
+                .and_then(|l| *l)
+                .map(|t| now.saturating_duration_since(t).as_secs_f64()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Values {
+    reloads: u64,
+    reload_failures: u64,
+    dns_lookups: u64,
+    dns_failures: u64,
+    rules_exact: u64,
+    rules_prefix: u64,
+    ready: bool,
+    apply_age_secs: Option<f64>,
+}
+
+/// One scrape's data, encoded by prometheus-client.
+#[derive(Debug)]
+struct Scrape {
+    verdicts: HashMap<(&'static str, &'static str, &'static str), u64>,
+    events_dropped: u64,
+    values: Values,
+}
+
+fn counter(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(value);
+    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        // Every hook × protocol × verdict series exists from the start, so rates and alerts
+        // work before the first event of a kind.
+        {
+            let mut family = enc.encode_descriptor(
+                "egress_enforcer_verdicts",
+                "Connect/sendmsg verdicts by the kernel programs",
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for h in 0..NUM_HOOKS {
+                for p in 0..NUM_PROTO_CLASSES {
+                    for v in 0..NUM_VERDICTS {
+                        let key = (
+                            hook_name(h),
+                            PROTO_CLASS_NAMES[p as usize],
+                            verdict_name(v as u8),
+                        );
+                        let labels = [("hook", key.0), ("proto", key.1), ("verdict", key.2)];
+                        let value = self.verdicts.get(&key).copied().unwrap_or(0);
+                        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+                    }
+                }
+            }
+        }
+        counter(
+            &mut enc,
+            "egress_enforcer_events_dropped",
+            "Deny/audit events lost because the ring buffer was full",
+            self.events_dropped,
+        )?;
+        {
+            let g = ConstGauge::new(0i64);
+            let mut family = enc.encode_descriptor(
+                "egress_enforcer_rules",
+                "Rules in the kernel maps after the last apply, by kind",
+                None,
+                g.metric_type(),
+            )?;
+            for (kind, n) in [
+                ("exact", self.values.rules_exact),
+                ("prefix", self.values.rules_prefix),
+            ] {
+                ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX))
+                    .encode(family.encode_family(&[("kind", kind)])?)?;
+            }
+        }
+        counter(
+            &mut enc,
+            "egress_enforcer_dns_lookups",
+            "DNS lookups made (A and AAAA count separately)",
+            self.values.dns_lookups,
+        )?;
+        counter(
+            &mut enc,
+            "egress_enforcer_dns_lookup_failures",
+            "DNS lookups that failed (the last good answer was kept)",
+            self.values.dns_failures,
+        )?;
+        counter(
+            &mut enc,
+            "egress_enforcer_reloads",
+            "Reloads applied (SIGHUP or a changed file)",
+            self.values.reloads,
+        )?;
+        counter(
+            &mut enc,
+            "egress_enforcer_reload_failures",
+            "Reloads rejected; the policy in force was kept",
+            self.values.reload_failures,
+        )?;
+        let ready = ConstGauge::new(i64::from(self.values.ready));
+        ready.encode(enc.encode_descriptor(
+            "egress_enforcer_ready",
+            "1 once the first full apply is done",
+            None,
+            ready.metric_type(),
+        )?)?;
+        // Absent until the first apply: a made-up age would be worse than none.
+        if let Some(age) = self.values.apply_age_secs {
+            let g = ConstGauge::new(age);
+            g.encode(enc.encode_descriptor(
+                "egress_enforcer_last_apply_age_seconds",
+                "Seconds since the rule maps were last brought up to date",
+                None,
+                g.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The `/metrics` body for these kernel counters and daemon counters.
+pub fn render(stats: &Stats, daemon: &DaemonMetrics, now: Instant) -> String {
+    let scrape = Scrape {
+        verdicts: stats
+            .counters
+            .iter()
+            .map(|c| ((c.hook, c.proto, c.verdict), c.count))
+            .collect(),
+        events_dropped: stats.events_dropped,
+        values: daemon.snapshot(now),
+    };
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(scrape));
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _infallible = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::dataplane::stats::Counter;
+
+    fn sample(body: &str, series: &str) -> Option<f64> {
+        body.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
+    #[test]
+    fn kernel_counters_and_daemon_counters_are_exported() {
+        let stats = Stats {
+            counters: vec![Counter {
+                hook: "connect4",
+                proto: "tcp",
+                verdict: "deny",
+                count: 3,
+            }],
+            events_dropped: 2,
+        };
+        let d = DaemonMetrics::default();
+        d.reloads.fetch_add(4, Ordering::Relaxed);
+        d.reload_failures.fetch_add(1, Ordering::Relaxed);
+        d.dns_lookups.fetch_add(10, Ordering::Relaxed);
+        d.dns_failures.fetch_add(2, Ordering::Relaxed);
+        let t0 = Instant::now();
+        d.applied(7, 1, t0);
+        d.set_ready();
+        let body = render(&stats, &d, t0 + Duration::from_secs(5));
+        let v = |s: &str| sample(&body, s);
+        assert_eq!(
+            v(r#"egress_enforcer_verdicts_total{hook="connect4",proto="tcp",verdict="deny"}"#),
+            Some(3.0),
+            "{body}"
+        );
+        // Series that saw nothing are there, at zero.
+        assert_eq!(
+            v(r#"egress_enforcer_verdicts_total{hook="sendmsg6",proto="udp",verdict="audit"}"#),
+            Some(0.0)
+        );
+        assert_eq!(
+            body.lines()
+                .filter(|l| l.starts_with("egress_enforcer_verdicts_total{"))
+                .count(),
+            48
+        );
+        assert_eq!(v("egress_enforcer_events_dropped_total"), Some(2.0));
+        assert_eq!(v(r#"egress_enforcer_rules{kind="exact"}"#), Some(7.0));
+        assert_eq!(v(r#"egress_enforcer_rules{kind="prefix"}"#), Some(1.0));
+        assert_eq!(v("egress_enforcer_dns_lookups_total"), Some(10.0));
+        assert_eq!(v("egress_enforcer_dns_lookup_failures_total"), Some(2.0));
+        assert_eq!(v("egress_enforcer_reloads_total"), Some(4.0));
+        assert_eq!(v("egress_enforcer_reload_failures_total"), Some(1.0));
+        assert_eq!(v("egress_enforcer_ready"), Some(1.0));
+        assert_eq!(v("egress_enforcer_last_apply_age_seconds"), Some(5.0));
+        assert!(
+            body.contains("# TYPE egress_enforcer_verdicts counter"),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn before_the_first_apply_there_is_no_age_and_not_ready() {
+        let body = render(&Stats::default(), &DaemonMetrics::default(), Instant::now());
+        assert_eq!(sample(&body, "egress_enforcer_ready"), Some(0.0));
+        assert!(
+            !body.contains("egress_enforcer_last_apply_age_seconds"),
+            "{body}"
+        );
+    }
+}
