@@ -49,6 +49,7 @@ pub struct Config {
     pub maps: MapSizes,
     pub limits: Limits,
     pub log: Log,
+    pub http: Http,
 }
 
 /// `auto` (the nameservers in /etc/resolv.conf) or a list of IPs.
@@ -122,6 +123,33 @@ pub struct MapSizes {
     pub event_buffer: u32,
 }
 
+/// The health and metrics endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Http {
+    /// `IP:PORT` to serve `/healthz`, `/readyz` and `/metrics` on; empty = no endpoint.
+    pub listen: String,
+}
+
+/// Loopback only by default: the metrics name destinations and rule counts, which are not for
+/// every neighbour on the network.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9477";
+
+impl Default for Http {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_HTTP_LISTEN.to_owned(),
+        }
+    }
+}
+
+impl Http {
+    /// The address to listen on, `None` when the endpoint is switched off.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Log {
@@ -140,6 +168,7 @@ impl Default for Config {
             maps: MapSizes::default(),
             limits: Limits::default(),
             log: Log::default(),
+            http: Http::default(),
         }
     }
 }
@@ -241,6 +270,12 @@ impl Config {
                     })?;
                 }
             }
+        }
+        if !self.http.listen.is_empty() && self.http.listen.parse::<SocketAddr>().is_err() {
+            bail!(
+                "http.listen: {:?} is not IP:PORT (e.g. 127.0.0.1:9477; \"\" switches the endpoint off)",
+                self.http.listen
+            );
         }
         if self.dns.min_ttl > self.dns.max_ttl {
             bail!("dns: minTtl must not be larger than maxTtl");
@@ -346,6 +381,28 @@ mod tests {
         assert_eq!(c.maps.exact_rules, 10);
         assert_eq!(c.maps.prefix_rules, MapSizes::default().prefix_rules);
         assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn http_listen_defaults_to_loopback_and_can_be_switched_off() {
+        let c = parse("").unwrap();
+        assert_eq!(
+            c.http.listen_addr(),
+            Some(DEFAULT_HTTP_LISTEN.parse().unwrap())
+        );
+        assert_eq!(
+            parse("http: {listen: '[::1]:9000'}")
+                .unwrap()
+                .http
+                .listen_addr(),
+            Some("[::1]:9000".parse().unwrap())
+        );
+        assert_eq!(
+            parse("http: {listen: ''}").unwrap().http.listen_addr(),
+            None
+        );
+        let err = format!("{:#}", parse("http: {listen: localhost}").unwrap_err());
+        assert!(err.contains("http.listen"), "{err}");
     }
 
     #[test]
