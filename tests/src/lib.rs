@@ -188,6 +188,17 @@ impl Daemon {
         });
     }
 
+    /// Where the daemon serves /healthz, /readyz and /metrics (from its start-up log).
+    pub fn http_addr(&mut self) -> std::net::SocketAddr {
+        self.wait_for("the endpoint address", Duration::from_secs(10), |r| {
+            r.iter().any(|r| r["listen"].is_string())
+        });
+        self.records()
+            .iter()
+            .find_map(|r| r["listen"].as_str()?.parse().ok())
+            .expect("a listen address in the log")
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: sending a signal to our own child.
         unsafe { libc::kill(self.pid(), sig) };
@@ -389,8 +400,14 @@ impl Env {
         std::fs::write(
             &config,
             format!(
-                "mode: {mode}\ncgroups: [{cgroup}]\nbpffs: {}\nlog: {{format: json}}\n{}{extra}",
+                "mode: {mode}\ncgroups: [{cgroup}]\nbpffs: {}\nlog: {{format: json}}\n{}{}{extra}",
                 bpffs.display(),
+                // Tests run in parallel: each daemon's endpoint gets a free port of its own.
+                if extra.contains("http:") {
+                    ""
+                } else {
+                    "http: {listen: '127.0.0.1:0'}\n"
+                },
                 // Keep the host's resolv.conf out of the rule set unless a test sets `allow:`.
                 if extra.contains("allow:") {
                     ""
@@ -621,4 +638,36 @@ impl Drop for Env {
             thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// One HTTP/1.1 GET on loopback: (status, body).
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("response");
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// The value of one series in a Prometheus text body.
+pub fn metric(body: &str, series: &str) -> Option<f64> {
+    body.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }

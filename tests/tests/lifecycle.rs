@@ -20,7 +20,7 @@ fn rewrite_config(env: &Env, yaml: &str) {
 
 fn base_config(env: &Env, mode: &str, cgroup: &str) -> String {
     format!(
-        "mode: {mode}\ncgroups: [{cgroup}]\nbpffs: {}\nlog: {{format: json}}\nallow: {{dnsServers: []}}\n",
+        "mode: {mode}\ncgroups: [{cgroup}]\nbpffs: {}\nlog: {{format: json}}\nallow: {{dnsServers: []}}\nhttp: {{listen: '127.0.0.1:0'}}\n",
         env.bpffs.display()
     )
 }

@@ -13,6 +13,9 @@ pub struct Args {
     /// pinned: for init containers and scripts
     #[arg(long)]
     pub once: bool,
+    /// Serve /healthz, /readyz and /metrics on IP:PORT instead of `http.listen`; "" = none
+    #[arg(long, value_name = "IP:PORT")]
+    pub listen: Option<String>,
 }
 
 pub fn run(config: Option<&Path>, args: Args) -> Result<(), Failure> {
@@ -20,5 +23,6 @@ pub fn run(config: Option<&Path>, args: Args) -> Result<(), Failure> {
         config: config.map(Path::to_path_buf),
         allow: args.allow,
         once: args.once,
+        listen: args.listen,
     })
 }

@@ -3,6 +3,7 @@
 //! Enforcement stays pinned when it exits (fail closed).
 
 mod events;
+pub mod http;
 pub mod metrics;
 mod policy;
 mod sd_notify;
@@ -11,7 +12,7 @@ mod watch;
 use std::{
     collections::BTreeSet,
     path::PathBuf,
-    sync::{Arc, RwLock},
+    sync::{Arc, RwLock, atomic::Ordering},
     time::Duration,
 };
 
@@ -31,13 +32,43 @@ use crate::{
     },
     logging,
     policy::allow_spec::AllowSpec,
-    resolve::{self, HickoryLookup, Resolved, state::Timing},
+    resolve::{
+        self, Family, HickoryLookup, Lookup, Resolved,
+        state::{Answer, Timing},
+    },
 };
 
 pub struct RunOptions {
     pub config: Option<PathBuf>,
     pub allow: Vec<AllowSpec>,
     pub once: bool,
+    /// `--listen`: overrides `http.listen` ("" = no endpoint).
+    pub listen: Option<String>,
+}
+
+/// Counts DNS lookups and failures for `/metrics` around the real resolver.
+struct CountingLookup<L> {
+    inner: L,
+    metrics: Arc<metrics::DaemonMetrics>,
+}
+
+impl<L: Lookup> Lookup for CountingLookup<L> {
+    fn lookup(
+        &self,
+        name: String,
+        family: Family,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Answer> + Send>> {
+        let metrics = Arc::clone(&self.metrics);
+        let answer = self.inner.lookup(name, family);
+        Box::pin(async move {
+            let a = answer.await;
+            metrics.dns_lookups.fetch_add(1, Ordering::Relaxed);
+            if matches!(a, Answer::Failed(_)) {
+                metrics.dns_failures.fetch_add(1, Ordering::Relaxed);
+            }
+            a
+        })
+    }
 }
 
 /// Quiet time after a file change before reloading: editors write in several steps.
@@ -95,6 +126,7 @@ struct Daemon {
     settled: bool,
     index: Arc<RwLock<EventIndex>>,
     names_tx: tokio_watch::Sender<BTreeSet<String>>,
+    metrics: Arc<metrics::DaemonMetrics>,
 }
 
 impl Daemon {
@@ -106,6 +138,20 @@ impl Daemon {
         for r in &first.remarks {
             warn!("{r}");
         }
+        let listen = match &opts.listen {
+            Some(l) if l.is_empty() => None,
+            Some(l) => Some(
+                l.parse::<std::net::SocketAddr>()
+                    .map_err(|_| anyhow::anyhow!("--listen: {l:?} is not IP:PORT"))
+                    .user()?,
+            ),
+            None => first.config.http.listen_addr(),
+        };
+        // Bound first, so that a taken port is reported before anything changes.
+        let listener = match listen {
+            Some(addr) => Some(http::bind(addr).await.user()?),
+            None => None,
+        };
         let (mount, cgroups) = resolve_cgroups(&first.config).runtime()?;
         let mut dp = Dataplane::load(
             &first.config.bpffs,
@@ -139,8 +185,29 @@ impl Daemon {
             "enforcing"
         );
 
-        let lookup =
-            HickoryLookup::new(&first.config.dns_servers(), first.config.dns.min_ttl).runtime()?;
+        let metrics = Arc::new(metrics::DaemonMetrics::default());
+        metrics.applied(
+            desired.exact.len(),
+            desired.prefix.len(),
+            std::time::Instant::now(),
+        );
+        if let Some(listener) = listener {
+            info!(listen = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "serving /healthz, /readyz and /metrics");
+            let state = Arc::new(http::State {
+                layout: dp.layout().clone(),
+                metrics: Arc::clone(&metrics),
+            });
+            tokio::spawn(async move {
+                if let Err(e) = http::serve(listener, state).await {
+                    error!("the health and metrics endpoint stopped: {e:#}");
+                }
+            });
+        }
+        let lookup = CountingLookup {
+            inner: HickoryLookup::new(&first.config.dns_servers(), first.config.dns.min_ttl)
+                .runtime()?,
+            metrics: Arc::clone(&metrics),
+        };
         let (names_tx, names_rx) = tokio_watch::channel(names(&first));
         let mut resolved_rx = resolve::spawn(
             Arc::new(lookup),
@@ -179,6 +246,7 @@ impl Daemon {
             settled: false,
             index,
             names_tx,
+            metrics,
         };
         let (fs_tx, mut fs_rx) = mpsc::unbounded_channel();
         let mut watcher = d.watch(fs_tx.clone());
@@ -193,6 +261,7 @@ impl Daemon {
                     error!("applying the policy failed: {e:#}");
                 }
                 ready = true;
+                d.metrics.set_ready();
                 info!(
                     hostnames = d.resolved.addrs.len(),
                     failing = d.resolved.failing.len(),
@@ -276,6 +345,16 @@ impl Daemon {
             self.dp.maps.apply_additive(&desired)?
         };
         let apply_ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.metrics.applied(
+            desired.exact.len(),
+            desired.prefix.len(),
+            std::time::Instant::now(),
+        );
+        self.metrics.applied(
+            desired.exact.len(),
+            desired.prefix.len(),
+            std::time::Instant::now(),
+        );
         if let Err(e) = crate::dataplane::sources::write(&self.dp.layout().root, &desired.sources) {
             warn!("cannot record rule sources for `inspect`: {e:#}");
         }
@@ -301,6 +380,7 @@ impl Daemon {
             Ok(p) => p,
             Err(e) => {
                 error!("reload failed, keeping the policy in force: {e}");
+                self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
                 return false;
             }
         };
@@ -326,11 +406,13 @@ impl Daemon {
         })();
         if let Err(e) = result {
             error!("reload could not be applied, keeping the previous policy: {e:#}");
+            self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
             self.current = previous;
             let _ignored = self.apply();
             return false;
         }
         self.names_tx.send_replace(names(&self.current));
+        self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
         info!(mode = ?mode, entries = self.current.entries, hostnames = self.current.compiled.hostnames.len(), "reloaded");
         paths_changed
     }

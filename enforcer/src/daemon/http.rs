@@ -1,0 +1,241 @@
+//! The health and metrics endpoint (`http.listen`): `GET /healthz`, `/readyz` and `/metrics`
+//! over plain HTTP/1.1, one request per connection. Three fixed GET routes do not need an HTTP
+//! framework; what they need is bounds — the request head is read with a size limit and a
+//! deadline, so a slow or hostile client cannot hold memory or a task for long.
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use enforcer_common::PROGRAM_NAMES;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+};
+use tracing::debug;
+
+use super::metrics::{DaemonMetrics, render};
+use crate::dataplane::{links, maps::Maps, pins::PinLayout};
+
+const MAX_HEAD: usize = 8 * 1024;
+const READ_DEADLINE: Duration = Duration::from_secs(5);
+
+/// What the endpoint reads: the pins (for health and kernel counters) and the daemon's own
+/// counters.
+pub struct State {
+    pub layout: PinLayout,
+    pub metrics: Arc<DaemonMetrics>,
+}
+
+/// A response: status, content type, body.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Response {
+    fn text(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+        }
+    }
+}
+
+/// Routes one request. `health` says whether the pinned programs are attached (or why not),
+/// `metrics` renders the scrape; both only run for their own route.
+pub fn route(
+    method: &str,
+    path: &str,
+    health: impl FnOnce() -> Result<(), String>,
+    ready: bool,
+    metrics: impl FnOnce() -> Result<String, String>,
+) -> Response {
+    if method != "GET" && method != "HEAD" {
+        return Response::text(405, "only GET\n");
+    }
+    // Query strings do not select anything here.
+    match path.split('?').next().unwrap_or_default() {
+        "/healthz" => match health() {
+            Ok(()) => Response::text(200, "ok\n"),
+            Err(why) => Response::text(503, format!("{why}\n")),
+        },
+        "/readyz" if ready => Response::text(200, "ready\n"),
+        "/readyz" => Response::text(503, "the first full apply is not done yet\n"),
+        "/metrics" => match metrics() {
+            Ok(body) => Response {
+                status: 200,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body,
+            },
+            Err(why) => Response::text(500, format!("{why}\n")),
+        },
+        _ => Response::text(404, "not found: try /healthz, /readyz or /metrics\n"),
+    }
+}
+
+/// Every pinned link directory has all four programs, and the kernel still knows each link.
+pub fn check_attached(layout: &PinLayout) -> Result<(), String> {
+    let rows = links::list(layout);
+    if rows.is_empty() {
+        return Err("no program is attached (no pinned links)".to_owned());
+    }
+    if let Some(bad) = rows
+        .iter()
+        .find(|r| r.error.is_some() || r.link_id.is_none())
+    {
+        return Err(format!(
+            "{} on {}: {}",
+            bad.hook,
+            bad.cgroup,
+            bad.error.as_deref().unwrap_or("link unreadable")
+        ));
+    }
+    let mut cgroups: Vec<&str> = rows.iter().map(|r| r.cgroup.as_str()).collect();
+    cgroups.dedup();
+    for cg in cgroups {
+        for hook in PROGRAM_NAMES {
+            if !rows.iter().any(|r| r.cgroup == cg && r.hook == hook) {
+                return Err(format!("{hook} is not attached to {cg}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn scrape(state: &State) -> Result<String, String> {
+    let stats = Maps::from_pins(&state.layout)
+        .and_then(|m| m.stats())
+        .map_err(|e| format!("reading the kernel counters: {e:#}"))?;
+    Ok(render(&stats, &state.metrics, Instant::now()))
+}
+
+/// Reads the request head; `None` if it is too large or malformed.
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<(String, String)>> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        if buf.len() > MAX_HEAD {
+            return Ok(None);
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&buf);
+    let mut parts = head.lines().next().unwrap_or_default().split(' ');
+    match (parts.next(), parts.next()) {
+        (Some(m), Some(p)) => Ok(Some((m.to_owned(), p.to_owned()))),
+        _ => Ok(None),
+    }
+}
+
+async fn handle(mut stream: TcpStream, state: &State) -> std::io::Result<()> {
+    let head = tokio::time::timeout(READ_DEADLINE, read_head(&mut stream)).await;
+    let response = match head {
+        Ok(Ok(Some((method, path)))) => route(
+            &method,
+            &path,
+            || check_attached(&state.layout),
+            state.metrics.is_ready(),
+            || scrape(state),
+        ),
+        Ok(Ok(None)) => Response::text(400, "bad request\n"),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => Response::text(408, "request timeout\n"),
+    };
+    let reason = match response.status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        503 => "Service Unavailable",
+        _ => "Internal Server Error",
+    };
+    let out = format!(
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        response.status,
+        response.content_type,
+        response.body.len(),
+        response.body
+    );
+    stream.write_all(out.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// Binds the endpoint; done before anything else at start-up, so a taken port is reported
+/// at once and names the setting.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("http.listen: cannot listen on {addr}"))
+}
+
+pub async fn serve(listener: TcpListener, state: Arc<State>) -> anyhow::Result<()> {
+    loop {
+        let (stream, peer) = listener.accept().await.context("http: accept")?;
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, &state).await {
+                debug!(%peer, "http: {e}");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(path: &str, healthy: bool, ready: bool) -> Response {
+        route(
+            "GET",
+            path,
+            || {
+                if healthy {
+                    Ok(())
+                } else {
+                    Err("connect4 is not attached to /x".into())
+                }
+            },
+            ready,
+            || Ok("egress_enforcer_ready 1\n".into()),
+        )
+    }
+
+    #[test]
+    fn health_reports_the_attachment() {
+        assert_eq!(get("/healthz", true, false).status, 200);
+        let r = get("/healthz", false, true);
+        assert_eq!(r.status, 503);
+        assert!(r.body.contains("connect4"), "{}", r.body);
+    }
+
+    #[test]
+    fn readiness_follows_the_first_apply() {
+        assert_eq!(get("/readyz", true, false).status, 503);
+        assert_eq!(get("/readyz", true, true).status, 200);
+        assert_eq!(get("/readyz?verbose", true, true).status, 200);
+    }
+
+    #[test]
+    fn metrics_unknown_paths_and_methods() {
+        let m = get("/metrics", true, true);
+        assert_eq!(m.status, 200);
+        assert!(m.content_type.starts_with("text/plain; version=0.0.4"));
+        assert_eq!(get("/", true, true).status, 404);
+        let post = route("POST", "/metrics", || Ok(()), true, || Ok(String::new()));
+        assert_eq!(post.status, 405);
+        let broken = route("GET", "/metrics", || Ok(()), true, || Err("no pins".into()));
+        assert_eq!(broken.status, 500);
+    }
+}
