@@ -4,6 +4,7 @@ mod bench;
 mod bench_daemon;
 mod bench_kernel;
 mod bench_noop;
+mod install;
 mod setup;
 mod test;
 
@@ -47,6 +48,14 @@ enum Task {
         /// Run one group only and print it without writing the results files
         #[arg(long, value_enum)]
         only: Option<bench::Group>,
+    },
+    /// Install the release binary, the systemd unit and /etc/egress-enforcer (an existing
+    /// config is kept)
+    Install {
+        /// /usr/local installs to /usr/local/bin, /etc/systemd/system and /etc; any other
+        /// prefix keeps everything under it
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
     },
     /// fmt check, clippy -D warnings, unit tests, then the end-to-end suite (needs root)
     Test {
@@ -106,6 +115,10 @@ fn main() -> ExitCode {
             step("egress-enforcer run", &mut cmd)
         }),
         Task::Bench { quick, only } => setup::setup().and_then(|()| bench::bench(quick, only)),
+        Task::Install { prefix } => setup::setup().and_then(|()| {
+            let bin = build(true)?;
+            install::install(&prefix, &bin)
+        }),
         Task::Test { unit_only } => setup::setup().and_then(|()| test::test(unit_only)),
     };
     match result {

@@ -17,6 +17,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nftables", "nft"),
     ("iptables", "iptables"),
     ("bpftool", "bpftool"),
+    ("systemd", "systemd-analyze"),
 ];
 
 fn output(cmd: &mut Command) -> Option<String> {
