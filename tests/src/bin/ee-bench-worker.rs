@@ -202,20 +202,7 @@ fn sendto_one(fd: RawFd, a: &RawAddr) -> Outcome {
 /// piling up over thousands of iterations.
 fn tcp_once(a: SocketAddr, raw: &RawAddr, listener: RawFd) -> anyhow::Result<Outcome> {
     let s = socket(a, libc::SOCK_STREAM)?;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: option value pointer and length describe one linger struct.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    e2e::sys::reset_on_close(s.as_raw_fd());
     let r = connect(s.as_raw_fd(), raw);
     if r == 0 {
         // SAFETY: accept on our listener; the new fd is owned right away.

@@ -112,20 +112,7 @@ impl Servers {
 
 /// Closing with RST keeps thousands of loop iterations from exhausting ports in TIME_WAIT.
 fn reset_on_close(s: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: valid fd and a correctly sized option value.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    e2e::sys::reset_on_close(s.as_raw_fd());
 }
 
 fn unspecified_for(a: SocketAddr) -> SocketAddr {
