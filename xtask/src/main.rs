@@ -26,7 +26,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what building and testing need (idempotent; fast when all is present)
-    Setup,
+    Setup {
+        /// Only what building the binary needs (nightly rust-src, bpf-linker): for images
+        #[arg(long)]
+        build_only: bool,
+    },
     /// Build the workspace, including the eBPF programs
     Build {
         #[arg(long)]
@@ -106,7 +110,8 @@ fn build(release: bool) -> anyhow::Result<PathBuf> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Task::Setup => setup::setup(),
+        Task::Setup { build_only: true } => setup::setup_build(),
+        Task::Setup { build_only: false } => setup::setup(),
         Task::Build { release } => setup::setup().and_then(|()| build(release).map(drop)),
         Task::Run { release, args } => setup::setup().and_then(|()| {
             let bin = build(release)?;

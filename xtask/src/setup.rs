@@ -183,10 +183,15 @@ fn cargo_fuzz() -> anyhow::Result<()> {
     .context("step `cargo-fuzz`")
 }
 
-pub fn setup() -> anyhow::Result<()> {
+/// What building `egress-enforcer` needs, and nothing the tests need (the container image).
+pub fn setup_build() -> anyhow::Result<()> {
     let sysroot = nightly_sysroot()?;
     rust_src(&sysroot)?;
-    bpf_linker(&sysroot)?;
+    bpf_linker(&sysroot)
+}
+
+pub fn setup() -> anyhow::Result<()> {
+    setup_build()?;
     cargo_fuzz()?;
     packages()
 }

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
+/// The symlink a Kubernetes ConfigMap volume swaps atomically on every update.
+const CONFIGMAP_DATA: &str = "..data";
+
 pub struct FileWatch {
     _watcher: notify::RecommendedWatcher,
 }
@@ -39,9 +42,18 @@ fn targets(config: Option<&Path>, service_entries: &[PathBuf]) -> Vec<(PathBuf, 
 /// Whether a changed path can affect the policy: the config file, a named ServiceEntry file,
 /// or a YAML file (or directory) below a ServiceEntry directory. Other files next to the
 /// config (logs, pins, editor swap files) must not cause reloads.
+///
+/// Kubernetes updates a ConfigMap volume by swapping its `..data` symlink; the file names
+/// (`config.yaml -> ..data/config.yaml`) never change, so that swap is the only event there is.
 fn relevant(path: &Path, config: Option<&Path>, entries: &[PathBuf]) -> bool {
     if config == Some(path) {
         return true;
+    }
+    if path.file_name().is_some_and(|n| n == CONFIGMAP_DATA) {
+        let dir = path.parent();
+        let beside = |f: &Path| f.parent() == dir;
+        return config.is_some_and(beside)
+            || entries.iter().any(|e| beside(e) || path.starts_with(e));
     }
     let hidden = path
         .file_name()
@@ -109,6 +121,13 @@ mod tests {
         assert!(!relevant(&dir.join("dnsmasq.log"), Some(&cfg), &entries));
         assert!(!relevant(&se.join(".a.yaml.tmp"), Some(&cfg), &entries));
         assert!(!relevant(&dir.join("other.yaml"), Some(&cfg), &entries));
+        // A ConfigMap update: beside the config or a named file, or inside an entry directory.
+        assert!(relevant(&dir.join("..data"), Some(&cfg), &entries));
+        assert!(relevant(&se.join("..data"), None, &entries));
+        assert!(relevant(&dir.join("..data"), None, &entries));
+        assert!(!relevant(&dir.join("..data_tmp"), Some(&cfg), &entries));
+        let elsewhere = std::env::temp_dir().join("ee-watch-elsewhere/..data");
+        assert!(!relevant(&elsewhere, Some(&cfg), std::slice::from_ref(&se)));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
