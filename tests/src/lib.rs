@@ -373,6 +373,37 @@ impl Drop for Dns {
     }
 }
 
+/// setpriv's arguments to run a command as root with a bounding set of exactly `caps`
+/// (setpriv's names, e.g. `net_admin`): what a container with `drop: [ALL]` and `add:` or a
+/// unit's `CapabilityBoundingSet=` leaves the daemon.
+pub fn only_capabilities(caps: &[String]) -> Vec<String> {
+    let bounding: String = caps.iter().map(|c| format!(",+{c}")).collect();
+    vec![
+        "setpriv".to_owned(),
+        format!("--bounding-set=-all{bounding}"),
+        "--inh-caps=-all".to_owned(),
+    ]
+}
+
+/// Starts a daemon command (of any wrapping) with its log records captured; does not wait.
+pub fn spawn_daemon(mut cmd: Command) -> Daemon {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn daemon");
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().expect("stderr");
+    let sink = Arc::clone(&lines);
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(mut l) = sink.lock() {
+                l.push(line);
+            }
+        }
+    });
+    Daemon { child, lines }
+}
+
 /// One test's world: netns, cgroup, bpffs mount, config file, daemon.
 pub struct Env {
     pub name: String,
@@ -429,6 +460,24 @@ impl Env {
         }
     }
 
+    /// Mounts this test's bpffs before the daemon starts, as a host provides one (systemd
+    /// mounts /sys/fs/bpf at boot); a daemon without CAP_SYS_ADMIN cannot mount its own.
+    pub fn premount_bpffs(&self) {
+        std::fs::create_dir_all(&self.bpffs).expect("bpffs dir");
+        let dir = std::ffi::CString::new(self.bpffs.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: valid NUL-terminated strings; no data.
+        let rc = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                dir.as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "mount bpffs: {}", std::io::Error::last_os_error());
+    }
+
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(enforcer_bin());
         c.arg("--config").arg(&self.config);
@@ -446,22 +495,8 @@ impl Env {
         for a in allow {
             cmd.args(["--allow", a]);
         }
-        cmd.env("RUST_LOG", filter)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn daemon");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = Arc::clone(&lines);
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(mut l) = sink.lock() {
-                    l.push(line);
-                }
-            }
-        });
-        let mut d = Daemon { child, lines };
+        cmd.env("RUST_LOG", filter);
+        let mut d = spawn_daemon(cmd);
         d.wait_ready();
         d
     }
@@ -478,9 +513,14 @@ impl Env {
 
     /// Runs the probe inside the enforced cgroup through `egress-enforcer exec`.
     pub fn probe_in_cgroup(&self, ops: &[&str]) -> Probe {
+        self.probe_in_cgroup_named(&self.cgroup, ops)
+    }
+
+    /// Runs the probe inside another enforced cgroup of this test's daemon.
+    pub fn probe_in_cgroup_named(&self, cgroup: &str, ops: &[&str]) -> Probe {
         let out = run(self
             .cmd()
-            .args(["exec", "--cgroup", &self.cgroup, "--"])
+            .args(["exec", "--cgroup", cgroup, "--"])
             .arg(probe_bin())
             .args(self.probe_args(ops)));
         assert!(

@@ -50,3 +50,88 @@ fn systemd_unit_verifies() {
         "systemd-analyze verify warned:\n{report}"
     );
 }
+
+/// The unit's `CapabilityBoundingSet=`, as setpriv names the capabilities.
+fn unit_capabilities() -> Vec<String> {
+    let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../config/systemd/egress-enforcer.service");
+    let text = std::fs::read_to_string(unit).expect("the unit file");
+    text.lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("CapabilityBoundingSet= in the unit")
+        .split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_ascii_lowercase())
+        .collect()
+}
+
+/// systemd cannot run here (PID 1 is not systemd), so the unit's capability set is given to
+/// the daemon directly: it must create its (missing) cgroup, attach and enforce with it.
+#[test]
+fn systemd_unit_capabilities_suffice() {
+    use e2e::{Env, only_capabilities, spawn_daemon};
+    use std::time::Duration;
+
+    let caps = unit_capabilities();
+    let env = Env::new("unit-caps", "enforce", "");
+    env.premount_bpffs();
+    // Directly below the cgroup2 root, like the default `cgroups: [egress-enforcer]`.
+    let cgroup = format!("ee-unit-{}", std::process::id());
+    let root = e2e::cgroup2_mount();
+    let cfg = std::fs::read_to_string(&env.config)
+        .expect("config")
+        .replace(
+            &format!("cgroups: [{}]", env.cgroup),
+            &format!("cgroups: [{cgroup}]"),
+        );
+    std::fs::write(&env.config, cfg).expect("config");
+    assert!(!root.join(&cgroup).exists());
+    let start = |caps: &[String]| {
+        let wrapper = only_capabilities(caps);
+        let mut cmd = Command::new(&wrapper[0]);
+        cmd.args(&wrapper[1..])
+            .arg(enforcer_bin())
+            .arg("--config")
+            .arg(&env.config)
+            .args(["run", "--allow", "198.18.0.1:8080/tcp"])
+            .env("RUST_LOG", "info");
+        spawn_daemon(cmd)
+    };
+    // Where the cgroup2 root is not writable by its owner (hybrid hierarchies), creating a
+    // cgroup takes CAP_DAC_OVERRIDE: without it the daemon must refuse to start.
+    use std::os::unix::fs::PermissionsExt as _;
+    let root_mode = std::fs::metadata(&root)
+        .expect("cgroup root")
+        .permissions()
+        .mode();
+    if root_mode & 0o200 == 0 {
+        let fewer: Vec<String> = caps
+            .iter()
+            .filter(|c| *c != "dac_override")
+            .cloned()
+            .collect();
+        let mut d = start(&fewer);
+        let status = d.child.wait().expect("wait");
+        assert!(
+            !status.success(),
+            "started without CAP_DAC_OVERRIDE on a 0{root_mode:o} root"
+        );
+        assert!(
+            d.lines().join("\n").contains("creating cgroup"),
+            "{:?}",
+            d.lines()
+        );
+    }
+    let mut d = start(&caps);
+    d.wait_ready();
+    let p = env.probe_in_cgroup_named(&cgroup, &["tcp:198.18.0.1:8080", "tcp:198.18.0.3:8080"]);
+    assert_eq!(p.result("tcp:198.18.0.1:8080"), "ok");
+    assert_eq!(p.result("tcp:198.18.0.3:8080"), "EPERM");
+    d.stop(libc::SIGTERM);
+    let _ignored = run(env.cmd().args(["uninstall", "--force"]));
+    for _ in 0..50 {
+        if std::fs::remove_dir(root.join(&cgroup)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
