@@ -134,6 +134,7 @@ impl Drop for Netns {
 pub struct Daemon {
     pub child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<thread::JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -197,6 +198,22 @@ impl Daemon {
             .iter()
             .find_map(|r| r["listen"].as_str()?.parse().ok())
             .expect("a listen address in the log")
+    }
+
+    /// Waits up to `timeout` for the process to exit; once it has, every line it wrote is in
+    /// `lines()`. `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                if let Some(reader) = self.reader.take() {
+                    let _ignored = reader.join();
+                }
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     pub fn signal(&self, sig: i32) {
@@ -394,14 +411,18 @@ pub fn spawn_daemon(mut cmd: Command) -> Daemon {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let stderr = child.stderr.take().expect("stderr");
     let sink = Arc::clone(&lines);
-    thread::spawn(move || {
+    let reader = thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Ok(mut l) = sink.lock() {
                 l.push(line);
             }
         }
     });
-    Daemon { child, lines }
+    Daemon {
+        child,
+        lines,
+        reader: Some(reader),
+    }
 }
 
 /// One test's world: netns, cgroup, bpffs mount, config file, daemon.

@@ -8,10 +8,10 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use e2e::{Daemon, Env, cgroup2_mount, enforcer_bin, http_get, only_capabilities, spawn_daemon};
+use e2e::{Env, cgroup2_mount, enforcer_bin, http_get, only_capabilities, spawn_daemon};
 use serde_yaml_ng::Value;
 
 fn manifest(file: &str) -> Value {
@@ -154,17 +154,6 @@ fn shipped_config_for(env: &Env, cm_dir: &Path) -> String {
     serde_yaml_ng::to_string(&cfg).expect("config text")
 }
 
-fn wait_exit(d: &mut Daemon, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if let Ok(Some(status)) = d.child.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
 const ALLOWED: &str = "tcp:198.18.0.1:8080";
 const DENIED: &str = "tcp:198.18.0.3:8080";
 
@@ -184,7 +173,7 @@ fn daemonset_capabilities_suffice_and_each_one_is_needed() {
     for missing in &caps {
         let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
         let mut d = spawn_daemon(pod_command(&fewer, &env.config));
-        let status = wait_exit(&mut d, Duration::from_secs(20));
+        let status = d.wait_exit(Duration::from_secs(20));
         let log = d.lines().join("\n");
         assert!(
             status.is_some_and(|s| !s.success()),

@@ -4,6 +4,7 @@ mod bench;
 mod bench_daemon;
 mod bench_kernel;
 mod bench_noop;
+mod docs;
 mod install;
 mod setup;
 mod test;
@@ -60,6 +61,12 @@ enum Task {
         /// prefix keeps everything under it
         #[arg(long, default_value = "/usr/local")]
         prefix: PathBuf,
+    },
+    /// Regenerate the README's CLI reference, and write the man pages and shell completions
+    Docs {
+        /// Where the man pages (man/) and completions (completions/) go
+        #[arg(long, default_value = "target/dist")]
+        out: PathBuf,
     },
     /// fmt check, clippy -D warnings, unit tests, then the end-to-end suite (needs root)
     Test {
@@ -123,6 +130,10 @@ fn main() -> ExitCode {
         Task::Install { prefix } => setup::setup().and_then(|()| {
             let bin = build(true)?;
             install::install(&prefix, &bin)
+        }),
+        Task::Docs { out } => setup::setup_build().and_then(|()| {
+            let bin = build(false)?;
+            docs::docs(&bin, &workspace_root().join(out))
         }),
         Task::Test { unit_only } => setup::setup().and_then(|()| test::test(unit_only)),
     };

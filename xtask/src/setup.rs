@@ -18,6 +18,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     ("bpftool", "bpftool"),
     ("systemd", "systemd-analyze"),
+    ("groff-base", "groff"),
 ];
 
 fn output(cmd: &mut Command) -> Option<String> {

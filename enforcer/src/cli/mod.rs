@@ -3,6 +3,7 @@
 
 mod check;
 mod exec;
+pub mod generate;
 mod inspect;
 mod run;
 mod uninstall;
@@ -15,7 +16,12 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "egress-enforcer",
     version,
-    about = "Allow a workload's outbound connections only to registered destinations (eBPF cgroup hooks)"
+    about = "Allow a workload's outbound connections only to registered destinations (eBPF cgroup hooks)",
+    after_long_help = "Exit codes: 0 ok; 1 user or config error (bad flag, bad YAML, unknown key, \
+        unenforced cgroup for `exec`); 2 runtime failure (kernel refused, permissions, pinned \
+        state incompatible). `exec` exits with its command's status.\n\n\
+        Addresses: ADDR[/LEN]:PORT[/tcp|udp], e.g. 198.51.100.7:443/tcp, [2001:db8::7]:443, \
+        203.0.113.0/24:*/udp (`*` = any port; the protocol defaults to tcp)."
 )]
 pub struct Cli {
     /// Daemon config file [default: /etc/egress-enforcer/config.yaml if it exists]
@@ -29,15 +35,32 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon in the foreground: load, attach, keep the rules in the kernel
+    ///
+    /// Loads the ServiceEntries, looks up their hosts, and keeps the kernel's rules equal to
+    /// them. SIGHUP or a change to the config or a ServiceEntry file reloads; a reload with any
+    /// error is rejected as a whole and the policy in force stays. SIGTERM and SIGINT exit and
+    /// leave enforcement pinned (`uninstall` removes it). Under systemd, READY=1 is sent after
+    /// the first full apply.
     Run(run::Args),
     /// Validate ServiceEntry files as Istio would; exit 1 on any error
     Check(check::Args),
     /// Run a command inside an enforced cgroup
+    ///
+    /// The command joins the cgroup before it starts, so every socket it opens is enforced.
+    /// A cgroup that no egress-enforcer program enforces is refused unless
+    /// --allow-unenforced.
     Exec(exec::Args),
     /// Show the pinned rules, counters or links (works with or without a running daemon)
     Inspect(inspect::Args),
     /// Detach every program and remove the pinned state
+    ///
+    /// Refused while a daemon holds the pins, unless --force.
     Uninstall(uninstall::Args),
+    /// Write the man pages, the shell completions or this CLI reference
+    ///
+    /// For packaging; `cargo xtask install` puts the man pages and the bash, zsh and fish
+    /// completions where those tools look.
+    Generate(generate::Args),
 }
 
 /// An error together with the exit code it maps to.
@@ -102,6 +125,7 @@ pub fn main() -> ExitCode {
         Command::Exec(a) => exec::exec(config, a),
         Command::Inspect(a) => inspect::inspect(config, a).map(|()| ExitCode::SUCCESS),
         Command::Uninstall(a) => uninstall::uninstall(config, a).map(|()| ExitCode::SUCCESS),
+        Command::Generate(a) => generate::generate(a).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
