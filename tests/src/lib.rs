@@ -287,6 +287,25 @@ impl LoopProbe {
     }
 }
 
+impl LoopProbe {
+    /// Stops the loop and asserts that each `(op, result)` pair held on every iteration
+    /// `during` what the test did meanwhile (one result only, e.g. `ok=812`).
+    pub fn finish_steady(self, want: &[(&str, &str)], during: &str) {
+        let results = self.finish();
+        for (op, result) in want {
+            let tally = results
+                .iter()
+                .find(|(o, _)| o == op)
+                .map(|(_, r)| r.as_str())
+                .unwrap_or_default();
+            assert!(
+                tally.starts_with(&format!("{result}=")) && !tally.contains(','),
+                "{op} {during}: {tally} (want only {result})"
+            );
+        }
+    }
+}
+
 impl Drop for LoopProbe {
     fn drop(&mut self) {
         let _ignored = std::fs::write(&self.stop, b"stop");

@@ -227,23 +227,9 @@ fn pod_replacement_keeps_enforcement_and_configmap_updates_reload() {
         r.iter().any(|r| r["message"] == "first full apply done")
     });
     std::thread::sleep(Duration::from_millis(200));
-    let results = probe.finish();
-    let get = |op: &str| {
-        results
-            .iter()
-            .find(|(o, _)| o == op)
-            .map(|(_, r)| r.clone())
-            .unwrap_or_default()
-    };
-    assert!(
-        get(ALLOWED).starts_with("ok=") && !get(ALLOWED).contains(','),
-        "allowed across the replacement: {}",
-        get(ALLOWED)
-    );
-    assert!(
-        get(DENIED).starts_with("EPERM=") && !get(DENIED).contains(','),
-        "denied across the replacement: {}",
-        get(DENIED)
+    probe.finish_steady(
+        &[(ALLOWED, "ok"), (DENIED, "EPERM")],
+        "across the replacement",
     );
 
     // `kubectl edit configmap`: the kubelet swaps ..data; the new pod reloads on its own.

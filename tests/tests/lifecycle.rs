@@ -77,22 +77,9 @@ fn restart_with_resized_maps_migrates_without_a_window() {
         r.iter().any(|r| r["message"] == "migrated to new maps")
     });
     std::thread::sleep(Duration::from_millis(200));
-    let results = probe.finish();
-    let get = |op: &str| {
-        results
-            .iter()
-            .find(|(o, _)| o == op)
-            .map(|(_, r)| r.clone())
-    };
-    let allowed = get(ALLOWED).unwrap_or_default();
-    let denied = get(DENIED).unwrap_or_default();
-    assert!(
-        allowed.starts_with("ok=") && !allowed.contains(','),
-        "allowed across the migration: {allowed}"
-    );
-    assert!(
-        denied.starts_with("EPERM=") && !denied.contains(','),
-        "denied across the migration: {denied}"
+    probe.finish_steady(
+        &[(ALLOWED, "ok"), (DENIED, "EPERM")],
+        "across the migration",
     );
     assert_eq!(pinned_max_entries(&env, "RULES_EXACT"), 1024);
     assert!(!env.bpffs.join("egress-enforcer/maps-next").exists());
