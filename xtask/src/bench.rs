@@ -278,30 +278,40 @@ pub fn check_quick_results() -> anyhow::Result<usize> {
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text)?;
+    check_results(&v).with_context(|| format!("in {}", path.display()))
+}
+
+/// Every case produced a number of the right sign; the count of numbers checked.
+fn check_results(v: &serde_json::Value) -> anyhow::Result<usize> {
     let mut checked = 0;
-    let mut check = |what: &str, x: &serde_json::Value| -> anyhow::Result<()> {
-        match x.as_f64() {
-            Some(f) if f.is_finite() && f >= 0.0 => {
-                checked += 1;
-                Ok(())
+    // Times, sizes and ratios cannot be negative; an overhead in % can (a denied call that
+    // fails early is cheaper than the connect it replaces, and noise goes both ways).
+    let mut check_signed =
+        |what: &str, x: &serde_json::Value, signed: bool| -> anyhow::Result<()> {
+            match x.as_f64() {
+                Some(f) if f.is_finite() && (signed || f >= 0.0) => {
+                    checked += 1;
+                    Ok(())
+                }
+                _ => bail!("{what}: no number ({x})"),
             }
-            _ => bail!("{what}: no number ({x})"),
-        }
-    };
+        };
     let list = |key: &str| -> anyhow::Result<Vec<serde_json::Value>> {
-        let mut node = &v;
+        let mut node = v;
         for k in key.split('.') {
             node = &node[k];
         }
         let items = node.as_array().cloned().unwrap_or_default();
         if items.is_empty() {
-            bail!("{key}: no cases in {}", path.display());
+            bail!("{key}: no cases");
         }
         Ok(items)
     };
     for r in list("results")? {
-        check(&format!("results: {}", r["case"]), &r["median"])?;
+        let signed = r["unit"].as_str() == Some("%");
+        check_signed(&format!("results: {}", r["case"]), &r["median"], signed)?;
     }
+    let mut check = |what: &str, x: &serde_json::Value| check_signed(what, x, false);
     let per_call = list("kernel_path.per_call")?;
     for c in &per_call {
         let name = format!(
@@ -339,4 +349,48 @@ pub fn check_quick_results() -> anyhow::Result<usize> {
         )?;
     }
     Ok(checked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal complete result set: 4 configurations × 3 works × 2 destinations.
+    fn results(overhead: f64, ms: f64) -> serde_json::Value {
+        let mut per_call = Vec::new();
+        for system in ["none", "enforcer", "nft", "iptables"] {
+            for work in ["udp_connect", "udp_connect_send", "tcp_connect_accept"] {
+                for destination in ["allowed", "denied"] {
+                    per_call.push(serde_json::json!({
+                        "system": system, "rules": 10, "work": work, "destination": destination,
+                        "median_ns": 500.0, "baseline_median_ns": 490.0,
+                    }));
+                }
+            }
+        }
+        serde_json::json!({
+            "results": [
+                {"case": "overhead", "unit": "%", "median": overhead},
+                {"case": "parse", "unit": "ms", "median": ms},
+            ],
+            "kernel_path": {
+                "per_call": per_call,
+                "in_kernel": [{"program": "connect4", "exact_rules": 10, "median_ns_per_run": 70.0}],
+                "loading": [{"system": "enforcer", "rules": 10, "ms": 1.0}],
+            },
+        })
+    }
+
+    #[test]
+    fn overheads_may_be_negative_and_nothing_else_may() {
+        assert_eq!(
+            check_results(&results(-1.95, 120.0)).unwrap(),
+            2 + 24 * 2 + 1 + 1
+        );
+        assert!(check_results(&results(3.0, -1.0)).is_err());
+        assert!(check_results(&results(f64::NAN, 1.0)).is_err());
+        let mut missing = results(3.0, 1.0);
+        missing["kernel_path"]["per_call"] = serde_json::json!([]);
+        assert!(check_results(&missing).is_err());
+    }
 }
