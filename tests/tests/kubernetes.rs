@@ -196,6 +196,30 @@ fn daemonset_capabilities_suffice_and_each_one_is_needed() {
     let p = env.probe_in_cgroup(&[ALLOWED, DENIED]);
     assert_eq!(p.result(ALLOWED), "ok");
     assert_eq!(p.result(DENIED), "EPERM");
+
+    // `kubectl exec … egress-enforcer inspect` runs with the same capabilities: the links'
+    // programs are read from their pins, not by id (which would need CAP_SYS_ADMIN).
+    let wrapper = only_capabilities(&caps);
+    let out = e2e::run(
+        Command::new(&wrapper[0])
+            .args(&wrapper[1..])
+            .arg(enforcer_bin())
+            .arg("--config")
+            .arg(&env.config)
+            .args(["inspect", "links", "--json"]),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inspect JSON");
+    let links = report["links"].as_array().expect("links");
+    assert_eq!(links.len(), 4, "{report}");
+    for l in links {
+        assert!(l["verified_insns"].as_u64().is_some_and(|n| n > 0), "{l}");
+        assert!(l["run_count"].is_u64(), "{l}");
+    }
 }
 
 #[test]

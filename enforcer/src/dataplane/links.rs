@@ -62,7 +62,7 @@ pub fn list(layout: &PinLayout) -> Vec<LinkRow> {
         });
         for hook in names {
             let path = layout.links_dir().join(&dir).join(&hook);
-            let row = match read_link(&path) {
+            let row = match read_link(&path, &layout.programs_dir()) {
                 Ok(l) => LinkRow {
                     cgroup: cgroup.clone(),
                     hook,
@@ -98,12 +98,20 @@ struct LinkInfo {
     run_time_ns: Option<u64>,
 }
 
-fn read_link(path: &Path) -> anyhow::Result<LinkInfo> {
+/// The link's program: from our program pins (no privilege beyond reading bpffs), else by
+/// walking the loaded programs (needs CAP_SYS_ADMIN; for links attached before program pins).
+fn program_info(programs_dir: &Path, id: u32) -> Option<aya::programs::ProgramInfo> {
+    PROGRAM_NAMES
+        .iter()
+        .filter_map(|name| aya::programs::ProgramInfo::from_pin(programs_dir.join(name)).ok())
+        .find(|p| p.id() == id)
+        .or_else(|| loaded_programs().flatten().find(|p| p.id() == id))
+}
+
+fn read_link(path: &Path, programs_dir: &Path) -> anyhow::Result<LinkInfo> {
     let link = aya::programs::links::FdLink::from(PinnedLink::from_pin(path)?);
     let info = link.info()?;
-    let prog = loaded_programs()
-        .flatten()
-        .find(|p| p.id() == info.program_id());
+    let prog = program_info(programs_dir, info.program_id());
     Ok(LinkInfo {
         link_id: info.id(),
         program_id: info.program_id(),

@@ -199,6 +199,7 @@ impl Dataplane {
                 }
             }
         }
+        self.pin_programs()?;
         let keep: HashSet<String> = cgroups
             .iter()
             .map(|c| pins::escape_cgroup(&c.relative))
@@ -214,6 +215,26 @@ impl Dataplane {
         }
         if self.migrating {
             self.finish_migration()?;
+        }
+        Ok(())
+    }
+
+    /// Pins the attached programs (replacing the previous run's), for `inspect` to read.
+    fn pin_programs(&mut self) -> anyhow::Result<()> {
+        let dir = self.layout.programs_dir();
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for name in PROGRAM_NAMES {
+            let prog: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing"))?
+                .try_into()?;
+            let tmp = dir.join(format!("{name}-new"));
+            let _ignored = fs::remove_file(&tmp);
+            prog.pin(&tmp)
+                .with_context(|| format!("pinning program {}", tmp.display()))?;
+            fs::rename(&tmp, dir.join(name))
+                .with_context(|| format!("replacing pinned program {name} in {}", dir.display()))?;
         }
         Ok(())
     }
@@ -272,7 +293,19 @@ pub fn uninstall(bpffs: &Path, force: bool) -> anyhow::Result<Uninstalled> {
             done.maps += 1;
         }
     }
-    for dir in [layout.links_dir(), layout.maps_dir(), layout.root.clone()] {
+    // A pinned program stays loaded (not attached) until its pin goes.
+    if let Ok(rd) = fs::read_dir(layout.programs_dir()) {
+        for e in rd.flatten() {
+            fs::remove_file(e.path())
+                .with_context(|| format!("unpinning {}", e.path().display()))?;
+        }
+    }
+    for dir in [
+        layout.links_dir(),
+        layout.maps_dir(),
+        layout.programs_dir(),
+        layout.root.clone(),
+    ] {
         match fs::remove_dir(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(e).with_context(|| format!("removing {}", dir.display()));

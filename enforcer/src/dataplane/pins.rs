@@ -4,7 +4,11 @@
 //! <bpffs>/egress-enforcer/maps/<MAP>               rule maps, config, counters, events
 //! <bpffs>/egress-enforcer/maps-next/<MAP>          only while migrating to resized maps
 //! <bpffs>/egress-enforcer/links/<cgroup>/<hook>    one link per enforced cgroup and hook
+//! <bpffs>/egress-enforcer/programs/<hook>          the programs the daemon last attached
 //! ```
+//!
+//! The program pins are for reading only: `inspect` gets a program's statistics from them,
+//! because looking a program up by id needs CAP_SYS_ADMIN, which the daemon does not need.
 //!
 //! `<cgroup>` is the cgroup's path relative to the cgroup2 mount with `%`, `/` and `.` escaped
 //! (bpffs refuses names containing a dot), so that the directory name alone says which cgroup
@@ -42,6 +46,10 @@ impl PinLayout {
 
     pub fn links_dir(&self) -> PathBuf {
         self.root.join("links")
+    }
+
+    pub fn programs_dir(&self) -> PathBuf {
+        self.root.join("programs")
     }
 
     pub fn cgroup_links_dir(&self, cgroup_relative: &str) -> PathBuf {
