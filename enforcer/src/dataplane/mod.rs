@@ -119,11 +119,8 @@ impl Dataplane {
         let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
 
         for name in PROGRAM_NAMES {
-            let prog: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing from the eBPF object"))?
-                .try_into()?;
-            prog.load()
+            program(&mut ebpf, name)?
+                .load()
                 .with_context(|| format!("the kernel refused program {name} (verifier)"))?;
         }
         let maps = Maps::from_ebpf(&mut ebpf)?;
@@ -167,11 +164,7 @@ impl Dataplane {
             fs::create_dir_all(&link_dir)
                 .with_context(|| format!("creating {}", link_dir.display()))?;
             for name in PROGRAM_NAMES {
-                let prog: &mut CgroupSockAddr = self
-                    .ebpf
-                    .program_mut(name)
-                    .with_context(|| format!("program {name} missing"))?
-                    .try_into()?;
+                let prog = program(&mut self.ebpf, name)?;
                 let id = prog
                     .attach(&dir, CgroupAttachMode::Single)
                     .with_context(|| format!("attaching {name} to cgroup {}", cg.display()))?;
@@ -224,14 +217,10 @@ impl Dataplane {
         let dir = self.layout.programs_dir();
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         for name in PROGRAM_NAMES {
-            let prog: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing"))?
-                .try_into()?;
             let tmp = dir.join(format!("{name}-new"));
             let _ignored = fs::remove_file(&tmp);
-            prog.pin(&tmp)
+            program(&mut self.ebpf, name)?
+                .pin(&tmp)
                 .with_context(|| format!("pinning program {}", tmp.display()))?;
             fs::rename(&tmp, dir.join(name))
                 .with_context(|| format!("replacing pinned program {name} in {}", dir.display()))?;
@@ -258,6 +247,14 @@ impl Dataplane {
         tracing::info!("migrated to new maps");
         Ok(())
     }
+}
+
+/// One of our four programs in the loaded object.
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut CgroupSockAddr> {
+    Ok(ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the eBPF object"))?
+        .try_into()?)
 }
 
 /// What `uninstall` removed.
