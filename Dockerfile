@@ -6,7 +6,7 @@
 
 # The stable toolchain the project is tested with, and the nightly that builds the eBPF part.
 ARG RUST_VERSION=1.95.0
-ARG NIGHTLY=nightly-2026-05-19
+ARG NIGHTLY=nightly-2026-05-20
 
 FROM docker.io/library/rust:${RUST_VERSION}-slim-bookworm AS build
 ARG NIGHTLY
