@@ -685,21 +685,42 @@ impl Env {
             .collect()
     }
 
-    /// Program ids attached to our cgroup according to the kernel (bpftool), not our pins.
+    /// Attach types of the programs on our cgroup according to the kernel (bpftool), not our
+    /// pins.
     pub fn kernel_attached(&self) -> Vec<String> {
-        let out = run(Command::new("bpftool")
-            .args(["-j", "cgroup", "show"])
-            .arg(&self.cgroup_path));
-        let text = String::from_utf8_lossy(&out.stdout);
-        let v: Value = serde_json::from_str(text.trim()).unwrap_or(Value::Array(Vec::new()));
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|p| p["attach_type"].as_str().unwrap_or_default().to_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
+        attached_programs(&self.cgroup_path)
     }
+}
+
+/// Attach types of the programs attached to the cgroup at `path`, as bpftool reports them. A
+/// bpftool failure fails the test: "nothing attached" must never come from a broken tool.
+pub fn attached_programs(path: &Path) -> Vec<String> {
+    let out = run(Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(path));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bpftool cgroup show {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // bpftool prints nothing at all for a cgroup without programs.
+    if text.trim().is_empty() {
+        return Vec::new();
+    }
+    let v: Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("bpftool output is not JSON ({e}): {text}"));
+    v.as_array()
+        .unwrap_or_else(|| panic!("bpftool output is not a list: {text}"))
+        .iter()
+        .map(|p| {
+            p["attach_type"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no attach_type in {p}"))
+                .to_owned()
+        })
+        .collect()
 }
 
 impl Drop for Env {
@@ -718,6 +739,28 @@ impl Drop for Env {
             thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// A ServiceEntry document in namespace `shop` with the given spec (YAML, unindented).
+pub fn service_entry(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: {name}\n  namespace: shop\nspec:\n{}",
+        spec.lines().map(|l| format!("  {l}\n")).collect::<String>()
+    )
+}
+
+/// An env whose daemon reads `<dir>/se` and asks a dnsmasq of its own (TTL 1 s; the daemon's
+/// minTtl 1 s, maxTtl 2 s, staleGrace `grace`).
+pub fn env_with_dns(test: &str, mode: &str, extra: &str, grace: &str) -> (Env, Dns) {
+    let env = Env::new(test, mode, extra);
+    let dns = Dns::start(&env.dir, 1);
+    let se_dir = env.dir.join("se");
+    std::fs::create_dir_all(&se_dir).expect("se dir");
+    let mut cfg = std::fs::read_to_string(&env.config).expect("config");
+    cfg.push_str(&format!("serviceEntries: [{}]\n", se_dir.display()));
+    cfg.push_str(&dns.config("1s", "2s", grace));
+    std::fs::write(&env.config, cfg).expect("config");
+    (env, dns)
 }
 
 /// One HTTP/1.1 GET on loopback: (status, body).

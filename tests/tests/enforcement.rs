@@ -187,6 +187,30 @@ fn loopback_switch_off_denies_loopback() {
     );
 }
 
+/// The kernel sees IPv4 destinations as `::ffff:a.b.c.d`: an IPv6 prefix as wide as `::/0`
+/// must still never match IPv4 traffic (in either socket family), nor an IPv4 one IPv6.
+#[test]
+fn ip_families_never_cross() {
+    let env = Env::new("families", "enforce", "");
+    let _daemon = env.start_daemon(&["[::/0]:8080/tcp", "0.0.0.0/0:9090/udp"]);
+    let cases = [
+        ("tcp:[fd00::2]:8080", "ok"),
+        ("tcp:[fd00:1::5]:8080", "ok"),
+        ("tcp:198.18.0.3:8080", "EPERM"),
+        ("tcp:[::ffff:198.18.0.3]:8080", "EPERM"),
+        ("tfo:198.18.0.3:8080", "EPERM"),
+        ("udp:198.18.0.3:9090", "ok"),
+        ("sendto:[::ffff:198.18.0.3]:9090", "ok"),
+        ("udp:[fd00::2]:9090", "EPERM"),
+        ("sendto:[fd00::2]:9090", "EPERM"),
+    ];
+    let ops: Vec<&str> = cases.iter().map(|(op, _)| *op).collect();
+    let p = env.probe_in_cgroup(&ops);
+    for (op, want) in cases {
+        assert_eq!(p.result(op), want, "{op}");
+    }
+}
+
 fn outside_cgroup(mode: &str) {
     let env = Env::new(&format!("outside-{mode}"), mode, "");
     let _daemon = env.start_daemon(RULES);

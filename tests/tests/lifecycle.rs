@@ -146,6 +146,61 @@ fn sighup_reloads_mode_and_a_bad_reload_keeps_the_policy() {
     );
 }
 
+/// A reload to audit mode, with a new cgroup, a new CIDR and a cgroup that cannot be
+/// created: refused as a whole, so the kernel keeps enforce mode, the old rules and links.
+#[test]
+fn a_reload_that_fails_midway_changes_nothing_in_the_kernel() {
+    let env = Env::new("reload-atomic", "enforce", "");
+    let mut d = env.start_daemon(RULES);
+    assert_enforcing(&env, "before the reload");
+    let added = format!("{}-new", env.cgroup);
+    // A name longer than NAME_MAX: mkdir fails with ENAMETOOLONG.
+    let broken = format!("{}-{}", env.cgroup, "x".repeat(300));
+    let cfg = base_config(&env, "audit", &format!("{}, {added}, {broken}", env.cgroup)).replace(
+        "allow: {dnsServers: []}",
+        "allow: {dnsServers: [], cidrs: [198.18.0.3/32]}",
+    );
+    rewrite_config(&env, &cfg);
+    d.signal(libc::SIGHUP);
+    d.wait_for("the refused reload", Duration::from_secs(10), |r| {
+        r.iter().any(|r| {
+            r["message"].as_str().is_some_and(|m| {
+                m.contains("reload could not be applied, keeping the previous policy")
+            })
+        })
+    });
+    // Probed with the failed config still in place (no reload of the old one has happened).
+    assert_enforcing(&env, "after a refused reload to audit mode");
+    assert_eq!(
+        env.column("links", "cgroup"),
+        vec![format!("/{}", env.cgroup); 4],
+        "no cgroup of the refused config was attached"
+    );
+    let added_path = env.cgroup_path.with_file_name(format!(
+        "{}-new",
+        env.cgroup.rsplit('/').next().unwrap_or_default()
+    ));
+    assert_eq!(e2e::attached_programs(&added_path), Vec::<String>::new());
+    let rules = env.column("rules", "rule");
+    assert_eq!(
+        rules,
+        vec!["198.18.0.1:8080/tcp".to_owned()],
+        "rules as before"
+    );
+    assert_eq!(
+        env.inspect("rules")["mode"],
+        "enforce",
+        "mode in the kernel"
+    );
+    assert!(
+        !env.counters().keys().any(|(_, _, v)| v == "audit"),
+        "no audit verdict: {:?}",
+        env.counters()
+    );
+    drop(d);
+    let _ = std::fs::remove_dir(added_path);
+}
+
 #[test]
 fn cgroups_dropped_from_the_config_are_detached_on_restart() {
     let env = Env::new("regroup", "enforce", "");

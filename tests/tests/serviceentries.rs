@@ -3,29 +3,13 @@
 
 use std::time::Duration;
 
-use e2e::{Dns, Env, run};
-
-fn se(name: &str, spec: &str) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: {name}\n  namespace: shop\nspec:\n{}",
-        spec.lines().map(|l| format!("  {l}\n")).collect::<String>()
-    )
-}
+use e2e::{Dns, Env, run, service_entry as se};
 
 const API: &str =
     "hosts: [api.ee.test]\nports: [{number: 8080, name: http, protocol: HTTP}]\nresolution: DNS";
 
-/// An env whose daemon reads `<dir>/se` and asks `dns`.
 fn env_with_dns(test: &str, mode: &str, extra: &str) -> (Env, Dns) {
-    let env = Env::new(test, mode, extra);
-    let dns = Dns::start(&env.dir, 1);
-    let se_dir = env.dir.join("se");
-    std::fs::create_dir_all(&se_dir).expect("se dir");
-    let mut cfg = std::fs::read_to_string(&env.config).expect("config");
-    cfg.push_str(&format!("serviceEntries: [{}]\n", se_dir.display()));
-    cfg.push_str(&dns.config("1s", "2s", "2s"));
-    std::fs::write(&env.config, cfg).expect("config");
-    (env, dns)
+    e2e::env_with_dns(test, mode, extra, "2s")
 }
 
 const WAIT: Duration = Duration::from_secs(10);

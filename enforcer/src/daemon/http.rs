@@ -54,7 +54,7 @@ pub fn route(
     method: &str,
     path: &str,
     health: impl FnOnce() -> Result<(), String>,
-    ready: bool,
+    ready: Result<(), String>,
     metrics: impl FnOnce() -> Result<String, String>,
 ) -> Response {
     if method != "GET" && method != "HEAD" {
@@ -66,8 +66,10 @@ pub fn route(
             Ok(()) => Response::text(200, "ok\n"),
             Err(why) => Response::text(503, format!("{why}\n")),
         },
-        "/readyz" if ready => Response::text(200, "ready\n"),
-        "/readyz" => Response::text(503, "the first full apply is not done yet\n"),
+        "/readyz" => match ready {
+            Ok(()) => Response::text(200, "ready\n"),
+            Err(why) => Response::text(503, format!("{why}\n")),
+        },
         "/metrics" => match metrics() {
             Ok(body) => Response {
                 status: 200,
@@ -145,7 +147,7 @@ async fn handle(mut stream: TcpStream, state: &State) -> std::io::Result<()> {
             &method,
             &path,
             || check_attached(&state.layout),
-            state.metrics.is_ready(),
+            state.metrics.readiness(),
             || scrape(state),
         ),
         Ok(Ok(None)) => Response::text(400, "bad request\n"),
@@ -197,6 +199,11 @@ mod tests {
     use super::*;
 
     fn get(path: &str, healthy: bool, ready: bool) -> Response {
+        let ready = if ready {
+            Ok(())
+        } else {
+            Err("applying the policy failed: ENOMEM".to_owned())
+        };
         route(
             "GET",
             path,
@@ -222,7 +229,9 @@ mod tests {
 
     #[test]
     fn readiness_follows_the_first_apply() {
-        assert_eq!(get("/readyz", true, false).status, 503);
+        let r = get("/readyz", true, false);
+        assert_eq!(r.status, 503);
+        assert!(r.body.contains("ENOMEM"), "the reason is given: {}", r.body);
         assert_eq!(get("/readyz", true, true).status, 200);
         assert_eq!(get("/readyz?verbose", true, true).status, 200);
     }
@@ -233,9 +242,15 @@ mod tests {
         assert_eq!(m.status, 200);
         assert!(m.content_type.starts_with("text/plain; version=0.0.4"));
         assert_eq!(get("/", true, true).status, 404);
-        let post = route("POST", "/metrics", || Ok(()), true, || Ok(String::new()));
+        let post = route("POST", "/metrics", || Ok(()), Ok(()), || Ok(String::new()));
         assert_eq!(post.status, 405);
-        let broken = route("GET", "/metrics", || Ok(()), true, || Err("no pins".into()));
+        let broken = route(
+            "GET",
+            "/metrics",
+            || Ok(()),
+            Ok(()),
+            || Err("no pins".into()),
+        );
         assert_eq!(broken.status, 500);
     }
 }

@@ -29,11 +29,19 @@ use crate::dataplane::{
 pub struct DaemonMetrics {
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
+    /// A failed reload whose undo failed too (the kernel may hold a mix: alert on it).
+    pub rollback_failures: AtomicU64,
+    /// Applies of the policy to the maps that failed (retried).
+    pub apply_failures: AtomicU64,
     pub dns_lookups: AtomicU64,
     pub dns_failures: AtomicU64,
+    /// Lookup tasks that panicked (counted as failed lookups too).
+    pub dns_panics: std::sync::Arc<AtomicU64>,
     rules_exact: AtomicU64,
     rules_prefix: AtomicU64,
     ready: AtomicBool,
+    /// Why the daemon is not ready yet, for `/readyz`.
+    not_ready: Mutex<Option<String>>,
     last_apply: Mutex<Option<Instant>>,
 }
 
@@ -49,7 +57,30 @@ impl DaemonMetrics {
 
     /// The first full apply is done: `/readyz` answers 200 from now on.
     pub fn set_ready(&self) {
+        if let Ok(mut r) = self.not_ready.lock() {
+            *r = None;
+        }
         self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// Not ready (yet), and why: `/readyz` answers 503 with this reason.
+    pub fn set_not_ready(&self, reason: String) {
+        if let Ok(mut r) = self.not_ready.lock() {
+            *r = Some(reason);
+        }
+    }
+
+    /// `Ok` once ready; otherwise why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.is_ready() {
+            return Ok(());
+        }
+        Err(self
+            .not_ready
+            .lock()
+            .ok()
+            .and_then(|r| r.clone())
+            .unwrap_or_else(|| "the first full apply is not done yet".to_owned()))
     }
 
     pub fn is_ready(&self) -> bool {
@@ -61,8 +92,11 @@ impl DaemonMetrics {
         Values {
             reloads: get(&self.reloads),
             reload_failures: get(&self.reload_failures),
+            rollback_failures: get(&self.rollback_failures),
+            apply_failures: get(&self.apply_failures),
             dns_lookups: get(&self.dns_lookups),
             dns_failures: get(&self.dns_failures),
+            dns_panics: get(&self.dns_panics),
             rules_exact: get(&self.rules_exact),
             rules_prefix: get(&self.rules_prefix),
             ready: self.is_ready(),
@@ -80,8 +114,11 @@ impl DaemonMetrics {
 struct Values {
     reloads: u64,
     reload_failures: u64,
+    rollback_failures: u64,
+    apply_failures: u64,
     dns_lookups: u64,
     dns_failures: u64,
+    dns_panics: u64,
     rules_exact: u64,
     rules_prefix: u64,
     ready: bool,
@@ -165,6 +202,24 @@ impl Collector for Scrape {
             "egress_enforcer_dns_lookup_failures",
             "DNS lookups that failed (the last good answer was kept)",
             self.values.dns_failures,
+        )?;
+        counter(
+            &mut enc,
+            "egress_enforcer_dns_lookup_panics",
+            "DNS lookup tasks that panicked (retried like failed lookups)",
+            self.values.dns_panics,
+        )?;
+        counter(
+            &mut enc,
+            "egress_enforcer_apply_failures",
+            "Applies of the policy to the kernel maps that failed (retried)",
+            self.values.apply_failures,
+        )?;
+        counter(
+            &mut enc,
+            "egress_enforcer_reload_rollback_failures",
+            "Failed reloads whose rollback failed too: the kernel may hold a mix of policies",
+            self.values.rollback_failures,
         )?;
         counter(
             &mut enc,

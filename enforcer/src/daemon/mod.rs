@@ -2,6 +2,7 @@
 //! fresh, and keeps the kernel maps equal to the result, through reloads and restarts.
 //! Enforcement stays pinned when it exits (fail closed).
 
+mod carry;
 mod events;
 pub mod http;
 pub mod metrics;
@@ -103,6 +104,72 @@ fn names(p: &LoadedPolicy) -> BTreeSet<String> {
     p.compiled.hostnames.keys().cloned().collect()
 }
 
+/// The previous run's answers for names still configured, to keep in force until answered
+/// (or `dns.staleGrace` has passed).
+fn carried_answers(policy: &LoadedPolicy, dp: &mut Dataplane) -> carry::Answers {
+    let live = std::mem::take(&mut dp.previous_exact);
+    let record = match carry::read(&dp.layout().root) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(
+                "the record of the previous run's DNS answers is unreadable, attributing live rules by port: {e}"
+            );
+            None
+        }
+    };
+    if record.is_none() && !live.is_empty() {
+        info!(
+            "no record of the previous run's DNS answers: live rules on a name's ports are kept for dns.staleGrace"
+        );
+    }
+    carry::carried(&policy.compiled, record.as_ref(), &live)
+}
+
+/// A failed apply: the config asks for more than the maps hold (exit 1), or the kernel
+/// refused (exit 2).
+fn apply_failure(e: anyhow::Error) -> Failure {
+    if e.downcast_ref::<crate::dataplane::maps::CapacityError>()
+        .is_some()
+    {
+        Failure::User(e)
+    } else {
+        Failure::Runtime(e)
+    }
+}
+
+/// Retry schedule of the first full apply: at once, then with exponential backoff.
+struct FirstApply {
+    next: tokio::time::Instant,
+    backoff: Duration,
+}
+
+impl Default for FirstApply {
+    fn default() -> Self {
+        Self {
+            next: tokio::time::Instant::now(),
+            backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+impl FirstApply {
+    fn due(&self) -> bool {
+        tokio::time::Instant::now() >= self.next
+    }
+
+    /// Schedules the next try; returns the wait.
+    fn failed(&mut self) -> Duration {
+        let wait = self.backoff;
+        self.next = tokio::time::Instant::now() + wait;
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
+        wait
+    }
+
+    async fn wait(&self) {
+        tokio::time::sleep_until(self.next).await;
+    }
+}
+
 pub fn run(opts: RunOptions) -> Result<(), Failure> {
     // The config is read once before logging starts, for its log format; errors in it are
     // reported on stderr like every other user error.
@@ -121,9 +188,6 @@ struct Daemon {
     current: LoadedPolicy,
     dp: Dataplane,
     resolved: Resolved,
-    /// Until every name has been answered once since start, stale rules left in the pinned
-    /// maps by the previous run are kept (they may be the last good answers).
-    settled: bool,
     index: Arc<RwLock<EventIndex>>,
     names_tx: tokio_watch::Sender<BTreeSet<String>>,
     metrics: Arc<metrics::DaemonMetrics>,
@@ -160,11 +224,15 @@ impl Daemon {
         )
         .runtime()?;
 
-        // Static rules go in at once and never wait for DNS. Nothing is removed yet: on a
-        // restart the pinned maps still hold the previous answers for the hosts.
-        let desired = first.compiled.desired_rules(|_| Vec::new());
+        // Static rules go in at once and never wait for DNS, together with what the previous
+        // run allowed for names still configured; everything else goes now (docs/architecture.md,
+        // "Restart and migration").
+        let seeds = carried_answers(&first, &mut dp);
+        let desired = first
+            .compiled
+            .desired_rules(|h| seeds.get(h).cloned().unwrap_or_default());
         let started = std::time::Instant::now();
-        let applied = dp.maps.apply_additive(&desired).user()?;
+        let applied = dp.maps.apply(&desired).map_err(apply_failure)?;
         let apply_ms = started.elapsed().as_secs_f64() * 1000.0;
         dp.maps
             .write_config(mode_code(first.config.mode), first.config.allow.loopback)
@@ -178,7 +246,9 @@ impl Daemon {
             entries = first.entries,
             static_rules = desired.len(),
             hostnames = first.compiled.hostnames.len(),
+            carried = seeds.values().map(Vec::len).sum::<usize>(),
             added = applied.added,
+            removed = applied.removed,
             apply_ms = format!("{apply_ms:.1}"),
             cgroups = ?cgroups.iter().map(Cgroup::display).collect::<Vec<_>>(),
             pins = %dp.layout().root.display(),
@@ -214,6 +284,10 @@ impl Daemon {
             timing(&first.config),
             first.config.dns.concurrency,
             names_rx,
+            resolve::Start {
+                seeds,
+                panics: Arc::clone(&metrics.dns_panics),
+            },
         );
 
         let index = Arc::new(RwLock::new(EventIndex::default()));
@@ -243,7 +317,6 @@ impl Daemon {
             current: first,
             dp,
             resolved: resolved_rx.borrow_and_update().clone(),
-            settled: false,
             index,
             names_tx,
             metrics,
@@ -251,31 +324,45 @@ impl Daemon {
         let (fs_tx, mut fs_rx) = mpsc::unbounded_channel();
         let mut watcher = d.watch(fs_tx.clone());
         let mut ready = false;
+        // The first full apply is retried until it succeeds; until then the daemon is not
+        // ready, whatever else works.
+        let mut first_apply = FirstApply::default();
 
         loop {
             if !ready
                 && d.resolved.complete
                 && d.resolved.addrs.len() == d.current.compiled.hostnames.len()
+                && first_apply.due()
             {
                 if let Err(e) = d.apply() {
-                    error!("applying the policy failed: {e:#}");
-                }
-                ready = true;
-                d.metrics.set_ready();
-                info!(
-                    hostnames = d.resolved.addrs.len(),
-                    failing = d.resolved.failing.len(),
-                    "first full apply done"
-                );
-                sd_notify::notify("READY=1\nSTATUS=enforcing");
-                if d.opts.once {
-                    info!("--once: exiting; the policy stays pinned");
-                    return Ok(());
+                    let wait = first_apply.failed();
+                    let reason =
+                        format!("applying the policy failed (retrying in {wait:?}): {e:#}");
+                    error!("{reason}");
+                    d.metrics.apply_failures.fetch_add(1, Ordering::Relaxed);
+                    d.metrics.set_not_ready(reason);
+                    if d.opts.once {
+                        return Err(apply_failure(e));
+                    }
+                } else {
+                    ready = true;
+                    d.metrics.set_ready();
+                    info!(
+                        hostnames = d.resolved.addrs.len(),
+                        failing = d.resolved.failing.len(),
+                        "first full apply done"
+                    );
+                    sd_notify::notify("READY=1\nSTATUS=enforcing");
+                    if d.opts.once {
+                        info!("--once: exiting; the policy stays pinned");
+                        return Ok(());
+                    }
                 }
             }
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
+                () = first_apply.wait(), if !ready => {}
                 _ = hup.recv() => {
                     info!("SIGHUP: reloading");
                     if d.reload() {
@@ -298,7 +385,8 @@ impl Daemon {
                         warn!(name = %name, "DNS lookup failed, keeping the last good answer: {err}");
                     }
                     if ready && let Err(e) = d.apply() {
-                        error!("applying DNS changes failed: {e:#}");
+                        d.metrics.apply_failures.fetch_add(1, Ordering::Relaxed);
+                        error!("applying DNS changes failed (the rules in force stay): {e:#}");
                     }
                 }
             }
@@ -327,36 +415,28 @@ impl Daemon {
         }
     }
 
-    /// Makes the maps equal to the policy and the current DNS answers.
+    /// Makes the maps equal to the policy and the current DNS answers (which include what a
+    /// previous run allowed for names not answered yet, within the grace).
     fn apply(&mut self) -> anyhow::Result<()> {
         let resolved = &self.resolved;
         let desired = self
             .current
             .compiled
             .desired_rules(|h| resolved.addrs.get(h).cloned().unwrap_or_default());
-        // Keep whatever an earlier run left until every name has had a real answer.
-        if !self.settled && resolved.never_resolved.is_empty() && resolved.complete {
-            self.settled = true;
-        }
         let started = std::time::Instant::now();
-        let stats = if self.settled {
-            self.dp.maps.apply(&desired)?
-        } else {
-            self.dp.maps.apply_additive(&desired)?
-        };
+        let stats = self.dp.maps.apply(&desired)?;
         let apply_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.metrics.applied(
             desired.exact.len(),
             desired.prefix.len(),
             std::time::Instant::now(),
         );
-        self.metrics.applied(
-            desired.exact.len(),
-            desired.prefix.len(),
-            std::time::Instant::now(),
-        );
-        if let Err(e) = crate::dataplane::sources::write(&self.dp.layout().root, &desired.sources) {
+        let root = &self.dp.layout().root;
+        if let Err(e) = crate::dataplane::sources::write(root, &desired.sources) {
             warn!("cannot record rule sources for `inspect`: {e:#}");
+        }
+        if let Err(e) = carry::write(root, &resolved.addrs) {
+            warn!("cannot record the DNS answers for the next start: {e:#}");
         }
         if let Ok(mut idx) = self.index.write() {
             *idx = EventIndex::build(&self.current.compiled, resolved);
@@ -391,30 +471,104 @@ impl Daemon {
         if new.bpffs != old.bpffs || new.maps != old.maps || new.dns != old.dns {
             warn!("bpffs, maps and dns changes take effect at the next restart");
         }
-        let cgroups_changed = new.cgroups != old.cgroups;
         let (mode, loopback) = (new.mode, new.allow.loopback);
         let paths_changed = new.service_entries != old.service_entries;
-        let previous = std::mem::replace(&mut self.current, next);
-        let result = (|| -> anyhow::Result<()> {
-            self.apply()?;
-            self.dp.maps.write_config(mode_code(mode), loopback)?;
-            if cgroups_changed {
-                let (_, cgroups) = resolve_cgroups(&self.current.config)?;
-                self.dp.attach(&cgroups)?;
+        // Everything that can fail without touching the kernel goes first.
+        let cgroups = match self.prepare_cgroups(new) {
+            Ok(c) => c,
+            Err(e) => {
+                self.reload_refused(&e);
+                return false;
             }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            error!("reload could not be applied, keeping the previous policy: {e:#}");
-            self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
+        };
+        let previous = std::mem::replace(&mut self.current, next);
+        if let Err(e) = self.switch(&cgroups, mode, loopback) {
+            self.reload_refused(&e);
             self.current = previous;
-            let _ignored = self.apply();
+            self.restore(&cgroups.added, &cgroups.old_config);
             return false;
+        }
+        // Only now that the new policy is whole do cgroups leave enforcement.
+        if let Err(e) = self.dp.detach_except(&cgroups.all) {
+            error!("detaching cgroups no longer configured failed (they stay enforced): {e:#}");
         }
         self.names_tx.send_replace(names(&self.current));
         self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
         info!(mode = ?mode, entries = self.current.entries, hostnames = self.current.compiled.hostnames.len(), "reloaded");
         paths_changed
+    }
+}
+
+/// The cgroups of a config about to be reloaded, created but not attached yet.
+struct ReloadCgroups {
+    all: Vec<Cgroup>,
+    /// Not enforced before this reload.
+    added: Vec<Cgroup>,
+    /// The kernel config entry before the reload, to restore on failure.
+    old_config: enforcer_common::Config,
+}
+
+impl Daemon {
+    fn prepare_cgroups(&self, new: &Config) -> anyhow::Result<ReloadCgroups> {
+        let (_, all) = resolve_cgroups(new)?;
+        let (_, before) = resolve_cgroups(&self.current.config)?;
+        let added: Vec<Cgroup> = all
+            .iter()
+            .filter(|c| !before.contains(c))
+            .cloned()
+            .collect();
+        for cg in &added {
+            cg.create()?;
+        }
+        let old_config = self.dp.maps.read_config()?;
+        Ok(ReloadCgroups {
+            all,
+            added,
+            old_config,
+        })
+    }
+
+    /// Rules, then new cgroups, then the mode: each step fails before the next one starts.
+    fn switch(
+        &mut self,
+        cgroups: &ReloadCgroups,
+        mode: Mode,
+        loopback: bool,
+    ) -> anyhow::Result<()> {
+        self.apply()?;
+        self.dp.attach_new(&cgroups.added)?;
+        self.dp.maps.write_config(mode_code(mode), loopback)
+    }
+
+    /// Puts back what a failed reload may have changed: links of added cgroups, the mode and
+    /// loopback switch, and the rules (the skip bits follow the rules).
+    fn restore(&mut self, added: &[Cgroup], old: &enforcer_common::Config) {
+        let mut failures = Vec::new();
+        let keep: Vec<Cgroup> = resolve_cgroups(&self.current.config)
+            .map(|(_, c)| c)
+            .unwrap_or_default();
+        if !added.is_empty()
+            && let Err(e) = self.dp.detach_except(&keep)
+        {
+            failures.push(format!("detaching added cgroups: {e:#}"));
+        }
+        if let Err(e) = self.dp.maps.write_config(old.mode, old.allow_loopback != 0) {
+            failures.push(format!("restoring the mode: {e:#}"));
+        }
+        if let Err(e) = self.apply() {
+            failures.push(format!("restoring the rules: {e:#}"));
+        }
+        for f in failures {
+            error!("rolling back a failed reload: {f}");
+            self.metrics
+                .rollback_failures
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn reload_refused(&self, e: &anyhow::Error) {
+        error!("reload could not be applied, keeping the previous policy: {e:#}");
+        self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
     }
 }
 

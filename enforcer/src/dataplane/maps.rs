@@ -252,19 +252,9 @@ impl Maps {
         })
     }
 
-    /// Like [`Maps::apply`] but never removes: used until the daemon knows every answer, so
-    /// rules a previous run left in the pinned maps stay in force meanwhile.
-    pub fn apply_additive(&mut self, desired: &DesiredRules) -> anyhow::Result<ApplyStats> {
-        // Rules already pinned stay, so the lookups they need stay too.
-        let skips = desired.lookup_skips();
-        self.set_skips(|old| old & skips)?;
-        let a = sync_additive(&mut self.exact, &desired.exact)?;
-        let b = sync_additive(&mut self.prefix, &desired.prefix)?;
-        Ok(ApplyStats {
-            added: a.added + b.added,
-            removed: 0,
-            unchanged: a.unchanged + b.unchanged,
-        })
+    /// The keys of every exact rule, sorted.
+    pub fn exact_keys(&self) -> anyhow::Result<Vec<RuleKey>> {
+        Ok(self.exact.live()?.into_iter().map(|(k, _)| k).collect())
     }
 
     pub fn stats(&self) -> anyhow::Result<Stats> {
@@ -396,14 +386,27 @@ impl RuleMap for LpmTrie<MapData, RuleKey, RuleValue> {
     }
 }
 
+/// The policy needs more rules than a map holds: the config must change (exit 1), unlike a
+/// kernel failure.
+#[derive(Debug, thiserror::Error)]
+#[error("{wanted} rules do not fit in {map} ({capacity} entries); raise maps.{size_key}")]
+pub struct CapacityError {
+    pub wanted: usize,
+    pub map: &'static str,
+    pub capacity: usize,
+    pub size_key: &'static str,
+}
+
 fn check_capacity<M: RuleMap>(map: &M, wanted: usize) -> anyhow::Result<()> {
-    let cap = map.capacity()?;
-    if wanted > cap {
-        bail!(
-            "{wanted} rules do not fit in {} ({cap} entries); raise maps.{}",
-            M::NAME,
-            M::SIZE_KEY
-        );
+    let capacity = map.capacity()?;
+    if wanted > capacity {
+        return Err(CapacityError {
+            wanted,
+            map: M::NAME,
+            capacity,
+            size_key: M::SIZE_KEY,
+        }
+        .into());
     }
     Ok(())
 }
@@ -427,34 +430,6 @@ fn sync<M: RuleMap>(
     Ok(ApplyStats {
         added: d.upserts.len(),
         removed: d.removals.len(),
-        unchanged: d.unchanged,
-    })
-}
-
-fn sync_additive<M: RuleMap>(
-    map: &mut M,
-    desired: &BTreeMap<M::Key, RuleValue>,
-) -> anyhow::Result<ApplyStats> {
-    let live = map.live()?;
-    let d = diff(&live, desired);
-    let new_keys = d
-        .upserts
-        .iter()
-        .filter(|(k, _)| live.binary_search_by(|(lk, _)| lk.cmp(k)).is_err())
-        .count();
-    if live.len() + new_keys > map.capacity()? {
-        bail!(
-            "{} rules do not fit in {} with the ones already pinned; raise maps.{}",
-            live.len() + new_keys,
-            M::NAME,
-            M::SIZE_KEY
-        );
-    }
-    map.put_many(&d.upserts)
-        .with_context(|| format!("inserting into {}", M::NAME))?;
-    Ok(ApplyStats {
-        added: d.upserts.len(),
-        removed: 0,
         unchanged: d.unchanged,
     })
 }

@@ -44,6 +44,9 @@ pub struct Dataplane {
     events: Option<RingBuf<MapData>>,
     /// The maps were created in the staging directory; `attach` moves them into place.
     migrating: bool,
+    /// The exact rules the kernel enforced when this run started (in the old maps when
+    /// migrating), for the daemon to decide what to carry over.
+    pub previous_exact: Vec<enforcer_common::RuleKey>,
 }
 
 /// Takes an exclusive lock on the pin directory, so two daemons never fight over one set of
@@ -124,6 +127,16 @@ impl Dataplane {
                 .with_context(|| format!("the kernel refused program {name} (verifier)"))?;
         }
         let maps = Maps::from_ebpf(&mut ebpf)?;
+        // The exact rules in force until now, in the maps being replaced when migrating.
+        let previous = if migrating {
+            Maps::from_pins(&layout).and_then(|m| m.exact_keys())
+        } else {
+            maps.exact_keys()
+        };
+        let previous_exact = previous.unwrap_or_else(|e| {
+            tracing::warn!("cannot read the rules in force, none are carried over: {e:#}");
+            Vec::new()
+        });
         let events = match ebpf.take_map(map_names::EVENTS) {
             Some(m) => Some(RingBuf::try_from(m).context("EVENTS is not a ring buffer")?),
             None => None,
@@ -135,6 +148,7 @@ impl Dataplane {
             maps,
             events,
             migrating,
+            previous_exact,
         })
     }
 
@@ -158,42 +172,77 @@ impl Dataplane {
     pub fn attach(&mut self, cgroups: &[Cgroup]) -> anyhow::Result<()> {
         for cg in cgroups {
             cg.create()?;
-            let dir = File::open(&cg.path)
-                .with_context(|| format!("opening cgroup {}", cg.path.display()))?;
-            let link_dir = self.layout.cgroup_links_dir(&cg.relative);
-            fs::create_dir_all(&link_dir)
-                .with_context(|| format!("creating {}", link_dir.display()))?;
-            for name in PROGRAM_NAMES {
-                let prog = program(&mut self.ebpf, name)?;
-                let id = prog
-                    .attach(&dir, CgroupAttachMode::Single)
-                    .with_context(|| format!("attaching {name} to cgroup {}", cg.display()))?;
-                let link: FdLink = prog.take_link(id)?.try_into()?;
-                // bpffs allows no dots in names.
-                let tmp = link_dir.join(format!("{name}-new"));
-                let _ignored = fs::remove_file(&tmp);
-                let pinned = link
-                    .pin(&tmp)
-                    .with_context(|| format!("pinning link {}", tmp.display()))?;
-                // rename() replaces the old pin atomically; dropping its last reference detaches
-                // the old link, after the new one is already running.
-                fs::rename(&tmp, link_dir.join(name)).with_context(|| {
-                    format!("replacing pinned link {name} in {}", link_dir.display())
-                })?;
-                drop(pinned);
-            }
-            // Leftovers of an interrupted earlier run (temporary pins, unknown names).
-            if let Ok(rd) = fs::read_dir(&link_dir) {
-                for e in rd.flatten() {
-                    let n = e.file_name();
-                    if !PROGRAM_NAMES.iter().any(|p| n == *p) {
-                        let _ignored = fs::remove_file(e.path());
+        }
+        for cg in cgroups {
+            self.attach_one(cg)?;
+        }
+        self.pin_programs()?;
+        self.detach_except(cgroups)?;
+        if self.migrating {
+            self.finish_migration()?;
+        }
+        Ok(())
+    }
+
+    /// Attaches to cgroups not enforced before (already created), all or none: on a failure
+    /// the ones this call attached are detached again, so the kernel is as it was.
+    pub fn attach_new(&mut self, cgroups: &[Cgroup]) -> anyhow::Result<()> {
+        for (i, cg) in cgroups.iter().enumerate() {
+            if let Err(e) = self.attach_one(cg) {
+                for done in cgroups.iter().take(i + 1) {
+                    let dir = self.layout.cgroup_links_dir(&done.relative);
+                    if let Err(undo) = links::remove_cgroup_dir(&dir) {
+                        tracing::error!(cgroup = %done.display(), "undoing a partial attach failed: {undo:#}");
                     }
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches the four programs to one cgroup and pins the links, replacing any pinned
+    /// before (attach first, then rename over the old pin, so the cgroup is never unenforced).
+    fn attach_one(&mut self, cg: &Cgroup) -> anyhow::Result<()> {
+        let dir = File::open(&cg.path)
+            .with_context(|| format!("opening cgroup {}", cg.path.display()))?;
+        let link_dir = self.layout.cgroup_links_dir(&cg.relative);
+        fs::create_dir_all(&link_dir)
+            .with_context(|| format!("creating {}", link_dir.display()))?;
+        for name in PROGRAM_NAMES {
+            let prog = program(&mut self.ebpf, name)?;
+            let id = prog
+                .attach(&dir, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to cgroup {}", cg.display()))?;
+            let link: FdLink = prog.take_link(id)?.try_into()?;
+            // bpffs allows no dots in names.
+            let tmp = link_dir.join(format!("{name}-new"));
+            let _ignored = fs::remove_file(&tmp);
+            let pinned = link
+                .pin(&tmp)
+                .with_context(|| format!("pinning link {}", tmp.display()))?;
+            // rename() replaces the old pin atomically; dropping its last reference detaches
+            // the old link, after the new one is already running.
+            fs::rename(&tmp, link_dir.join(name)).with_context(|| {
+                format!("replacing pinned link {name} in {}", link_dir.display())
+            })?;
+            drop(pinned);
+        }
+        // Leftovers of an interrupted earlier run (temporary pins, unknown names).
+        if let Ok(rd) = fs::read_dir(&link_dir) {
+            for e in rd.flatten() {
+                let n = e.file_name();
+                if !PROGRAM_NAMES.iter().any(|p| n == *p) {
+                    let _ignored = fs::remove_file(e.path());
                 }
             }
         }
-        self.pin_programs()?;
-        let keep: HashSet<String> = cgroups
+        Ok(())
+    }
+
+    /// Detaches every cgroup that is not in `keep`.
+    pub fn detach_except(&mut self, keep: &[Cgroup]) -> anyhow::Result<()> {
+        let keep: HashSet<String> = keep
             .iter()
             .map(|c| pins::escape_cgroup(&c.relative))
             .collect();
@@ -205,9 +254,6 @@ impl Dataplane {
                 );
                 links::remove_cgroup_dir(&self.layout.links_dir().join(&dir))?;
             }
-        }
-        if self.migrating {
-            self.finish_migration()?;
         }
         Ok(())
     }
@@ -297,6 +343,7 @@ pub fn uninstall(bpffs: &Path, force: bool) -> anyhow::Result<Uninstalled> {
                 .with_context(|| format!("unpinning {}", e.path().display()))?;
         }
     }
+    sources::remove(&layout.root);
     for dir in [
         layout.links_dir(),
         layout.maps_dir(),

@@ -10,8 +10,16 @@ use std::{
 
 pub const STATE_DIR: &str = "/run/egress-enforcer";
 
+/// The daemon's last DNS answers per name (see `daemon::carry`).
+pub const ANSWERS: &str = "answers";
+
 /// The table's file for the pins under `pin_root`.
 pub fn path_for(pin_root: &Path) -> PathBuf {
+    state_file(pin_root, "sources")
+}
+
+/// A state file of the daemon whose pins are under `pin_root`: `<dir>/<flat root>.<kind>.json`.
+pub fn state_file(pin_root: &Path, kind: &str) -> PathBuf {
     let name: String = pin_root
         .to_string_lossy()
         .chars()
@@ -23,16 +31,23 @@ pub fn path_for(pin_root: &Path) -> PathBuf {
             }
         })
         .collect();
-    Path::new(STATE_DIR).join(format!("{name}.sources.json"))
+    Path::new(STATE_DIR).join(format!("{name}.{kind}.json"))
 }
 
 /// Written to a temporary file and renamed, so readers never see half a table.
 pub fn write(pin_root: &Path, sources: &BTreeMap<u32, String>) -> anyhow::Result<()> {
-    let path = path_for(pin_root);
-    std::fs::create_dir_all(STATE_DIR)?;
+    write_state(&path_for(pin_root), sources)
+}
+
+/// Writes a state file atomically (temporary file, then rename).
+pub fn write_state(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let dir = path.parent().unwrap_or(Path::new(STATE_DIR));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec(sources)?)?;
-    std::fs::rename(&tmp, &path)?;
+    std::fs::write(&tmp, serde_json::to_vec(value)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
 }
 
@@ -46,6 +61,7 @@ pub fn read(pin_root: &Path) -> BTreeMap<u32, String> {
 
 pub fn remove(pin_root: &Path) {
     let _ignored = std::fs::remove_file(path_for(pin_root));
+    let _ignored = std::fs::remove_file(state_file(pin_root, ANSWERS));
 }
 
 #[cfg(test)]

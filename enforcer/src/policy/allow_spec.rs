@@ -73,6 +73,41 @@ impl Net {
         }
     }
 
+    /// The prefixes (16-byte address, length over 128 bits) the kernel must hold for this
+    /// network. The kernel sees IPv4 destinations as `::ffff:a.b.c.d` (docs/architecture.md,
+    /// "Rule maps"), so an IPv6 network that contains `::ffff:0:0/96` would also match every
+    /// IPv4 destination: it is split into the prefixes that cover it except that range. An
+    /// IPv6 network inside that range can only ever match IPv4 traffic and yields nothing.
+    pub fn kernel_prefixes(&self) -> Vec<([u8; 16], u8)> {
+        let IpAddr::V6(v6) = self.addr else {
+            return vec![self.normalized()];
+        };
+        let mapped = u128::from(Ipv6Addr::from([0, 0, 0, 0, 0, 0xffff, 0, 0]));
+        let (addr, len) = (u128::from(v6), u32::from(self.prefix));
+        if len >= 96 {
+            return if mask128(addr, 96) == mapped {
+                Vec::new()
+            } else {
+                vec![(addr.to_be_bytes(), self.prefix)]
+            };
+        }
+        if mask128(mapped, len) != addr {
+            return vec![(addr.to_be_bytes(), self.prefix)];
+        }
+        // Below each level on the way down to the /96, the half without it.
+        (len + 1..=96)
+            .map(|l| {
+                let sibling = mask128(mapped, l) ^ (1u128 << (128 - l));
+                (sibling.to_be_bytes(), l as u8)
+            })
+            .collect()
+    }
+
+    /// Whether the network lies inside `::ffff:0:0/96` (IPv4-mapped IPv6).
+    pub fn is_v4_mapped(&self) -> bool {
+        matches!(self.addr, IpAddr::V6(_)) && self.kernel_prefixes().is_empty()
+    }
+
     /// Inverse of [`Net::normalized`]: v4-mapped addresses are shown as IPv4.
     pub fn from_normalized(addr: [u8; 16], prefix: u8) -> Self {
         let v6 = Ipv6Addr::from(addr);
@@ -129,6 +164,14 @@ fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
     }
 }
 
+fn mask128(bits: u128, len: u32) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        bits & (u128::MAX << (128 - len))
+    }
+}
+
 /// One allowed destination: a network, a port (0 = any) and a protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AllowSpec {
@@ -167,6 +210,11 @@ pub enum SpecError {
     Port(String),
     #[error("{0:?} is not a protocol (tcp or udp)")]
     Proto(String),
+    #[error(
+        "{0} is IPv4-mapped IPv6, which only IPv4 traffic uses and an IPv6 rule never \
+         matches: write the IPv4 address"
+    )]
+    V4Mapped(String),
 }
 
 /// Parses `ADDR` or `ADDR/LEN` (no brackets).
@@ -195,6 +243,9 @@ impl FromStr for AllowSpec {
             let net = parse_cidr(net)?;
             if !net.addr.is_ipv6() {
                 return Err(SpecError::Shape);
+            }
+            if net.is_v4_mapped() {
+                return Err(SpecError::V4Mapped(net.to_string()));
             }
             (net, rest.strip_prefix(':').ok_or(SpecError::Shape)?)
         } else {
@@ -294,6 +345,51 @@ mod tests {
         ] {
             assert_eq!(s.parse::<AllowSpec>(), Err(want), "{s}");
         }
+    }
+
+    #[test]
+    fn an_ipv6_network_never_covers_ipv4() {
+        // A piece overlaps ::ffff:0:0/96 when one of the two contains the other.
+        let mapped = u128::from_be_bytes([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0]);
+        let overlaps = |(addr, len): &([u8; 16], u8)| {
+            let (a, l) = (u128::from_be_bytes(*addr), u32::from(*len));
+            mask128(mapped, l.min(96)) == mask128(a, l.min(96))
+        };
+        for s in [
+            "::/0",
+            "::/64",
+            "::/95",
+            "::/96",
+            "::ffff:0:0/96",
+            "::ffff:c612:1/128",
+        ] {
+            let net = parse_cidr(s).unwrap();
+            let pieces = net.kernel_prefixes();
+            assert!(!pieces.iter().any(overlaps), "{s}: {pieces:?}");
+        }
+        // ::/0 becomes 96 prefixes that together cover everything but ::ffff:0:0/96.
+        let all = parse_cidr("::/0").unwrap().kernel_prefixes();
+        assert_eq!(all.len(), 96);
+        let total: u128 = all
+            .iter()
+            .map(|(_, l)| 1u128 << (127 - u32::from(*l)))
+            .sum();
+        assert_eq!(
+            total,
+            (1u128 << 127) - (1u128 << 31),
+            "halved sizes: 2^128 - 2^32"
+        );
+        for s in ["fd00::/8", "2001:db8::1/128", "::1/128"] {
+            let net = parse_cidr(s).unwrap();
+            assert_eq!(net.kernel_prefixes(), vec![net.normalized()], "{s}");
+        }
+        let v4 = parse_cidr("0.0.0.0/0").unwrap();
+        assert_eq!(v4.kernel_prefixes(), vec![v4.normalized()]);
+        assert!(parse_cidr("::ffff:198.18.0.1").unwrap().is_v4_mapped());
+        assert_eq!(
+            "[::ffff:198.18.0.1]:80".parse::<AllowSpec>(),
+            Err(SpecError::V4Mapped("::ffff:198.18.0.1".into()))
+        );
     }
 
     #[test]

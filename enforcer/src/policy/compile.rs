@@ -103,13 +103,25 @@ impl Builder {
         self.policy.statics.entry(spec).or_default().insert(id);
     }
 
-    fn address(&mut self, text: &str, targets: &[Target], id: u32) {
+    fn address(&mut self, entry: &str, text: &str, targets: &[Target], id: u32) {
         let net = match names::parse_prefix(text) {
             Some((addr, len)) => Net::new(addr, len).ok(),
             None => names::parse_ip(text)
                 .and_then(|a| Net::new(a, if a.is_ipv4() { 32 } else { 128 }).ok()),
         };
         if let Some(net) = net {
+            if net.is_v4_mapped() {
+                self.notice(
+                    entry,
+                    "spec.addresses",
+                    "v4-mapped",
+                    format!(
+                        "{text} is IPv4-mapped IPv6: only IPv4 traffic uses it, and an IPv6 \
+                         address never matches IPv4 traffic, so it allows nothing; write the \
+                         IPv4 address"
+                    ),
+                );
+            }
             for t in targets {
                 self.static_rule(net, *t, id);
             }
@@ -182,7 +194,7 @@ impl Builder {
         };
         let addresses = |b: &mut Self| {
             for a in &spec.addresses {
-                b.address(a, &targets, id);
+                b.address(&name, a, &targets, id);
             }
         };
         match spec.resolution {
@@ -199,7 +211,7 @@ impl Builder {
                         );
                         continue;
                     }
-                    self.address(&we.address, &endpoint_targets(se, we), id);
+                    self.address(&name, &we.address, &endpoint_targets(se, we), id);
                 }
                 addresses(self);
             }
@@ -210,7 +222,7 @@ impl Builder {
                 for we in spec.endpoints() {
                     let t = endpoint_targets(se, we);
                     if names::parse_ip(&we.address).is_some() {
-                        self.address(&we.address, &t, id);
+                        self.address(&name, &we.address, &t, id);
                     } else {
                         self.hostname(&we.address, &t, id);
                     }
@@ -250,6 +262,8 @@ impl Builder {
                         proto: spec.proto,
                     })
                 })
+                // An IPv6 network never covers IPv4 (Net::kernel_prefixes), nor the reverse.
+                .filter(|c| c.net.addr.is_ipv4() == spec.net.addr.is_ipv4())
                 .find(|c| *c != spec && self.policy.statics.contains_key(c));
             if let Some(cover) = covering
                 && let Some(ids) = self.policy.statics.remove(&spec)

@@ -360,3 +360,30 @@ fn every_combination_of_resolution_endpoints_and_addresses() {
     }
     assert_eq!(checked, 30);
 }
+
+#[test]
+fn an_ipv6_network_never_covers_ipv4_rules() {
+    let p = compile_one(
+        "hosts: [any.example]\naddresses: ['::/0', 198.18.0.11, '::ffff:198.18.0.12']\nports: [{number: 8080, name: http, protocol: HTTP}]\nresolution: NONE",
+    );
+    // The IPv4 address is not folded into ::/0: they are different families.
+    assert!(
+        statics(&p).contains(&"198.18.0.11:8080/tcp".to_owned()),
+        "{:?}",
+        statics(&p)
+    );
+    assert!(notice_rules(&p).contains(&"v4-mapped"));
+    let rules = p.desired_rules(|_| Vec::new());
+    let v4_prefix = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+    let v4_exact: Vec<_> = rules
+        .exact
+        .keys()
+        .filter(|k| k.addr[..12] == v4_prefix)
+        .collect();
+    assert_eq!(v4_exact.len(), 1, "only 198.18.0.11: {v4_exact:?}");
+    for (len, k) in rules.prefix.keys() {
+        let bits = len - enforcer_common::RULE_KEY_FIXED_BITS;
+        assert!(bits <= 96 && k.addr[..12] != v4_prefix, "/{bits} {k:?}");
+    }
+    assert_eq!(rules.prefix.len(), 96);
+}

@@ -133,8 +133,6 @@ pub struct Resolved {
     pub complete: bool,
     /// Names whose latest lookup failed, with the error.
     pub failing: BTreeMap<String, String>,
-    /// Names that have never had a successful answer since they were added.
-    pub never_resolved: BTreeSet<String>,
 }
 
 struct Task {
@@ -148,7 +146,15 @@ struct Task {
     /// popped. New names are queued at their creation time, so they go before refreshes.
     queue: BTreeSet<(Instant, (String, Family))>,
     unattempted: usize,
-    jobs: JoinSet<((String, Family), Answer)>,
+    jobs: JoinSet<Answer>,
+    /// The key of each running lookup, so that one that panics is still accounted for.
+    job_keys: HashMap<tokio::task::Id, (String, Family)>,
+    /// Addresses a previous run allowed, per name: used once, when the first name set
+    /// arrives, and allowed until `seed_until` at most.
+    seeds: BTreeMap<String, Vec<IpAddr>>,
+    seed_until: Instant,
+    /// Lookups that panicked; they count as failed lookups.
+    panics: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Minimum interval between snapshots while lookups are still in flight.
@@ -171,9 +177,6 @@ impl Task {
             {
                 r.failing.insert(format!("{name} ({family:?})"), e.clone());
             }
-            if !self.succeeded.contains(&(name.clone(), *family)) {
-                r.never_resolved.insert(name.clone());
-            }
         }
         for v in r.addrs.values_mut() {
             v.sort();
@@ -189,12 +192,16 @@ impl Task {
             for f in [Family::V4, Family::V6] {
                 let key = (n.clone(), f);
                 if !self.states.contains_key(&key) {
-                    self.states.insert(key.clone(), NameState::new(now));
+                    let seeds = self.seeds.get(n).into_iter().flatten().copied();
+                    let seeds = seeds.filter(|a| a.is_ipv4() == (f == Family::V4));
+                    let state = NameState::seeded(now, seeds, self.seed_until);
+                    self.states.insert(key.clone(), state);
                     self.queue.insert((now, key));
                 }
             }
         }
         self.unattempted = self.states.values().filter(|s| !s.attempted).count();
+        self.seeds.clear();
     }
 
     fn start_due(&mut self, now: Instant) {
@@ -212,7 +219,8 @@ impl Task {
             }
             self.inflight.insert(key.clone());
             let fut = self.lookup.lookup(key.0.clone(), key.1);
-            self.jobs.spawn(async move { (key, fut.await) });
+            let handle = self.jobs.spawn(fut);
+            self.job_keys.insert(handle.id(), key);
         }
     }
 
@@ -224,6 +232,28 @@ impl Task {
             .flatten();
         let expiry = Some(now + EXPIRY_TICK);
         lookup.into_iter().chain(expiry).min()
+    }
+
+    /// A lookup task ended. One that panicked (or was cancelled) is a failed lookup: the
+    /// name backs off and is looked up again, never left in flight forever.
+    fn finished(
+        &mut self,
+        done: Result<(tokio::task::Id, Answer), tokio::task::JoinError>,
+        now: Instant,
+    ) -> bool {
+        let (id, answer) = match done {
+            Ok(ok) => ok,
+            Err(e) => {
+                self.panics
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!("a DNS lookup task failed: {e}");
+                (e.id(), Answer::Failed(format!("lookup task failed: {e}")))
+            }
+        };
+        match self.job_keys.remove(&id) {
+            Some(key) => self.complete(key, answer, now),
+            None => false,
+        }
     }
 
     /// Records an answer; returns whether the daemon needs a new snapshot.
@@ -245,6 +275,15 @@ impl Task {
     }
 }
 
+/// How the resolver starts: addresses carried over from a previous run, and where to count
+/// lookup tasks that panic.
+#[derive(Default)]
+pub struct Start {
+    /// Allowed from the start, for at most `timing.stale_grace`.
+    pub seeds: BTreeMap<String, Vec<IpAddr>>,
+    pub panics: Arc<std::sync::atomic::AtomicU64>,
+}
+
 /// Starts the resolver. It follows the name set in `names` and publishes snapshots; it stops
 /// when `names`' sender is dropped.
 pub fn spawn(
@@ -252,6 +291,7 @@ pub fn spawn(
     timing: Timing,
     concurrency: usize,
     mut names: watch::Receiver<BTreeSet<String>>,
+    start: Start,
 ) -> watch::Receiver<Resolved> {
     let mut task = Task {
         lookup,
@@ -263,6 +303,10 @@ pub fn spawn(
         queue: BTreeSet::new(),
         unattempted: 0,
         jobs: JoinSet::new(),
+        job_keys: HashMap::new(),
+        seeds: start.seeds,
+        seed_until: Instant::now() + timing.stale_grace,
+        panics: start.panics,
     };
     task.set_names(&names.borrow_and_update(), Instant::now());
     let (tx, rx) = watch::channel(task.snapshot());
@@ -286,9 +330,8 @@ pub fn spawn(
                     task.set_names(&set, Instant::now());
                     true
                 }
-                Some(done) = task.jobs.join_next(), if !task.jobs.is_empty() => {
-                    let Ok((key, answer)) = done else { continue };
-                    task.complete(key, answer, Instant::now())
+                Some(done) = task.jobs.join_next_with_id(), if !task.jobs.is_empty() => {
+                    task.finished(done, Instant::now())
                 }
                 () = sleep_until(wake) => {
                     let now = Instant::now();
@@ -393,7 +436,13 @@ mod tests {
         set(&script, "a.example", Family::V4, rec(&["192.0.2.1"], 30));
         set(&script, "a.example", Family::V6, rec(&["2001:db8::1"], 30));
         let (names_tx, names_rx) = watch::channel(BTreeSet::from(["a.example".to_owned()]));
-        let mut rx = spawn(Arc::new(Arc::clone(&script)), T, 4, names_rx);
+        let mut rx = spawn(
+            Arc::new(Arc::clone(&script)),
+            T,
+            4,
+            names_rx,
+            Start::default(),
+        );
         let r = settle(&mut rx).await;
         assert!(r.complete);
         assert_eq!(r.addrs["a.example"].len(), 2);
@@ -432,7 +481,13 @@ mod tests {
         let script = Arc::new(Script::default());
         let names: BTreeSet<String> = (0..10).map(|i| format!("n{i}.example")).collect();
         let (_tx, names_rx) = watch::channel(names);
-        let mut rx = spawn(Arc::new(Arc::clone(&script)), T, 3, names_rx);
+        let mut rx = spawn(
+            Arc::new(Arc::clone(&script)),
+            T,
+            3,
+            names_rx,
+            Start::default(),
+        );
         let r = settle(&mut rx).await;
         assert!(r.complete);
         assert_eq!(
@@ -447,7 +502,13 @@ mod tests {
         let script = Arc::new(Script::default());
         set(&script, "a.example", Family::V4, rec(&["192.0.2.1"], 10));
         let (_tx, names_rx) = watch::channel(BTreeSet::from(["a.example".to_owned()]));
-        let mut rx = spawn(Arc::new(Arc::clone(&script)), T, 4, names_rx);
+        let mut rx = spawn(
+            Arc::new(Arc::clone(&script)),
+            T,
+            4,
+            names_rx,
+            Start::default(),
+        );
         settle(&mut rx).await;
         set(
             &script,
@@ -468,6 +529,98 @@ mod tests {
         assert_eq!(
             r.addrs["a.example"],
             ["192.0.2.1".parse::<IpAddr>().unwrap()]
+        );
+    }
+
+    /// Panics on the first lookup of each name and family, then answers from the script.
+    struct PanicsOnce {
+        script: Arc<Script>,
+        seen: Mutex<BTreeSet<(String, Family)>>,
+    }
+
+    impl Lookup for Arc<PanicsOnce> {
+        fn lookup(
+            &self,
+            name: String,
+            family: Family,
+        ) -> Pin<Box<dyn Future<Output = Answer> + Send>> {
+            let first = self.seen.lock().unwrap().insert((name.clone(), family));
+            let answer = self.script.lookup(name, family);
+            Box::pin(async move {
+                assert!(!first, "injected lookup panic");
+                answer.await
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lookup_that_panics_is_counted_and_retried() {
+        let script = Arc::new(Script::default());
+        set(&script, "a.example", Family::V4, rec(&["192.0.2.1"], 30));
+        let lookup = Arc::new(PanicsOnce {
+            script,
+            seen: Mutex::default(),
+        });
+        let (_tx, names_rx) = watch::channel(BTreeSet::from(["a.example".to_owned()]));
+        let start = Start::default();
+        let panics = Arc::clone(&start.panics);
+        let mut rx = spawn(Arc::new(lookup), T, 4, names_rx, start);
+        let r = settle(&mut rx).await;
+        assert_eq!(panics.load(std::sync::atomic::Ordering::Relaxed), 2);
+        assert!(r.complete, "a panicked lookup still counts as attempted");
+        assert!(
+            r.failing.keys().any(|k| k.starts_with("a.example")),
+            "{r:?}"
+        );
+        // Retried after the 1 s backoff, and then answered.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let r = settle(&mut rx).await;
+        assert_eq!(
+            r.addrs["a.example"],
+            ["192.0.2.1".parse::<IpAddr>().unwrap()]
+        );
+        assert!(r.failing.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn seeds_are_allowed_at_once_and_only_for_the_grace() {
+        let script = Arc::new(Script::default());
+        set(
+            &script,
+            "a.example",
+            Family::V4,
+            Answer::Failed("down".into()),
+        );
+        let (_tx, names_rx) = watch::channel(BTreeSet::from(["a.example".to_owned()]));
+        let seeds = BTreeMap::from([
+            (
+                "a.example".to_owned(),
+                vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()],
+            ),
+            (
+                "gone.example".to_owned(),
+                vec!["192.0.2.7".parse().unwrap()],
+            ),
+        ]);
+        let start = Start {
+            seeds,
+            ..Start::default()
+        };
+        let mut rx = spawn(Arc::new(Arc::clone(&script)), T, 4, names_rx, start);
+        let r = rx.borrow_and_update().clone();
+        assert_eq!(r.addrs["a.example"].len(), 2, "before any answer");
+        assert!(
+            !r.addrs.contains_key("gone.example"),
+            "only configured names"
+        );
+        tokio::time::advance(T.stale_grace - Duration::from_secs(1)).await;
+        let r = settle(&mut rx).await;
+        assert_eq!(r.addrs["a.example"].len(), 2, "still within the grace");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let r = settle(&mut rx).await;
+        assert!(
+            r.addrs["a.example"].is_empty(),
+            "gone after the grace: {r:?}"
         );
     }
 

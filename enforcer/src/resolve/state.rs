@@ -48,6 +48,15 @@ impl NameState {
         }
     }
 
+    /// A name whose addresses a previous run allowed: they stay allowed until `until` (or
+    /// longer, if an answer names them again), as if they had left the last answer.
+    pub fn seeded(now: Instant, addrs: impl IntoIterator<Item = IpAddr>, until: Instant) -> Self {
+        let mut s = Self::new(now);
+        s.addrs = addrs.into_iter().map(|a| (a, Some(until))).collect();
+        s.expire(now);
+        s
+    }
+
     pub fn due(&self, now: Instant) -> bool {
         now >= self.next_lookup
     }
@@ -213,6 +222,38 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(s.expire(Instant::now()));
         assert_eq!(s.allowed().collect::<Vec<_>>(), [ip("192.0.2.2")]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn seeded_addresses_last_until_their_deadline_unless_answered_again() {
+        let now = Instant::now();
+        let until = now + Duration::from_secs(120);
+        let mut s = NameState::seeded(now, [ip("192.0.2.1"), ip("192.0.2.2")], until);
+        assert_eq!(s.allowed().count(), 2);
+        assert!(s.due(now), "looked up at once");
+        // The answer names one of them again: that one is fresh, the other keeps its deadline.
+        s.apply(now, records(&["192.0.2.2"], 300), &T);
+        tokio::time::advance(Duration::from_secs(119)).await;
+        assert!(!s.expire(Instant::now()));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(s.expire(Instant::now()));
+        assert_eq!(s.allowed().collect::<Vec<_>>(), [ip("192.0.2.2")]);
+        // Failures do not extend a seed either.
+        let mut f = NameState::seeded(
+            Instant::now(),
+            [ip("192.0.2.9")],
+            Instant::now() + T.stale_grace,
+        );
+        f.apply(Instant::now(), Answer::Failed("timeout".into()), &T);
+        tokio::time::advance(T.stale_grace).await;
+        f.expire(Instant::now());
+        assert_eq!(f.allowed().count(), 0);
+        assert_eq!(
+            NameState::seeded(now, [ip("192.0.2.1")], now)
+                .allowed()
+                .count(),
+            0
+        );
     }
 
     #[tokio::test(start_paused = true)]
