@@ -242,10 +242,13 @@ fn host_mounts_match_the_config_and_keep_pins_on_the_host() {
         );
     }
 
-    // The rule-source table needs a writable directory on a read-only root.
+    // The rule sources and DNS answers need a writable directory on a read-only root, and
+    // the answers must outlive the pod (the next pod carries them over).
     let run = mount_of("run");
     assert_eq!(s(&run["mountPath"], "run mountPath"), STATE_DIR);
-    assert!(volume("run")["emptyDir"].is_mapping());
+    let host = &volume("run")["hostPath"];
+    assert_eq!(s(&host["path"], "run hostPath"), STATE_DIR);
+    assert_eq!(s(&host["type"], "run hostPath type"), "DirectoryOrCreate");
 }
 
 #[test]

@@ -335,42 +335,63 @@ impl Dns {
         if !hosts.exists() {
             std::fs::write(&hosts, "")?;
         }
-        // A free port: bind, read it, release (dnsmasq binds it right after).
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let child = Command::new("dnsmasq")
-            .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                "--listen-address=127.0.0.1",
-                "--user=root",
-                "--pid-file=",
-                "--cache-size=10000",
-                "--dns-forward-max=1000",
-            ])
-            .args(local_domains.iter().map(|d| format!("--local=/{d}/")))
-            .arg(format!("--port={port}"))
-            .arg(format!("--addn-hosts={}", hosts.display()))
-            .arg(format!("--local-ttl={ttl_secs}"))
-            .arg(format!("--neg-ttl={ttl_secs}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("starting dnsmasq: {e}"))?;
-        let dns = Self { port, hosts, child };
-        // Ready when it answers on TCP.
+        // A free port: bind, read it, release, and let dnsmasq bind it. Another process may
+        // take it in between (tests run in parallel): then dnsmasq exits, or the port answers
+        // but is not dnsmasq's, and the next port is tried.
+        for _ in 0..10 {
+            let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let child = Command::new("dnsmasq")
+                .args([
+                    "--keep-in-foreground",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--bind-interfaces",
+                    "--listen-address=127.0.0.1",
+                    "--user=root",
+                    "--pid-file=",
+                    "--cache-size=10000",
+                    "--dns-forward-max=1000",
+                ])
+                .args(local_domains.iter().map(|d| format!("--local=/{d}/")))
+                .arg(format!("--port={port}"))
+                .arg(format!("--addn-hosts={}", hosts.display()))
+                .arg(format!("--local-ttl={ttl_secs}"))
+                .arg(format!("--neg-ttl={ttl_secs}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| anyhow::anyhow!("starting dnsmasq: {e}"))?;
+            let mut dns = Self {
+                port,
+                hosts: hosts.clone(),
+                child,
+            };
+            if dns.wait_listening()? {
+                return Ok(dns);
+            }
+        }
+        anyhow::bail!("dnsmasq found no free port in 10 tries")
+    }
+
+    /// Waits until this dnsmasq listens on its TCP port; `false` if it exited (port taken).
+    fn wait_listening(&mut self) -> anyhow::Result<bool> {
         let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        loop {
+            if self.child.try_wait()?.is_some() {
+                return Ok(false);
+            }
+            if sys::listens_on(self.child.id(), self.port)? {
+                return Ok(true);
+            }
             anyhow::ensure!(
                 start.elapsed() < Duration::from_secs(10),
-                "dnsmasq did not start"
+                "dnsmasq did not start listening on port {}",
+                self.port
             );
             thread::sleep(Duration::from_millis(20));
         }
-        Ok(dns)
     }
 
     /// Replaces all records: `(name, ip)` pairs; dnsmasq re-reads the file on SIGHUP.

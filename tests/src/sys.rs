@@ -99,3 +99,34 @@ pub fn reset_on_close(fd: RawFd) {
         );
     }
 }
+
+/// Whether process `pid` holds a TCP socket listening on `port` (IPv4), read from
+/// /proc/net/tcp (socket inodes) and the process's fd table: a port that answers may belong
+/// to someone else.
+pub fn listens_on(pid: u32, port: u16) -> anyhow::Result<bool> {
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp"))
+        .with_context(|| format!("/proc/{pid}/net/tcp"))?;
+    let want = format!(":{port:04X}");
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // local_address, state 0A (LISTEN), inode
+            (f.get(1)?.ends_with(&want) && *f.get(3)? == "0A")
+                .then(|| f.get(9).map(|s| (*s).to_owned()))?
+        })
+        .collect();
+    if inodes.is_empty() {
+        return Ok(false);
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Ok(false);
+    };
+    Ok(fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|t| {
+            let t = t.to_string_lossy();
+            inodes.iter().any(|i| t == format!("socket:[{i}]"))
+        })
+    }))
+}

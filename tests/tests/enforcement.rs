@@ -87,6 +87,9 @@ const CASES: &[Case] = &[
     lo("tcp:[::ffff:127.0.0.1]:7778", "connect6"),
 ];
 
+/// A denied connect made after the matrix, whose event marks the end of the matrix's events.
+const SENTINEL: &str = "tcp:198.18.0.3:9999";
+
 fn ops(cases: &[Case]) -> Vec<&'static str> {
     cases.iter().map(|c| c.op).collect()
 }
@@ -130,21 +133,34 @@ fn matrix(mode: &str) {
     assert_eq!(env.counters(), want, "counters in {mode} mode");
 
     // Events: one per denied operation, naming the process, hook, destination and verdict.
+    // Repeats of one key within a second come as a later summary line with a count, so the
+    // counts add up to the number of denied operations once every window has closed. Then a
+    // later denied connect (the sentinel) shows that nothing else was still on its way: the
+    // daemon logs in ring-buffer order.
     let denied: Vec<&Case> = CASES.iter().filter(|c| !c.allowed).collect();
     let mut daemon = daemon;
-    daemon.wait_for("all events", Duration::from_secs(10), |_| true);
-    let start = std::time::Instant::now();
-    while daemon.events().len() < denied.len() && start.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // Give stragglers a chance to show up, so "exactly" is really checked.
-    std::thread::sleep(Duration::from_millis(300));
-    let events = daemon.events();
+    let probe_total = |r: &[serde_json::Value]| -> u64 {
+        r.iter()
+            .filter(|e| e["target"] == "egress_enforcer::event" && e["pid"] == probe.pid)
+            .filter_map(|e| e["count"].as_u64())
+            .sum()
+    };
+    daemon.wait_for("every denial's event", Duration::from_secs(10), |r| {
+        probe_total(r) >= denied.len() as u64
+    });
+    let sentinel = env.probe_in_cgroup(&[SENTINEL]);
+    assert_eq!(sentinel.result(SENTINEL), if audit { "ok" } else { "EPERM" });
+    daemon.wait_for("the sentinel's event", Duration::from_secs(10), |r| {
+        r.iter()
+            .any(|e| e["target"] == "egress_enforcer::event" && e["pid"] == sentinel.pid)
+    });
     assert_eq!(
-        events.len(),
-        denied.len(),
-        "events in {mode} mode: {events:#?}"
+        probe_total(&daemon.records()),
+        denied.len() as u64,
+        "event counts in {mode} mode: {:#?}",
+        daemon.events()
     );
+    let events = daemon.events();
     let verdict = if audit { "audit" } else { "deny" };
     for c in denied {
         let (ip, port) = split_addr(c.op);

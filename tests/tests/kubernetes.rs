@@ -1,7 +1,7 @@
 //! End-to-end: the DaemonSet's pod, reproduced on this kernel. No cluster runs here, so the
 //! pod's environment is built from the manifest's own values: a private mount and cgroup
-//! namespace, the host's cgroup2 hierarchy bind-mounted read-only, the host's bpffs, a tmpfs
-//! for /run/egress-enforcer, a read-only root, the ConfigMap laid out the way the kubelet
+//! namespace, the host's cgroup2 hierarchy bind-mounted read-only, the host's bpffs, the
+//! host's /run/egress-enforcer bind-mounted (hostPath), a read-only root, the ConfigMap laid out the way the kubelet
 //! writes it (`..data` symlink swapped on update), and a bounding set of exactly the
 //! capabilities the DaemonSet adds (the container runs as root with `drop: [ALL]`).
 
@@ -40,9 +40,9 @@ cg=$1; shift
 # volume "cgroup": the host's cgroup2 hierarchy, readOnly: true
 mount --bind "$cg" "$cg"
 mount -o remount,bind,ro "$cg"
-# volume "run": emptyDir (medium: Memory)
+# volume "run": hostPath /run/egress-enforcer (DirectoryOrCreate), shared by pod generations
 mkdir -p /run/egress-enforcer
-mount -t tmpfs -o size=16m,mode=0755 tmpfs /run/egress-enforcer
+mount --bind /run/egress-enforcer /run/egress-enforcer
 # readOnlyRootFilesystem: true
 mount -o remount,bind,ro /
 exec "$@"

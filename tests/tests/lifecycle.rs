@@ -245,9 +245,13 @@ fn kernel_debug_log_only_at_debug_level() {
     });
     d.stop(libc::SIGTERM);
 
-    let d = env.start_daemon(RULES);
+    let mut d = env.start_daemon(RULES);
     assert_enforcing(&env, "without kernel debug logging");
-    std::thread::sleep(Duration::from_millis(300));
+    // The denied connect's event comes through once the daemon has read what the kernel
+    // wrote for it; debug records would have been written at the same time.
+    d.wait_for("the denial's event", Duration::from_secs(10), |r| {
+        r.iter().any(|r| r["target"] == "egress_enforcer::event")
+    });
     assert_eq!(kernel(&d), 0, "kernel debug messages are off at info level");
 }
 

@@ -99,3 +99,51 @@ fn a_taken_port_is_a_clear_start_up_error() {
         "{err}"
     );
 }
+
+/// The first full apply fails (the DNS answers need more rules than the map holds): the
+/// daemon stays not ready and says why, retries, and is ready once the apply succeeds.
+#[test]
+fn not_ready_until_the_first_full_apply_succeeds() {
+    let (env, dns) = e2e::env_with_dns("unready", "enforce", "maps: {exactRules: 3}\n", "2s");
+    let many = ["198.18.0.1", "198.18.0.2", "198.18.0.3", "198.18.1.7"];
+    dns.set(&many.map(|ip| ("api.ee.test", ip)));
+    env.write_se(
+        "api.yaml",
+        &e2e::service_entry(
+            "api",
+            "hosts: [api.ee.test]\nports: [{number: 8080, name: http, protocol: HTTP}]\nresolution: DNS",
+        ),
+    );
+    let mut d = env.start_daemon(&[]);
+    let addr = d.http_addr();
+    d.wait_for("the failed first apply", Duration::from_secs(20), |r| {
+        r.iter().any(|r| {
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("applying the policy failed"))
+        })
+    });
+    let (status, why) = http_get(addr, "/readyz");
+    assert_eq!(status, 503, "{why}");
+    assert!(
+        why.contains("do not fit") && why.contains("maps.exactRules"),
+        "{why}"
+    );
+    let (_, body) = http_get(addr, "/metrics");
+    assert_eq!(metric(&body, "egress_enforcer_ready"), Some(0.0), "{body}");
+    assert!(metric(&body, "egress_enforcer_apply_failures_total").is_some_and(|n| n >= 1.0));
+    assert!(
+        !d.records()
+            .iter()
+            .any(|r| r["message"] == "first full apply done"),
+        "must not claim the first full apply"
+    );
+
+    dns.set(&[("api.ee.test", "198.18.0.1")]);
+    d.wait_for("the retried first apply", Duration::from_secs(20), |r| {
+        r.iter().any(|r| r["message"] == "first full apply done")
+    });
+    assert_eq!(http_get(addr, "/readyz").0, 200);
+    let p = env.probe_in_cgroup(&[ALLOWED, DENIED]);
+    assert_eq!((p.result(ALLOWED), p.result(DENIED)), ("ok", "EPERM"));
+}

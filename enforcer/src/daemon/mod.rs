@@ -321,7 +321,7 @@ impl Daemon {
             names_tx,
             metrics,
         };
-        let (fs_tx, mut fs_rx) = mpsc::unbounded_channel();
+        let (fs_tx, mut fs_rx) = mpsc::channel(1);
         let mut watcher = d.watch(fs_tx.clone());
         let mut ready = false;
         // The first full apply is retried until it succeeds; until then the daemon is not
@@ -396,7 +396,7 @@ impl Daemon {
         Ok(())
     }
 
-    fn watch(&self, tx: mpsc::UnboundedSender<()>) -> Option<watch::FileWatch> {
+    fn watch(&self, tx: mpsc::Sender<()>) -> Option<watch::FileWatch> {
         let config_file = self
             .opts
             .config

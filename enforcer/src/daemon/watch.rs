@@ -69,25 +69,42 @@ fn relevant(path: &Path, config: Option<&Path>, entries: &[PathBuf]) -> bool {
         .any(|e| path == e || (path.starts_with(e) && !hidden && (yaml_or_dir || !path.exists())))
 }
 
+/// Whether a watcher report calls for a reload. A reload re-reads every file, so it is also
+/// the full rescan that an inotify queue overflow (an event flagged `Rescan`, with no paths)
+/// or a watcher error asks for: events may have been lost.
+fn wants_reload(
+    res: &notify::Result<notify::Event>,
+    config: Option<&Path>,
+    entries: &[PathBuf],
+) -> bool {
+    match res {
+        Err(e) => {
+            tracing::warn!("file watcher error, reloading from a full rescan: {e}");
+            true
+        }
+        Ok(ev) if ev.need_rescan() => {
+            tracing::warn!("file events were lost (queue overflow), reloading from a full rescan");
+            true
+        }
+        Ok(ev) => !ev.kind.is_access() && ev.paths.iter().any(|p| relevant(p, config, entries)),
+    }
+}
+
 impl FileWatch {
-    /// Every change under the watched paths sends `()` on `tx`.
+    /// Every change under the watched paths sends `()` on `tx`. The channel needs room for
+    /// one message only: a pending reload covers every change made before it runs.
     pub fn start(
         config: Option<&Path>,
         service_entries: &[PathBuf],
-        tx: mpsc::UnboundedSender<()>,
+        tx: mpsc::Sender<()>,
     ) -> anyhow::Result<Self> {
         let config_file = config.map(Path::to_path_buf);
         let entries = service_entries.to_vec();
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                if let Ok(ev) = res
-                    && !ev.kind.is_access()
-                    && ev
-                        .paths
-                        .iter()
-                        .any(|p| relevant(p, config_file.as_deref(), &entries))
-                {
-                    let _ignored = tx.send(());
+                if wants_reload(&res, config_file.as_deref(), &entries) {
+                    // Full: a reload is already pending, and it will see this change too.
+                    let _ignored = tx.try_send(());
                 }
             })?;
         // A path that does not exist (yet) cannot be watched; SIGHUP covers it.
@@ -129,6 +146,33 @@ mod tests {
         let elsewhere = std::env::temp_dir().join("ee-watch-elsewhere/..data");
         assert!(!relevant(&elsewhere, Some(&cfg), std::slice::from_ref(&se)));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn overflow_and_errors_reload_everything() {
+        use notify::{
+            Event, EventKind,
+            event::{AccessKind, CreateKind, Flag},
+        };
+        let cfg = PathBuf::from("/etc/ee/config.yaml");
+        let entries = vec![PathBuf::from("/etc/ee/se")];
+        let want = |res: notify::Result<Event>| wants_reload(&res, Some(&cfg), &entries);
+        assert!(want(Err(notify::Error::generic("inotify read failed"))));
+        assert!(want(
+            Ok(Event::new(EventKind::Other).set_flag(Flag::Rescan))
+        ));
+        assert!(want(Ok(
+            Event::new(EventKind::Create(CreateKind::File)).add_path(cfg.clone())
+        )));
+        assert!(!want(Ok(
+            Event::new(EventKind::Access(AccessKind::Any)).add_path(cfg.clone())
+        )));
+        assert!(!want(Ok(Event::new(EventKind::Create(CreateKind::File))
+            .add_path(PathBuf::from("/etc/ee/other.log")))));
+        assert!(
+            !want(Ok(Event::new(EventKind::Other))),
+            "no paths, no rescan flag"
+        );
     }
 
     #[test]
