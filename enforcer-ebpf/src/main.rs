@@ -1,5 +1,6 @@
 //! Kernel side of egress-enforcer: four `cgroup/sock_addr` programs that allow a workload's
-//! connect()/sendmsg() only to registered destinations. See DESIGN §3.
+//! connect()/sendmsg() only to registered destinations. See docs/architecture.md, "The kernel
+//! path".
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 

@@ -1,4 +1,5 @@
-//! Daemon configuration (`/etc/egress-enforcer/config.yaml`, DESIGN §6).
+//! Daemon configuration (`/etc/egress-enforcer/config.yaml`; every key is documented in
+//! config/config.yaml).
 //!
 //! Every key is optional. Unknown keys are rejected (a typo must not silently weaken policy),
 //! and errors name the file and, where the YAML parser knows it, the line.

@@ -15,6 +15,8 @@ pub mod daemon;
 #[cfg(feature = "runtime")]
 pub mod dataplane;
 #[cfg(feature = "runtime")]
+pub mod exit;
+#[cfg(feature = "runtime")]
 pub mod logging;
 #[cfg(feature = "runtime")]
 pub mod resolve;

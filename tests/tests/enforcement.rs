@@ -149,7 +149,10 @@ fn matrix(mode: &str) {
         probe_total(r) >= denied.len() as u64
     });
     let sentinel = env.probe_in_cgroup(&[SENTINEL]);
-    assert_eq!(sentinel.result(SENTINEL), if audit { "ok" } else { "EPERM" });
+    assert_eq!(
+        sentinel.result(SENTINEL),
+        if audit { "ok" } else { "EPERM" }
+    );
     daemon.wait_for("the sentinel's event", Duration::from_secs(10), |r| {
         r.iter()
             .any(|e| e["target"] == "egress_enforcer::event" && e["pid"] == sentinel.pid)

@@ -1,9 +1,10 @@
 //! End-to-end: the DaemonSet's pod, reproduced on this kernel. No cluster runs here, so the
 //! pod's environment is built from the manifest's own values: a private mount and cgroup
 //! namespace, the host's cgroup2 hierarchy bind-mounted read-only, the host's bpffs, the
-//! host's /run/egress-enforcer bind-mounted (hostPath), a read-only root, the ConfigMap laid out the way the kubelet
-//! writes it (`..data` symlink swapped on update), and a bounding set of exactly the
-//! capabilities the DaemonSet adds (the container runs as root with `drop: [ALL]`).
+//! host's /run/egress-enforcer bind-mounted (hostPath), a read-only root, the ConfigMap laid
+//! out the way the kubelet writes it (`..data` symlink swapped on update), and a bounding set
+//! of exactly the capabilities the DaemonSet adds (the container runs as root with
+//! `drop: [ALL]`).
 
 use std::{
     path::{Path, PathBuf},

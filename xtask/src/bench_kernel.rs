@@ -1,4 +1,4 @@
-//! Kernel-path benchmarks (DESIGN §8): the per-call cost of UDP connect, UDP connect + first
+//! Kernel-path benchmarks (docs/architecture.md, "Tests and benchmarks"): the per-call cost of UDP connect, UDP connect + first
 //! datagram and TCP connect+accept with no enforcement, with egress-enforcer, with an nftables
 //! set matched on the cgroup and with linear iptables rules matched on the cgroup — side by side,
 //! each configuration measured in alternation with the no-enforcement baseline in the same run.

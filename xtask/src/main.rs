@@ -1,4 +1,4 @@
-//! `cargo xtask setup|build|run|test`: the project's entry points (DESIGN §1, §7).
+//! `cargo xtask setup|build|run|test`: the project's entry points (docs/architecture.md).
 
 mod bench;
 mod bench_daemon;
@@ -135,7 +135,8 @@ fn main() -> ExitCode {
             let bin = build(false)?;
             docs::docs(&bin, &workspace_root().join(out))
         }),
-        Task::Test { unit_only } => setup::setup().and_then(|()| test::test(unit_only)),
+        Task::Test { unit_only: true } => setup::setup_unit().and_then(|()| test::test(true)),
+        Task::Test { unit_only: false } => setup::setup().and_then(|()| test::test(false)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

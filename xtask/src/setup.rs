@@ -140,8 +140,12 @@ fn bpf_linker(sysroot: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES
+/// The packages the unit tests use (the man page check runs groff); the rest serve the
+/// end-to-end suite and the benchmarks.
+const UNIT_TEST_PACKAGES: &[&str] = &["groff-base"];
+
+fn packages(wanted: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = wanted
         .iter()
         .filter(|(_, cmd)| !have(cmd))
         .map(|(pkg, _)| *pkg)
@@ -194,5 +198,17 @@ pub fn setup_build() -> anyhow::Result<()> {
 pub fn setup() -> anyhow::Result<()> {
     setup_build()?;
     cargo_fuzz()?;
-    packages()
+    packages(PACKAGES)
+}
+
+/// What `cargo xtask test --unit-only` needs: no root unless a package is missing.
+pub fn setup_unit() -> anyhow::Result<()> {
+    setup_build()?;
+    cargo_fuzz()?;
+    let unit: Vec<(&str, &str)> = PACKAGES
+        .iter()
+        .filter(|(pkg, _)| UNIT_TEST_PACKAGES.contains(pkg))
+        .copied()
+        .collect();
+    packages(&unit)
 }

@@ -1,4 +1,4 @@
-//! `cargo xtask test`: the one test command (DESIGN §7).
+//! `cargo xtask test`: the one test command (docs/architecture.md, "Tests and benchmarks").
 
 use std::{
     io::{BufRead as _, BufReader},

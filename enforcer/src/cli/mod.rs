@@ -1,5 +1,5 @@
 //! Command line: one module per subcommand. Exit codes: 0 ok, 1 user or config error,
-//! 2 runtime failure (DESIGN §6); `exec` passes its command's status through.
+//! 2 runtime failure (`crate::exit`); `exec` passes its command's status through.
 
 mod check;
 mod exec;
@@ -63,38 +63,7 @@ pub enum Command {
     Generate(generate::Args),
 }
 
-/// An error together with the exit code it maps to.
-#[derive(Debug)]
-pub enum Failure {
-    /// Bad input: config, arguments, files. Exit 1.
-    User(anyhow::Error),
-    /// The system did not cooperate: kernel, permissions, I/O. Exit 2.
-    Runtime(anyhow::Error),
-}
-
-impl Failure {
-    pub fn code(&self) -> u8 {
-        match self {
-            Self::User(_) => 1,
-            Self::Runtime(_) => 2,
-        }
-    }
-}
-
-pub trait OrFailure<T> {
-    fn user(self) -> Result<T, Failure>;
-    fn runtime(self) -> Result<T, Failure>;
-}
-
-impl<T, E: Into<anyhow::Error>> OrFailure<T> for Result<T, E> {
-    fn user(self) -> Result<T, Failure> {
-        self.map_err(|e| Failure::User(e.into()))
-    }
-
-    fn runtime(self) -> Result<T, Failure> {
-        self.map_err(|e| Failure::Runtime(e.into()))
-    }
-}
+pub use crate::exit::{Failure, OrFailure};
 
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

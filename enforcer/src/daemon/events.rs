@@ -255,9 +255,7 @@ pub async fn consume(
     index: Arc<RwLock<EventIndex>>,
 ) -> anyhow::Result<()> {
     // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd lives.
-    let mut fd = unsafe { AsyncFd::register(rb) }
-        .map_err(|_| anyhow::anyhow!("cannot poll the events ring buffer"))
-        .context("events")?;
+    let mut fd = unsafe { AsyncFd::register(rb) }.context("events: cannot poll the ring buffer")?;
     let mut cgroup_paths: HashMap<u64, String> = HashMap::new();
     let mut agg = Aggregator::default();
     // The kernel wakes us only when the buffer is a quarter full (a wake-up per event would

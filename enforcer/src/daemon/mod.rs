@@ -17,6 +17,7 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context as _;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, watch as tokio_watch},
@@ -25,12 +26,12 @@ use tracing::{error, info, warn};
 
 use self::{events::EventIndex, policy::LoadedPolicy};
 use crate::{
-    cli::{Failure, OrFailure as _},
     config::{Config, Mode},
     dataplane::{
         Dataplane,
         cgroup::{self, Cgroup},
     },
+    exit::{Failure, OrFailure as _},
     logging,
     policy::allow_spec::AllowSpec,
     resolve::{
@@ -206,7 +207,7 @@ impl Daemon {
             Some(l) if l.is_empty() => None,
             Some(l) => Some(
                 l.parse::<std::net::SocketAddr>()
-                    .map_err(|_| anyhow::anyhow!("--listen: {l:?} is not IP:PORT"))
+                    .map_err(|e| anyhow::anyhow!("--listen: {l:?} is not IP:PORT: {e}"))
                     .user()?,
             ),
             None => first.config.http.listen_addr(),
@@ -577,7 +578,7 @@ async fn forward_kernel_log(
 ) -> anyhow::Result<()> {
     // SAFETY: the logger owns its ring buffer's fd for as long as the AsyncFd lives.
     let mut fd = unsafe { tokio::io::unix::AsyncFd::register(logger) }
-        .map_err(|_| anyhow::anyhow!("cannot poll the kernel log ring buffer"))?;
+        .context("cannot poll the kernel log ring buffer")?;
     loop {
         let mut guard = fd.readable_mut().await?;
         guard.get_inner_mut().flush();

@@ -1,5 +1,5 @@
 //! ServiceEntries + daemon config → what to allow: static IP/CIDR rules, and hostnames whose
-//! DNS answers are allowed. Follows DESIGN §4's table; pure, no I/O.
+//! DNS answers are allowed. Follows the table in docs/architecture.md, "ServiceEntry semantics"; pure, no I/O.
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -1,4 +1,4 @@
-//! The DESIGN §4 table, row by row, and every combination of resolution, endpoints and
+//! The table in docs/architecture.md ("ServiceEntry semantics"), row by row, and every combination of resolution, endpoints and
 //! addresses.
 
 use std::path::Path;

@@ -1,6 +1,6 @@
-//! DNS resolution of ServiceEntry hosts (DESIGN §5): A and AAAA looked up separately with
-//! their own TTLs, every name once however many entries use it, a bounded number in flight,
-//! published as a snapshot whenever the allowed addresses change.
+//! DNS resolution of ServiceEntry hosts (docs/architecture.md, "DNS resolution"): A and AAAA
+//! looked up separately with their own TTLs, every name once however many entries use it, a
+//! bounded number in flight, published as a snapshot whenever the allowed addresses change.
 
 pub mod state;
 

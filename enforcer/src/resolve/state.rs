@@ -1,4 +1,4 @@
-//! Per-name DNS state and its timing rules (DESIGN §5), pure: every function takes `now`.
+//! Per-name DNS state and its timing rules (docs/architecture.md, "DNS resolution"), pure: every function takes `now`.
 //!
 //! - an answer refreshes at its TTL clamped to `[min_ttl, max_ttl]`;
 //! - a failed lookup keeps the last good answer and retries with exponential backoff (1 s,
