@@ -79,11 +79,24 @@ fn health_readiness_and_metrics_match_what_happened() {
     assert!(failures(&body) >= 1.0, "{body}");
     std::fs::write(&env.config, good).expect("config");
 
-    // Enforcement removed under the running daemon: health says so.
+    // Enforcement removed under the running daemon: health says so at its next check (the
+    // endpoint answers from the last check, made every second).
     let out = run(env.cmd().args(["uninstall", "--force"]));
     assert!(out.status.success());
-    let (status, why) = http_get(addr, "/healthz");
-    assert_eq!(status, 503, "{why}");
+    let start = std::time::Instant::now();
+    loop {
+        let (status, why) = http_get(addr, "/healthz");
+        if status == 503 {
+            assert!(why.contains("attached"), "{why}");
+            break;
+        }
+        assert_eq!(status, 200, "{why}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "/healthz still 200 after the links were removed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

@@ -20,7 +20,7 @@ use crate::{bench::Row, workspace_root};
 /// A daemon started for a benchmark; killed and uninstalled when dropped, so that a failed
 /// benchmark leaves no enforcement behind.
 pub struct Daemon {
-    child: Child,
+    pub child: Child,
     lines: mpsc::Receiver<String>,
     bin: PathBuf,
     config: PathBuf,
@@ -281,15 +281,162 @@ fn rss(bin: &Path, entries: usize) -> anyhow::Result<Row> {
     })
 }
 
+/// A config like [`config`]'s with the endpoint on a free loopback port.
+fn config_with_http(
+    dir: &Path,
+    se_dir: &Path,
+    dns_port: u16,
+    cgroup: &str,
+    extra: &str,
+) -> anyhow::Result<PathBuf> {
+    let path = config(dir, se_dir, dns_port, cgroup)?;
+    let text = std::fs::read_to_string(&path)?
+        .replace("http: {listen: ''}", "http: {listen: '127.0.0.1:0'}");
+    std::fs::write(&path, format!("{text}{extra}"))?;
+    Ok(path)
+}
+
+/// One `GET /healthz` over a fresh connection; its latency.
+fn healthz_once(addr: std::net::SocketAddr) -> anyhow::Result<Duration> {
+    use std::io::{Read as _, Write as _};
+    let t0 = Instant::now();
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    if !buf.starts_with(b"HTTP/1.1 200") {
+        bail!("/healthz answered {:?}", String::from_utf8_lossy(&buf));
+    }
+    Ok(t0.elapsed())
+}
+
+/// Polls `/healthz` back to back until `stop` is set; every latency in ms.
+fn poll_healthz(
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<anyhow::Result<Vec<f64>>> {
+    std::thread::spawn(move || {
+        let mut ms = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            ms.push(healthz_once(addr)?.as_secs_f64() * 1e3);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(ms)
+    })
+}
+
+fn p99(mut v: Vec<f64>) -> (f64, f64, f64, usize) {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let at = |q: f64| {
+        v.get(((n as f64 * q).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    (at(0.99), at(0.5), v.last().copied().unwrap_or(f64::NAN), n)
+}
+
+/// `/healthz` latency while the daemon reloads `entries` ServiceEntries (each SIGHUP parses
+/// them all) and while it applies `rules` new rules in one reload. The endpoint answers from
+/// state, on another worker than the reload.
+fn healthz_under_load(bin: &Path, entries: usize, rules: usize) -> anyhow::Result<Vec<Row>> {
+    let dir = fresh_dir("healthz")?;
+    let dns = Dns::start_with(&dir, 300, BENCH_DOMAINS)?;
+    let se = dir.join("se");
+    let generator = workspace_root().join("target/release/examples/serviceentry_bench");
+    if !Command::new(&generator)
+        .arg("generate")
+        .arg(&se)
+        .arg(entries.to_string())
+        .status()?
+        .success()
+    {
+        bail!("generating entries failed");
+    }
+    let extra = format!("maps: {{exactRules: {}}}\n", rules + entries * 4 + 1024);
+    let cfg = config_with_http(&dir, &se, dns.port, "ee-bench-healthz", &extra)?;
+    let mut d = Daemon::start(bin, &cfg)?;
+    let (_, line) = d.wait_for_line("\"listen\"", Duration::from_secs(60))?;
+    let v: serde_json::Value = serde_json::from_str(&line)?;
+    let addr: std::net::SocketAddr = v["listen"].as_str().context("listen address")?.parse()?;
+    d.wait_for("first full apply done", Duration::from_secs(300))?;
+
+    let measure = |d: &mut Daemon,
+                   act: &dyn Fn() -> anyhow::Result<()>,
+                   done: &str|
+     -> anyhow::Result<Vec<f64>> {
+        d.drain();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let poller = poll_healthz(addr, std::sync::Arc::clone(&stop));
+        std::thread::sleep(Duration::from_millis(20));
+        act()?;
+        let waited = d.wait_for(done, Duration::from_secs(300));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let ms = poller
+            .join()
+            .map_err(|_| anyhow::anyhow!("poller panicked"))??;
+        waited?;
+        Ok(ms)
+    };
+    let pid = d.child.id() as i32;
+    let mut reload_ms = Vec::new();
+    for _ in 0..5 {
+        // SAFETY: signalling our own child.
+        let hup = || {
+            unsafe { libc::kill(pid, libc::SIGHUP) };
+            Ok(())
+        };
+        reload_ms.extend(measure(&mut d, &hup, "\"reloaded\"")?);
+    }
+    let big = se.join("zz-many.yaml");
+    let addrs = (0..rules)
+        .map(|n| std::net::Ipv4Addr::new(100, 64 + (n >> 16) as u8 % 64, (n >> 8) as u8, n as u8));
+    let text = crate::bench_kernel::static_entries("many", addrs);
+    let tmp = se.join(".zz-many.tmp");
+    std::fs::write(&tmp, text)?;
+    let apply_ms = measure(
+        &mut d,
+        &|| Ok(std::fs::rename(&tmp, &big)?),
+        "rules updated",
+    )?;
+    d.stop();
+    drop(dns);
+    cleanup(&dir);
+    let row = |what: String, ms: Vec<f64>| {
+        let (p, med, max, n) = p99(ms);
+        Row {
+            case: format!("/healthz latency p99 during {what}"),
+            median: p,
+            unit: "ms",
+            target: Some(10.0),
+            detail: format!(
+                "{n} requests, each on a new connection; median {med:.2} ms, max {max:.2} ms"
+            ),
+        }
+    };
+    Ok(vec![
+        row(format!("5 reloads of {entries} ServiceEntries"), reload_ms),
+        row(format!("one reload applying {rules} new rules"), apply_ms),
+    ])
+}
+
 pub fn daemon_rows(bin: &Path, quick: bool) -> anyhow::Result<Vec<Row>> {
     let (samples, n_hosts, runs, entries) = if quick {
         (9, 200, 1, 2_000)
     } else {
         (41, 1_000, 5, 10_000)
     };
-    Ok(vec![
+    let (healthz_entries, healthz_rules) = if quick {
+        (2_000, 20_000)
+    } else {
+        (10_000, 1_000_000)
+    };
+    let mut rows = vec![
         change_to_enforced(bin, samples)?,
         resolve_hosts(bin, n_hosts, runs)?,
         rss(bin, entries)?,
-    ])
+    ];
+    rows.extend(healthz_under_load(bin, healthz_entries, healthz_rules)?);
+    Ok(rows)
 }

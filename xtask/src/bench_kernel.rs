@@ -248,7 +248,7 @@ fn cidr(n: usize) -> String {
 }
 
 /// STATIC ServiceEntries, one rule (443/tcp) per endpoint, at most 4,000 endpoints per entry.
-fn static_entries(name: &str, addrs: impl Iterator<Item = Ipv4Addr>) -> String {
+pub fn static_entries(name: &str, addrs: impl Iterator<Item = Ipv4Addr>) -> String {
     let addrs: Vec<Ipv4Addr> = addrs.collect();
     let mut out = String::new();
     for (i, chunk) in addrs.chunks(4_000).enumerate() {

@@ -6,6 +6,7 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
+    os::unix::fs::MetadataExt as _,
     path::PathBuf,
     sync::{Arc, RwLock},
     time::Duration,
@@ -13,9 +14,10 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use tokio::{io::unix::AsyncFd, time::Instant};
+use tokio::{io::unix::AsyncFd, task::block_in_place, time::Instant};
 use tracing::warn;
 
+use super::cgroup_names::CgroupNames;
 use crate::{
     dataplane::{
         cgroup::{self, Cgroup},
@@ -172,7 +174,13 @@ fn key(ev: &EventRecord) -> Key {
 #[derive(Default)]
 pub struct Aggregator {
     open: HashMap<Key, (Instant, u64, EventRecord)>,
+    /// Events not logged because [`MAX_OPEN`] distinct ones were already open.
+    suppressed: u64,
 }
+
+/// Distinct events logged per window at most: a flood of distinct destinations costs a summary
+/// line, not a line each (and the map stays bounded).
+pub const MAX_OPEN: usize = 1000;
 
 impl Aggregator {
     /// Whether this event opens a new window (log it now) or is a repeat, and the summary of
@@ -184,6 +192,10 @@ impl Aggregator {
         window: Duration,
     ) -> (bool, Option<(EventRecord, u64)>) {
         let k = key(ev);
+        if self.open.len() >= MAX_OPEN && !self.open.contains_key(&k) {
+            self.suppressed += 1;
+            return (false, None);
+        }
         match self.open.get_mut(&k) {
             Some((start, n, _)) if now.duration_since(*start) < window => {
                 *n += 1;
@@ -198,6 +210,11 @@ impl Aggregator {
                 (true, closed)
             }
         }
+    }
+
+    /// How many events were not logged since the last call.
+    pub fn take_suppressed(&mut self) -> u64 {
+        std::mem::take(&mut self.suppressed)
     }
 
     /// Windows that have closed with repeats: (event, repeats).
@@ -248,6 +265,84 @@ fn log_event(ev: &EventRecord, count: u64, cgroup: &str, index: &EventIndex) {
     );
 }
 
+/// Reads the ring buffer and logs events, with what the daemon knows about each one.
+struct Reader {
+    mount: PathBuf,
+    roots: Vec<Cgroup>,
+    index: Arc<RwLock<EventIndex>>,
+    names: CgroupNames,
+    agg: Aggregator,
+    last_sweep: std::time::Instant,
+}
+
+/// How often cgroups that are gone leave the name cache.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+impl Reader {
+    fn still(&self, path: &str, id: u64) -> bool {
+        std::fs::metadata(self.mount.join(path.trim_start_matches('/')))
+            .is_ok_and(|m| m.ino() == id)
+    }
+
+    fn path_of(&mut self, id: u64) -> String {
+        let (mount, roots) = (self.mount.clone(), &self.roots);
+        let find = |id| cgroup::path_for_id(&mount, roots, id);
+        let still = |p: &str, id: u64| {
+            std::fs::metadata(mount.join(p.trim_start_matches('/'))).is_ok_and(|m| m.ino() == id)
+        };
+        self.names.name(id, std::time::Instant::now(), find, still)
+    }
+
+    fn log(&mut self, ev: &EventRecord, count: u64) -> anyhow::Result<()> {
+        let cgroup = self.path_of(ev.cgroup_id);
+        let idx = self
+            .index
+            .read()
+            .map_err(|_| anyhow::anyhow!("event index poisoned"))?;
+        log_event(ev, count, &cgroup, &idx);
+        Ok(())
+    }
+
+    /// Everything in the buffer now. Blocking (an unknown cgroup id walks the cgroup trees):
+    /// called in `block_in_place`.
+    fn drain(&mut self, rb: &mut RingBuf<MapData>) -> anyhow::Result<()> {
+        let now = Instant::now();
+        while let Some(item) = rb.next() {
+            let Some(ev) = decode(&item) else {
+                warn!(len = item.len(), "undecodable event (ABI mismatch?)");
+                continue;
+            };
+            let (new, closed) = self.agg.offer(&ev, now, WINDOW);
+            drop(item);
+            if let Some((old, repeats)) = closed {
+                self.log(&old, repeats)?;
+            }
+            if new {
+                self.log(&ev, 1)?;
+            }
+        }
+        for (ev, repeats) in self.agg.flush(now, WINDOW) {
+            self.log(&ev, repeats)?;
+        }
+        let suppressed = self.agg.take_suppressed();
+        if suppressed > 0 {
+            warn!(
+                target: "egress_enforcer::event",
+                suppressed,
+                "{suppressed} deny/audit events not logged: more than {MAX_OPEN} distinct ones \
+                 within a second (the verdict counters have them all)"
+            );
+        }
+        if self.last_sweep.elapsed() >= SWEEP_EVERY {
+            self.last_sweep = std::time::Instant::now();
+            let mut names = std::mem::take(&mut self.names);
+            names.sweep(|p, id| self.still(p, id));
+            self.names = names;
+        }
+        Ok(())
+    }
+}
+
 pub async fn consume(
     rb: RingBuf<MapData>,
     mount: PathBuf,
@@ -256,53 +351,25 @@ pub async fn consume(
 ) -> anyhow::Result<()> {
     // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd lives.
     let mut fd = unsafe { AsyncFd::register(rb) }.context("events: cannot poll the ring buffer")?;
-    let mut cgroup_paths: HashMap<u64, String> = HashMap::new();
-    let mut agg = Aggregator::default();
+    let mut reader = Reader {
+        mount,
+        roots,
+        index,
+        names: CgroupNames::default(),
+        agg: Aggregator::default(),
+        last_sweep: std::time::Instant::now(),
+    };
     // The kernel wakes us only when the buffer is a quarter full (a wake-up per event would
     // cost more than the verdict itself), so it is also drained on this short timer.
     let mut tick = tokio::time::interval(DRAIN_EVERY);
-    let mut path_of = |id: u64| {
-        cgroup_paths
-            .entry(id)
-            .or_insert_with(|| {
-                cgroup::path_for_id(&mount, &roots, id).unwrap_or_else(|| format!("id:{id}"))
-            })
-            .clone()
-    };
-    let mut drain = |rb: &mut RingBuf<MapData>| -> anyhow::Result<()> {
-        let now = Instant::now();
-        while let Some(item) = rb.next() {
-            let Some(ev) = decode(&item) else {
-                warn!(len = item.len(), "undecodable event (ABI mismatch?)");
-                continue;
-            };
-            let (new, closed) = agg.offer(&ev, now, WINDOW);
-            let idx = index
-                .read()
-                .map_err(|_| anyhow::anyhow!("event index poisoned"))?;
-            if let Some((old, repeats)) = closed {
-                log_event(&old, repeats, &path_of(old.cgroup_id), &idx);
-            }
-            if new {
-                log_event(&ev, 1, &path_of(ev.cgroup_id), &idx);
-            }
-        }
-        for (ev, repeats) in agg.flush(now, WINDOW) {
-            let idx = index
-                .read()
-                .map_err(|_| anyhow::anyhow!("event index poisoned"))?;
-            log_event(&ev, repeats, &path_of(ev.cgroup_id), &idx);
-        }
-        Ok(())
-    };
     loop {
         tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut())?;
+                block_in_place(|| reader.drain(guard.get_inner_mut()))?;
                 guard.clear_ready();
             }
-            _ = tick.tick() => drain(fd.get_mut())?,
+            _ = tick.tick() => block_in_place(|| reader.drain(fd.get_mut()))?,
         }
     }
 }
@@ -403,5 +470,23 @@ mod tests {
         let (new, closed) = a.offer(&ev(80), t0 + WINDOW * 2, WINDOW);
         assert!(new);
         assert_eq!(closed.map(|(e, n)| (e.port, n)), Some((80, 1)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_distinct_events_is_capped_and_counted() {
+        let mut agg = Aggregator::default();
+        let now = Instant::now();
+        for port in 0..(MAX_OPEN as u16 + 50) {
+            agg.offer(&ev(port), now, WINDOW);
+        }
+        assert_eq!(agg.open.len(), MAX_OPEN);
+        assert_eq!(agg.take_suppressed(), 50);
+        assert_eq!(agg.take_suppressed(), 0);
+        // A repeat of a key already open is still counted in its window.
+        let (new, _) = agg.offer(&ev(1), now, WINDOW);
+        assert!(!new);
+        assert_eq!(agg.take_suppressed(), 0);
+        agg.flush(now + WINDOW, WINDOW);
+        assert!(agg.open.is_empty(), "windows close");
     }
 }

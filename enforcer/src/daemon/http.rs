@@ -5,7 +5,7 @@
 
 use std::{
     net::SocketAddr,
-    sync::Arc,
+    sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
@@ -15,7 +15,7 @@ use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
 };
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::metrics::{DaemonMetrics, render};
 use crate::dataplane::{links, maps::Maps, pins::PinLayout};
@@ -28,6 +28,49 @@ const READ_DEADLINE: Duration = Duration::from_secs(5);
 pub struct State {
     pub layout: PinLayout,
     pub metrics: Arc<DaemonMetrics>,
+    /// The last health check, refreshed every [`HEALTH_EVERY`] off the runtime: `/healthz`
+    /// answers from it at once, whatever the daemon is busy with.
+    health: RwLock<Result<(), String>>,
+}
+
+/// How often the pinned links are checked for `/healthz`.
+pub const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
+/// At most this many requests are served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 64;
+
+impl State {
+    /// Checks the links once, so that the first request already has an answer.
+    pub fn new(layout: PinLayout, metrics: Arc<DaemonMetrics>) -> Self {
+        let health = RwLock::new(check_attached(&layout));
+        Self {
+            layout,
+            metrics,
+            health,
+        }
+    }
+
+    fn health(&self) -> Result<(), String> {
+        self.health
+            .read()
+            .map_or_else(|_| Err("health state poisoned".to_owned()), |h| h.clone())
+    }
+}
+
+/// Keeps [`State`]'s health current; the check reads every link pin, so it runs on the
+/// blocking pool.
+pub async fn watch_health(state: Arc<State>) {
+    let mut tick = tokio::time::interval(HEALTH_EVERY);
+    loop {
+        tick.tick().await;
+        let s = Arc::clone(&state);
+        let checked = tokio::task::spawn_blocking(move || check_attached(&s.layout))
+            .await
+            .unwrap_or_else(|e| Err(format!("health check failed: {e}")));
+        if let Ok(mut h) = state.health.write() {
+            *h = checked;
+        }
+    }
 }
 
 /// A response: status, content type, body.
@@ -140,16 +183,29 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<(String, St
     }
 }
 
-async fn handle(mut stream: TcpStream, state: &State) -> std::io::Result<()> {
+async fn handle(mut stream: TcpStream, state: Arc<State>) -> std::io::Result<()> {
     let head = tokio::time::timeout(READ_DEADLINE, read_head(&mut stream)).await;
     let response = match head {
-        Ok(Ok(Some((method, path)))) => route(
-            &method,
-            &path,
-            || check_attached(&state.layout),
-            state.metrics.readiness(),
-            || scrape(state),
-        ),
+        Ok(Ok(Some((method, path)))) => {
+            // A scrape reads the pinned counters: on the blocking pool, not the runtime.
+            let scraped = if path.starts_with("/metrics") {
+                let s = Arc::clone(&state);
+                Some(
+                    tokio::task::spawn_blocking(move || scrape(&s))
+                        .await
+                        .unwrap_or_else(|e| Err(format!("scrape failed: {e}"))),
+                )
+            } else {
+                None
+            };
+            route(
+                &method,
+                &path,
+                || state.health(),
+                state.metrics.readiness(),
+                || scraped.unwrap_or_else(|| Err("no scrape".to_owned())),
+            )
+        }
         Ok(Ok(None)) => Response::text(400, "bad request\n"),
         Ok(Err(e)) => return Err(e),
         Err(_) => Response::text(408, "request timeout\n"),
@@ -182,14 +238,29 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("http.listen: cannot listen on {addr}"))
 }
 
-pub async fn serve(listener: TcpListener, state: Arc<State>) -> anyhow::Result<()> {
+/// Serves until the runtime stops. An accept error (out of fds, a reset connection) is
+/// logged and the endpoint goes on after a short pause; at most [`MAX_CONNECTIONS`] requests
+/// are in progress at once.
+pub async fn serve(listener: TcpListener, state: Arc<State>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (stream, peer) = listener.accept().await.context("http: accept")?;
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!("http: accept failed, retrying: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let state = Arc::clone(&state);
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, &state).await {
+            if let Err(e) = handle(stream, state).await {
                 debug!(%peer, "http: {e}");
             }
+            drop(slot);
         });
     }
 }

@@ -3,6 +3,7 @@
 //! Enforcement stays pinned when it exits (fail closed).
 
 mod carry;
+mod cgroup_names;
 mod events;
 pub mod http;
 pub mod metrics;
@@ -18,6 +19,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use tokio::task::block_in_place;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, watch as tokio_watch},
@@ -177,7 +179,10 @@ pub fn run(opts: RunOptions) -> Result<(), Failure> {
     let first =
         policy::load(opts.config.as_deref(), &opts.allow).map_err(|e| Failure::User(e.into()))?;
     logging::init(first.config.log.format);
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // Two workers: parsing, map writes and cgroup walks run in `block_in_place` or on the
+    // blocking pool, and the other worker keeps serving events, DNS and /healthz meanwhile.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .runtime()?;
@@ -264,15 +269,9 @@ impl Daemon {
         );
         if let Some(listener) = listener {
             info!(listen = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "serving /healthz, /readyz and /metrics");
-            let state = Arc::new(http::State {
-                layout: dp.layout().clone(),
-                metrics: Arc::clone(&metrics),
-            });
-            tokio::spawn(async move {
-                if let Err(e) = http::serve(listener, state).await {
-                    error!("the health and metrics endpoint stopped: {e:#}");
-                }
-            });
+            let state = Arc::new(http::State::new(dp.layout().clone(), Arc::clone(&metrics)));
+            tokio::spawn(http::watch_health(Arc::clone(&state)));
+            tokio::spawn(http::serve(listener, state));
         }
         let lookup = CountingLookup {
             inner: HickoryLookup::new(&first.config.dns_servers(), first.config.dns.min_ttl)
@@ -335,7 +334,7 @@ impl Daemon {
                 && d.resolved.addrs.len() == d.current.compiled.hostnames.len()
                 && first_apply.due()
             {
-                if let Err(e) = d.apply() {
+                if let Err(e) = block_in_place(|| d.apply()) {
                     let wait = first_apply.failed();
                     let reason =
                         format!("applying the policy failed (retrying in {wait:?}): {e:#}");
@@ -366,14 +365,14 @@ impl Daemon {
                 () = first_apply.wait(), if !ready => {}
                 _ = hup.recv() => {
                     info!("SIGHUP: reloading");
-                    if d.reload() {
+                    if block_in_place(|| d.reload()) {
                         watcher = d.watch(fs_tx.clone());
                     }
                 }
                 Some(()) = fs_rx.recv() => {
                     tokio::time::sleep(DEBOUNCE).await;
                     while fs_rx.try_recv().is_ok() {}
-                    if d.reload() {
+                    if block_in_place(|| d.reload()) {
                         watcher = d.watch(fs_tx.clone());
                     }
                 }
@@ -385,7 +384,7 @@ impl Daemon {
                     for (name, err) in &d.resolved.failing {
                         warn!(name = %name, "DNS lookup failed, keeping the last good answer: {err}");
                     }
-                    if ready && let Err(e) = d.apply() {
+                    if ready && let Err(e) = block_in_place(|| d.apply()) {
                         d.metrics.apply_failures.fetch_add(1, Ordering::Relaxed);
                         error!("applying DNS changes failed (the rules in force stay): {e:#}");
                     }

@@ -23,6 +23,17 @@ pub struct Maps {
     pub prefix: LpmTrie<MapData, RuleKey, RuleValue>,
     pub config: Array<MapData, Config>,
     pub counters: PerCpuArray<MapData, u64>,
+    mirror: Mirror,
+}
+
+/// What this process last wrote to each rule map, sorted by key, so that the next apply diffs
+/// against memory instead of reading every entry back (the LPM trie only entry by entry). The
+/// pin directory's lock makes the daemon the only writer. `None` until the first apply reads
+/// the map, and again after a write failed midway (the map's content is then unknown).
+#[derive(Default)]
+struct Mirror {
+    exact: Option<Vec<(RuleKey, RuleValue)>>,
+    prefix: Option<Vec<((u32, RuleKey), RuleValue)>>,
 }
 
 /// What `apply` did.
@@ -172,6 +183,7 @@ impl Maps {
             )?,
             config: take(ebpf.take_map(map_names::CONFIG), map_names::CONFIG)?,
             counters: take(ebpf.take_map(map_names::COUNTERS), map_names::COUNTERS)?,
+            mirror: Mirror::default(),
         })
     }
 
@@ -193,6 +205,7 @@ impl Maps {
             prefix: take(open(map_names::RULES_PREFIX)?, map_names::RULES_PREFIX)?,
             config: take(open(map_names::CONFIG)?, map_names::CONFIG)?,
             counters: take(open(map_names::COUNTERS)?, map_names::COUNTERS)?,
+            mirror: Mirror::default(),
         })
     }
 
@@ -242,8 +255,8 @@ impl Maps {
         // it narrows to the new set's only once the old rules are gone.
         let skips = desired.lookup_skips();
         self.set_skips(|old| old & skips)?;
-        let a = sync(&mut self.exact, &desired.exact)?;
-        let b = sync(&mut self.prefix, &desired.prefix)?;
+        let a = sync(&mut self.exact, &mut self.mirror.exact, &desired.exact)?;
+        let b = sync(&mut self.prefix, &mut self.mirror.prefix, &desired.prefix)?;
         self.set_skips(|_| skips)?;
         Ok(ApplyStats {
             added: a.added + b.added,
@@ -413,9 +426,14 @@ fn check_capacity<M: RuleMap>(map: &M, wanted: usize) -> anyhow::Result<()> {
 
 fn sync<M: RuleMap>(
     map: &mut M,
+    mirror: &mut Option<Vec<(M::Key, RuleValue)>>,
     desired: &BTreeMap<M::Key, RuleValue>,
 ) -> anyhow::Result<ApplyStats> {
-    let live = map.live()?;
+    // Taken out: if a write below fails, the mirror stays unknown and the next apply reads.
+    let live = match mirror.take() {
+        Some(live) => live,
+        None => map.live()?,
+    };
     let d = diff(&live, desired);
     for step in group(d.ordered(live.len(), map.capacity()?)) {
         match step {
@@ -427,6 +445,7 @@ fn sync<M: RuleMap>(
                 .with_context(|| format!("removing from {}", M::NAME))?,
         }
     }
+    *mirror = Some(desired.iter().map(|(k, v)| (k.clone(), *v)).collect());
     Ok(ApplyStats {
         added: d.upserts.len(),
         removed: d.removals.len(),
