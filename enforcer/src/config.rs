@@ -202,6 +202,17 @@ impl Config {
             Some(p) => (p, true),
             None => (Path::new(DEFAULT_PATH), false),
         };
+        // A config is small; anything this large is a mistake (or hostile).
+        const MAX_CONFIG_BYTES: u64 = 1 << 20;
+        if let Ok(m) = std::fs::metadata(path)
+            && m.len() > MAX_CONFIG_BYTES
+        {
+            bail!(
+                "{}: {} bytes, over the {MAX_CONFIG_BYTES}-byte limit for a config file",
+                path.display(),
+                m.len()
+            );
+        }
         match std::fs::read_to_string(path) {
             Ok(text) => Self::parse(&text, path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(Self::builtin()),
@@ -222,6 +233,12 @@ impl Config {
     }
 
     pub fn parse(text: &str, path: &Path) -> anyhow::Result<Self> {
+        // Hostile nesting or aliasing is rejected in linear time first; the typed decoding
+        // below (which names the line of a bad key) then only sees bounded input.
+        if let Err(e) = crate::k8syaml::single(text, &crate::k8syaml::Limits::default()) {
+            let at = e.line.map(|l| format!(":{l}")).unwrap_or_default();
+            bail!("{}{at}: {}", path.display(), e.message);
+        }
         let config: Self = if text.trim().is_empty() {
             Self::default()
         } else {
@@ -363,6 +380,19 @@ mod tests {
 
     fn parse(text: &str) -> anyhow::Result<Config> {
         Config::parse(text, Path::new("c.yaml"))
+    }
+
+    #[test]
+    fn hostile_nesting_is_rejected_naming_the_file() {
+        let deep = format!("mode: {}", "[".repeat(1 << 20));
+        let e = parse(&deep).unwrap_err().to_string();
+        assert!(
+            e.starts_with("c.yaml:1: ") && e.contains("recursion limit"),
+            "{e}"
+        );
+        let block = format!("allow:\n  cidrs:\n  {}", "- ".repeat(1 << 16));
+        let e = parse(&block).unwrap_err().to_string();
+        assert!(e.contains("deeper than"), "{e}");
     }
 
     #[test]

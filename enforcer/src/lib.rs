@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod duration;
+pub mod k8syaml;
 pub mod policy;
 pub mod serviceentry;
 

@@ -54,8 +54,8 @@ fn json_f64(line: &str, key: &str) -> anyhow::Result<f64> {
     Ok(num.parse()?)
 }
 
-/// Parse + validate + compile N ServiceEntries in a fresh process, `runs` times.
-fn serviceentries(n: usize, runs: usize) -> anyhow::Result<Vec<Row>> {
+/// Builds the ServiceEntry generator and engine benchmark (the engine and daemon groups use it).
+pub fn serviceentry_bench_bin() -> anyhow::Result<std::path::PathBuf> {
     step(
         "bench: build serviceentry_bench (release)",
         cargo().env("AYA_BUILD_SKIP", "1").args([
@@ -68,7 +68,12 @@ fn serviceentries(n: usize, runs: usize) -> anyhow::Result<Vec<Row>> {
             "serviceentry_bench",
         ]),
     )?;
-    let bin = workspace_root().join("target/release/examples/serviceentry_bench");
+    Ok(workspace_root().join("target/release/examples/serviceentry_bench"))
+}
+
+/// Parse + validate + compile N ServiceEntries in a fresh process, `runs` times.
+fn serviceentries(n: usize, runs: usize) -> anyhow::Result<Vec<Row>> {
+    let bin = serviceentry_bench_bin()?;
     let dir = workspace_root().join(format!("target/bench/serviceentries-{n}"));
     let _ignored = std::fs::remove_dir_all(&dir);
     step(
@@ -256,6 +261,9 @@ pub fn bench(quick: bool, only: Option<Group>) -> anyhow::Result<()> {
     )?;
     let release = workspace_root().join("target/release");
     let bin = release.join("egress-enforcer");
+    if wanted(Group::Engine) {
+        rows.extend(crate::bench_yaml::hostile_yaml(&bin, quick)?);
+    }
     if wanted(Group::Daemon) {
         rows.extend(crate::bench_daemon::daemon_rows(&bin, quick)?);
     }

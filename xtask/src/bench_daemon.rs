@@ -255,7 +255,7 @@ fn rss(bin: &Path, entries: usize) -> anyhow::Result<Row> {
     let dir = fresh_dir("rss")?;
     let dns = Dns::start_with(&dir, 300, BENCH_DOMAINS)?;
     let se = dir.join("se");
-    let generator = workspace_root().join("target/release/examples/serviceentry_bench");
+    let generator = crate::bench::serviceentry_bench_bin()?;
     let st = Command::new(&generator)
         .arg("generate")
         .arg(&se)
@@ -344,7 +344,7 @@ fn healthz_under_load(bin: &Path, entries: usize, rules: usize) -> anyhow::Resul
     let dir = fresh_dir("healthz")?;
     let dns = Dns::start_with(&dir, 300, BENCH_DOMAINS)?;
     let se = dir.join("se");
-    let generator = workspace_root().join("target/release/examples/serviceentry_bench");
+    let generator = crate::bench::serviceentry_bench_bin()?;
     if !Command::new(&generator)
         .arg("generate")
         .arg(&se)

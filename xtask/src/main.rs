@@ -4,6 +4,7 @@ mod bench;
 mod bench_daemon;
 mod bench_kernel;
 mod bench_noop;
+mod bench_yaml;
 mod docs;
 mod install;
 mod setup;

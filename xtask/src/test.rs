@@ -147,6 +147,8 @@ fn fuzz() -> anyhow::Result<()> {
         .arg(data.join("warning"))
         .arg(data.join("invalid"))
         .arg(root.join("config/serviceentries"))
+        // Hostile shapes (deep nesting, aliases, many documents, go-yaml's flow colons).
+        .arg(root.join("fuzz/seeds/hostile"))
         .args([
             "--",
             &format!("-max_total_time={secs}"),

@@ -6,10 +6,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::{Deserialize as _, Serialize};
+use serde::Serialize;
 use serde_yaml_ng::Value;
 
 use super::{decode::decode, issue::Issue, model::ServiceEntry, validate::validate};
+use crate::k8syaml;
 
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 pub const API_VERSIONS: [&str; 3] = [
@@ -189,39 +190,6 @@ pub fn collect_files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<(Origin, Issue)>) 
     (files, problems)
 }
 
-/// For each document, the 1-based line where its content starts (its first line that is
-/// neither blank nor a comment; `None` for an empty document). A `---` line starts a new
-/// document; content before the first one forms document 0.
-fn document_lines(text: &str) -> Vec<Option<usize>> {
-    let mut docs: Vec<Option<usize>> = Vec::new();
-    let mut before_first_marker: Option<usize> = None;
-    let mut seen_marker = false;
-    for (i, line) in text.lines().enumerate() {
-        let is_marker = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
-        let content = |t: &str| !t.is_empty() && !t.starts_with('#');
-        if is_marker {
-            if !seen_marker && before_first_marker.is_some() {
-                docs.push(before_first_marker);
-            }
-            seen_marker = true;
-            let inline = line.trim_start_matches('-').trim();
-            docs.push(content(inline).then_some(i + 1));
-        } else if content(line.trim()) {
-            match docs.last_mut() {
-                Some(slot @ None) if seen_marker => *slot = Some(i + 1),
-                _ if !seen_marker && before_first_marker.is_none() => {
-                    before_first_marker = Some(i + 1)
-                }
-                _ => {}
-            }
-        }
-    }
-    if !seen_marker {
-        docs.push(before_first_marker);
-    }
-    docs
-}
-
 fn str_field<'v>(v: &'v Value, name: &str) -> Option<&'v str> {
     v.get(name).and_then(Value::as_str)
 }
@@ -300,28 +268,31 @@ fn resource(v: &Value, origin: Origin, report: &mut LoadReport) {
     }
 }
 
-/// Parses one file's text: every document, every List item.
+/// Parses one file's text: every document, every List item. YAML is read the way Kubernetes
+/// reads it, with bounded cost (`crate::k8syaml`).
 pub fn load_text(text: &str, file: &Path, report: &mut LoadReport) {
-    let lines = document_lines(text);
-    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+    let (docs, error) = k8syaml::documents(text, &k8syaml::Limits::default());
+    let count = docs.len();
+    for (i, doc) in docs.into_iter().enumerate() {
         let origin = Origin {
             file: file.to_path_buf(),
             document: Some(i),
             item: None,
-            line: lines.get(i).copied().flatten(),
+            line: doc.line,
         };
-        match Value::deserialize(doc) {
-            Ok(v) => resource(&v, origin, report),
-            Err(e) => {
-                let line = e.location().map(|l| l.line()).or(origin.line);
-                report.problems.push((
-                    Origin { line, ..origin },
-                    Issue::error("", "yaml", format!("invalid YAML: {e}")),
-                ));
-                // The parser cannot resynchronise after a syntax error.
-                break;
-            }
-        }
+        resource(&doc.value, origin, report);
+    }
+    if let Some(e) = error {
+        // The parser cannot resynchronise after a syntax error.
+        report.problems.push((
+            Origin {
+                file: file.to_path_buf(),
+                document: Some(count),
+                item: None,
+                line: e.line,
+            },
+            Issue::error("", "yaml", format!("invalid YAML: {}", e.message)),
+        ));
     }
 }
 
@@ -398,16 +369,18 @@ mod tests {
 
     #[test]
     fn document_start_lines() {
-        assert_eq!(document_lines("a: 1\n"), [Some(1)]);
+        let lines = |t: &str| -> Vec<Option<usize>> {
+            let (docs, err) = k8syaml::documents(t, &k8syaml::Limits::default());
+            assert!(err.is_none(), "{err:?}");
+            docs.iter().map(|d| d.line).collect()
+        };
+        assert_eq!(lines("a: 1\n"), [Some(1)]);
+        assert_eq!(lines("# c\n\na: 1\n---\n# c\nb: 2\n"), [Some(3), Some(6)]);
         assert_eq!(
-            document_lines("# c\n\na: 1\n---\n# c\nb: 2\n"),
-            [Some(3), Some(6)]
-        );
-        assert_eq!(
-            document_lines("---\na: 1\n---\n---\nb: 1\n"),
+            lines("---\na: 1\n---\n---\nb: 1\n"),
             [Some(2), None, Some(5)]
         );
-        assert_eq!(document_lines("--- {a: 1}\n"), [Some(1)]);
+        assert_eq!(lines("--- {a: 1}\n"), [Some(1)]);
     }
 
     #[test]

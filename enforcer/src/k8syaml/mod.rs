@@ -1,0 +1,64 @@
+//! YAML read the way Kubernetes reads it, in time linear in the input (docs/architecture.md,
+//! "Reading YAML").
+//!
+//! `kubectl apply` and the API server read manifests with go-yaml v2 (through
+//! sigs.k8s.io/yaml). A file they accept must mean the same here, and a hostile file must
+//! cost little. saphyr-parser supplies the events (a maintained YAML 1.2 parser whose flow
+//! nesting is bounded); this module builds documents from them with go-yaml v2's meaning:
+//!
+//! - plain scalars resolve by YAML 1.1 rules (`resolve`);
+//! - in flow context a plain scalar may end with `:` before `,`, `]` or `}` (go-yaml reads
+//!   `[1.2.3.4, 001:db8::]` as two strings; a YAML 1.2 parser sees a key `001:db8:`);
+//! - `<<` merge keys, keys of other types turned into strings, aliases expanded;
+//! - and limits: nesting depth, alias expansion, documents per file.
+//!
+//! Duplicate keys are an error, as with `kubectl apply`'s default strict field validation.
+
+mod resolve;
+mod tree;
+
+#[cfg(test)]
+mod compat_tests;
+
+use serde_yaml_ng::Value;
+
+pub use self::tree::Limits;
+
+/// One document of a stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    pub value: Value,
+    /// 1-based line of the document's first node.
+    pub line: Option<usize>,
+}
+
+/// Why the input is not acceptable YAML, and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}{}", .line.map(|l| format!(" at line {l}")).unwrap_or_default())]
+pub struct YamlError {
+    pub message: String,
+    pub line: Option<usize>,
+}
+
+/// Every document of `text` up to the first error (documents before it are kept: a syntax
+/// error cannot be recovered from, but what came before it is whole).
+pub fn documents(text: &str, limits: &Limits) -> (Vec<Document>, Option<YamlError>) {
+    tree::Builder::new(text, limits).run()
+}
+
+/// A single-document file (a config file): its value, `Null` when empty.
+pub fn single(text: &str, limits: &Limits) -> Result<Value, YamlError> {
+    let (docs, err) = documents(text, limits);
+    if let Some(e) = err {
+        return Err(e);
+    }
+    let mut docs = docs.into_iter();
+    let first = docs.next().map_or(Value::Null, |d| d.value);
+    if let Some(extra) = docs.next() {
+        return Err(YamlError {
+            message: "more than one document".to_owned(),
+            line: extra.line,
+        });
+    }
+    Ok(first)
+}
