@@ -139,7 +139,7 @@ pub fn hostile_yaml(bin: &Path, quick: bool) -> anyhow::Result<Vec<Row>> {
         },
         Row {
             case: format!(
-                "hostile YAML cost from {:.0} to {:.0} MiB, steepest case (linear: 4x)",
+                "hostile YAML cost from {:.1} to {:.0} MiB, steepest case (linear: 4x)",
                 mib(small),
                 mib(large)
             ),
@@ -147,7 +147,7 @@ pub fn hostile_yaml(bin: &Path, quick: bool) -> anyhow::Result<Vec<Row>> {
             unit: "×",
             target: Some(5.0),
             detail: format!(
-                "steepest: {}; at {:.0} MiB: {}; medians of {runs} runs, each a fresh process",
+                "steepest: {}; at {:.1} MiB: {}; medians of {runs} runs, each a fresh process",
                 growth.0,
                 mib(small),
                 list(&at_small)

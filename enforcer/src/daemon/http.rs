@@ -242,7 +242,11 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 /// logged and the endpoint goes on after a short pause; at most [`MAX_CONNECTIONS`] requests
 /// are in progress at once.
 pub async fn serve(listener: TcpListener, state: Arc<State>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    serve_at_most(listener, state, MAX_CONNECTIONS).await;
+}
+
+async fn serve_at_most(listener: TcpListener, state: Arc<State>, max: usize) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max));
     loop {
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
@@ -323,5 +327,40 @@ mod tests {
             || Err("no pins".into()),
         );
         assert_eq!(broken.status, 500);
+    }
+
+    /// With one slot, a request waits until the connection holding the slot is gone: it is
+    /// answered after that connection closes, never before.
+    #[tokio::test]
+    async fn connections_beyond_the_cap_wait_for_a_slot() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State::new(
+            PinLayout::new(std::path::Path::new("/nonexistent-bpffs")),
+            Arc::new(DaemonMetrics::default()),
+        ));
+        tokio::spawn(serve_at_most(listener, state, 1));
+        // Accepted first (the backlog is in order), it holds the slot without a request.
+        let idle = TcpStream::connect(addr).await.unwrap();
+        let mut waiting = TcpStream::connect(addr).await.unwrap();
+        waiting
+            .write_all(b"GET /healthz HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let answered = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            waiting.read_to_end(&mut buf).await.unwrap();
+            (Instant::now(), buf)
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let closed = Instant::now();
+        drop(idle);
+        let (at, body) = answered.await.unwrap();
+        assert!(at >= closed, "answered while the only slot was taken");
+        assert!(
+            body.starts_with(b"HTTP/1.1 503"),
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
     }
 }

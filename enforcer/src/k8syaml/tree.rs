@@ -67,8 +67,8 @@ struct Frame {
     nodes: usize,
 }
 
-/// Byte offsets of character indices (the parser counts characters), moving forward only, so
-/// that all the lookups of one file cost one pass over it.
+/// Byte offsets of character indices (the parser counts characters). Lookups come in event
+/// order, so the cursor moves forward (and back by at most a token): one pass over the file.
 struct Cursor<'a> {
     text: &'a str,
     byte: usize,
@@ -77,8 +77,16 @@ struct Cursor<'a> {
 
 impl Cursor<'_> {
     fn byte_of(&mut self, chr: usize) -> usize {
+        // Events arrive in order, so a step back is at most one token long.
         if chr < self.chr {
-            (self.byte, self.chr) = (0, 0);
+            let back = self.chr - chr;
+            let start = self.text[..self.byte]
+                .char_indices()
+                .rev()
+                .nth(back - 1)
+                .map_or(0, |(b, _)| b);
+            (self.byte, self.chr) = (start, chr);
+            return self.byte;
         }
         let mut it = self.text[self.byte..].char_indices();
         while self.chr < chr {
@@ -447,4 +455,26 @@ fn scalar(
         Scalar::Float(f) => Value::Number(f.into()),
         Scalar::Str => Value::String(text.to_owned()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cursor_maps_character_indices_both_ways() {
+        let text = "aé€𝄞b:]";
+        let mut c = Cursor {
+            text,
+            byte: 0,
+            chr: 0,
+        };
+        for (chr, (byte, _)) in text.char_indices().enumerate() {
+            assert_eq!(c.byte_of(chr), byte);
+        }
+        assert_eq!(c.byte_of(2), 3, "back");
+        assert_eq!(c.two_at(5), (Some(':'), Some(']')));
+        assert_eq!(c.two_at(1), (Some('é'), Some('€')));
+        assert_eq!(c.byte_of(99), text.len(), "past the end");
+    }
 }
