@@ -54,49 +54,74 @@ fn valid(size: usize) -> String {
     out
 }
 
-/// Median wall time of `check FILE` (any verdict; a crash or a signal fails the bench).
-fn time_check(bin: &Path, file: &Path, runs: usize) -> anyhow::Result<f64> {
-    let mut ms = Vec::new();
-    for _ in 0..runs {
-        let t0 = Instant::now();
-        let out = Command::new(bin).arg("check").arg(file).output()?;
-        ms.push(t0.elapsed().as_secs_f64() * 1e3);
-        if !matches!(out.status.code(), Some(0 | 1)) {
-            bail!(
-                "check {} ended with {}: {}",
-                file.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+/// One `check FILE`: wall time in ms and peak RSS in MiB (from `wait4`). Any verdict is fine;
+/// a crash or a signal fails the bench.
+fn check_once(bin: &Path, file: &Path) -> anyhow::Result<(f64, f64)> {
+    let t0 = Instant::now();
+    let child = Command::new(bin)
+        .arg("check")
+        .arg(file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid out-parameter; the pid is our own unreaped child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; wait4 reaps the child (std's Child is not waited on afterwards).
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    if pid < 0 {
+        bail!("wait4: {}", std::io::Error::last_os_error());
     }
-    Ok(crate::bench::median(ms))
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    if !matches!(code, Some(0 | 1)) {
+        bail!("check {} ended with wait status {status}", file.display());
+    }
+    Ok((ms, usage.ru_maxrss as f64 / 1024.0))
 }
 
-/// Every hostile case at `size` bytes: (name, median ms), and the valid file's median.
-fn measure(
-    bin: &Path,
-    dir: &Path,
-    size: usize,
-    runs: usize,
-) -> anyhow::Result<(Vec<(&'static str, f64)>, f64)> {
+/// Median wall time (ms) and peak RSS (MiB) of `check FILE` over `runs` fresh processes.
+fn time_check(bin: &Path, file: &Path, runs: usize) -> anyhow::Result<(f64, f64)> {
+    let mut ms = Vec::new();
+    let mut rss: f64 = 0.0;
+    for _ in 0..runs {
+        let (t, r) = check_once(bin, file)?;
+        ms.push(t);
+        rss = rss.max(r);
+    }
+    Ok((crate::bench::median(ms), rss))
+}
+
+/// Every hostile case at `size` bytes: (name, median ms, peak MiB), and the valid file's.
+type Case = (&'static str, f64, f64);
+
+fn measure(bin: &Path, dir: &Path, size: usize, runs: usize) -> anyhow::Result<(Vec<Case>, Case)> {
     let valid_file = dir.join("valid.yaml");
     std::fs::write(&valid_file, valid(size))?;
-    let base = time_check(bin, &valid_file, runs)?;
+    let (ms, rss) = time_check(bin, &valid_file, runs)?;
+    let base = ("valid ServiceEntries", ms, rss);
     let mut out = Vec::new();
     for (name, content) in cases(size) {
         let file = dir.join("hostile.yaml");
         std::fs::write(&file, content)?;
-        out.push((name, time_check(bin, &file, runs)?));
+        let (ms, rss) = time_check(bin, &file, runs)?;
+        out.push((name, ms, rss));
     }
     Ok((out, base))
 }
 
-fn worst(cases: &[(&'static str, f64)]) -> (&'static str, f64) {
+fn max_by(cases: &[Case], key: impl Fn(&Case) -> f64) -> Case {
     cases
         .iter()
         .copied()
-        .fold(("", 0.0), |w, c| if c.1 > w.1 { c } else { w })
+        .fold(("", 0.0, 0.0), |w, c| if key(&c) > key(&w) { c } else { w })
+}
+
+fn list(v: &[Case]) -> String {
+    v.iter()
+        .map(|(n, ms, rss)| format!("{n} {ms:.0} ms / {rss:.0} MiB"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn hostile_yaml(bin: &Path, quick: bool) -> anyhow::Result<Vec<Row>> {
@@ -109,32 +134,43 @@ pub fn hostile_yaml(bin: &Path, quick: bool) -> anyhow::Result<Vec<Row>> {
     let (at_small, _) = measure(bin, &dir, small, runs)?;
     let (at_large, base) = measure(bin, &dir, large, runs)?;
     let _ignored = std::fs::remove_dir_all(&dir);
-    let (name, ms) = worst(&at_large);
-    let growth = at_large
+    let slowest = max_by(&at_large, |c| c.1);
+    let biggest = max_by(&at_large, |c| c.2);
+    let growth: Vec<Case> = at_large
         .iter()
         .zip(&at_small)
-        .map(|((n, l), (_, s))| (*n, l / s.max(1.0)))
-        .fold(("", 0.0f64), |w, c| if c.1 > w.1 { c } else { w });
+        .map(|(l, s)| (l.0, l.1 / s.1.max(1.0), 0.0))
+        .collect();
+    let steepest = max_by(&growth, |c| c.1);
     let mib = |b: usize| b as f64 / f64::from(1 << 20);
-    let list = |v: &[(&str, f64)]| {
-        v.iter()
-            .map(|(n, ms)| format!("{n} {ms:.0} ms"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     Ok(vec![
         Row {
             case: format!(
                 "`check` of a {:.0} MiB hostile YAML file, worst case",
                 mib(large)
             ),
-            median: ms,
+            median: slowest.1,
             unit: "ms",
             target: None,
             detail: format!(
-                "worst: {name} ({:.1}x the {base:.0} ms of valid ServiceEntries of the same size); {}",
-                ms / base,
+                "worst: {}; valid ServiceEntries of the same size: {:.0} ms / {:.0} MiB; {}",
+                slowest.0,
+                base.1,
+                base.2,
                 list(&at_large)
+            ),
+        },
+        Row {
+            case: format!(
+                "peak memory of `check` on a {:.0} MiB hostile file ÷ a valid one of the same size",
+                mib(large)
+            ),
+            median: biggest.2 / base.2,
+            unit: "×",
+            target: Some(1.25),
+            detail: format!(
+                "largest: {} {:.0} MiB, valid {:.0} MiB",
+                biggest.0, biggest.2, base.2
             ),
         },
         Row {
@@ -143,12 +179,12 @@ pub fn hostile_yaml(bin: &Path, quick: bool) -> anyhow::Result<Vec<Row>> {
                 mib(small),
                 mib(large)
             ),
-            median: growth.1,
+            median: steepest.1,
             unit: "×",
             target: Some(5.0),
             detail: format!(
                 "steepest: {}; at {:.1} MiB: {}; medians of {runs} runs, each a fresh process",
-                growth.0,
+                steepest.0,
                 mib(small),
                 list(&at_small)
             ),

@@ -8,6 +8,7 @@ mod events;
 pub mod http;
 pub mod metrics;
 mod policy;
+mod reload;
 mod sd_notify;
 mod watch;
 
@@ -140,36 +141,45 @@ fn apply_failure(e: anyhow::Error) -> Failure {
     }
 }
 
-/// Retry schedule of the first full apply: at once, then with exponential backoff.
-struct FirstApply {
-    next: tokio::time::Instant,
+/// When to try a full apply again after one failed: exponential backoff from 0.5 s to 30 s.
+/// Not armed (`at` is `None`) until a failure, so waiting on it never spins.
+struct Retry {
+    at: Option<tokio::time::Instant>,
     backoff: Duration,
 }
 
-impl Default for FirstApply {
+impl Default for Retry {
     fn default() -> Self {
         Self {
-            next: tokio::time::Instant::now(),
+            at: None,
             backoff: Duration::from_millis(500),
         }
     }
 }
 
-impl FirstApply {
+impl Retry {
     fn due(&self) -> bool {
-        tokio::time::Instant::now() >= self.next
+        self.at.is_none_or(|t| tokio::time::Instant::now() >= t)
     }
 
     /// Schedules the next try; returns the wait.
     fn failed(&mut self) -> Duration {
         let wait = self.backoff;
-        self.next = tokio::time::Instant::now() + wait;
+        self.at = Some(tokio::time::Instant::now() + wait);
         self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
         wait
     }
 
+    fn succeeded(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Wakes the loop when a scheduled try comes due; once it has, other events wake it.
     async fn wait(&self) {
-        tokio::time::sleep_until(self.next).await;
+        match self.at {
+            Some(t) if t > tokio::time::Instant::now() => tokio::time::sleep_until(t).await,
+            _ => std::future::pending().await,
+        }
     }
 }
 
@@ -197,6 +207,10 @@ struct Daemon {
     index: Arc<RwLock<EventIndex>>,
     names_tx: tokio_watch::Sender<BTreeSet<String>>,
     metrics: Arc<metrics::DaemonMetrics>,
+    /// The kernel holds the full policy (the first full apply, or a re-apply after a failed
+    /// rollback, succeeded).
+    ready: bool,
+    retry: Retry,
 }
 
 impl Daemon {
@@ -320,39 +334,34 @@ impl Daemon {
             index,
             names_tx,
             metrics,
+            ready: false,
+            retry: Retry::default(),
         };
         let (fs_tx, mut fs_rx) = mpsc::channel(1);
         let mut watcher = d.watch(fs_tx.clone());
-        let mut ready = false;
-        // The first full apply is retried until it succeeds; until then the daemon is not
-        // ready, whatever else works.
-        let mut first_apply = FirstApply::default();
+        let mut ever_ready = false;
 
         loop {
-            if !ready
-                && d.resolved.complete
-                && d.resolved.addrs.len() == d.current.compiled.hostnames.len()
-                && first_apply.due()
-            {
-                if let Err(e) = block_in_place(|| d.apply()) {
-                    let wait = first_apply.failed();
-                    let reason =
-                        format!("applying the policy failed (retrying in {wait:?}): {e:#}");
-                    error!("{reason}");
-                    d.metrics.apply_failures.fetch_add(1, Ordering::Relaxed);
-                    d.metrics.set_not_ready(reason);
+            if d.wants_full_apply() {
+                if let Err(e) = block_in_place(|| d.full_apply()) {
                     if d.opts.once {
                         return Err(apply_failure(e));
                     }
                 } else {
-                    ready = true;
-                    d.metrics.set_ready();
                     info!(
                         hostnames = d.resolved.addrs.len(),
                         failing = d.resolved.failing.len(),
-                        "first full apply done"
+                        "{}",
+                        if ever_ready {
+                            "full apply done, ready again"
+                        } else {
+                            "first full apply done"
+                        }
                     );
-                    sd_notify::notify("READY=1\nSTATUS=enforcing");
+                    if !ever_ready {
+                        sd_notify::notify("READY=1\nSTATUS=enforcing");
+                    }
+                    ever_ready = true;
                     if d.opts.once {
                         info!("--once: exiting; the policy stays pinned");
                         return Ok(());
@@ -362,7 +371,7 @@ impl Daemon {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
-                () = first_apply.wait(), if !ready => {}
+                () = d.retry.wait(), if !d.ready => {}
                 _ = hup.recv() => {
                     info!("SIGHUP: reloading");
                     if block_in_place(|| d.reload()) {
@@ -384,7 +393,7 @@ impl Daemon {
                     for (name, err) in &d.resolved.failing {
                         warn!(name = %name, "DNS lookup failed, keeping the last good answer: {err}");
                     }
-                    if ready && let Err(e) = block_in_place(|| d.apply()) {
+                    if d.ready && let Err(e) = block_in_place(|| d.apply()) {
                         d.metrics.apply_failures.fetch_add(1, Ordering::Relaxed);
                         error!("applying DNS changes failed (the rules in force stay): {e:#}");
                     }
@@ -394,6 +403,57 @@ impl Daemon {
         drop(watcher);
         info!("stopping; enforcement stays pinned (run `egress-enforcer uninstall` to remove it)");
         Ok(())
+    }
+
+    /// Not ready, every name has had a lookup, and no retry is pending.
+    fn wants_full_apply(&self) -> bool {
+        !self.ready
+            && self.resolved.complete
+            && self.resolved.addrs.len() == self.current.compiled.hostnames.len()
+            && self.retry.due()
+    }
+
+    /// The apply that makes the daemon ready. On failure it stays not ready, says why, and
+    /// schedules a retry; if the rules do not fit, the ones no longer wanted still go (a
+    /// carried address must not outlive its grace because the new set is too large).
+    fn full_apply(&mut self) -> anyhow::Result<()> {
+        let Err(e) = self.apply_everything() else {
+            self.ready = true;
+            self.retry.succeeded();
+            self.metrics.set_ready();
+            return Ok(());
+        };
+        if e.downcast_ref::<crate::dataplane::maps::CapacityError>()
+            .is_some()
+        {
+            let desired = self.desired();
+            if let Err(r) = self.dp.maps.remove_unwanted(&desired) {
+                warn!("removing rules no longer wanted failed too: {r:#}");
+            }
+        }
+        self.not_ready(&e);
+        Err(e)
+    }
+
+    /// Rules, mode and loopback switch, and links exactly as the policy in force says: after
+    /// a failed rollback any of them may differ.
+    fn apply_everything(&mut self) -> anyhow::Result<()> {
+        self.apply()?;
+        let cfg = &self.current.config;
+        self.dp
+            .maps
+            .write_config(mode_code(cfg.mode), cfg.allow.loopback)?;
+        let (_, cgroups) = resolve_cgroups(cfg)?;
+        self.dp.detach_except(&cgroups)
+    }
+
+    fn not_ready(&mut self, e: &anyhow::Error) {
+        self.ready = false;
+        let wait = self.retry.failed();
+        let reason = format!("applying the policy failed (retrying in {wait:?}): {e:#}");
+        error!("{reason}");
+        self.metrics.apply_failures.fetch_add(1, Ordering::Relaxed);
+        self.metrics.set_not_ready(reason);
     }
 
     fn watch(&self, tx: mpsc::Sender<()>) -> Option<watch::FileWatch> {
@@ -415,14 +475,19 @@ impl Daemon {
         }
     }
 
+    /// The rules of the policy in force with the current answers.
+    fn desired(&self) -> crate::policy::rules::DesiredRules {
+        let resolved = &self.resolved;
+        self.current
+            .compiled
+            .desired_rules(|h| resolved.addrs.get(h).cloned().unwrap_or_default())
+    }
+
     /// Makes the maps equal to the policy and the current DNS answers (which include what a
     /// previous run allowed for names not answered yet, within the grace).
     fn apply(&mut self) -> anyhow::Result<()> {
+        let desired = self.desired();
         let resolved = &self.resolved;
-        let desired = self
-            .current
-            .compiled
-            .desired_rules(|h| resolved.addrs.get(h).cloned().unwrap_or_default());
         let started = std::time::Instant::now();
         let stats = self.dp.maps.apply(&desired)?;
         let apply_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -451,124 +516,6 @@ impl Daemon {
             );
         }
         Ok(())
-    }
-
-    /// Re-reads everything; a bad config or any invalid ServiceEntry changes nothing.
-    /// Returns whether the watched paths may have changed.
-    fn reload(&mut self) -> bool {
-        let next = match policy::load(self.opts.config.as_deref(), &self.opts.allow) {
-            Ok(p) => p,
-            Err(e) => {
-                error!("reload failed, keeping the policy in force: {e}");
-                self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
-                return false;
-            }
-        };
-        for r in &next.remarks {
-            warn!("{r}");
-        }
-        let (old, new) = (&self.current.config, &next.config);
-        if new.bpffs != old.bpffs || new.maps != old.maps || new.dns != old.dns {
-            warn!("bpffs, maps and dns changes take effect at the next restart");
-        }
-        let (mode, loopback) = (new.mode, new.allow.loopback);
-        let paths_changed = new.service_entries != old.service_entries;
-        // Everything that can fail without touching the kernel goes first.
-        let cgroups = match self.prepare_cgroups(new) {
-            Ok(c) => c,
-            Err(e) => {
-                self.reload_refused(&e);
-                return false;
-            }
-        };
-        let previous = std::mem::replace(&mut self.current, next);
-        if let Err(e) = self.switch(&cgroups, mode, loopback) {
-            self.reload_refused(&e);
-            self.current = previous;
-            self.restore(&cgroups.added, &cgroups.old_config);
-            return false;
-        }
-        // Only now that the new policy is whole do cgroups leave enforcement.
-        if let Err(e) = self.dp.detach_except(&cgroups.all) {
-            error!("detaching cgroups no longer configured failed (they stay enforced): {e:#}");
-        }
-        self.names_tx.send_replace(names(&self.current));
-        self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
-        info!(mode = ?mode, entries = self.current.entries, hostnames = self.current.compiled.hostnames.len(), "reloaded");
-        paths_changed
-    }
-}
-
-/// The cgroups of a config about to be reloaded, created but not attached yet.
-struct ReloadCgroups {
-    all: Vec<Cgroup>,
-    /// Not enforced before this reload.
-    added: Vec<Cgroup>,
-    /// The kernel config entry before the reload, to restore on failure.
-    old_config: enforcer_common::Config,
-}
-
-impl Daemon {
-    fn prepare_cgroups(&self, new: &Config) -> anyhow::Result<ReloadCgroups> {
-        let (_, all) = resolve_cgroups(new)?;
-        let (_, before) = resolve_cgroups(&self.current.config)?;
-        let added: Vec<Cgroup> = all
-            .iter()
-            .filter(|c| !before.contains(c))
-            .cloned()
-            .collect();
-        for cg in &added {
-            cg.create()?;
-        }
-        let old_config = self.dp.maps.read_config()?;
-        Ok(ReloadCgroups {
-            all,
-            added,
-            old_config,
-        })
-    }
-
-    /// Rules, then new cgroups, then the mode: each step fails before the next one starts.
-    fn switch(
-        &mut self,
-        cgroups: &ReloadCgroups,
-        mode: Mode,
-        loopback: bool,
-    ) -> anyhow::Result<()> {
-        self.apply()?;
-        self.dp.attach_new(&cgroups.added)?;
-        self.dp.maps.write_config(mode_code(mode), loopback)
-    }
-
-    /// Puts back what a failed reload may have changed: links of added cgroups, the mode and
-    /// loopback switch, and the rules (the skip bits follow the rules).
-    fn restore(&mut self, added: &[Cgroup], old: &enforcer_common::Config) {
-        let mut failures = Vec::new();
-        let keep: Vec<Cgroup> = resolve_cgroups(&self.current.config)
-            .map(|(_, c)| c)
-            .unwrap_or_default();
-        if !added.is_empty()
-            && let Err(e) = self.dp.detach_except(&keep)
-        {
-            failures.push(format!("detaching added cgroups: {e:#}"));
-        }
-        if let Err(e) = self.dp.maps.write_config(old.mode, old.allow_loopback != 0) {
-            failures.push(format!("restoring the mode: {e:#}"));
-        }
-        if let Err(e) = self.apply() {
-            failures.push(format!("restoring the rules: {e:#}"));
-        }
-        for f in failures {
-            error!("rolling back a failed reload: {f}");
-            self.metrics
-                .rollback_failures
-                .fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn reload_refused(&self, e: &anyhow::Error) {
-        error!("reload could not be applied, keeping the previous policy: {e:#}");
-        self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
     }
 }
 

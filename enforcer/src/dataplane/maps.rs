@@ -265,6 +265,15 @@ impl Maps {
         })
     }
 
+    /// Removes every rule that `desired` does not hold, adding nothing: when the whole set does
+    /// not fit, what is no longer wanted (an expired carried address, a removed entry) must
+    /// still go. The lookup-skip bits stay as wide as they were.
+    pub fn remove_unwanted(&mut self, desired: &DesiredRules) -> anyhow::Result<usize> {
+        let a = prune(&mut self.exact, &mut self.mirror.exact, &desired.exact)?;
+        let b = prune(&mut self.prefix, &mut self.mirror.prefix, &desired.prefix)?;
+        Ok(a + b)
+    }
+
     /// The keys of every exact rule, sorted.
     pub fn exact_keys(&self) -> anyhow::Result<Vec<RuleKey>> {
         Ok(self.exact.live()?.into_iter().map(|(k, _)| k).collect())
@@ -451,6 +460,24 @@ fn sync<M: RuleMap>(
         removed: d.removals.len(),
         unchanged: d.unchanged,
     })
+}
+
+fn prune<M: RuleMap>(
+    map: &mut M,
+    mirror: &mut Option<Vec<(M::Key, RuleValue)>>,
+    desired: &BTreeMap<M::Key, RuleValue>,
+) -> anyhow::Result<usize> {
+    let live = match mirror.take() {
+        Some(live) => live,
+        None => map.live()?,
+    };
+    let (keep, gone): (Vec<_>, Vec<_>) =
+        live.into_iter().partition(|(k, _)| desired.contains_key(k));
+    let keys: Vec<M::Key> = gone.into_iter().map(|(k, _)| k).collect();
+    map.del_many(&keys)
+        .with_context(|| format!("removing from {}", M::NAME))?;
+    *mirror = Some(keep);
+    Ok(keys.len())
 }
 
 /// Consecutive writes of one kind, to be made as one batch.

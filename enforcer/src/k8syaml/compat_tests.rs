@@ -129,6 +129,23 @@ fn merge_keys_and_aliases() {
 }
 
 #[test]
+fn line_breaks_only_go_yaml_knows_are_refused() {
+    // To go-yaml the comment ends at U+2028 and `addresses` is a key; to YAML 1.2 it is all
+    // comment. Either reading would be a surprise to someone, so neither is taken.
+    for c in ['\u{85}', '\u{2028}', '\u{2029}'] {
+        let text = format!("a: 1\nspec: # note{c}addresses: [0.0.0.0/0]\n");
+        let e = fails(&text);
+        assert!(e.message.contains("line break"), "{e}");
+        assert_eq!(e.line, Some(2));
+    }
+    assert_eq!(
+        read("a: \"\u{2027}\""),
+        json!({"a": "\u{2027}"}),
+        "neighbours are fine"
+    );
+}
+
+#[test]
 fn documents_keep_their_lines_and_stop_at_an_error() {
     let (docs, err) = documents("a: 1\n---\nb: [\n", &Limits::default());
     assert_eq!(docs.len(), 1);
@@ -162,6 +179,22 @@ fn hostile_input_is_rejected() {
         e.is_some_and(|e| e.message.contains("documents")),
         "many documents"
     );
+    // An alias of a long string copies its bytes: charged by size, not as one node.
+    let long = format!(
+        "s: &s '{}'\nc: [{}]\n",
+        "x".repeat(MIB),
+        vec!["*s"; 100].join(", ")
+    );
+    assert!(
+        fails(&long).message.contains("too much memory"),
+        "aliased long string"
+    );
+    // Many tiny nodes cost far more memory than their bytes of input.
+    let pairs = format!("x: [{}]", "a: b, ".repeat(2 * MIB / 6));
+    assert!(
+        fails(&pairs).message.contains("too much memory"),
+        "tiny pairs"
+    );
     // Billion laughs: each level doubles.
     let mut laughs = String::from("a0: &a0 [x, x]\n");
     for i in 1..40 {
@@ -174,7 +207,7 @@ fn hostile_input_is_rejected() {
     let e = single(
         &nested,
         &Limits {
-            alias_floor: 1000,
+            memory_floor: 64 << 10,
             ..Limits::default()
         },
     );

@@ -3,8 +3,9 @@
 //!
 //! `kubectl apply` and the API server read manifests with go-yaml v2 (through
 //! sigs.k8s.io/yaml). A file they accept must mean the same here, and a hostile file must
-//! cost little. saphyr-parser supplies the events (a maintained YAML 1.2 parser whose flow
-//! nesting is bounded); this module builds documents from them with go-yaml v2's meaning:
+//! cost little. granit-parser supplies the events (a maintained YAML 1.2 parser that bounds
+//! flow nesting and how far it looks ahead for a key, so its memory stays flat); this module
+//! builds documents from them with go-yaml v2's meaning:
 //!
 //! - plain scalars resolve by YAML 1.1 rules (`resolve`);
 //! - in flow context a plain scalar may end with `:` before `,`, `]` or `}` (go-yaml reads
@@ -43,7 +44,28 @@ pub struct YamlError {
 /// Every document of `text` up to the first error (documents before it are kept: a syntax
 /// error cannot be recovered from, but what came before it is whole).
 pub fn documents(text: &str, limits: &Limits) -> (Vec<Document>, Option<YamlError>) {
+    if let Some(e) = foreign_line_break(text) {
+        return (Vec::new(), Some(e));
+    }
     tree::Builder::new(text, limits).run()
+}
+
+/// go-yaml v2 also breaks lines at U+0085, U+2028 and U+2029 (even inside comments); YAML 1.2
+/// parsers do not. A file using them would mean different things to Kubernetes and to us
+/// (a "comment" that hides lines from one reader), so it is refused.
+fn foreign_line_break(text: &str) -> Option<YamlError> {
+    let (at, c) = text
+        .char_indices()
+        .find(|(_, c)| matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}'))?;
+    let line = text[..at].bytes().filter(|b| *b == b'\n').count() + 1;
+    Some(YamlError {
+        message: format!(
+            "U+{:04X} is a line break to Kubernetes' YAML reader but not to YAML 1.2: \
+             remove it",
+            u32::from(c)
+        ),
+        line: Some(line),
+    })
 }
 
 /// A single-document file (a config file): its value, `Null` when empty.

@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use saphyr_parser::{Event, Parser, ScalarStyle, Span, StrInput, Tag};
+use granit_parser::{Event, Parser, ScalarStyle, Span, StrInput, StructureStyle, Tag};
 use serde_yaml_ng::{Mapping, Value};
 
 use super::{
@@ -18,19 +18,29 @@ pub struct Limits {
     pub max_depth: usize,
     /// Documents in one stream (16 MiB of `---` lines would otherwise be 4 million).
     pub max_documents: usize,
-    /// Nodes that anchors and aliases may copy: this many per node read, plus a floor (the
-    /// "billion laughs" guard; go-yaml has a similar ratio).
-    pub alias_factor: usize,
-    pub alias_floor: usize,
+    /// Memory the documents of one file may take, estimated as they are built: at most
+    /// `memory_floor` plus this many bytes per byte of input read so far. A real ServiceEntry
+    /// file needs at most about 35 (a long list of `{address: …}` endpoints); many tiny nodes
+    /// (`[a, a, …]` about 70, `[a: b, a: b, …]` about 130) and what anchors and aliases copy
+    /// (the "billion laughs") are stopped early, so rejecting them stays cheap.
+    pub memory_factor: usize,
+    pub memory_floor: usize,
 }
+
+/// Estimated heap bytes of a node, calibrated by the peak RSS of `check` on large files of
+/// each shape (a one-pair mapping in a list costs about 1 KiB).
+const SCALAR_BYTES: usize = 64;
+const SEQUENCE_BYTES: usize = 64;
+const MAPPING_BYTES: usize = 400;
+const ENTRY_BYTES: usize = 80;
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_depth: 128,
             max_documents: 10_000,
-            alias_factor: 10,
-            alias_floor: 100_000,
+            memory_factor: 40,
+            memory_floor: 32 << 20,
         }
     }
 }
@@ -63,60 +73,19 @@ struct Frame {
     /// Inside `[...]` or `{...}`.
     flow: bool,
     line: usize,
-    /// Nodes in this collection so far, itself included.
-    nodes: usize,
-}
-
-/// Byte offsets of character indices (the parser counts characters). Lookups come in event
-/// order, so the cursor moves forward (and back by at most a token): one pass over the file.
-struct Cursor<'a> {
-    text: &'a str,
-    byte: usize,
-    chr: usize,
-}
-
-impl Cursor<'_> {
-    fn byte_of(&mut self, chr: usize) -> usize {
-        // Events arrive in order, so a step back is at most one token long.
-        if chr < self.chr {
-            let back = self.chr - chr;
-            let start = self.text[..self.byte]
-                .char_indices()
-                .rev()
-                .nth(back - 1)
-                .map_or(0, |(b, _)| b);
-            (self.byte, self.chr) = (start, chr);
-            return self.byte;
-        }
-        let mut it = self.text[self.byte..].char_indices();
-        while self.chr < chr {
-            match it.next() {
-                Some((_, c)) => {
-                    self.byte += c.len_utf8();
-                    self.chr += 1;
-                }
-                None => break,
-            }
-        }
-        self.byte
-    }
-
-    /// The two characters at character index `chr`.
-    fn two_at(&mut self, chr: usize) -> (Option<char>, Option<char>) {
-        let b = self.byte_of(chr);
-        let mut cs = self.text[b..].chars();
-        (cs.next(), cs.next())
-    }
+    /// Estimated bytes of this collection so far, its children included.
+    weight: usize,
 }
 
 pub struct Builder<'a> {
     parser: Parser<'a, StrInput<'a>>,
     limits: &'a Limits,
-    cursor: Cursor<'a>,
+    text: &'a str,
     stack: Vec<Frame>,
     anchors: HashMap<usize, (Value, usize)>,
+    /// Estimated bytes built so far, copies included, and the input read so far.
+    spent: usize,
     read: usize,
-    copied: usize,
     root: Option<Value>,
     doc_line: Option<usize>,
     docs: Vec<Document>,
@@ -134,15 +103,11 @@ impl<'a> Builder<'a> {
         Self {
             parser: Parser::new_from_str(text),
             limits,
-            cursor: Cursor {
-                text,
-                byte: 0,
-                chr: 0,
-            },
+            text,
             stack: Vec::new(),
             anchors: HashMap::new(),
+            spent: 0,
             read: 0,
-            copied: 0,
             root: None,
             doc_line: None,
             docs: Vec::new(),
@@ -155,7 +120,7 @@ impl<'a> Builder<'a> {
                 None => return (self.docs, None),
                 Some(Err(e)) => {
                     let line = e.marker().line();
-                    return (self.docs, Some(err(e.info().to_owned(), line)));
+                    return (self.docs, Some(err(e.kind().to_string(), line)));
                 }
                 Some(Ok(ev)) => ev,
             };
@@ -170,10 +135,10 @@ impl<'a> Builder<'a> {
     /// Handles one event; `true` at the end of the stream.
     fn event(&mut self, event: Event<'a>, span: Span) -> Result<bool, YamlError> {
         let line = span.start.line();
+        self.read = self.read.max(span.end.byte_offset().unwrap_or(self.read));
         match event {
             Event::StreamEnd => return Ok(true),
-            Event::StreamStart | Event::Nothing => {}
-            Event::DocumentStart(_) => {
+            Event::DocumentStart(..) => {
                 if self.docs.len() >= self.limits.max_documents {
                     return Err(err(
                         format!("more than {} documents", self.limits.max_documents),
@@ -192,31 +157,40 @@ impl<'a> Builder<'a> {
             }
             Event::Scalar(text, style, anchor, tag) => {
                 // An empty document is an empty plain scalar: it has no line of its own.
-                if !(self.stack.is_empty() && text.is_empty() && style == ScalarStyle::Plain) {
+                if !(self.stack.is_empty() && span.start.index() == span.end.index()) {
                     self.node_line(line);
                 }
-                self.read += 1;
+                let weight = SCALAR_BYTES + text.len();
+                self.charge(weight, line)?;
                 let value = scalar(&text, style, tag.as_deref(), line)?;
                 let colon_key = style == ScalarStyle::Plain && self.colon_follows(&span);
                 let merge = style == ScalarStyle::Plain && tag.is_none() && text == "<<";
-                self.complete(value, 1, anchor, line, colon_key, merge)?;
+                self.complete(value, weight, anchor, line, colon_key, merge)?;
             }
-            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+            Event::SequenceStart(style, anchor, _) | Event::MappingStart(style, anchor, _) => {
                 self.node_line(line);
                 let is_seq = matches!(event, Event::SequenceStart(..));
-                self.open(is_seq, anchor, &span)?;
+                self.open(is_seq, style, anchor, &span)?;
             }
             Event::SequenceEnd | Event::MappingEnd => self.close(line)?,
             Event::Alias(id) => {
                 self.node_line(line);
-                let (value, nodes) = self
+                let weight = self
                     .anchors
                     .get(&id)
-                    .cloned()
+                    .map(|(_, w)| *w)
                     .ok_or_else(|| err("alias of an unknown anchor", line))?;
-                self.charge(nodes, line)?;
-                self.complete(value, nodes, 0, line, false, false)?;
+                // Charged before the copy is made.
+                self.charge(weight, line)?;
+                let value = self
+                    .anchors
+                    .get(&id)
+                    .map(|(v, _)| v.clone())
+                    .unwrap_or_default();
+                self.complete(value, weight, 0, line, false, false)?;
             }
+            // Stream start, and metadata events this reader does not ask for.
+            _ => {}
         }
         Ok(false)
     }
@@ -228,17 +202,24 @@ impl<'a> Builder<'a> {
     }
 
     /// A plain scalar in flow context followed at once by `:` and `,`, `]` or `}`.
-    fn colon_follows(&mut self, span: &Span) -> bool {
+    fn colon_follows(&self, span: &Span) -> bool {
         if !self.stack.last().is_some_and(|f| f.flow) {
             return false;
         }
-        matches!(
-            self.cursor.two_at(span.end.index()),
-            (Some(':'), Some(',' | ']' | '}'))
-        )
+        let next = span
+            .end
+            .byte_offset()
+            .and_then(|at| self.text.as_bytes().get(at..at + 2));
+        matches!(next, Some([b':', b',' | b']' | b'}']))
     }
 
-    fn open(&mut self, is_seq: bool, anchor: usize, span: &Span) -> Result<(), YamlError> {
+    fn open(
+        &mut self,
+        is_seq: bool,
+        style: StructureStyle,
+        anchor: usize,
+        span: &Span,
+    ) -> Result<(), YamlError> {
         let line = span.start.line();
         if self.stack.len() >= self.limits.max_depth {
             return Err(err(
@@ -247,8 +228,12 @@ impl<'a> Builder<'a> {
             ));
         }
         let parent_flow = self.stack.last().is_some_and(|f| f.flow);
-        let (first, _) = self.cursor.two_at(span.start.index());
-        let braced = first == Some(if is_seq { '[' } else { '{' });
+        let first = span
+            .start
+            .byte_offset()
+            .and_then(|at| self.text.as_bytes().get(at));
+        let braced = first == Some(if is_seq { &b'[' } else { &b'{' });
+        let flow = style == StructureStyle::Flow || parent_flow;
         let kind = if is_seq {
             Kind::Seq(Vec::new())
         } else {
@@ -260,13 +245,18 @@ impl<'a> Builder<'a> {
                 colon_key: false,
             }
         };
-        self.read += 1;
+        let weight = if is_seq {
+            SEQUENCE_BYTES
+        } else {
+            MAPPING_BYTES
+        };
+        self.charge(weight, line)?;
         self.stack.push(Frame {
             kind,
             anchor,
-            flow: braced || parent_flow,
+            flow,
             line,
-            nodes: 1,
+            weight,
         });
         Ok(())
     }
@@ -289,19 +279,23 @@ impl<'a> Builder<'a> {
             }
             Kind::Map { map, .. } => Value::Mapping(map),
         };
-        self.complete(value, frame.nodes, frame.anchor, frame.line, false, false)
+        self.complete(value, frame.weight, frame.anchor, frame.line, false, false)
     }
 
-    /// Counts nodes copied for anchors and aliases against the budget.
-    fn charge(&mut self, nodes: usize, line: usize) -> Result<(), YamlError> {
-        self.copied = self.copied.saturating_add(nodes);
+    /// Counts estimated bytes against the file's budget, before they are spent.
+    fn charge(&mut self, weight: usize, line: usize) -> Result<(), YamlError> {
+        self.spent = self.spent.saturating_add(weight);
         let budget = self
             .read
-            .saturating_mul(self.limits.alias_factor)
-            .max(self.limits.alias_floor);
-        if self.copied > budget {
+            .saturating_mul(self.limits.memory_factor)
+            .saturating_add(self.limits.memory_floor);
+        if self.spent > budget {
             return Err(err(
-                "anchors and aliases expand to too much (more than ten times the document)",
+                format!(
+                    "the documents would take too much memory (over {} bytes per byte of \
+                     input: aliases, or very many small nodes)",
+                    self.limits.memory_factor
+                ),
                 line,
             ));
         }
@@ -312,21 +306,24 @@ impl<'a> Builder<'a> {
     fn complete(
         &mut self,
         value: Value,
-        nodes: usize,
+        weight: usize,
         anchor: usize,
         line: usize,
         colon_key: bool,
         merge: bool,
     ) -> Result<(), YamlError> {
         if anchor != 0 {
-            self.charge(nodes, line)?;
-            self.anchors.insert(anchor, (value.clone(), nodes));
+            self.charge(weight, line)?;
+            self.anchors.insert(anchor, (value.clone(), weight));
+        }
+        if !self.stack.is_empty() {
+            self.charge(ENTRY_BYTES, line)?;
         }
         let Some(parent) = self.stack.last_mut() else {
             self.root = Some(value);
             return Ok(());
         };
-        parent.nodes = parent.nodes.saturating_add(nodes);
+        parent.weight = parent.weight.saturating_add(weight + ENTRY_BYTES);
         match &mut parent.kind {
             Kind::Seq(items) => items.push(value),
             Kind::Map {
@@ -419,13 +416,7 @@ fn scalar(
     let plain = style == ScalarStyle::Plain;
     // `!!int` arrives as the core schema's handle and a suffix, `!<tag:yaml.org,2002:int>`
     // as a suffix alone.
-    let core = tag.and_then(|t| {
-        if t.is_yaml_core_schema() {
-            Some(t.suffix.as_str())
-        } else {
-            t.suffix.strip_prefix("tag:yaml.org,2002:")
-        }
-    });
+    let core = tag.and_then(Tag::core_suffix);
     let resolved = match (core, tag) {
         (Some("str" | "binary" | "timestamp"), _) => Scalar::Str,
         (Some(want @ ("int" | "float" | "bool" | "null")), _) => {
@@ -443,7 +434,7 @@ fn scalar(
             r
         }
         // The non-specific `!` makes a plain scalar a string.
-        (_, Some(t)) if t.handle.is_empty() && t.suffix == "!" => Scalar::Str,
+        (_, Some(t)) if t.parts() == ("", "!") => Scalar::Str,
         _ if plain => resolve::plain(text),
         _ => Scalar::Str,
     };
@@ -455,26 +446,4 @@ fn scalar(
         Scalar::Float(f) => Value::Number(f.into()),
         Scalar::Str => Value::String(text.to_owned()),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_cursor_maps_character_indices_both_ways() {
-        let text = "aé€𝄞b:]";
-        let mut c = Cursor {
-            text,
-            byte: 0,
-            chr: 0,
-        };
-        for (chr, (byte, _)) in text.char_indices().enumerate() {
-            assert_eq!(c.byte_of(chr), byte);
-        }
-        assert_eq!(c.byte_of(2), 3, "back");
-        assert_eq!(c.two_at(5), (Some(':'), Some(']')));
-        assert_eq!(c.two_at(1), (Some('é'), Some('€')));
-        assert_eq!(c.byte_of(99), text.len(), "past the end");
-    }
 }

@@ -1,0 +1,199 @@
+//! Reloads: the new policy takes effect entirely or the kernel keeps the old one
+//! (docs/architecture.md, "Reloads").
+
+use std::{path::PathBuf, sync::atomic::Ordering};
+
+use tracing::{error, info, warn};
+
+use super::{Daemon, mode_code, names, policy, resolve_cgroups};
+use crate::{config::Mode, dataplane::cgroup::Cgroup};
+
+/// The cgroups of a config about to be reloaded, created but not attached yet, and what a
+/// rollback needs.
+struct Prepared {
+    all: Vec<Cgroup>,
+    /// Enforced before this reload.
+    before: Vec<Cgroup>,
+    /// Not enforced before this reload.
+    added: Vec<Cgroup>,
+    /// Directories this reload created (removed again on failure).
+    created: Vec<PathBuf>,
+    /// The kernel config entry before the reload.
+    old_config: enforcer_common::Config,
+}
+
+impl Daemon {
+    /// Re-reads everything; a bad config or any invalid ServiceEntry changes nothing.
+    /// Returns whether the watched paths may have changed.
+    pub(super) fn reload(&mut self) -> bool {
+        let next = match policy::load(self.opts.config.as_deref(), &self.opts.allow) {
+            Ok(p) => p,
+            Err(e) => {
+                error!("reload failed, keeping the policy in force: {e}");
+                self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+        };
+        for r in &next.remarks {
+            warn!("{r}");
+        }
+        let (old, new) = (&self.current.config, &next.config);
+        if new.bpffs != old.bpffs || new.maps != old.maps || new.dns != old.dns {
+            warn!("bpffs, maps and dns changes take effect at the next restart");
+        }
+        let (mode, loopback) = (new.mode, new.allow.loopback);
+        let paths_changed = new.service_entries != old.service_entries;
+        // Everything that can fail without touching the kernel goes first.
+        let prepared = match self.prepare(new) {
+            Ok(p) => p,
+            Err((e, created)) => {
+                remove_created(&created);
+                self.refused(&e, &[]);
+                return false;
+            }
+        };
+        let previous = std::mem::replace(&mut self.current, next);
+        if let Err(e) = self.switch(&prepared, mode, loopback) {
+            self.current = previous;
+            let failures = self.restore(&prepared);
+            self.refused(&e, &failures);
+            return false;
+        }
+        // Only now that the new policy is whole do cgroups leave enforcement.
+        if let Err(e) = self.dp.detach_except(&prepared.all) {
+            error!("detaching cgroups no longer configured failed (they stay enforced): {e:#}");
+        }
+        self.names_tx.send_replace(names(&self.current));
+        self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+        info!(mode = ?mode, entries = self.current.entries, hostnames = self.current.compiled.hostnames.len(), "reloaded");
+        paths_changed
+    }
+
+    /// Resolves and creates the new config's cgroups. On failure, the directories created so
+    /// far come back with the error.
+    fn prepare(
+        &self,
+        new: &crate::config::Config,
+    ) -> Result<Prepared, (anyhow::Error, Vec<PathBuf>)> {
+        let mut created = Vec::new();
+        let (_, all) = resolve_cgroups(new).map_err(|e| (e, Vec::new()))?;
+        let (_, before) = resolve_cgroups(&self.current.config).map_err(|e| (e, Vec::new()))?;
+        let added: Vec<Cgroup> = all
+            .iter()
+            .filter(|c| !before.contains(c))
+            .cloned()
+            .collect();
+        for cg in &added {
+            let missing = first_missing(&cg.path);
+            if let Err(e) = cg.create() {
+                return Err((e, created));
+            }
+            created.extend(missing);
+        }
+        let old_config = self
+            .dp
+            .maps
+            .read_config()
+            .map_err(|e| (e, created.clone()))?;
+        Ok(Prepared {
+            all,
+            before,
+            added,
+            created,
+            old_config,
+        })
+    }
+
+    /// Rules, then new cgroups, then the mode: each step fails before the next one starts.
+    fn switch(&mut self, p: &Prepared, mode: Mode, loopback: bool) -> anyhow::Result<()> {
+        self.apply()?;
+        self.dp.attach_new(&p.added)?;
+        self.dp.maps.write_config(mode_code(mode), loopback)
+    }
+
+    /// Puts back what a failed reload may have changed: links of added cgroups, the mode and
+    /// loopback switch, and the rules (the skip bits follow the rules). Returns what could
+    /// not be undone.
+    fn restore(&mut self, p: &Prepared) -> Vec<String> {
+        let mut failures = Vec::new();
+        if !p.added.is_empty()
+            && let Err(e) = self.dp.detach_except(&p.before)
+        {
+            failures.push(format!("detaching added cgroups: {e:#}"));
+        }
+        remove_created(&p.created);
+        let old = &p.old_config;
+        if let Err(e) = self.dp.maps.write_config(old.mode, old.allow_loopback != 0) {
+            failures.push(format!("restoring the mode: {e:#}"));
+        }
+        if let Err(e) = self.apply() {
+            failures.push(format!("restoring the rules: {e:#}"));
+        }
+        failures
+    }
+
+    /// Logs a refused reload after its rollback. If the rollback failed, the kernel may hold
+    /// a mix of both policies: the daemon is not ready until a full apply of the policy in
+    /// force succeeds (retried with backoff).
+    fn refused(&mut self, e: &anyhow::Error, rollback_failures: &[String]) {
+        self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
+        if rollback_failures.is_empty() {
+            error!("reload could not be applied, keeping the previous policy: {e:#}");
+            return;
+        }
+        self.metrics
+            .rollback_failures
+            .fetch_add(1, Ordering::Relaxed);
+        error!(
+            "reload could not be applied, and rolling it back failed ({}): {e:#}",
+            rollback_failures.join("; ")
+        );
+        self.not_ready(&anyhow::anyhow!(
+            "rolling back a failed reload failed: {}",
+            rollback_failures.join("; ")
+        ));
+    }
+}
+
+/// The outermost directory of `path` that does not exist yet (what `create_dir_all` makes).
+fn first_missing(path: &std::path::Path) -> Option<PathBuf> {
+    let mut missing = None;
+    for dir in path.ancestors() {
+        if dir.exists() {
+            break;
+        }
+        missing = Some(dir.to_path_buf());
+    }
+    missing
+}
+
+/// Removes cgroup directories a failed reload created (innermost first; a new cgroup holds
+/// no process, so rmdir succeeds).
+fn remove_created(created: &[PathBuf]) {
+    for top in created {
+        let mut dirs: Vec<PathBuf> = walkdirs(top);
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in dirs {
+            if let Err(e) = std::fs::remove_dir(&d) {
+                warn!(path = %d.display(), "removing a cgroup created by a failed reload: {e}");
+            }
+        }
+    }
+}
+
+/// `top` and its subdirectories (cgroup interface files are not directories).
+fn walkdirs(top: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = vec![top.to_path_buf()];
+    let mut i = 0;
+    while let Some(dir) = out.get(i).cloned() {
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            out.extend(
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+        i += 1;
+    }
+    out
+}
