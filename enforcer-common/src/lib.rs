@@ -50,6 +50,11 @@ pub struct RuleKey {
 /// address prefix length (IPv4 prefixes count from bit 96 of the mapped form).
 pub const RULE_KEY_FIXED_BITS: u32 = 64;
 
+/// [`RuleValue::flags`]: the rule comes from a DNS answer. The programs ignore flags; the
+/// daemon uses this one to know, after a restart, which live rules it may carry over while
+/// the names are looked up again. Maps written before it existed have no flags set.
+pub const RULE_FLAG_DNS: u32 = 1;
+
 /// Value of both rule maps. `rule_id` names the rule's source (a ServiceEntry or an `--allow`
 /// flag) so that events and `inspect` can say which rule matched.
 #[repr(C)]

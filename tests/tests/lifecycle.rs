@@ -180,7 +180,10 @@ fn a_reload_that_fails_midway_changes_nothing_in_the_kernel() {
         "{}-new",
         env.cgroup.rsplit('/').next().unwrap_or_default()
     ));
-    assert_eq!(e2e::attached_programs(&added_path), Vec::<String>::new());
+    assert!(
+        !added_path.exists(),
+        "the cgroup the refused reload created is removed again"
+    );
     let rules = env.column("rules", "rule");
     assert_eq!(
         rules,
@@ -199,6 +202,76 @@ fn a_reload_that_fails_midway_changes_nothing_in_the_kernel() {
     );
     drop(d);
     let _ = std::fs::remove_dir(added_path);
+}
+
+/// The same refused reload, but failing in the kernel after the rules were written and three
+/// of the four programs were attached to the new cgroup: all of it is undone.
+#[test]
+fn a_reload_whose_attach_fails_in_the_kernel_is_rolled_back() {
+    let env = Env::new("reload-undo", "enforce", "");
+    let mut d = env.start_daemon(RULES);
+    let leaf = env.cgroup.rsplit('/').next().unwrap_or_default();
+    let added_path = env.cgroup_path.with_file_name(format!("{leaf}-new"));
+    std::fs::create_dir_all(&added_path).expect("cgroup");
+    // A program attached without flags (exclusive) to the new cgroup's sendmsg6 hook: ours
+    // cannot join it there, after connect4, connect6 and sendmsg4 already did.
+    let program = env.bpffs.join("egress-enforcer/programs/sendmsg6");
+    let foreign = run(std::process::Command::new("bpftool")
+        .args(["cgroup", "attach"])
+        .arg(&added_path)
+        .args(["sendmsg6", "pinned"])
+        .arg(&program));
+    assert!(
+        foreign.status.success(),
+        "bpftool attach: {}",
+        String::from_utf8_lossy(&foreign.stderr)
+    );
+    let cfg = base_config(
+        &env,
+        "audit",
+        &format!("{}, {}-new", env.cgroup, env.cgroup),
+    )
+    .replace(
+        "allow: {dnsServers: []}",
+        "allow: {dnsServers: [], cidrs: [198.18.0.3/32]}",
+    );
+    rewrite_config(&env, &cfg);
+    d.signal(libc::SIGHUP);
+    d.wait_for("the rolled-back reload", Duration::from_secs(10), |r| {
+        r.iter().any(|r| {
+            r["message"].as_str().is_some_and(|m| {
+                m.contains("reload could not be applied, keeping the previous policy")
+                    && m.contains("sendmsg6")
+            })
+        })
+    });
+    assert_enforcing(&env, "after a reload that failed in the kernel");
+    assert_eq!(env.inspect("rules")["mode"], "enforce");
+    assert_eq!(
+        env.column("rules", "rule"),
+        vec!["198.18.0.1:8080/tcp".to_owned()]
+    );
+    assert_eq!(
+        env.column("links", "cgroup"),
+        vec![format!("/{}", env.cgroup); 4]
+    );
+    assert_eq!(
+        e2e::attached_programs(&added_path).len(),
+        1,
+        "only the foreign program is left on the new cgroup"
+    );
+    assert!(!d.records().iter().any(|r| {
+        r["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("rolling it back failed"))
+    }));
+    drop(d);
+    let _ = run(std::process::Command::new("bpftool")
+        .args(["cgroup", "detach"])
+        .arg(&added_path)
+        .args(["sendmsg6", "pinned"])
+        .arg(&program));
+    let _ = std::fs::remove_dir(&added_path);
 }
 
 #[test]

@@ -110,23 +110,27 @@ fn names(p: &LoadedPolicy) -> BTreeSet<String> {
 
 /// The previous run's answers for names still configured, to keep in force until answered
 /// (or `dns.staleGrace` has passed).
-fn carried_answers(policy: &LoadedPolicy, dp: &mut Dataplane) -> carry::Answers {
-    let live = std::mem::take(&mut dp.previous_exact);
+fn carried_answers(policy: &LoadedPolicy, dp: &mut Dataplane) -> carry::Seeds {
+    let live = dp.previous_exact.take();
     let record = match carry::read(&dp.layout().root) {
         Ok(r) => r,
         Err(e) => {
-            warn!(
-                "the record of the previous run's DNS answers is unreadable, attributing live rules by port: {e}"
-            );
+            warn!("the record of the previous run's DNS answers is unreadable: {e}");
             None
         }
     };
-    if record.is_none() && !live.is_empty() {
+    if record.is_none() && live.as_ref().is_some_and(|l| !l.is_empty()) {
         info!(
-            "no record of the previous run's DNS answers: live rules on a name's ports are kept for dns.staleGrace"
+            "no record of the previous run's DNS answers: live DNS-derived rules on a name's ports are kept for dns.staleGrace"
         );
     }
-    carry::carried(&policy.compiled, record.as_ref(), &live)
+    carry::carried(
+        &policy.compiled,
+        record.as_ref(),
+        live.as_deref(),
+        std::time::SystemTime::now(),
+        policy.config.dns.stale_grace,
+    )
 }
 
 /// A failed apply: the config asks for more than the maps hold (exit 1), or the kernel
@@ -248,9 +252,12 @@ impl Daemon {
         // run allowed for names still configured; everything else goes now (docs/architecture.md,
         // "Restart and migration").
         let seeds = carried_answers(&first, &mut dp);
-        let desired = first
-            .compiled
-            .desired_rules(|h| seeds.get(h).cloned().unwrap_or_default());
+        let desired = first.compiled.desired_rules(|h| {
+            seeds
+                .get(h)
+                .map(|v| v.iter().map(|(a, _)| *a).collect())
+                .unwrap_or_default()
+        });
         let started = std::time::Instant::now();
         let applied = dp.maps.apply(&desired).map_err(apply_failure)?;
         let apply_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -500,7 +507,7 @@ impl Daemon {
         if let Err(e) = crate::dataplane::sources::write(root, &desired.sources) {
             warn!("cannot record rule sources for `inspect`: {e:#}");
         }
-        if let Err(e) = carry::write(root, &resolved.addrs) {
+        if let Err(e) = carry::write(root, resolved) {
             warn!("cannot record the DNS answers for the next start: {e:#}");
         }
         if let Ok(mut idx) = self.index.write() {

@@ -274,9 +274,9 @@ impl Maps {
         Ok(a + b)
     }
 
-    /// The keys of every exact rule, sorted.
-    pub fn exact_keys(&self) -> anyhow::Result<Vec<RuleKey>> {
-        Ok(self.exact.live()?.into_iter().map(|(k, _)| k).collect())
+    /// Every exact rule, sorted by key.
+    pub fn exact_entries(&self) -> anyhow::Result<Vec<(RuleKey, RuleValue)>> {
+        self.exact.live()
     }
 
     pub fn stats(&self) -> anyhow::Result<Stats> {

@@ -45,8 +45,8 @@ pub struct Dataplane {
     /// The maps were created in the staging directory; `attach` moves them into place.
     migrating: bool,
     /// The exact rules the kernel enforced when this run started (in the old maps when
-    /// migrating), for the daemon to decide what to carry over.
-    pub previous_exact: Vec<enforcer_common::RuleKey>,
+    /// migrating), for the daemon to decide what to carry over; `None` if unreadable.
+    pub previous_exact: Option<Vec<(enforcer_common::RuleKey, enforcer_common::RuleValue)>>,
 }
 
 /// Takes an exclusive lock on the pin directory, so two daemons never fight over one set of
@@ -129,14 +129,13 @@ impl Dataplane {
         let maps = Maps::from_ebpf(&mut ebpf)?;
         // The exact rules in force until now, in the maps being replaced when migrating.
         let previous = if migrating {
-            Maps::from_pins(&layout).and_then(|m| m.exact_keys())
+            Maps::from_pins(&layout).and_then(|m| m.exact_entries())
         } else {
-            maps.exact_keys()
+            maps.exact_entries()
         };
-        let previous_exact = previous.unwrap_or_else(|e| {
-            tracing::warn!("cannot read the rules in force, none are carried over: {e:#}");
-            Vec::new()
-        });
+        let previous_exact = previous
+            .map_err(|e| tracing::warn!("cannot read the rules in force: {e:#}"))
+            .ok();
         let events = match ebpf.take_map(map_names::EVENTS) {
             Some(m) => Some(RingBuf::try_from(m).context("EVENTS is not a ring buffer")?),
             None => None,

@@ -19,18 +19,18 @@ pub fn path_for(pin_root: &Path) -> PathBuf {
 }
 
 /// A state file of the daemon whose pins are under `pin_root`: `<dir>/<flat root>.<kind>.json`.
+/// The flat name encodes every byte other than letters, digits and `-` as `_xx`, so two pin
+/// directories never share a file.
 pub fn state_file(pin_root: &Path, kind: &str) -> PathBuf {
-    let name: String = pin_root
-        .to_string_lossy()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    use std::fmt::Write as _;
+    let mut name = String::new();
+    for b in pin_root.as_os_str().as_encoded_bytes() {
+        if b.is_ascii_alphanumeric() || *b == b'-' {
+            name.push(char::from(*b));
+        } else {
+            let _ = write!(name, "_{b:02x}");
+        }
+    }
     Path::new(STATE_DIR).join(format!("{name}.{kind}.json"))
 }
 
@@ -73,6 +73,8 @@ mod tests {
         let a = path_for(Path::new("/sys/fs/bpf/egress-enforcer"));
         let b = path_for(Path::new("/tmp/x/bpffs/egress-enforcer"));
         assert_ne!(a, b);
+        let (c, d) = (Path::new("/x/y"), Path::new("/x_y"));
+        assert_ne!(path_for(c), path_for(d), "one-to-one");
         assert_eq!(a.parent(), Some(Path::new(STATE_DIR)));
         assert!(!a.file_name().unwrap().to_string_lossy().contains('/'));
     }

@@ -79,6 +79,17 @@ fn plain_scalars_resolve_by_yaml_1_1() {
 }
 
 #[test]
+fn whole_floats_are_ports_as_in_json() {
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: f}\nspec:\n  hosts: [f.example]\n  ports: [{number: 443.0, name: a, protocol: TCP}, {number: 08, name: b, protocol: TCP}, {number: 1e3, name: c, protocol: TCP}]\n  resolution: DNS\n";
+    let mut report = crate::serviceentry::source::LoadReport::default();
+    crate::serviceentry::source::load_text(yaml, std::path::Path::new("f.yaml"), &mut report);
+    let e = &report.entries[0];
+    assert!(e.is_valid(), "{:?}", e.issues);
+    let ports: Vec<u32> = e.entry.spec.ports.iter().map(|p| p.number).collect();
+    assert_eq!(ports, [443, 8, 1000]);
+}
+
+#[test]
 fn keys_become_strings_as_in_json() {
     assert_eq!(
         read("1: a\ntrue: b\n0x10: c"),

@@ -350,7 +350,8 @@ impl CompiledPolicy {
                         port: *port,
                         proto: *proto,
                     };
-                    rules.add(&spec, ids.first().copied().unwrap_or(0));
+                    let id = ids.first().copied().unwrap_or(0);
+                    rules.add_flagged(&spec, id, enforcer_common::RULE_FLAG_DNS);
                 }
             }
         }

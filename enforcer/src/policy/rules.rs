@@ -22,7 +22,13 @@ impl DesiredRules {
     /// Adds one destination under `rule_id`. When two sources allow the same key, the lower
     /// rule id is kept so that the result does not depend on insertion order.
     pub fn add(&mut self, spec: &AllowSpec, rule_id: u32) {
-        let value = RuleValue { rule_id, flags: 0 };
+        self.add_flagged(spec, rule_id, 0);
+    }
+
+    /// Like [`DesiredRules::add`], with [`RuleValue::flags`] (e.g. `RULE_FLAG_DNS`); flags of
+    /// two sources of one key are combined.
+    pub fn add_flagged(&mut self, spec: &AllowSpec, rule_id: u32, flags: u32) {
+        let value = RuleValue { rule_id, flags };
         for (addr, addr_prefix) in spec.net.kernel_prefixes() {
             let key = RuleKey {
                 policy: POLICY_NODE,
@@ -84,9 +90,9 @@ fn keep_lowest<K: Ord>(slot: Entry<'_, K, RuleValue>, value: RuleValue) {
             v.insert(value);
         }
         Entry::Occupied(mut o) => {
-            if value.rule_id < o.get().rule_id {
-                o.insert(value);
-            }
+            let kept = o.get_mut();
+            kept.flags |= value.flags;
+            kept.rule_id = kept.rule_id.min(value.rule_id);
         }
     }
 }

@@ -133,6 +133,8 @@ pub struct Resolved {
     pub complete: bool,
     /// Names whose latest lookup failed, with the error.
     pub failing: BTreeMap<String, String>,
+    /// Allowed addresses that left the answers (or were carried over), with their deadline.
+    pub stale: BTreeMap<String, Vec<(IpAddr, Instant)>>,
 }
 
 struct Task {
@@ -149,10 +151,9 @@ struct Task {
     jobs: JoinSet<Answer>,
     /// The key of each running lookup, so that one that panics is still accounted for.
     job_keys: HashMap<tokio::task::Id, (String, Family)>,
-    /// Addresses a previous run allowed, per name: used once, when the first name set
-    /// arrives, and allowed until `seed_until` at most.
-    seeds: BTreeMap<String, Vec<IpAddr>>,
-    seed_until: Instant,
+    /// Addresses a previous run allowed, per name, with the time each may still stay: used
+    /// once, when the first name set arrives, and never longer than the stale grace.
+    seeds: BTreeMap<String, Vec<(IpAddr, Duration)>>,
     /// Lookups that panicked; they count as failed lookups.
     panics: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -172,6 +173,10 @@ impl Task {
         for ((name, family), s) in &self.states {
             let slot = r.addrs.entry(name.clone()).or_default();
             slot.extend(s.allowed());
+            let stale: Vec<(IpAddr, Instant)> = s.stale().collect();
+            if !stale.is_empty() {
+                r.stale.entry(name.clone()).or_default().extend(stale);
+            }
             if s.failing()
                 && let Some(e) = &s.last_error
             {
@@ -192,9 +197,12 @@ impl Task {
             for f in [Family::V4, Family::V6] {
                 let key = (n.clone(), f);
                 if !self.states.contains_key(&key) {
-                    let seeds = self.seeds.get(n).into_iter().flatten().copied();
-                    let seeds = seeds.filter(|a| a.is_ipv4() == (f == Family::V4));
-                    let state = NameState::seeded(now, seeds, self.seed_until);
+                    let grace = self.timing.stale_grace;
+                    let seeds = self.seeds.get(n).into_iter().flatten();
+                    let seeds = seeds
+                        .filter(|(a, _)| a.is_ipv4() == (f == Family::V4))
+                        .map(|(a, left)| (*a, now + (*left).min(grace)));
+                    let state = NameState::seeded(now, seeds);
                     self.states.insert(key.clone(), state);
                     self.queue.insert((now, key));
                 }
@@ -279,8 +287,8 @@ impl Task {
 /// lookup tasks that panic.
 #[derive(Default)]
 pub struct Start {
-    /// Allowed from the start, for at most `timing.stale_grace`.
-    pub seeds: BTreeMap<String, Vec<IpAddr>>,
+    /// Allowed from the start, each for the time given but at most `timing.stale_grace`.
+    pub seeds: BTreeMap<String, Vec<(IpAddr, Duration)>>,
     pub panics: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -305,7 +313,6 @@ pub fn spawn(
         jobs: JoinSet::new(),
         job_keys: HashMap::new(),
         seeds: start.seeds,
-        seed_until: Instant::now() + timing.stale_grace,
         panics: start.panics,
     };
     task.set_names(&names.borrow_and_update(), Instant::now());
@@ -592,14 +599,20 @@ mod tests {
             Answer::Failed("down".into()),
         );
         let (_tx, names_rx) = watch::channel(BTreeSet::from(["a.example".to_owned()]));
+        // A day left on the record: the grace still caps it; one with 10 s left keeps 10 s.
+        let long = Duration::from_secs(86_400);
         let seeds = BTreeMap::from([
             (
                 "a.example".to_owned(),
-                vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()],
+                vec![
+                    ("192.0.2.1".parse().unwrap(), long),
+                    ("2001:db8::1".parse().unwrap(), long),
+                    ("192.0.2.2".parse().unwrap(), Duration::from_secs(10)),
+                ],
             ),
             (
                 "gone.example".to_owned(),
-                vec!["192.0.2.7".parse().unwrap()],
+                vec![("192.0.2.7".parse().unwrap(), long)],
             ),
         ]);
         let start = Start {
@@ -608,12 +621,16 @@ mod tests {
         };
         let mut rx = spawn(Arc::new(Arc::clone(&script)), T, 4, names_rx, start);
         let r = rx.borrow_and_update().clone();
-        assert_eq!(r.addrs["a.example"].len(), 2, "before any answer");
+        assert_eq!(r.addrs["a.example"].len(), 3, "before any answer");
         assert!(
             !r.addrs.contains_key("gone.example"),
             "only configured names"
         );
-        tokio::time::advance(T.stale_grace - Duration::from_secs(1)).await;
+        assert_eq!(r.stale["a.example"].len(), 3, "with their deadlines");
+        tokio::time::advance(Duration::from_secs(11)).await;
+        let r = settle(&mut rx).await;
+        assert_eq!(r.addrs["a.example"].len(), 2, "the short one is gone");
+        tokio::time::advance(T.stale_grace - Duration::from_secs(12)).await;
         let r = settle(&mut rx).await;
         assert_eq!(r.addrs["a.example"].len(), 2, "still within the grace");
         tokio::time::advance(Duration::from_secs(2)).await;

@@ -48,13 +48,21 @@ impl NameState {
         }
     }
 
-    /// A name whose addresses a previous run allowed: they stay allowed until `until` (or
-    /// longer, if an answer names them again), as if they had left the last answer.
-    pub fn seeded(now: Instant, addrs: impl IntoIterator<Item = IpAddr>, until: Instant) -> Self {
+    /// A name whose addresses a previous run allowed: each stays allowed until its deadline
+    /// (or longer, if an answer names it again), as if it had left the last answer.
+    pub fn seeded(now: Instant, addrs: impl IntoIterator<Item = (IpAddr, Instant)>) -> Self {
         let mut s = Self::new(now);
-        s.addrs = addrs.into_iter().map(|a| (a, Some(until))).collect();
+        s.addrs = addrs
+            .into_iter()
+            .map(|(a, until)| (a, Some(until)))
+            .collect();
         s.expire(now);
         s
+    }
+
+    /// Allowed addresses that are no longer in the answers, with when they expire.
+    pub fn stale(&self) -> impl Iterator<Item = (IpAddr, Instant)> + '_ {
+        self.addrs.iter().filter_map(|(a, d)| d.map(|d| (*a, d)))
     }
 
     pub fn due(&self, now: Instant) -> bool {
@@ -228,7 +236,7 @@ mod tests {
     async fn seeded_addresses_last_until_their_deadline_unless_answered_again() {
         let now = Instant::now();
         let until = now + Duration::from_secs(120);
-        let mut s = NameState::seeded(now, [ip("192.0.2.1"), ip("192.0.2.2")], until);
+        let mut s = NameState::seeded(now, [(ip("192.0.2.1"), until), (ip("192.0.2.2"), until)]);
         assert_eq!(s.allowed().count(), 2);
         assert!(s.due(now), "looked up at once");
         // The answer names one of them again: that one is fresh, the other keeps its deadline.
@@ -241,15 +249,14 @@ mod tests {
         // Failures do not extend a seed either.
         let mut f = NameState::seeded(
             Instant::now(),
-            [ip("192.0.2.9")],
-            Instant::now() + T.stale_grace,
+            [(ip("192.0.2.9"), Instant::now() + T.stale_grace)],
         );
         f.apply(Instant::now(), Answer::Failed("timeout".into()), &T);
         tokio::time::advance(T.stale_grace).await;
         f.expire(Instant::now());
         assert_eq!(f.allowed().count(), 0);
         assert_eq!(
-            NameState::seeded(now, [ip("192.0.2.1")], now)
+            NameState::seeded(now, [(ip("192.0.2.1"), now)])
                 .allowed()
                 .count(),
             0

@@ -105,17 +105,21 @@ impl Decoder {
 
     fn u32(&mut self, v: &Value, path: &str) -> Option<u32> {
         match v {
-            Value::Number(n) => match n.as_u64().map(u32::try_from) {
-                Some(Ok(x)) => Some(x),
-                _ => {
-                    self.issues.push(Issue::error(
-                        path,
-                        "schema-range",
-                        format!("{n} is not an integer between 0 and 4294967295"),
-                    ));
-                    None
+            // A whole float (`443.0`, `1e3`, or `08` by YAML 1.1) is that integer in JSON,
+            // as Kubernetes sees it.
+            Value::Number(n) => {
+                match n.as_u64().or_else(|| whole(n.as_f64()?)).map(u32::try_from) {
+                    Some(Ok(x)) => Some(x),
+                    _ => {
+                        self.issues.push(Issue::error(
+                            path,
+                            "schema-range",
+                            format!("{n} is not an integer between 0 and 4294967295"),
+                        ));
+                        None
+                    }
                 }
-            },
+            }
             other => {
                 self.type_error(path, "an integer", other);
                 None
@@ -385,6 +389,11 @@ pub fn decode(v: &Value) -> (ServiceEntry, Vec<Issue>) {
         },
         d.issues,
     )
+}
+
+/// A float with no fractional part, as the integer JSON would write for it.
+fn whole(f: f64) -> Option<u64> {
+    (f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f <= u64::MAX as f64).then_some(f as u64)
 }
 
 #[cfg(test)]
