@@ -146,6 +146,25 @@ fn sighup_reloads_mode_and_a_bad_reload_keeps_the_policy() {
     );
 }
 
+/// Reloads to audit mode with `cgroups` and a new CIDR (198.18.0.3/32), and waits for the
+/// refusal, whose message mentions `cause`.
+fn refused_reload_to_audit(env: &Env, d: &mut e2e::Daemon, cgroups: &str, cause: &str) {
+    let cfg = base_config(env, "audit", cgroups).replace(
+        "allow: {dnsServers: []}",
+        "allow: {dnsServers: [], cidrs: [198.18.0.3/32]}",
+    );
+    rewrite_config(env, &cfg);
+    d.signal(libc::SIGHUP);
+    d.wait_for("the refused reload", Duration::from_secs(10), |r| {
+        r.iter().any(|r| {
+            r["message"].as_str().is_some_and(|m| {
+                m.contains("reload could not be applied, keeping the previous policy")
+                    && m.contains(cause)
+            })
+        })
+    });
+}
+
 /// A reload to audit mode, with a new cgroup, a new CIDR and a cgroup that cannot be
 /// created: refused as a whole, so the kernel keeps enforce mode, the old rules and links.
 #[test]
@@ -156,19 +175,12 @@ fn a_reload_that_fails_midway_changes_nothing_in_the_kernel() {
     let added = format!("{}-new", env.cgroup);
     // A name longer than NAME_MAX: mkdir fails with ENAMETOOLONG.
     let broken = format!("{}-{}", env.cgroup, "x".repeat(300));
-    let cfg = base_config(&env, "audit", &format!("{}, {added}, {broken}", env.cgroup)).replace(
-        "allow: {dnsServers: []}",
-        "allow: {dnsServers: [], cidrs: [198.18.0.3/32]}",
+    refused_reload_to_audit(
+        &env,
+        &mut d,
+        &format!("{}, {added}, {broken}", env.cgroup),
+        "",
     );
-    rewrite_config(&env, &cfg);
-    d.signal(libc::SIGHUP);
-    d.wait_for("the refused reload", Duration::from_secs(10), |r| {
-        r.iter().any(|r| {
-            r["message"].as_str().is_some_and(|m| {
-                m.contains("reload could not be applied, keeping the previous policy")
-            })
-        })
-    });
     // Probed with the failed config still in place (no reload of the old one has happened).
     assert_enforcing(&env, "after a refused reload to audit mode");
     assert_eq!(
@@ -226,25 +238,8 @@ fn a_reload_whose_attach_fails_in_the_kernel_is_rolled_back() {
         "bpftool attach: {}",
         String::from_utf8_lossy(&foreign.stderr)
     );
-    let cfg = base_config(
-        &env,
-        "audit",
-        &format!("{}, {}-new", env.cgroup, env.cgroup),
-    )
-    .replace(
-        "allow: {dnsServers: []}",
-        "allow: {dnsServers: [], cidrs: [198.18.0.3/32]}",
-    );
-    rewrite_config(&env, &cfg);
-    d.signal(libc::SIGHUP);
-    d.wait_for("the rolled-back reload", Duration::from_secs(10), |r| {
-        r.iter().any(|r| {
-            r["message"].as_str().is_some_and(|m| {
-                m.contains("reload could not be applied, keeping the previous policy")
-                    && m.contains("sendmsg6")
-            })
-        })
-    });
+    let cgroups = format!("{}, {}-new", env.cgroup, env.cgroup);
+    refused_reload_to_audit(&env, &mut d, &cgroups, "sendmsg6");
     assert_enforcing(&env, "after a reload that failed in the kernel");
     assert_eq!(env.inspect("rules")["mode"], "enforce");
     assert_eq!(

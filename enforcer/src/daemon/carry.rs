@@ -203,6 +203,17 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(1_000_000)
     }
 
+    /// What carries for one name on 443/tcp.
+    fn carry_api(record: &Answers, kernel: &[(RuleKey, RuleValue)]) -> Seeds {
+        carried(
+            &policy(&[("api.example", 443)]),
+            Some(record),
+            Some(kernel),
+            now(),
+            GRACE,
+        )
+    }
+
     #[test]
     fn with_a_record_only_configured_names_and_live_addresses_carry() {
         let record = Answers::from([
@@ -220,13 +231,7 @@ mod tests {
             ],
             true,
         );
-        let got = carried(
-            &policy(&[("api.example", 443)]),
-            Some(&record),
-            Some(&kernel),
-            now(),
-            GRACE,
-        );
+        let got = carry_api(&record, &kernel);
         // 192.0.2.2 is not in the kernel (any more): nothing to keep.
         assert_eq!(
             got,
@@ -252,13 +257,7 @@ mod tests {
             ],
             true,
         );
-        let got = carried(
-            &policy(&[("api.example", 443)]),
-            Some(&record),
-            Some(&kernel),
-            now(),
-            GRACE,
-        );
+        let got = carry_api(&record, &kernel);
         assert_eq!(
             got["api.example"],
             [
