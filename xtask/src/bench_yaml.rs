@@ -34,6 +34,11 @@ fn cases(size: usize) -> Vec<(&'static str, String)> {
             "one long scalar",
             format!("a: {}", "x ".repeat(size / 2 - 2)),
         ),
+        // Each needs go-yaml's flow-colon repair, which reads the file again (bounded).
+        (
+            "flow values ending in ':'",
+            format!("[{}]", "{k: v:}, ".repeat(size / 9 - 1)),
+        ),
     ]
 }
 

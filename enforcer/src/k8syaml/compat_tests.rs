@@ -58,6 +58,25 @@ fn a_flow_scalar_may_end_with_a_colon() {
 }
 
 #[test]
+fn a_flow_value_may_end_with_a_colon_too() {
+    assert_eq!(
+        read("endpoints: [{address: 2001:db8::}, {address: 'fd00::1'}, {address: fd00::}]"),
+        json!({"endpoints": [{"address": "2001:db8::"}, {"address": "fd00::1"}, {"address": "fd00::"}]})
+    );
+    assert_eq!(read("a: [k: v:]"), json!({"a": [{"k": "v:"}]}));
+    assert_eq!(
+        read("a: {k: it's:, l: m}"),
+        json!({"a": {"k": "it's:", "l": "m"}})
+    );
+    assert_eq!(read("a: [x, y::]"), json!({"a": ["x", "y::"]}));
+    // The repair keeps lines: a later error is where it would be in the quoted text.
+    let e = fails("a: {k: v:,\n  l: m}\nb: [c\nd: 1\n");
+    let quoted = fails("a: {k: 'v:',\n  l: m}\nb: [c\nd: 1\n");
+    assert_eq!(e.line, quoted.line);
+    assert!(e.line >= Some(3), "{e}");
+}
+
+#[test]
 fn plain_scalars_resolve_by_yaml_1_1() {
     assert_eq!(
         read("a: yes\nb: Off\nc: y\nd: 'yes'\ne: \"on\""),
@@ -226,6 +245,9 @@ fn hostile_input_is_rejected() {
         e.is_err_and(|e| e.message.contains("too much")),
         "nested anchors"
     );
+    // Every value needs the flow-colon repair: the re-reading is bounded, then it is an error.
+    let colons = format!("a: [{}]", "{k: v:}, ".repeat(MIB / 9));
+    assert!(!fails(&colons).message.is_empty(), "bounded repairs");
     // An implicit key is at most 1024 characters (as in go-yaml); a long value is just long.
     let long_key = format!("{}: v", "k".repeat(MIB));
     assert!(!fails(&long_key).message.is_empty());

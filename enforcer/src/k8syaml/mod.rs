@@ -39,7 +39,13 @@ pub struct Document {
 pub struct YamlError {
     pub message: String,
     pub line: Option<usize>,
+    /// Byte offset in the text, where the parser knows it.
+    offset: Option<usize>,
 }
+
+/// How much text the flow-colon repair below may parse again, in all: a constant bound, so a
+/// file full of such values costs at most this much more than one parse.
+const REPARSE_BYTES: usize = 64 << 20;
 
 /// Every document of `text` up to the first error (documents before it are kept: a syntax
 /// error cannot be recovered from, but what came before it is whole).
@@ -47,7 +53,52 @@ pub fn documents(text: &str, limits: &Limits) -> (Vec<Document>, Option<YamlErro
     if let Some(e) = foreign_line_break(text) {
         return (Vec::new(), Some(e));
     }
-    tree::Builder::new(text, limits).run()
+    let mut text = std::borrow::Cow::Borrowed(text);
+    let mut budget = REPARSE_BYTES;
+    loop {
+        let (docs, error) = tree::Builder::new(&text, limits).run();
+        let repaired = error
+            .as_ref()
+            .filter(|_| budget >= text.len())
+            .and_then(|e| quote_flow_value(&text, e));
+        match repaired {
+            Some(fixed) => {
+                budget -= text.len();
+                text = std::borrow::Cow::Owned(fixed);
+            }
+            None => return (docs, error),
+        }
+    }
+}
+
+/// go-yaml ends a plain scalar in flow context at `,`, `]` or `}` only, so `{address:
+/// 2001:db8::}` is the string `2001:db8::`; a YAML 1.2 parser stops at the last `:` and fails
+/// there. At exactly such a failure, the scalar is quoted (on its own line, so line numbers
+/// stay) and the text read again. (The same scalar in key position needs no repair: the
+/// builder handles it.)
+fn quote_flow_value(text: &str, e: &YamlError) -> Option<String> {
+    let at = e.offset?;
+    let bytes = text.as_bytes();
+    if !e.message.contains("flow")
+        || bytes.get(at) != Some(&b':')
+        || !matches!(bytes.get(at + 1), Some(b',' | b']' | b'}'))
+    {
+        return None;
+    }
+    let start = bytes[..at]
+        .iter()
+        .rposition(|b| b" \t\r\n,[]{}".contains(b))
+        .map_or(0, |p| p + 1);
+    if start == at {
+        return None;
+    }
+    let scalar = &text[start..=at];
+    Some(format!(
+        "{}'{}'{}",
+        &text[..start],
+        scalar.replace('\'', "''"),
+        &text[at + 1..]
+    ))
 }
 
 /// go-yaml v2 also breaks lines at U+0085, U+2028 and U+2029 (even inside comments); YAML 1.2
@@ -65,6 +116,7 @@ fn foreign_line_break(text: &str) -> Option<YamlError> {
             u32::from(c)
         ),
         line: Some(line),
+        offset: Some(at),
     })
 }
 
@@ -80,6 +132,7 @@ pub fn single(text: &str, limits: &Limits) -> Result<Value, YamlError> {
         return Err(YamlError {
             message: "more than one document".to_owned(),
             line: extra.line,
+            offset: None,
         });
     }
     Ok(first)

@@ -95,6 +95,7 @@ fn err(message: impl Into<String>, line: usize) -> YamlError {
     YamlError {
         message: message.into(),
         line: Some(line),
+        offset: None,
     }
 }
 
@@ -119,8 +120,12 @@ impl<'a> Builder<'a> {
             let (event, span) = match self.parser.next_event() {
                 None => return (self.docs, None),
                 Some(Err(e)) => {
-                    let line = e.marker().line();
-                    return (self.docs, Some(err(e.kind().to_string(), line)));
+                    let error = YamlError {
+                        message: e.kind().to_string(),
+                        line: Some(e.marker().line()),
+                        offset: e.marker().byte_offset(),
+                    };
+                    return (self.docs, Some(error));
                 }
                 Some(Ok(ev)) => ev,
             };
