@@ -7,7 +7,7 @@
 
 /// Stored in the config map; a daemon that finds pinned maps of another ABI version refuses to
 /// reuse them instead of misreading them.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Names of the maps, as declared in the eBPF object and as pinned under `<pin dir>/maps/`.
 pub mod map_names {
@@ -16,12 +16,48 @@ pub mod map_names {
     pub const CONFIG: &str = "CONFIG";
     pub const COUNTERS: &str = "COUNTERS";
     pub const EVENTS: &str = "EVENTS";
+    /// Addresses learned from DNS answers (DNS-aware mode), with their expiry.
+    pub const RULES_LEARNED: &str = "RULES_LEARNED";
+    /// Socket cookie → the DNS server a redirected socket asked ([`super::DnsSocket`]).
+    pub const DNS_SOCKETS: &str = "DNS_SOCKETS";
+    /// A redirected query's source as the proxy sees it ([`super::ClientKey`]) → its socket's
+    /// [`super::DnsSocket`].
+    pub const DNS_CLIENTS: &str = "DNS_CLIENTS";
+    /// cgroup ids whose DNS traffic is neither redirected nor denied (and their descendants).
+    pub const DNS_EXEMPT: &str = "DNS_EXEMPT";
+    /// The proxy's socket: present while a proxy (or systemd holding its socket) is there.
+    pub const DNS_PROXY: &str = "DNS_PROXY";
     /// All maps that are pinned (and so survive a daemon restart).
-    pub const PINNED: [&str; 5] = [RULES_EXACT, RULES_PREFIX, CONFIG, COUNTERS, EVENTS];
+    pub const PINNED: [&str; 10] = [
+        RULES_EXACT,
+        RULES_PREFIX,
+        CONFIG,
+        COUNTERS,
+        EVENTS,
+        RULES_LEARNED,
+        DNS_SOCKETS,
+        DNS_CLIENTS,
+        DNS_EXEMPT,
+        DNS_PROXY,
+    ];
 }
 
-/// The four programs, in the order used by [`Hook`] and the counter index.
+/// The four enforcing programs, in the order used by [`Hook`] and the counter index.
 pub const PROGRAM_NAMES: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
+
+/// The programs DNS-aware mode adds: the reply's and the peer's address seen by the workload
+/// are the server it asked, not the proxy, and the egress program tells the proxy which
+/// socket a query came from.
+pub const DNS_PROGRAM_NAMES: [&str; 5] = [
+    "recvmsg4",
+    "recvmsg6",
+    "getpeername4",
+    "getpeername6",
+    "dns_egress",
+];
+
+/// The DNS port; every query to it from an enforced cgroup goes to the proxy in DNS-aware mode.
+pub const DNS_PORT: u16 = 53;
 
 /// IP protocol numbers as found in `bpf_sock_addr.protocol`.
 pub const IPPROTO_TCP: u8 = 6;
@@ -55,6 +91,44 @@ pub const RULE_KEY_FIXED_BITS: u32 = 64;
 /// the names are looked up again. Maps written before it existed have no flags set.
 pub const RULE_FLAG_DNS: u32 = 1;
 
+/// Value of `RULES_LEARNED`: like [`RuleValue`], plus when the rule stops matching
+/// (`bpf_ktime_get_ns`, CLOCK_MONOTONIC), so that a learned address expires on time even
+/// while the daemon is down.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LearnedValue {
+    pub rule_id: u32,
+    pub flags: u32,
+    pub expires_ns: u64,
+}
+
+/// What the kernel knows about a socket it redirected to the DNS proxy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsSocket {
+    /// The server the workload asked, normalised like [`RuleKey::addr`].
+    pub server: [u8; 16],
+    /// Host byte order.
+    pub server_port: u16,
+    pub proto: u8,
+    pub pad: u8,
+    /// Process id of the last sender.
+    pub tgid: u32,
+    pub cgroup_id: u64,
+    pub comm: [u8; 16],
+}
+
+/// A query's source address and port as the proxy receives it (address normalised like
+/// [`RuleKey::addr`], port in host order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    pub pad: [u8; 5],
+}
+
 /// Value of both rule maps. `rule_id` names the rule's source (a ServiceEntry or an `--allow`
 /// flag) so that events and `inspect` can say which rule matched.
 #[repr(C)]
@@ -80,7 +154,22 @@ pub struct Config {
     /// `SKIP_*` bits: lookups the programs may leave out because no rule of that kind exists.
     /// 0 (what a map from before this field existed holds) means every lookup is made.
     pub skip: u32,
+    /// `DNS_*` bits; 0 is the mode where the daemon resolves names itself.
+    pub dns: u32,
+    /// The proxy's port, host byte order.
+    pub proxy_port: u16,
+    pub pad: u16,
+    /// The proxy's IPv4 address as in `bpf_sock_addr.user_ip4` (network order in memory).
+    pub proxy4: u32,
+    /// The proxy's IPv6 address as in `bpf_sock_addr.user_ip6`; all zero: none, and a query
+    /// to an IPv6 server fails.
+    pub proxy6: [u32; 4],
 }
+
+/// [`Config::dns`]: DNS-aware mode, every query to port 53 goes to the proxy.
+pub const DNS_REDIRECT: u32 = 1;
+/// [`Config::dns`]: `DNS_EXEMPT` has entries (the cgroup walk is needed).
+pub const DNS_HAS_EXEMPT: u32 = 2;
 
 /// No exact rule has port 0 (any port): the second exact lookup cannot match.
 pub const SKIP_EXACT_ANY_PORT: u32 = 1;
@@ -113,7 +202,9 @@ pub const VERDICT_ALLOW_LOOPBACK: u8 = 1;
 pub const VERDICT_DENY: u8 = 2;
 /// No rule matched, allowed because of audit mode.
 pub const VERDICT_AUDIT: u8 = 3;
-pub const NUM_VERDICTS: u32 = 4;
+/// A DNS query sent to the proxy instead (DNS-aware mode).
+pub const VERDICT_REDIRECT: u8 = 4;
+pub const NUM_VERDICTS: u32 = 5;
 
 /// Index of a verdict counter in the `COUNTERS` per-CPU array.
 #[inline(always)]
@@ -153,6 +244,9 @@ mod pod {
     unsafe impl aya::Pod for super::RuleValue {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::LearnedValue {}
+    unsafe impl aya::Pod for super::DnsSocket {}
+    unsafe impl aya::Pod for super::ClientKey {}
 }
 
 #[cfg(test)]
@@ -164,7 +258,10 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<RuleKey>(), 24);
         assert_eq!(size_of::<RuleValue>(), 8);
-        assert_eq!(size_of::<Config>(), 16);
+        assert_eq!(size_of::<Config>(), 44);
+        assert_eq!(size_of::<LearnedValue>(), 16);
+        assert_eq!(size_of::<DnsSocket>(), 48);
+        assert_eq!(size_of::<ClientKey>(), 24);
         assert_eq!(size_of::<Event>(), 64);
         assert_eq!(
             RULE_KEY_FIXED_BITS as usize,

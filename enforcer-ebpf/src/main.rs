@@ -1,9 +1,14 @@
-//! Kernel side of egress-enforcer: four `cgroup/sock_addr` programs that allow a workload's
-//! connect()/sendmsg() only to registered destinations. See docs/architecture.md, "The kernel
+//! Kernel side of egress-enforcer: `cgroup/sock_addr` programs that allow a workload's
+//! connect()/sendmsg() only to registered destinations, and in DNS-aware mode send its DNS
+//! queries to the daemon's proxy. See docs/architecture.md, "The kernel
 //! path".
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod dns;
+#[cfg(target_arch = "bpf")]
+mod maps;
 #[cfg(target_arch = "bpf")]
 mod programs;
 

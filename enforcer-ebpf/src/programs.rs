@@ -5,36 +5,25 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
     },
-    macros::{cgroup_sock_addr, map},
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
+    macros::cgroup_sock_addr,
+    maps::lpm_trie::Key,
     programs::SockAddrContext,
 };
 use aya_log_ebpf::debug;
 use enforcer_common::{
-    COUNTER_EVENTS_DROPPED, Config, Event, Hook, IPPROTO_TCP, IPPROTO_UDP, MODE_AUDIT,
-    NUM_COUNTERS, POLICY_NODE, PROTO_CLASS_OTHER, PROTO_CLASS_TCP, PROTO_CLASS_UDP,
-    RULE_KEY_FIXED_BITS, RuleKey, RuleValue, SKIP_EXACT_ANY_PORT, SKIP_PREFIX_ANY_PORT,
+    COUNTER_EVENTS_DROPPED, DNS_PORT, DNS_REDIRECT, Event, Hook, IPPROTO_TCP,
+    IPPROTO_UDP, MODE_AUDIT, POLICY_NODE, PROTO_CLASS_OTHER, PROTO_CLASS_TCP, PROTO_CLASS_UDP,
+    RULE_KEY_FIXED_BITS, RuleKey, SKIP_EXACT_ANY_PORT, SKIP_PREFIX_ANY_PORT,
     SKIP_PREFIX_PORT, VERDICT_ALLOW, VERDICT_ALLOW_LOOPBACK, VERDICT_AUDIT, VERDICT_DENY,
     counter_index,
 };
 
-// Sizes here are defaults only: the daemon overrides max_entries from its config before load.
-#[map]
-static RULES_EXACT: HashMap<RuleKey, RuleValue> = HashMap::with_max_entries(65536, 0);
+use crate::{
+    dns,
+    maps::{CONFIG, COUNTERS, EVENTS, RULES_EXACT, RULES_LEARNED, RULES_PREFIX},
+};
 
-#[map]
-static RULES_PREFIX: LpmTrie<RuleKey, RuleValue> = LpmTrie::with_max_entries(16384, 0);
-
-#[map]
-static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
-
-#[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);
-
-#[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
-
-const ALLOW: i32 = 1;
+pub(crate) const ALLOW: i32 = 1;
 const DENY: i32 = 0;
 
 #[cgroup_sock_addr(connect4)]
@@ -60,38 +49,38 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
 /// Destination address as four words in memory (network) order, and port in host order.
 /// Words rather than bytes: the key is built and compared with a few word moves instead of a
 /// byte loop (which the compiler turned into a memset call and byte stores).
-struct Dest {
-    words: [u32; 4],
-    port: u16,
+pub(crate) struct Dest {
+    pub(crate) words: [u32; 4],
+    pub(crate) port: u16,
 }
 
 impl Dest {
     #[inline(always)]
-    fn addr(&self) -> [u8; 16] {
+    pub(crate) fn addr(&self) -> [u8; 16] {
         // SAFETY: same size, and every bit pattern is a valid [u8; 16].
         unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(self.words) }
     }
 }
 
 #[inline(always)]
-fn sock_addr(ctx: &SockAddrContext) -> &bpf_sock_addr {
+pub(crate) fn sock_addr(ctx: &SockAddrContext) -> &bpf_sock_addr {
     // SAFETY: the kernel passes a valid context for the whole program run; fields are read one at
     // a time with their natural width, which is what the verifier's context rewriting accepts.
     unsafe { &*ctx.sock_addr }
 }
 
 #[inline(always)]
-fn port_of(sa: &bpf_sock_addr) -> u16 {
+pub(crate) fn port_of(sa: &bpf_sock_addr) -> u16 {
     // user_port holds the port in network order in its low 16 bits.
     u16::from_be(sa.user_port as u16)
 }
 
 /// The `::ffff:` word of a v4-mapped address, in memory order.
-const MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+pub(crate) const MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
 /// `user_ip4` may only be read in the v4 hooks; normalise to `::ffff:a.b.c.d`.
 #[inline(always)]
-fn dest_v4(ctx: &SockAddrContext) -> Dest {
+pub(crate) fn dest_v4(ctx: &SockAddrContext) -> Dest {
     let sa = sock_addr(ctx);
     Dest {
         words: [0, 0, MAPPED, sa.user_ip4],
@@ -101,7 +90,7 @@ fn dest_v4(ctx: &SockAddrContext) -> Dest {
 
 /// A v4-mapped destination from a dual-stack socket is already in the normalised form.
 #[inline(always)]
-fn dest_v6(ctx: &SockAddrContext) -> Dest {
+pub(crate) fn dest_v6(ctx: &SockAddrContext) -> Dest {
     let sa = sock_addr(ctx);
     Dest {
         words: [
@@ -132,7 +121,7 @@ fn is_loopback(w: &[u32; 4]) -> bool {
 /// that can match: userspace sets `skip` bits for the kinds of rule that do not exist, which
 /// saves the trie walks on a denied destination when there are no CIDR or any-port rules.
 #[inline(always)]
-fn rule_matches(proto: u8, dest: &Dest, skip: u32) -> bool {
+fn rule_matches(proto: u8, dest: &Dest, skip: u32, learned: bool) -> bool {
     let mut key = RuleKey {
         policy: POLICY_NODE,
         port: dest.port,
@@ -142,6 +131,18 @@ fn rule_matches(proto: u8, dest: &Dest, skip: u32) -> bool {
     };
     if RULES_EXACT.get_ptr(key).is_some() {
         return true;
+    }
+    // Learned rules (DNS-aware mode only) always name a port: they come from ServiceEntry
+    // ports.
+    if learned
+        && let Some(v) = RULES_LEARNED.get_ptr(key)
+    {
+        // SAFETY: a map value pointer is valid for the program run.
+        let expires = unsafe { (*v).expires_ns };
+        // SAFETY: helper without preconditions.
+        if expires == 0 || unsafe { bpf_ktime_get_ns() } <= expires {
+            return true;
+        }
     }
     let full = RULE_KEY_FIXED_BITS + 128;
     if skip & SKIP_PREFIX_PORT == 0 && RULES_PREFIX.get(Key::new(full, key)).is_some() {
@@ -156,7 +157,7 @@ fn rule_matches(proto: u8, dest: &Dest, skip: u32) -> bool {
 }
 
 #[inline(always)]
-fn count(index: u32) {
+pub(crate) fn count(index: u32) {
     if let Some(c) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
         unsafe { *c += 1 };
@@ -173,14 +174,30 @@ fn decide(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
         _ => PROTO_CLASS_OTHER,
     };
     // A missing config entry can only happen before the daemon's first write: fail closed.
-    let (audit, allow_loopback, skip) = match CONFIG.get(0) {
-        Some(c) => (c.mode == MODE_AUDIT, c.allow_loopback != 0, c.skip),
-        None => (false, false, 0),
+    let Some(cfg) = CONFIG.get(0) else {
+        count(counter_index(hook as u32, proto_class, VERDICT_DENY as u32));
+        return DENY;
     };
+    let (audit, allow_loopback, skip) = (cfg.mode == MODE_AUDIT, cfg.allow_loopback != 0, cfg.skip);
+
+    // DNS-aware mode: every query goes to the proxy, whatever server it was meant for,
+    // loopback stubs included (docs/architecture.md, "DNS-aware mode").
+    if cfg.dns & DNS_REDIRECT != 0
+        && dest.port == DNS_PORT
+        && (proto == IPPROTO_TCP || proto == IPPROTO_UDP)
+    {
+        let verdict = dns::redirect(ctx, cfg, hook, proto, &dest);
+        count(counter_index(hook as u32, proto_class, verdict as u32));
+        if verdict == VERDICT_DENY {
+            report(hook, proto, verdict, &dest);
+            return DENY;
+        }
+        return ALLOW;
+    }
 
     let verdict = if allow_loopback && is_loopback(&dest.words) {
         VERDICT_ALLOW_LOOPBACK
-    } else if rule_matches(proto, &dest, skip) {
+    } else if rule_matches(proto, &dest, skip, cfg.dns & DNS_REDIRECT != 0) {
         VERDICT_ALLOW
     } else if audit {
         VERDICT_AUDIT
@@ -204,7 +221,7 @@ fn decide(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
 }
 
 #[inline(always)]
-fn report(hook: Hook, proto: u8, verdict: u8, dest: &Dest) {
+pub(crate) fn report(hook: Hook, proto: u8, verdict: u8, dest: &Dest) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(COUNTER_EVENTS_DROPPED);
         return;

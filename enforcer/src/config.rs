@@ -75,6 +75,130 @@ pub struct Dns {
     pub stale_grace: Duration,
     /// Lookups in flight at once.
     pub concurrency: usize,
+    /// Who resolves ServiceEntry hosts: the daemon, or the workloads through the proxy.
+    pub mode: DnsMode,
+    pub proxy: DnsProxy,
+}
+
+/// `dns.mode` (docs/architecture.md, "DNS-aware mode").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsMode {
+    /// The daemon looks hosts up itself and allows its own answers.
+    #[default]
+    Resolve,
+    /// Every query of an enforced workload goes through the daemon's proxy, which allows
+    /// what the answers say before the workload sees them.
+    Proxy,
+}
+
+/// What the proxy answers for a name no ServiceEntry registers (enforce mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Unregistered {
+    #[default]
+    Nxdomain,
+    Refused,
+}
+
+/// `dns.proxy`: the DNS proxy of DNS-aware mode.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DnsProxy {
+    /// IPv4 address the kernel sends queries to and the proxy listens on; every enforced
+    /// workload must reach it (another network namespace cannot reach 127.0.0.1 here).
+    pub address: String,
+    /// IPv6 address, or "" for none (queries to IPv6 servers then fail at once).
+    pub address6: String,
+    pub port: u16,
+    /// Servers to forward to ("IP", "IP:PORT"); empty: the server the workload asked.
+    pub upstreams: Vec<String>,
+    /// Domains forwarded without creating rules (with every name under them).
+    pub passthrough: Vec<String>,
+    pub unregistered: Unregistered,
+    /// cgroups (relative to the cgroup2 mount, with their descendants) whose queries are
+    /// neither redirected nor denied: DNS servers that run as workloads.
+    pub exempt_cgroups: Vec<String>,
+    /// How long to wait for an upstream answer before answering SERVFAIL.
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub timeout: Duration,
+}
+
+impl Default for DnsProxy {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1".to_owned(),
+            address6: "::1".to_owned(),
+            port: 15053,
+            upstreams: Vec::new(),
+            passthrough: vec!["cluster.local".to_owned()],
+            unregistered: Unregistered::Nxdomain,
+            exempt_cgroups: Vec::new(),
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl DnsProxy {
+    /// The IPv4 listen address (validated in `parse`).
+    pub fn address4(&self) -> std::net::Ipv4Addr {
+        self.address
+            .parse()
+            .unwrap_or(std::net::Ipv4Addr::LOCALHOST)
+    }
+
+    /// The IPv6 listen address, if any (validated in `parse`).
+    pub fn address6(&self) -> Option<std::net::Ipv6Addr> {
+        self.address6.parse().ok()
+    }
+
+    /// `upstreams` as socket addresses (validated in `parse`).
+    pub fn upstream_addrs(&self) -> Vec<SocketAddr> {
+        self.upstreams
+            .iter()
+            .filter_map(|s| parse_dns_server(s).ok())
+            .collect()
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let v4: std::net::Ipv4Addr = self.address.parse().map_err(|_| {
+            anyhow::anyhow!("dns.proxy.address: {:?} is not an IPv4 address", self.address)
+        })?;
+        if v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() {
+            bail!("dns.proxy.address: {v4} cannot be listened on by one proxy");
+        }
+        if !self.address6.is_empty() {
+            let v6: std::net::Ipv6Addr = self.address6.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "dns.proxy.address6: {:?} is not an IPv6 address (\"\" for none)",
+                    self.address6
+                )
+            })?;
+            if v6.is_unspecified() || v6.is_multicast() || v6.to_ipv4_mapped().is_some() {
+                bail!("dns.proxy.address6: {v6} cannot be listened on by one proxy");
+            }
+        }
+        if self.port == 0 || self.port == 53 {
+            bail!(
+                "dns.proxy.port: {} is not usable (53 is the port queries are redirected from)",
+                self.port
+            );
+        }
+        for u in &self.upstreams {
+            parse_dns_server(u).with_context(|| format!("dns.proxy.upstreams: {u:?}"))?;
+        }
+        for d in &self.passthrough {
+            crate::dnsproxy::names::normalize(d)
+                .with_context(|| format!("dns.proxy.passthrough: {d:?}"))?;
+        }
+        for c in &self.exempt_cgroups {
+            cgroup_relative(c).with_context(|| format!("dns.proxy.exemptCgroups: {c:?}"))?;
+        }
+        if self.timeout.is_zero() {
+            bail!("dns.proxy.timeout: must be more than 0");
+        }
+        Ok(())
+    }
 }
 
 impl Default for Dns {
@@ -85,6 +209,8 @@ impl Default for Dns {
             max_ttl: Duration::from_secs(300),
             stale_grace: Duration::from_secs(120),
             concurrency: 32,
+            mode: DnsMode::Resolve,
+            proxy: DnsProxy::default(),
         }
     }
 }
@@ -122,6 +248,11 @@ pub struct MapSizes {
     pub prefix_rules: u32,
     /// Bytes; a power of two, at least one page.
     pub event_buffer: u32,
+    /// Addresses learned from DNS answers (DNS-aware mode), per port and protocol.
+    pub learned_rules: u32,
+    /// Sockets redirected to the DNS proxy that the kernel remembers (least recently used
+    /// go first).
+    pub dns_sockets: u32,
 }
 
 /// The health and metrics endpoint.
@@ -190,6 +321,8 @@ impl Default for MapSizes {
             exact_rules: 65_536,
             prefix_rules: 16_384,
             event_buffer: 256 * 1024,
+            learned_rules: 65_536,
+            dns_sockets: 65_536,
         }
     }
 }
@@ -301,9 +434,13 @@ impl Config {
         if self.dns.concurrency == 0 {
             bail!("dns.concurrency must be at least 1");
         }
+        self.dns.proxy.validate()?;
         let m = &self.maps;
-        if m.exact_rules == 0 || m.prefix_rules == 0 {
-            bail!("maps: exactRules and prefixRules must be at least 1");
+        if m.exact_rules == 0 || m.prefix_rules == 0 || m.learned_rules == 0 {
+            bail!("maps: exactRules, prefixRules and learnedRules must be at least 1");
+        }
+        if m.dns_sockets < 64 {
+            bail!("maps.dnsSockets: must be at least 64");
         }
         if !m.event_buffer.is_power_of_two() || m.event_buffer < 4096 {
             bail!("maps.eventBuffer: must be a power of two of at least 4096 bytes");

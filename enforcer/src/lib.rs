@@ -4,6 +4,7 @@
 //! does all kernel I/O; `daemon` wires them together; `cli` is the command line.
 
 pub mod config;
+pub mod dnsproxy;
 pub mod duration;
 pub mod k8syaml;
 pub mod policy;

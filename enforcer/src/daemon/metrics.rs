@@ -325,7 +325,7 @@ mod tests {
             body.lines()
                 .filter(|l| l.starts_with("egress_enforcer_verdicts_total{"))
                 .count(),
-            48
+            60
         );
         assert_eq!(v("egress_enforcer_events_dropped_total"), Some(2.0));
         assert_eq!(v(r#"egress_enforcer_rules{kind="exact"}"#), Some(7.0));

@@ -29,7 +29,7 @@ use tracing::{error, info, warn};
 
 use self::{events::EventIndex, policy::LoadedPolicy};
 use crate::{
-    config::{Config, Mode},
+    config::{Config, DnsMode, Mode},
     dataplane::{
         Dataplane,
         cgroup::{self, Cgroup},
@@ -79,10 +79,30 @@ impl<L: Lookup> Lookup for CountingLookup<L> {
 /// Quiet time after a file change before reloading: editors write in several steps.
 const DEBOUNCE: Duration = Duration::from_millis(25);
 
-const fn mode_code(mode: Mode) -> u32 {
-    match mode {
-        Mode::Enforce => enforcer_common::MODE_ENFORCE,
-        Mode::Audit => enforcer_common::MODE_AUDIT,
+/// The kernel's config entry for `cfg` (the dataplane adds the ABI version and skip bits).
+fn kernel_config(cfg: &Config) -> enforcer_common::Config {
+    let proxy = &cfg.dns.proxy;
+    let words = |o: [u8; 16]| {
+        [0, 4, 8, 12].map(|i| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]))
+    };
+    enforcer_common::Config {
+        abi_version: 0,
+        skip: 0,
+        mode: match cfg.mode {
+            Mode::Enforce => enforcer_common::MODE_ENFORCE,
+            Mode::Audit => enforcer_common::MODE_AUDIT,
+        },
+        allow_loopback: u32::from(cfg.allow.loopback),
+        // The daemon's own cgroup is always exempt, so the walk is always needed.
+        dns: if cfg.dns.mode == DnsMode::Proxy {
+            enforcer_common::DNS_REDIRECT | enforcer_common::DNS_HAS_EXEMPT
+        } else {
+            0
+        },
+        proxy_port: proxy.port,
+        pad: 0,
+        proxy4: u32::from_ne_bytes(proxy.address4().octets()),
+        proxy6: proxy.address6().map_or([0; 4], |a| words(a.octets())),
     }
 }
 
@@ -262,7 +282,7 @@ impl Daemon {
         let applied = dp.maps.apply(&desired).map_err(apply_failure)?;
         let apply_ms = started.elapsed().as_secs_f64() * 1000.0;
         dp.maps
-            .write_config(mode_code(first.config.mode), first.config.allow.loopback)
+            .write_config(kernel_config(&first.config))
             .runtime()?;
         dp.attach(&cgroups).runtime()?;
         if let Err(e) = crate::dataplane::sources::write(&dp.layout().root, &desired.sources) {
@@ -449,7 +469,7 @@ impl Daemon {
         let cfg = &self.current.config;
         self.dp
             .maps
-            .write_config(mode_code(cfg.mode), cfg.allow.loopback)?;
+            .write_config(kernel_config(cfg))?;
         let (_, cgroups) = resolve_cgroups(cfg)?;
         self.dp.detach_except(&cgroups)
     }

@@ -79,10 +79,17 @@ pub fn load(config_path: Option<&Path>, allow: &[AllowSpec]) -> Result<LoadedPol
     if !errors.is_empty() {
         return Err(LoadError(errors));
     }
+    let dns_aware = cfg.dns.mode == config::DnsMode::Proxy;
     let allows = ConfigAllows {
         specs: allow.to_vec(),
         cidrs: cfg.allowed_cidrs(),
-        dns_servers: cfg.allowed_dns_servers(),
+        // In DNS-aware mode every query goes to the proxy: no resolver is reachable directly.
+        dns_servers: if dns_aware {
+            Vec::new()
+        } else {
+            cfg.allowed_dns_servers()
+        },
+        dns_aware,
     };
     let compiled = compile(&allows, &report.entries);
     let mut remarks = describe(&report, Severity::Warning);

@@ -5,8 +5,8 @@ use std::{path::PathBuf, sync::atomic::Ordering};
 
 use tracing::{error, info, warn};
 
-use super::{Daemon, mode_code, names, policy, resolve_cgroups};
-use crate::{config::Mode, dataplane::cgroup::Cgroup};
+use super::{Daemon, kernel_config, names, policy, resolve_cgroups};
+use crate::dataplane::cgroup::Cgroup;
 
 /// The cgroups of a config about to be reloaded, created but not attached yet, and what a
 /// rollback needs.
@@ -38,10 +38,20 @@ impl Daemon {
             warn!("{r}");
         }
         let (old, new) = (&self.current.config, &next.config);
+        let (op, np) = (&old.dns.proxy, &new.dns.proxy);
+        if new.dns.mode != old.dns.mode
+            || (op.address4(), op.address6(), op.port) != (np.address4(), np.address6(), np.port)
+        {
+            error!(
+                "reload refused, keeping the policy in force: dns.mode and dns.proxy.{{address, address6, port}} take effect only at a restart"
+            );
+            self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
         if new.bpffs != old.bpffs || new.maps != old.maps || new.dns != old.dns {
             warn!("bpffs, maps and dns changes take effect at the next restart");
         }
-        let (mode, loopback) = (new.mode, new.allow.loopback);
+        let mode = new.mode;
         let paths_changed = new.service_entries != old.service_entries;
         // Everything that can fail without touching the kernel goes first.
         let prepared = match self.prepare(new) {
@@ -53,7 +63,7 @@ impl Daemon {
             }
         };
         let previous = std::mem::replace(&mut self.current, next);
-        if let Err(e) = self.switch(&prepared, mode, loopback) {
+        if let Err(e) = self.switch(&prepared) {
             self.current = previous;
             let failures = self.restore(&prepared);
             self.refused(&e, &failures);
@@ -105,10 +115,10 @@ impl Daemon {
     }
 
     /// Rules, then new cgroups, then the mode: each step fails before the next one starts.
-    fn switch(&mut self, p: &Prepared, mode: Mode, loopback: bool) -> anyhow::Result<()> {
+    fn switch(&mut self, p: &Prepared) -> anyhow::Result<()> {
         self.apply()?;
         self.dp.attach_new(&p.added)?;
-        self.dp.maps.write_config(mode_code(mode), loopback)
+        self.dp.maps.write_config(kernel_config(&self.current.config))
     }
 
     /// Puts back what a failed reload may have changed: links of added cgroups, the mode and
@@ -123,7 +133,7 @@ impl Daemon {
         }
         remove_created(&p.created);
         let old = &p.old_config;
-        if let Err(e) = self.dp.maps.write_config(old.mode, old.allow_loopback != 0) {
+        if let Err(e) = self.dp.maps.write_config(*old) {
             failures.push(format!("restoring the mode: {e:#}"));
         }
         if let Err(e) = self.apply() {

@@ -4,7 +4,7 @@ use std::{fs, path::Path};
 
 use anyhow::Context as _;
 use aya::programs::{links::PinnedLink, loaded_programs};
-use enforcer_common::PROGRAM_NAMES;
+use super::ALL_PROGRAMS;
 use serde::Serialize;
 
 use super::pins::{PinLayout, unescape_cgroup};
@@ -55,7 +55,7 @@ pub fn list(layout: &PinLayout) -> Vec<LinkRow> {
             .filter_map(|e| e.file_name().into_string().ok())
             .collect();
         names.sort_by_key(|n| {
-            PROGRAM_NAMES
+            ALL_PROGRAMS
                 .iter()
                 .position(|p| p == n)
                 .unwrap_or(usize::MAX)
@@ -101,7 +101,7 @@ struct LinkInfo {
 /// The link's program: from our program pins (no privilege beyond reading bpffs), else by
 /// walking the loaded programs (needs CAP_SYS_ADMIN; for links attached before program pins).
 fn program_info(programs_dir: &Path, id: u32) -> Option<aya::programs::ProgramInfo> {
-    PROGRAM_NAMES
+    ALL_PROGRAMS
         .iter()
         .filter_map(|name| aya::programs::ProgramInfo::from_pin(programs_dir.join(name)).ok())
         .find(|p| p.id() == id)

@@ -7,7 +7,10 @@ use anyhow::{Context as _, bail};
 use aya::maps::{
     Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapType, PerCpuArray, lpm_trie::Key,
 };
-use enforcer_common::{ABI_VERSION, Config, NUM_COUNTERS, RuleKey, RuleValue, map_names};
+use enforcer_common::{
+    ABI_VERSION, ClientKey, Config, DnsSocket, LearnedValue, NUM_COUNTERS, RuleKey, RuleValue,
+    map_names,
+};
 use serde::Serialize;
 
 use super::{
@@ -64,7 +67,14 @@ pub struct Shape {
     pub max_entries: u32,
 }
 
-pub fn expected_shapes(sizes: &MapSizes) -> [Shape; 5] {
+pub fn expected_shapes(sizes: &MapSizes) -> [Shape; 10] {
+    let lru = |name, key_size, max_entries| Shape {
+        name,
+        map_type: MapType::LruHash,
+        key_size,
+        value_size: size_of::<DnsSocket>() as u32,
+        max_entries,
+    };
     [
         Shape {
             name: map_names::RULES_EXACT,
@@ -101,8 +111,38 @@ pub fn expected_shapes(sizes: &MapSizes) -> [Shape; 5] {
             value_size: 0,
             max_entries: sizes.event_buffer,
         },
+        Shape {
+            name: map_names::RULES_LEARNED,
+            map_type: MapType::Hash,
+            key_size: size_of::<RuleKey>() as u32,
+            value_size: size_of::<LearnedValue>() as u32,
+            max_entries: sizes.learned_rules,
+        },
+        lru(map_names::DNS_SOCKETS, 8, sizes.dns_sockets),
+        lru(
+            map_names::DNS_CLIENTS,
+            size_of::<ClientKey>() as u32,
+            sizes.dns_sockets,
+        ),
+        Shape {
+            name: map_names::DNS_EXEMPT,
+            map_type: MapType::Hash,
+            key_size: 8,
+            value_size: 1,
+            max_entries: DNS_EXEMPT_ENTRIES,
+        },
+        Shape {
+            name: map_names::DNS_PROXY,
+            map_type: MapType::SockMap,
+            key_size: 4,
+            value_size: 4,
+            max_entries: 1,
+        },
     ]
 }
+
+/// Cgroups that may be exempt from the DNS redirect (with their descendants).
+pub const DNS_EXEMPT_ENTRIES: u32 = 1024;
 
 /// Compares maps already pinned under `layout` with the shapes this build and config expect,
 /// returning why each one cannot be reused (empty: all reusable or absent). Reusing a map of
@@ -213,8 +253,9 @@ impl Maps {
         Ok(self.config.get(&0, 0)?)
     }
 
-    /// Writes the config entry, refusing to overwrite one written by another ABI version.
-    pub fn write_config(&mut self, mode: u32, allow_loopback: bool) -> anyhow::Result<()> {
+    /// Writes the config entry (all but the ABI version and the skip bits, which describe the
+    /// rule maps' content), refusing to overwrite one written by another ABI version.
+    pub fn write_config(&mut self, want: Config) -> anyhow::Result<()> {
         let old = self.read_config()?;
         if old.abi_version != 0 && old.abi_version != ABI_VERSION {
             bail!(
@@ -224,10 +265,8 @@ impl Maps {
         }
         let cfg = Config {
             abi_version: ABI_VERSION,
-            mode,
-            allow_loopback: u32::from(allow_loopback),
-            // Describes the rule maps' content, which this does not change.
             skip: old.skip,
+            ..want
         };
         self.config.set(0, cfg, 0)?;
         Ok(())

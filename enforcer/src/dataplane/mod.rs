@@ -25,9 +25,9 @@ use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, RingBuf},
-    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, links::FdLink},
 };
-use enforcer_common::{PROGRAM_NAMES, map_names};
+use enforcer_common::{DNS_PROGRAM_NAMES, PROGRAM_NAMES, map_names};
 
 use self::{cgroup::Cgroup, maps::Maps, pins::PinLayout};
 use crate::config::MapSizes;
@@ -47,6 +47,30 @@ pub struct Dataplane {
     /// The exact rules the kernel enforced when this run started (in the old maps when
     /// migrating), for the daemon to decide what to carry over; `None` if unreadable.
     pub previous_exact: Option<Vec<(enforcer_common::RuleKey, enforcer_common::RuleValue)>>,
+    /// DNS-aware mode: the DNS programs are attached too.
+    dns_aware: bool,
+}
+
+/// Every program in the object, enforcing ones first.
+pub const ALL_PROGRAMS: [&str; 9] = [
+    PROGRAM_NAMES[0],
+    PROGRAM_NAMES[1],
+    PROGRAM_NAMES[2],
+    PROGRAM_NAMES[3],
+    DNS_PROGRAM_NAMES[0],
+    DNS_PROGRAM_NAMES[1],
+    DNS_PROGRAM_NAMES[2],
+    DNS_PROGRAM_NAMES[3],
+    DNS_PROGRAM_NAMES[4],
+];
+
+/// The programs attached to each cgroup in a mode.
+pub fn attached_programs(dns_aware: bool) -> &'static [&'static str] {
+    if dns_aware {
+        &ALL_PROGRAMS
+    } else {
+        &PROGRAM_NAMES
+    }
 }
 
 /// Takes an exclusive lock on the pin directory, so two daemons never fight over one set of
@@ -118,12 +142,14 @@ impl Dataplane {
             .map_max_entries(map_names::RULES_EXACT, sizes.exact_rules)
             .map_max_entries(map_names::RULES_PREFIX, sizes.prefix_rules)
             .map_max_entries(map_names::EVENTS, sizes.event_buffer)
+            .map_max_entries(map_names::RULES_LEARNED, sizes.learned_rules)
+            .map_max_entries(map_names::DNS_SOCKETS, sizes.dns_sockets)
+            .map_max_entries(map_names::DNS_CLIENTS, sizes.dns_sockets)
             .override_global("AYA_LOG_LEVEL", &log_level, false);
         let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
 
-        for name in PROGRAM_NAMES {
-            program(&mut ebpf, name)?
-                .load()
+        for name in ALL_PROGRAMS {
+            load_program(&mut ebpf, name)
                 .with_context(|| format!("the kernel refused program {name} (verifier)"))?;
         }
         let maps = Maps::from_ebpf(&mut ebpf)?;
@@ -148,7 +174,14 @@ impl Dataplane {
             events,
             migrating,
             previous_exact,
+            dns_aware: false,
         })
+    }
+
+    /// Whether the DNS programs are attached from the next `attach` on (they are detached
+    /// from cgroups attached again without them).
+    pub fn set_dns_aware(&mut self, on: bool) {
+        self.dns_aware = on;
     }
 
     pub fn layout(&self) -> &PinLayout {
@@ -208,12 +241,10 @@ impl Dataplane {
         let link_dir = self.layout.cgroup_links_dir(&cg.relative);
         fs::create_dir_all(&link_dir)
             .with_context(|| format!("creating {}", link_dir.display()))?;
-        for name in PROGRAM_NAMES {
-            let prog = program(&mut self.ebpf, name)?;
-            let id = prog
-                .attach(&dir, CgroupAttachMode::Single)
+        let names = attached_programs(self.dns_aware);
+        for name in names {
+            let link = attach_program(&mut self.ebpf, name, &dir)
                 .with_context(|| format!("attaching {name} to cgroup {}", cg.display()))?;
-            let link: FdLink = prog.take_link(id)?.try_into()?;
             // bpffs allows no dots in names.
             let tmp = link_dir.join(format!("{name}-new"));
             let _ignored = fs::remove_file(&tmp);
@@ -231,7 +262,7 @@ impl Dataplane {
         if let Ok(rd) = fs::read_dir(&link_dir) {
             for e in rd.flatten() {
                 let n = e.file_name();
-                if !PROGRAM_NAMES.iter().any(|p| n == *p) {
+                if !names.iter().any(|p| n == *p) {
                     let _ignored = fs::remove_file(e.path());
                 }
             }
@@ -261,10 +292,12 @@ impl Dataplane {
     fn pin_programs(&mut self) -> anyhow::Result<()> {
         let dir = self.layout.programs_dir();
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        for name in PROGRAM_NAMES {
+        for name in ALL_PROGRAMS {
             let tmp = dir.join(format!("{name}-new"));
             let _ignored = fs::remove_file(&tmp);
-            program(&mut self.ebpf, name)?
+            self.ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the eBPF object"))?
                 .pin(&tmp)
                 .with_context(|| format!("pinning program {}", tmp.display()))?;
             fs::rename(&tmp, dir.join(name))
@@ -294,12 +327,49 @@ impl Dataplane {
     }
 }
 
-/// One of our four programs in the loaded object.
-fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut CgroupSockAddr> {
+/// The one program that is not a `sock_addr` hook.
+const SKB_PROGRAM: &str = DNS_PROGRAM_NAMES[4];
+
+fn sock_addr_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> anyhow::Result<&'a mut CgroupSockAddr> {
     Ok(ebpf
         .program_mut(name)
         .with_context(|| format!("program {name} missing from the eBPF object"))?
         .try_into()?)
+}
+
+fn skb_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut CgroupSkb> {
+    Ok(ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the eBPF object"))?
+        .try_into()?)
+}
+
+fn load_program(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<()> {
+    if name == SKB_PROGRAM {
+        skb_program(ebpf, name)?.load()?;
+    } else {
+        sock_addr_program(ebpf, name)?.load()?;
+    }
+    Ok(())
+}
+
+fn attach_program(ebpf: &mut Ebpf, name: &str, cgroup: &File) -> anyhow::Result<FdLink> {
+    if name == SKB_PROGRAM {
+        let prog = skb_program(ebpf, name)?;
+        let id = prog.attach(
+            cgroup,
+            CgroupSkbAttachType::Egress,
+            CgroupAttachMode::Single,
+        )?;
+        Ok(prog.take_link(id)?.try_into()?)
+    } else {
+        let prog = sock_addr_program(ebpf, name)?;
+        let id = prog.attach(cgroup, CgroupAttachMode::Single)?;
+        Ok(prog.take_link(id)?.try_into()?)
+    }
 }
 
 /// What `uninstall` removed.

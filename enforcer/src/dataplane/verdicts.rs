@@ -19,6 +19,7 @@ pub fn verdict_name(verdict: u8) -> &'static str {
         VERDICT_ALLOW_LOOPBACK => "allow-loopback",
         VERDICT_DENY => "deny",
         VERDICT_AUDIT => "audit",
+        enforcer_common::VERDICT_REDIRECT => "redirect",
         _ => "unknown",
     }
 }

@@ -30,6 +30,8 @@ pub struct ConfigAllows {
     pub cidrs: Vec<Net>,
     /// DNS servers the workloads use: port 53, TCP and UDP.
     pub dns_servers: Vec<IpAddr>,
+    /// DNS-aware mode: the workloads' answers are allowed, wildcard and DYNAMIC_DNS hosts too.
+    pub dns_aware: bool,
 }
 
 /// Something that does not make an entry invalid but that the user should know.
@@ -47,6 +49,13 @@ pub struct CompiledPolicy {
     pub statics: BTreeMap<AllowSpec, BTreeSet<u32>>,
     /// Hostname → targets and rule ids; every A/AAAA answer for the name gets these.
     pub hostnames: BTreeMap<String, BTreeMap<Target, BTreeSet<u32>>>,
+    /// Only learned in DNS-aware mode: `*.suffix` hosts (keyed by the suffix) and the hosts of
+    /// DYNAMIC_DNS entries (which may be wildcards too, keyed `*.suffix`).
+    pub wildcards: BTreeMap<String, BTreeMap<Target, BTreeSet<u32>>>,
+    pub dynamic: BTreeMap<String, BTreeMap<Target, BTreeSet<u32>>>,
+    /// Every host of a valid entry, as written (lowercase, `*.` kept): names the DNS proxy
+    /// answers, whether or not their answers create rules.
+    pub registered: BTreeSet<String>,
     pub notices: Vec<Notice>,
 }
 
@@ -91,6 +100,24 @@ fn entry_targets(se: &ServiceEntry) -> Vec<Target> {
 
 struct Builder {
     policy: CompiledPolicy,
+    dns_aware: bool,
+}
+
+/// A host as the tables key it: lowercase, without a trailing dot.
+fn host_key(host: &str) -> String {
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+fn add_targets(
+    table: &mut BTreeMap<String, BTreeMap<Target, BTreeSet<u32>>>,
+    key: String,
+    targets: &[Target],
+    id: u32,
+) {
+    let slot = table.entry(key).or_default();
+    for t in targets {
+        slot.entry(*t).or_default().insert(id);
+    }
 }
 
 impl Builder {
@@ -129,13 +156,21 @@ impl Builder {
     }
 
     fn hostname(&mut self, host: &str, targets: &[Target], id: u32) {
-        let slot = self
-            .policy
-            .hostnames
-            .entry(host.trim_end_matches('.').to_ascii_lowercase())
-            .or_default();
-        for t in targets {
-            slot.entry(*t).or_default().insert(id);
+        add_targets(&mut self.policy.hostnames, host_key(host), targets, id);
+    }
+
+    /// A `*.suffix` host: learned from answers in DNS-aware mode, nothing otherwise.
+    fn wildcard(&mut self, entry: &str, i: usize, host: &str, targets: &[Target], id: u32) {
+        if self.dns_aware {
+            let suffix = host_key(host.trim_start_matches("*."));
+            add_targets(&mut self.policy.wildcards, suffix, targets, id);
+        } else {
+            self.notice(
+                entry,
+                &format!("spec.hosts[{i}]"),
+                "dns-aware-mode",
+                format!("wildcard host {host:?} cannot be resolved ahead of time: needs DNS-aware mode (dns.mode: proxy), not allowed"),
+            );
         }
     }
 
@@ -175,18 +210,13 @@ impl Builder {
                 "workloadSelector is not applied yet: the entry is allowed node-wide".to_owned(),
             );
         }
-        let wildcard_notice = |b: &mut Self, i: usize, h: &str| {
-            b.notice(
-                &name,
-                &format!("spec.hosts[{i}]"),
-                "dns-aware-mode",
-                format!("wildcard host {h:?} cannot be resolved ahead of time: needs DNS-aware mode, not allowed yet"),
-            );
-        };
+        self.policy
+            .registered
+            .extend(spec.hosts.iter().map(|h| host_key(h)));
         let resolve_hosts = |b: &mut Self| {
             for (i, h) in spec.hosts.iter().enumerate() {
                 if h.starts_with('*') {
-                    wildcard_notice(b, i, h);
+                    b.wildcard(&name, i, h, &targets, id);
                 } else {
                     b.hostname(h, &targets, id);
                 }
@@ -231,7 +261,18 @@ impl Builder {
             }
             Resolution::DynamicDns => {
                 for (i, h) in spec.hosts.iter().enumerate() {
-                    wildcard_notice(self, i, h);
+                    if !self.dns_aware {
+                        self.notice(
+                            &name,
+                            &format!("spec.hosts[{i}]"),
+                            "dns-aware-mode",
+                            format!("DYNAMIC_DNS host {h:?} is only allowed in DNS-aware mode (dns.mode: proxy)"),
+                        );
+                    } else if h.starts_with('*') {
+                        self.wildcard(&name, i, h, &targets, id);
+                    } else {
+                        add_targets(&mut self.policy.dynamic, host_key(h), &targets, id);
+                    }
                 }
             }
         }
@@ -289,6 +330,7 @@ fn mask128(addr: [u8; 16], len: u8) -> [u8; 16] {
 pub fn compile(config: &ConfigAllows, entries: &[Loaded]) -> CompiledPolicy {
     let mut b = Builder {
         policy: CompiledPolicy::default(),
+        dns_aware: config.dns_aware,
     };
     let mut next_id = 1u32;
     let mut new_id = |b: &mut Builder, source: String| {

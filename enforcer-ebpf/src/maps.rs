@@ -1,0 +1,44 @@
+//! Every map the programs share. Sizes here are defaults only: the daemon overrides
+//! max_entries from its config before load.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SockMap},
+};
+use enforcer_common::{
+    ClientKey, Config, DnsSocket, LearnedValue, NUM_COUNTERS, RuleKey, RuleValue,
+};
+
+#[map]
+pub(crate) static RULES_EXACT: HashMap<RuleKey, RuleValue> = HashMap::with_max_entries(65536, 0);
+
+#[map]
+pub(crate) static RULES_PREFIX: LpmTrie<RuleKey, RuleValue> =
+    LpmTrie::with_max_entries(16384, 0);
+
+#[map]
+pub(crate) static RULES_LEARNED: HashMap<RuleKey, LearnedValue> =
+    HashMap::with_max_entries(65536, 0);
+
+#[map]
+pub(crate) static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map]
+pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);
+
+#[map]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// LRU: a workload opening sockets without end only evicts its own oldest entries.
+#[map]
+pub(crate) static DNS_SOCKETS: LruHashMap<u64, DnsSocket> = LruHashMap::with_max_entries(65536, 0);
+
+#[map]
+pub(crate) static DNS_CLIENTS: LruHashMap<ClientKey, DnsSocket> =
+    LruHashMap::with_max_entries(65536, 0);
+
+#[map]
+pub(crate) static DNS_EXEMPT: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
+
+#[map]
+pub(crate) static DNS_PROXY: SockMap = SockMap::with_max_entries(1, 0);

@@ -1,0 +1,286 @@
+//! The addresses learned from answers, by name, and the kernel rules they make: one rule per
+//! address, port and protocol, expiring when the last name that allows it expires. Pure; the
+//! caller writes what each call returns to `RULES_LEARNED` (docs/architecture.md, "DNS-aware
+//! mode").
+
+use std::{
+    collections::{BTreeSet, HashMap, hash_map::Entry},
+    net::IpAddr,
+};
+
+use enforcer_common::{LearnedValue, POLICY_NODE, RULE_FLAG_DNS, RuleKey};
+
+use super::names::{Class, NameTable, Targets};
+
+/// A kernel write the caller makes.
+pub type Put = (RuleKey, LearnedValue);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{wanted} learned addresses do not fit ({max} at most); raise maps.learnedRules")]
+pub struct Full {
+    pub wanted: usize,
+    pub max: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct LearnedTable {
+    /// name → address → expiry (CLOCK_MONOTONIC ns).
+    by_name: HashMap<String, HashMap<IpAddr, u64>>,
+    entries: usize,
+    /// What `RULES_LEARNED` holds.
+    keys: HashMap<RuleKey, LearnedValue>,
+    /// Caps on `keys` (the map's size) and on name/address pairs (many names may share one
+    /// address, and each costs memory here).
+    max_keys: usize,
+    max_entries: usize,
+}
+
+/// An address the kernel can match: IPv4-mapped IPv6 in an AAAA record would allow IPv4
+/// traffic, and the families never cross (docs/architecture.md, "Rule maps").
+fn usable(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => !v4.is_unspecified() && !v4.is_broadcast(),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().is_none() && !v6.is_unspecified(),
+    }
+}
+
+pub fn rule_key(ip: IpAddr, port: u16, proto: u8) -> RuleKey {
+    let addr = match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    RuleKey {
+        policy: POLICY_NODE,
+        port,
+        proto,
+        pad: 0,
+        addr,
+    }
+}
+
+fn keys_of(ip: IpAddr, targets: &Targets) -> impl Iterator<Item = (RuleKey, u32)> + '_ {
+    targets
+        .iter()
+        .map(move |((port, proto), id)| (rule_key(ip, *port, proto.number()), *id))
+}
+
+/// Longer expiry wins; of equal rules the lower id.
+fn widen(slot: Entry<'_, RuleKey, LearnedValue>, v: LearnedValue) -> Option<LearnedValue> {
+    match slot {
+        Entry::Vacant(e) => Some(*e.insert(v)),
+        Entry::Occupied(mut e) => {
+            let cur = e.get_mut();
+            let grown = LearnedValue {
+                rule_id: cur.rule_id.min(v.rule_id),
+                flags: cur.flags | v.flags,
+                expires_ns: cur.expires_ns.max(v.expires_ns),
+            };
+            (grown != *cur).then(|| {
+                *cur = grown;
+                grown
+            })
+        }
+    }
+}
+
+impl LearnedTable {
+    pub fn new(max_keys: usize) -> Self {
+        Self {
+            max_keys,
+            max_entries: max_keys.saturating_mul(4),
+            ..Self::default()
+        }
+    }
+
+    /// Records `addrs` (address, expiry) of `name`, allowed on `targets`; returns the kernel
+    /// writes (new rules, and rules whose expiry grew). Over the caps nothing is recorded.
+    pub fn learn(
+        &mut self,
+        name: &str,
+        targets: &Targets,
+        addrs: &[(IpAddr, u64)],
+    ) -> Result<Vec<Put>, Full> {
+        let addrs: Vec<(IpAddr, u64)> = addrs.iter().copied().filter(|(ip, _)| usable(*ip)).collect();
+        if targets.is_empty() || addrs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let known = self.by_name.get(name);
+        let new_entries = addrs.iter().filter(|(ip, _)| known.is_none_or(|m| !m.contains_key(ip))).count();
+        let new_keys = addrs
+            .iter()
+            .flat_map(|(ip, _)| keys_of(*ip, targets))
+            .filter(|(k, _)| !self.keys.contains_key(k))
+            .map(|(k, _)| k)
+            .collect::<BTreeSet<_>>()
+            .len();
+        if self.keys.len() + new_keys > self.max_keys {
+            return Err(Full { wanted: self.keys.len() + new_keys, max: self.max_keys });
+        }
+        if self.entries + new_entries > self.max_entries {
+            return Err(Full { wanted: self.entries + new_entries, max: self.max_entries });
+        }
+        let slot = self.by_name.entry(name.to_owned()).or_default();
+        let mut puts = Vec::new();
+        for (ip, expires) in addrs {
+            let e = slot.entry(ip).or_insert(0);
+            *e = (*e).max(expires);
+            for (key, rule_id) in keys_of(ip, targets) {
+                let v = LearnedValue { rule_id, flags: RULE_FLAG_DNS, expires_ns: expires };
+                if let Some(written) = widen(self.keys.entry(key), v) {
+                    puts.push((key, written));
+                }
+            }
+        }
+        self.entries += new_entries;
+        Ok(puts)
+    }
+
+    /// Forgets everything expired at `now`; returns the rules to delete (those whose last
+    /// name expired; the kernel already ignores them).
+    pub fn sweep(&mut self, now: u64) -> Vec<RuleKey> {
+        let mut gone = 0;
+        self.by_name.retain(|_, addrs| {
+            let before = addrs.len();
+            addrs.retain(|_, exp| *exp >= now);
+            gone += before - addrs.len();
+            !addrs.is_empty()
+        });
+        self.entries -= gone;
+        let dead: Vec<RuleKey> = self
+            .keys
+            .iter()
+            .filter(|(_, v)| v.expires_ns < now)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &dead {
+            self.keys.remove(k);
+        }
+        dead
+    }
+
+    /// Recomputes every rule under a new policy (a reload): names no longer registered, and
+    /// ports no longer theirs, lose their rules at once. Returns (writes, deletes).
+    pub fn retarget(&mut self, table: &NameTable) -> (Vec<Put>, Vec<RuleKey>) {
+        self.by_name
+            .retain(|name, _| matches!(table.classify(name), Class::Registered(t) if !t.is_empty()));
+        self.entries = self.by_name.values().map(HashMap::len).sum();
+        let mut want: HashMap<RuleKey, LearnedValue> = HashMap::new();
+        for (name, addrs) in &self.by_name {
+            let Class::Registered(targets) = table.classify(name) else {
+                continue;
+            };
+            for (ip, expires) in addrs {
+                for (key, rule_id) in keys_of(*ip, &targets) {
+                    let v = LearnedValue { rule_id, flags: RULE_FLAG_DNS, expires_ns: *expires };
+                    widen(want.entry(key), v);
+                }
+            }
+        }
+        let deletes = self.keys.keys().filter(|k| !want.contains_key(k)).copied().collect();
+        let puts = want
+            .iter()
+            .filter(|(k, v)| self.keys.get(k) != Some(v))
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        self.keys = want;
+        (puts, deletes)
+    }
+
+    /// Rules in the kernel.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Name/address pairs held.
+    pub fn entries(&self) -> usize {
+        self.entries
+    }
+
+    /// Every name an address was learned for (for events and `inspect`).
+    pub fn names_by_addr(&self) -> HashMap<IpAddr, BTreeSet<String>> {
+        let mut out: HashMap<IpAddr, BTreeSet<String>> = HashMap::new();
+        for (name, addrs) in &self.by_name {
+            for ip in addrs.keys() {
+                out.entry(*ip).or_default().insert(name.clone());
+            }
+        }
+        out
+    }
+
+    /// name → address → expiry, for the record that survives a restart.
+    pub fn by_name(&self) -> &HashMap<String, HashMap<IpAddr, u64>> {
+        &self.by_name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+    use crate::policy::{allow_spec::Proto, compile::CompiledPolicy};
+
+    fn targets(ports: &[u16]) -> Targets {
+        ports.iter().map(|p| ((*p, Proto::Tcp), 1)).collect()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn an_address_stays_until_its_last_name_expires() {
+        let mut t = LearnedTable::new(100);
+        let puts = t.learn("a.example.com", &targets(&[443]), &[(ip("198.18.0.1"), 100)]).unwrap();
+        assert_eq!(puts.len(), 1);
+        let puts = t.learn("b.example.com", &targets(&[443]), &[(ip("198.18.0.1"), 300)]).unwrap();
+        assert_eq!(puts[0].1.expires_ns, 300, "the later expiry wins");
+        assert!(t.learn("a.example.com", &targets(&[443]), &[(ip("198.18.0.1"), 50)]).unwrap().is_empty(), "an earlier expiry writes nothing");
+        assert!(t.sweep(200).is_empty());
+        assert_eq!(t.names_by_addr()[&ip("198.18.0.1")].len(), 1);
+        assert_eq!(t.sweep(301), vec![rule_key(ip("198.18.0.1"), 443, 6)]);
+        assert!(t.is_empty() && t.entries() == 0);
+    }
+
+    #[test]
+    fn mapped_and_unspecified_answers_allow_nothing() {
+        let mut t = LearnedTable::new(100);
+        let puts = t
+            .learn("a.example.com", &targets(&[443]), &[(ip("::ffff:198.18.0.1"), 9), (ip("0.0.0.0"), 9), (ip("::"), 9)])
+            .unwrap();
+        assert!(puts.is_empty() && t.is_empty());
+    }
+
+    #[test]
+    fn the_caps_refuse_instead_of_growing() {
+        let mut t = LearnedTable::new(2);
+        t.learn("a.example.com", &targets(&[80, 443]), &[(ip("198.18.0.1"), 9)]).unwrap();
+        let e = t.learn("a.example.com", &targets(&[80]), &[(ip("198.18.0.2"), 9)]).unwrap_err();
+        assert_eq!(e, Full { wanted: 3, max: 2 });
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn a_reload_revokes_names_and_ports_that_are_gone() {
+        let mut t = LearnedTable::new(100);
+        t.learn("a.example.com", &targets(&[80, 443]), &[(ip("198.18.0.1"), 9)]).unwrap();
+        t.learn("gone.example.com", &targets(&[443]), &[(ip("198.18.0.2"), 9)]).unwrap();
+        let mut p = CompiledPolicy::default();
+        p.hostnames.insert(
+            "a.example.com".into(),
+            BTreeMap::from([((443, Proto::Tcp), BTreeSet::from([7]))]),
+        );
+        let (puts, mut deletes) = t.retarget(&NameTable::build(&p, &[]));
+        deletes.sort();
+        assert_eq!(puts.len(), 1, "the kept rule now carries the new rule id");
+        assert_eq!(puts[0].1.rule_id, 7);
+        let mut want = vec![rule_key(ip("198.18.0.1"), 80, 6), rule_key(ip("198.18.0.2"), 443, 6)];
+        want.sort();
+        assert_eq!(deletes, want);
+        assert_eq!((t.len(), t.entries()), (1, 1));
+    }
+}

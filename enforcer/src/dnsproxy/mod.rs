@@ -1,0 +1,10 @@
+//! DNS-aware mode (docs/architecture.md, "DNS-aware mode"): the kernel sends every DNS query
+//! of an enforced workload here; a registered name's answer reaches the workload only after
+//! its addresses are allowed in the kernel, an unregistered name never leaves the node.
+//!
+//! `names`, `message` and `learned` are pure (unit-tested, fuzzed); `server` does the socket
+//! I/O and `kernel` the map writes.
+
+pub mod learned;
+pub mod message;
+pub mod names;
