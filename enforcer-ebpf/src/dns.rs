@@ -168,7 +168,10 @@ fn restore_server(ctx: &SockAddrContext, v6: bool) {
     let is_proxy = if mapped {
         w[3] == cfg.proxy4
     } else {
-        w[0] == cfg.proxy6[0] && w[1] == cfg.proxy6[1] && w[2] == cfg.proxy6[2] && w[3] == cfg.proxy6[3]
+        w[0] == cfg.proxy6[0]
+            && w[1] == cfg.proxy6[1]
+            && w[2] == cfg.proxy6[2]
+            && w[3] == cfg.proxy6[3]
     };
     if !is_proxy {
         return;
@@ -219,7 +222,11 @@ fn publish_client(ctx: &SkBuffContext) -> Option<()> {
                 return None;
             }
             let src: u32 = ctx.load(12).ok()?;
-            (ctx.load(9).ok()?, [0, 0, MAPPED, src], usize::from(first & 0xf) * 4)
+            (
+                ctx.load(9).ok()?,
+                [0, 0, MAPPED, src],
+                usize::from(first & 0xf) * 4,
+            )
         }
         6 => {
             let dst: [u32; 4] = ctx.load(24).ok()?;

@@ -13,8 +13,7 @@ use enforcer_common::{
 pub(crate) static RULES_EXACT: HashMap<RuleKey, RuleValue> = HashMap::with_max_entries(65536, 0);
 
 #[map]
-pub(crate) static RULES_PREFIX: LpmTrie<RuleKey, RuleValue> =
-    LpmTrie::with_max_entries(16384, 0);
+pub(crate) static RULES_PREFIX: LpmTrie<RuleKey, RuleValue> = LpmTrie::with_max_entries(16384, 0);
 
 #[map]
 pub(crate) static RULES_LEARNED: HashMap<RuleKey, LearnedValue> =

@@ -11,11 +11,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use enforcer_common::{
-    COUNTER_EVENTS_DROPPED, DNS_PORT, DNS_REDIRECT, Event, Hook, IPPROTO_TCP,
-    IPPROTO_UDP, MODE_AUDIT, POLICY_NODE, PROTO_CLASS_OTHER, PROTO_CLASS_TCP, PROTO_CLASS_UDP,
-    RULE_KEY_FIXED_BITS, RuleKey, SKIP_EXACT_ANY_PORT, SKIP_PREFIX_ANY_PORT,
-    SKIP_PREFIX_PORT, VERDICT_ALLOW, VERDICT_ALLOW_LOOPBACK, VERDICT_AUDIT, VERDICT_DENY,
-    counter_index,
+    COUNTER_EVENTS_DROPPED, DNS_PORT, DNS_REDIRECT, Event, Hook, IPPROTO_TCP, IPPROTO_UDP,
+    MODE_AUDIT, POLICY_NODE, PROTO_CLASS_OTHER, PROTO_CLASS_TCP, PROTO_CLASS_UDP,
+    RULE_KEY_FIXED_BITS, RuleKey, SKIP_EXACT_ANY_PORT, SKIP_PREFIX_ANY_PORT, SKIP_PREFIX_PORT,
+    VERDICT_ALLOW, VERDICT_ALLOW_LOOPBACK, VERDICT_AUDIT, VERDICT_DENY, counter_index,
 };
 
 use crate::{
@@ -134,9 +133,7 @@ fn rule_matches(proto: u8, dest: &Dest, skip: u32, learned: bool) -> bool {
     }
     // Learned rules (DNS-aware mode only) always name a port: they come from ServiceEntry
     // ports.
-    if learned
-        && let Some(v) = RULES_LEARNED.get_ptr(key)
-    {
+    if learned && let Some(v) = RULES_LEARNED.get_ptr(key) {
         // SAFETY: a map value pointer is valid for the program run.
         let expires = unsafe { (*v).expires_ns };
         // SAFETY: helper without preconditions.

@@ -162,7 +162,10 @@ impl DnsProxy {
 
     fn validate(&self) -> anyhow::Result<()> {
         let v4: std::net::Ipv4Addr = self.address.parse().map_err(|_| {
-            anyhow::anyhow!("dns.proxy.address: {:?} is not an IPv4 address", self.address)
+            anyhow::anyhow!(
+                "dns.proxy.address: {:?} is not an IPv4 address",
+                self.address
+            )
         })?;
         if v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() {
             bail!("dns.proxy.address: {v4} cannot be listened on by one proxy");

@@ -4,6 +4,7 @@
 
 mod carry;
 mod cgroup_names;
+mod dns_proxy;
 mod events;
 pub mod http;
 pub mod metrics;
@@ -124,7 +125,12 @@ fn timing(cfg: &Config) -> Timing {
     }
 }
 
+/// The names the daemon looks up itself: none in DNS-aware mode, where the workloads' own
+/// answers are what is allowed.
 fn names(p: &LoadedPolicy) -> BTreeSet<String> {
+    if dns_proxy::enabled(&p.config) {
+        return BTreeSet::new();
+    }
     p.compiled.hostnames.keys().cloned().collect()
 }
 
@@ -235,6 +241,8 @@ struct Daemon {
     /// rollback, succeeded).
     ready: bool,
     retry: Retry,
+    /// DNS-aware mode's proxy.
+    proxy: Option<Arc<crate::dnsproxy::server::Proxy>>,
 }
 
 impl Daemon {
@@ -260,6 +268,11 @@ impl Daemon {
             Some(addr) => Some(http::bind(addr).await.user()?),
             None => None,
         };
+        let proxy_sockets = if dns_proxy::enabled(&first.config) {
+            Some(dns_proxy::bind(&first.config).await.user()?)
+        } else {
+            None
+        };
         let (mount, cgroups) = resolve_cgroups(&first.config).runtime()?;
         let mut dp = Dataplane::load(
             &first.config.bpffs,
@@ -284,7 +297,12 @@ impl Daemon {
         dp.maps
             .write_config(kernel_config(&first.config))
             .runtime()?;
+        dp.set_dns_aware(proxy_sockets.is_some());
         dp.attach(&cgroups).runtime()?;
+        let proxy = match proxy_sockets {
+            Some(s) => Some(dns_proxy::start(&first, s, dp.layout()).runtime()?),
+            None => None,
+        };
         if let Err(e) = crate::dataplane::sources::write(&dp.layout().root, &desired.sources) {
             warn!("cannot record rule sources for `inspect`: {e:#}");
         }
@@ -363,6 +381,7 @@ impl Daemon {
             metrics,
             ready: false,
             retry: Retry::default(),
+            proxy,
         };
         let (fs_tx, mut fs_rx) = mpsc::channel(1);
         let mut watcher = d.watch(fs_tx.clone());
@@ -436,7 +455,7 @@ impl Daemon {
     fn wants_full_apply(&self) -> bool {
         !self.ready
             && self.resolved.complete
-            && self.resolved.addrs.len() == self.current.compiled.hostnames.len()
+            && self.resolved.addrs.len() == names(&self.current).len()
             && self.retry.due()
     }
 
@@ -467,9 +486,7 @@ impl Daemon {
     fn apply_everything(&mut self) -> anyhow::Result<()> {
         self.apply()?;
         let cfg = &self.current.config;
-        self.dp
-            .maps
-            .write_config(kernel_config(cfg))?;
+        self.dp.maps.write_config(kernel_config(cfg))?;
         let (_, cgroups) = resolve_cgroups(cfg)?;
         self.dp.detach_except(&cgroups)
     }

@@ -74,6 +74,13 @@ impl Daemon {
             error!("detaching cgroups no longer configured failed (they stay enforced): {e:#}");
         }
         self.names_tx.send_replace(names(&self.current));
+        if let Some(proxy) = &self.proxy
+            && let Err(e) = proxy.update(super::dns_proxy::settings(&self.current))
+        {
+            error!(
+                "DNS proxy: revoking learned rules the new policy no longer allows failed: {e:#}"
+            );
+        }
         self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
         info!(mode = ?mode, entries = self.current.entries, hostnames = self.current.compiled.hostnames.len(), "reloaded");
         paths_changed
@@ -118,7 +125,9 @@ impl Daemon {
     fn switch(&mut self, p: &Prepared) -> anyhow::Result<()> {
         self.apply()?;
         self.dp.attach_new(&p.added)?;
-        self.dp.maps.write_config(kernel_config(&self.current.config))
+        self.dp
+            .maps
+            .write_config(kernel_config(&self.current.config))
     }
 
     /// Puts back what a failed reload may have changed: links of added cgroups, the mode and

@@ -2,9 +2,9 @@
 
 use std::{fs, path::Path};
 
+use super::ALL_PROGRAMS;
 use anyhow::Context as _;
 use aya::programs::{links::PinnedLink, loaded_programs};
-use super::ALL_PROGRAMS;
 use serde::Serialize;
 
 use super::pins::{PinLayout, unescape_cgroup};

@@ -330,10 +330,7 @@ impl Dataplane {
 /// The one program that is not a `sock_addr` hook.
 const SKB_PROGRAM: &str = DNS_PROGRAM_NAMES[4];
 
-fn sock_addr_program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &str,
-) -> anyhow::Result<&'a mut CgroupSockAddr> {
+fn sock_addr_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut CgroupSockAddr> {
     Ok(ebpf
         .program_mut(name)
         .with_context(|| format!("program {name} missing from the eBPF object"))?

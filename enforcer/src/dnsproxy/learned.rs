@@ -100,12 +100,19 @@ impl LearnedTable {
         targets: &Targets,
         addrs: &[(IpAddr, u64)],
     ) -> Result<Vec<Put>, Full> {
-        let addrs: Vec<(IpAddr, u64)> = addrs.iter().copied().filter(|(ip, _)| usable(*ip)).collect();
+        let addrs: Vec<(IpAddr, u64)> = addrs
+            .iter()
+            .copied()
+            .filter(|(ip, _)| usable(*ip))
+            .collect();
         if targets.is_empty() || addrs.is_empty() {
             return Ok(Vec::new());
         }
         let known = self.by_name.get(name);
-        let new_entries = addrs.iter().filter(|(ip, _)| known.is_none_or(|m| !m.contains_key(ip))).count();
+        let new_entries = addrs
+            .iter()
+            .filter(|(ip, _)| known.is_none_or(|m| !m.contains_key(ip)))
+            .count();
         let new_keys = addrs
             .iter()
             .flat_map(|(ip, _)| keys_of(*ip, targets))
@@ -114,10 +121,16 @@ impl LearnedTable {
             .collect::<BTreeSet<_>>()
             .len();
         if self.keys.len() + new_keys > self.max_keys {
-            return Err(Full { wanted: self.keys.len() + new_keys, max: self.max_keys });
+            return Err(Full {
+                wanted: self.keys.len() + new_keys,
+                max: self.max_keys,
+            });
         }
         if self.entries + new_entries > self.max_entries {
-            return Err(Full { wanted: self.entries + new_entries, max: self.max_entries });
+            return Err(Full {
+                wanted: self.entries + new_entries,
+                max: self.max_entries,
+            });
         }
         let slot = self.by_name.entry(name.to_owned()).or_default();
         let mut puts = Vec::new();
@@ -125,7 +138,11 @@ impl LearnedTable {
             let e = slot.entry(ip).or_insert(0);
             *e = (*e).max(expires);
             for (key, rule_id) in keys_of(ip, targets) {
-                let v = LearnedValue { rule_id, flags: RULE_FLAG_DNS, expires_ns: expires };
+                let v = LearnedValue {
+                    rule_id,
+                    flags: RULE_FLAG_DNS,
+                    expires_ns: expires,
+                };
                 if let Some(written) = widen(self.keys.entry(key), v) {
                     puts.push((key, written));
                 }
@@ -161,8 +178,9 @@ impl LearnedTable {
     /// Recomputes every rule under a new policy (a reload): names no longer registered, and
     /// ports no longer theirs, lose their rules at once. Returns (writes, deletes).
     pub fn retarget(&mut self, table: &NameTable) -> (Vec<Put>, Vec<RuleKey>) {
-        self.by_name
-            .retain(|name, _| matches!(table.classify(name), Class::Registered(t) if !t.is_empty()));
+        self.by_name.retain(
+            |name, _| matches!(table.classify(name), Class::Registered(t) if !t.is_empty()),
+        );
         self.entries = self.by_name.values().map(HashMap::len).sum();
         let mut want: HashMap<RuleKey, LearnedValue> = HashMap::new();
         for (name, addrs) in &self.by_name {
@@ -171,12 +189,21 @@ impl LearnedTable {
             };
             for (ip, expires) in addrs {
                 for (key, rule_id) in keys_of(*ip, &targets) {
-                    let v = LearnedValue { rule_id, flags: RULE_FLAG_DNS, expires_ns: *expires };
+                    let v = LearnedValue {
+                        rule_id,
+                        flags: RULE_FLAG_DNS,
+                        expires_ns: *expires,
+                    };
                     widen(want.entry(key), v);
                 }
             }
         }
-        let deletes = self.keys.keys().filter(|k| !want.contains_key(k)).copied().collect();
+        let deletes = self
+            .keys
+            .keys()
+            .filter(|k| !want.contains_key(k))
+            .copied()
+            .collect();
         let puts = want
             .iter()
             .filter(|(k, v)| self.keys.get(k) != Some(v))
@@ -184,6 +211,12 @@ impl LearnedTable {
             .collect();
         self.keys = want;
         (puts, deletes)
+    }
+
+    /// Takes over the rules a previous run left in the kernel: unexpired ones stay until
+    /// their expiry (their names are not known here), expired ones go at the next sweep.
+    pub fn adopt(&mut self, left: &[Put]) {
+        self.keys.extend(left.iter().copied());
     }
 
     /// Rules in the kernel.
@@ -235,11 +268,28 @@ mod tests {
     #[test]
     fn an_address_stays_until_its_last_name_expires() {
         let mut t = LearnedTable::new(100);
-        let puts = t.learn("a.example.com", &targets(&[443]), &[(ip("198.18.0.1"), 100)]).unwrap();
+        let puts = t
+            .learn(
+                "a.example.com",
+                &targets(&[443]),
+                &[(ip("198.18.0.1"), 100)],
+            )
+            .unwrap();
         assert_eq!(puts.len(), 1);
-        let puts = t.learn("b.example.com", &targets(&[443]), &[(ip("198.18.0.1"), 300)]).unwrap();
+        let puts = t
+            .learn(
+                "b.example.com",
+                &targets(&[443]),
+                &[(ip("198.18.0.1"), 300)],
+            )
+            .unwrap();
         assert_eq!(puts[0].1.expires_ns, 300, "the later expiry wins");
-        assert!(t.learn("a.example.com", &targets(&[443]), &[(ip("198.18.0.1"), 50)]).unwrap().is_empty(), "an earlier expiry writes nothing");
+        assert!(
+            t.learn("a.example.com", &targets(&[443]), &[(ip("198.18.0.1"), 50)])
+                .unwrap()
+                .is_empty(),
+            "an earlier expiry writes nothing"
+        );
         assert!(t.sweep(200).is_empty());
         assert_eq!(t.names_by_addr()[&ip("198.18.0.1")].len(), 1);
         assert_eq!(t.sweep(301), vec![rule_key(ip("198.18.0.1"), 443, 6)]);
@@ -250,7 +300,15 @@ mod tests {
     fn mapped_and_unspecified_answers_allow_nothing() {
         let mut t = LearnedTable::new(100);
         let puts = t
-            .learn("a.example.com", &targets(&[443]), &[(ip("::ffff:198.18.0.1"), 9), (ip("0.0.0.0"), 9), (ip("::"), 9)])
+            .learn(
+                "a.example.com",
+                &targets(&[443]),
+                &[
+                    (ip("::ffff:198.18.0.1"), 9),
+                    (ip("0.0.0.0"), 9),
+                    (ip("::"), 9),
+                ],
+            )
             .unwrap();
         assert!(puts.is_empty() && t.is_empty());
     }
@@ -258,8 +316,15 @@ mod tests {
     #[test]
     fn the_caps_refuse_instead_of_growing() {
         let mut t = LearnedTable::new(2);
-        t.learn("a.example.com", &targets(&[80, 443]), &[(ip("198.18.0.1"), 9)]).unwrap();
-        let e = t.learn("a.example.com", &targets(&[80]), &[(ip("198.18.0.2"), 9)]).unwrap_err();
+        t.learn(
+            "a.example.com",
+            &targets(&[80, 443]),
+            &[(ip("198.18.0.1"), 9)],
+        )
+        .unwrap();
+        let e = t
+            .learn("a.example.com", &targets(&[80]), &[(ip("198.18.0.2"), 9)])
+            .unwrap_err();
         assert_eq!(e, Full { wanted: 3, max: 2 });
         assert_eq!(t.len(), 2);
     }
@@ -267,8 +332,18 @@ mod tests {
     #[test]
     fn a_reload_revokes_names_and_ports_that_are_gone() {
         let mut t = LearnedTable::new(100);
-        t.learn("a.example.com", &targets(&[80, 443]), &[(ip("198.18.0.1"), 9)]).unwrap();
-        t.learn("gone.example.com", &targets(&[443]), &[(ip("198.18.0.2"), 9)]).unwrap();
+        t.learn(
+            "a.example.com",
+            &targets(&[80, 443]),
+            &[(ip("198.18.0.1"), 9)],
+        )
+        .unwrap();
+        t.learn(
+            "gone.example.com",
+            &targets(&[443]),
+            &[(ip("198.18.0.2"), 9)],
+        )
+        .unwrap();
         let mut p = CompiledPolicy::default();
         p.hostnames.insert(
             "a.example.com".into(),
@@ -278,7 +353,10 @@ mod tests {
         deletes.sort();
         assert_eq!(puts.len(), 1, "the kept rule now carries the new rule id");
         assert_eq!(puts[0].1.rule_id, 7);
-        let mut want = vec![rule_key(ip("198.18.0.1"), 80, 6), rule_key(ip("198.18.0.2"), 443, 6)];
+        let mut want = vec![
+            rule_key(ip("198.18.0.1"), 80, 6),
+            rule_key(ip("198.18.0.2"), 443, 6),
+        ];
         want.sort();
         assert_eq!(deletes, want);
         assert_eq!((t.len(), t.entries()), (1, 1));

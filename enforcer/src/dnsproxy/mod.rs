@@ -5,6 +5,10 @@
 //! `names`, `message` and `learned` are pure (unit-tested, fuzzed); `server` does the socket
 //! I/O and `kernel` the map writes.
 
+#[cfg(feature = "runtime")]
+pub mod kernel;
 pub mod learned;
 pub mod message;
 pub mod names;
+#[cfg(feature = "runtime")]
+pub mod server;

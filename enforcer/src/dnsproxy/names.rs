@@ -79,7 +79,10 @@ impl NameTable {
             if suffix == "*" || suffix.is_empty() {
                 merge(t.any.get_or_insert_with(Targets::new), &lowest(targets));
             } else {
-                merge(t.wildcard.entry(suffix.clone()).or_default(), &lowest(targets));
+                merge(
+                    t.wildcard.entry(suffix.clone()).or_default(),
+                    &lowest(targets),
+                );
             }
         }
         for host in &policy.registered {
@@ -149,7 +152,8 @@ mod tests {
             };
             p.registered.insert((*h).to_owned());
         }
-        p.registered.extend(registered.iter().map(|s| (*s).to_owned()));
+        p.registered
+            .extend(registered.iter().map(|s| (*s).to_owned()));
         let pass: Vec<String> = passthrough.iter().map(|s| (*s).to_owned()).collect();
         NameTable::build(&p, &pass)
     }
@@ -193,10 +197,16 @@ mod tests {
             t.classify("x.static.test"),
             Class::Registered(Targets::new())
         );
-        assert_eq!(t.classify("kube-dns.kube-system.svc.cluster.local"), Class::Passthrough);
+        assert_eq!(
+            t.classify("kube-dns.kube-system.svc.cluster.local"),
+            Class::Passthrough
+        );
         assert_eq!(t.classify("cluster.local"), Class::Passthrough);
         assert_eq!(t.classify("local"), Class::Unregistered);
-        assert_eq!(t.classify("api.example.com.cluster.local"), Class::Passthrough);
+        assert_eq!(
+            t.classify("api.example.com.cluster.local"),
+            Class::Passthrough
+        );
     }
 
     #[test]
@@ -211,7 +221,15 @@ mod tests {
     #[test]
     fn normalize_refuses_non_names() {
         assert_eq!(normalize("Cluster.Local.").unwrap(), "cluster.local");
-        for bad in ["", ".", "a..b", "*.x", "a b", &"a".repeat(64), &"a.".repeat(130)] {
+        for bad in [
+            "",
+            ".",
+            "a..b",
+            "*.x",
+            "a b",
+            &"a".repeat(64),
+            &"a.".repeat(130),
+        ] {
             assert!(normalize(bad).is_err(), "{bad:?}");
         }
     }

@@ -1,0 +1,154 @@
+//! Wiring of DNS-aware mode into the daemon: binds the proxy's sockets, registers them with
+//! the kernel, keeps the proxy's names and the exempt cgroups equal to the policy in force,
+//! and ages learned rules (docs/architecture.md, "DNS-aware mode").
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
+
+use hickory_proto::op::ResponseCode;
+use tracing::{error, info, warn};
+
+use super::policy::LoadedPolicy;
+use crate::{
+    config::{Config, DnsMode, Mode, Unregistered},
+    dataplane::{cgroup, pins::PinLayout},
+    dnsproxy::{
+        kernel::KernelMaps,
+        learned::LearnedTable,
+        names::NameTable,
+        server::{Lifetime, Proxy, Settings, Sockets},
+    },
+};
+
+pub fn enabled(cfg: &Config) -> bool {
+    cfg.dns.mode == DnsMode::Proxy
+}
+
+/// Binds the proxy's addresses; done before anything changes in the kernel, so that a taken
+/// port is reported as a config error.
+pub async fn bind(cfg: &Config) -> anyhow::Result<Sockets> {
+    let p = &cfg.dns.proxy;
+    Sockets::bind(p.address4(), p.address6(), p.port).await
+}
+
+pub fn settings(policy: &LoadedPolicy) -> Settings {
+    let cfg = &policy.config;
+    let p = &cfg.dns.proxy;
+    let own = (p.address4(), p.address6());
+    let is_own = |a: &SocketAddr| match a.ip() {
+        IpAddr::V4(v4) => v4 == own.0,
+        IpAddr::V6(v6) => Some(v6) == own.1,
+    };
+    let mut fallback = cfg.dns_servers();
+    if fallback.is_empty() {
+        fallback = std::fs::read_to_string("/etc/resolv.conf")
+            .map(|t| crate::config::resolv_conf_nameservers(&t))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, 53))
+            .collect();
+    }
+    fallback.retain(|a| !is_own(a));
+    Settings {
+        table: NameTable::build(&policy.compiled, &p.passthrough),
+        audit: cfg.mode == Mode::Audit,
+        unregistered: match p.unregistered {
+            Unregistered::Nxdomain => ResponseCode::NXDomain,
+            Unregistered::Refused => ResponseCode::Refused,
+        },
+        upstreams: p.upstream_addrs(),
+        fallback,
+        timeout: p.timeout,
+        lifetime: Lifetime {
+            min_ttl: cfg.dns.min_ttl,
+            max_ttl: cfg.dns.max_ttl,
+            grace: cfg.dns.stale_grace,
+        },
+        own,
+    }
+}
+
+/// The cgroup ids exempt from the redirect: this daemon's own (its upstream queries must
+/// never come back to it) and the configured ones that exist now.
+fn exempt_ids(cfg: &Config, mount: &Path) -> Vec<u64> {
+    let mut ids = Vec::new();
+    if let Some(own) = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+        })
+        .and_then(|p| std::fs::metadata(mount.join(p.trim_start_matches('/'))).ok())
+    {
+        ids.push(own.ino());
+    }
+    for c in &cfg.dns.proxy.exempt_cgroups {
+        let rel = crate::config::cgroup_relative(c).unwrap_or_default();
+        if let Ok(m) = std::fs::metadata(mount.join(rel)) {
+            ids.push(m.ino());
+        }
+    }
+    ids
+}
+
+/// Starts the proxy on bound sockets, once the programs are attached.
+pub fn start(
+    policy: &LoadedPolicy,
+    sockets: Sockets,
+    layout: &PinLayout,
+) -> anyhow::Result<Arc<Proxy>> {
+    let cfg = &policy.config;
+    let mut maps = KernelMaps::open(layout)?;
+    let mount = cgroup::cgroup2_mount()?;
+    maps.set_exempt(&exempt_ids(cfg, &mount))?;
+    let mut learned = LearnedTable::new(cfg.maps.learned_rules as usize);
+    let left = maps.learned()?;
+    learned.adopt(&left);
+    // The kernel redirects only while this socket is open: registering it is what turns
+    // queries from failing at once into being answered.
+    let first = sockets
+        .udp
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no proxy socket"))?;
+    maps.set_proxy_socket(first)?;
+    let proxy = Arc::new(Proxy::new(settings(policy), learned, maps));
+    for s in sockets.udp {
+        tokio::spawn(Arc::clone(&proxy).serve_udp(s));
+    }
+    for l in sockets.tcp {
+        tokio::spawn(Arc::clone(&proxy).serve_tcp(l));
+    }
+    tokio::spawn(age(Arc::clone(&proxy), cfg.clone(), mount));
+    info!(
+        address = %cfg.dns.proxy.address,
+        address6 = %cfg.dns.proxy.address6,
+        port = cfg.dns.proxy.port,
+        kept = left.len(),
+        "DNS proxy answering (DNS-aware mode)"
+    );
+    Ok(proxy)
+}
+
+/// Every second: expired learned rules go, and the exempt cgroups follow the ones that exist.
+async fn age(proxy: Arc<Proxy>, cfg: Config, mount: std::path::PathBuf) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut exempt = exempt_ids(&cfg, &mount);
+    loop {
+        tick.tick().await;
+        if let Err(e) = proxy.sweep() {
+            warn!("DNS proxy: removing expired learned rules: {e:#}");
+        }
+        let now = exempt_ids(&cfg, &mount);
+        if now != exempt {
+            match proxy.set_exempt(&now) {
+                Ok(()) => exempt = now,
+                Err(e) => error!("DNS proxy: updating the exempt cgroups: {e:#}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,530 @@
+//! The proxy's sockets: queries in over UDP and TCP, forwarded to the server the workload
+//! asked (or the configured upstreams), answers out only after their addresses are allowed
+//! in the kernel (docs/architecture.md, "DNS-aware mode").
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use enforcer_common::{DnsSocket, IPPROTO_TCP, IPPROTO_UDP};
+use hickory_proto::op::ResponseCode;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream, UdpSocket},
+    sync::Semaphore,
+    time::timeout_at,
+};
+use tracing::{debug, warn};
+
+use super::{
+    kernel::{self, KernelMaps},
+    learned::LearnedTable,
+    message::{self, Learned, ParsedQuery, Refusal},
+    names::{Class, NameTable},
+};
+
+/// Queries answered at once; more get SERVFAIL at once rather than queue without bound.
+const MAX_IN_FLIGHT: usize = 1024;
+/// TCP connections at once, and how long one may sit idle.
+const MAX_TCP: usize = 256;
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// What the proxy did with a query, for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    Refused,
+    Passthrough,
+    Servfail,
+    /// Unregistered, forwarded because of audit mode.
+    Audit,
+}
+
+pub const VERDICTS: [(Verdict, &str); 5] = [
+    (Verdict::Allowed, "allowed"),
+    (Verdict::Refused, "refused"),
+    (Verdict::Passthrough, "passthrough"),
+    (Verdict::Servfail, "servfail"),
+    (Verdict::Audit, "audit"),
+];
+
+/// Upper bounds (seconds) of the latency histogram's buckets.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0,
+];
+
+#[derive(Debug, Default)]
+pub struct ProxyMetrics {
+    pub verdicts: [AtomicU64; 5],
+    /// Cumulative per bucket, plus +Inf last.
+    pub latency_buckets: [AtomicU64; 13],
+    pub latency_sum_ns: AtomicU64,
+    pub learned_rules: AtomicU64,
+    pub commit_failures: AtomicU64,
+}
+
+impl ProxyMetrics {
+    fn observe(&self, verdict: Verdict, took: Duration) {
+        let i = VERDICTS
+            .iter()
+            .position(|(v, _)| *v == verdict)
+            .unwrap_or(0);
+        self.verdicts[i].fetch_add(1, Ordering::Relaxed);
+        let secs = took.as_secs_f64();
+        for (b, bound) in self
+            .latency_buckets
+            .iter()
+            .zip(LATENCY_BUCKETS.iter().chain([&f64::INFINITY]))
+        {
+            if secs <= *bound {
+                b.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_sum_ns.fetch_add(
+            u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// How learned addresses age (`dns.minTtl`, `dns.maxTtl`, `dns.staleGrace`).
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetime {
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    pub grace: Duration,
+}
+
+impl Lifetime {
+    fn expiry(&self, now_ns: u64, ttl: u32) -> u64 {
+        let ttl = Duration::from_secs(u64::from(ttl)).clamp(self.min_ttl, self.max_ttl);
+        kernel::after(now_ns, ttl + self.grace)
+    }
+}
+
+/// The policy side of the proxy, swapped whole on a reload.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub table: NameTable,
+    pub audit: bool,
+    pub unregistered: ResponseCode,
+    /// `dns.proxy.upstreams`; empty: the server the workload asked.
+    pub upstreams: Vec<SocketAddr>,
+    /// When the asked server is unknown or unusable from here: the daemon's own resolvers.
+    pub fallback: Vec<SocketAddr>,
+    pub timeout: Duration,
+    pub lifetime: Lifetime,
+    /// The proxy's own addresses: a query asking one of them is not forwarded to itself.
+    pub own: (Ipv4Addr, Option<Ipv6Addr>),
+}
+
+pub struct Proxy {
+    settings: RwLock<Arc<Settings>>,
+    state: Mutex<(LearnedTable, KernelMaps)>,
+    pub metrics: Arc<ProxyMetrics>,
+    in_flight: Arc<Semaphore>,
+}
+
+/// The listening sockets (bound before the kernel starts redirecting to them).
+pub struct Sockets {
+    pub udp: Vec<UdpSocket>,
+    pub tcp: Vec<TcpListener>,
+}
+
+impl Sockets {
+    pub async fn bind(v4: Ipv4Addr, v6: Option<Ipv6Addr>, port: u16) -> anyhow::Result<Self> {
+        let mut addrs = vec![SocketAddr::new(IpAddr::V4(v4), port)];
+        addrs.extend(v6.map(|a| SocketAddr::new(IpAddr::V6(a), port)));
+        let mut out = Self {
+            udp: Vec::new(),
+            tcp: Vec::new(),
+        };
+        for a in addrs {
+            out.udp.push(
+                UdpSocket::bind(a)
+                    .await
+                    .with_context(|| format!("DNS proxy: binding UDP {a}"))?,
+            );
+            out.tcp.push(
+                TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("DNS proxy: binding TCP {a}"))?,
+            );
+        }
+        Ok(out)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Proxy {
+    pub fn new(settings: Settings, learned: LearnedTable, maps: KernelMaps) -> Self {
+        Self {
+            settings: RwLock::new(Arc::new(settings)),
+            state: Mutex::new((learned, maps)),
+            metrics: Arc::default(),
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        }
+    }
+
+    fn settings(&self) -> Arc<Settings> {
+        Arc::clone(
+            &self
+                .settings
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// A reload: the new names take effect for the next query, and learned rules that the
+    /// new policy no longer justifies go now.
+    pub fn update(&self, settings: Settings) -> anyhow::Result<()> {
+        let mut st = lock(&self.state);
+        let (puts, deletes) = st.0.retarget(&settings.table);
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(settings);
+        st.1.put(&puts)?;
+        st.1.delete(&deletes)?;
+        self.metrics
+            .learned_rules
+            .store(st.0.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Drops expired learned rules (the kernel already ignores them).
+    pub fn sweep(&self) -> anyhow::Result<()> {
+        let mut st = lock(&self.state);
+        let dead = st.0.sweep(kernel::monotonic_ns());
+        st.1.delete(&dead)?;
+        self.metrics
+            .learned_rules
+            .store(st.0.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn set_exempt(&self, ids: &[u64]) -> anyhow::Result<()> {
+        lock(&self.state).1.set_exempt(ids)
+    }
+
+    pub fn with_learned<R>(&self, f: impl FnOnce(&LearnedTable) -> R) -> R {
+        f(&lock(&self.state).0)
+    }
+
+    /// Answers one message from a workload; `None`: nothing to send back.
+    pub async fn answer(&self, bytes: &[u8], peer: SocketAddr, tcp: bool) -> Option<Vec<u8>> {
+        let started = Instant::now();
+        let q = match message::parse_query(bytes) {
+            Ok(q) => q,
+            Err(Refusal::Drop) => return None,
+            Err(Refusal::Reply(r)) => return Some(r),
+        };
+        let proto = if tcp { IPPROTO_TCP } else { IPPROTO_UDP };
+        let client = lock(&self.state).1.client(peer, proto);
+        let s = self.settings();
+        let (verdict, reply) = match s.table.classify(&q.name) {
+            Class::Unregistered if !s.audit => {
+                report(&q, client.as_ref(), peer, "refused");
+                (Verdict::Refused, message::error_answer(&q, s.unregistered))
+            }
+            class => {
+                self.forward_and_commit(&s, &q, bytes, client.as_ref(), peer, tcp, class)
+                    .await
+            }
+        };
+        self.metrics.observe(verdict, started.elapsed());
+        Some(reply)
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "one query's whole context")]
+    async fn forward_and_commit(
+        &self,
+        s: &Settings,
+        q: &ParsedQuery,
+        bytes: &[u8],
+        client: Option<&DnsSocket>,
+        peer: SocketAddr,
+        tcp: bool,
+        class: Class,
+    ) -> (Verdict, Vec<u8>) {
+        let servfail = || {
+            (
+                Verdict::Servfail,
+                message::error_answer(q, ResponseCode::ServFail),
+            )
+        };
+        let upstreams = upstreams_for(s, client, peer);
+        let deadline = tokio::time::Instant::now() + s.timeout;
+        let answered = ask_any(&upstreams, bytes, q, tcp, deadline).await;
+        let (raw, learned) = match answered {
+            Ok(a) => a,
+            Err(e) => {
+                debug!(name = %q.name, "DNS proxy: no answer from {upstreams:?}: {e:#}");
+                return servfail();
+            }
+        };
+        let verdict = match class {
+            Class::Registered(targets) => {
+                if let Err(e) = self.commit(s, &q.name, &targets, &learned) {
+                    self.metrics.commit_failures.fetch_add(1, Ordering::Relaxed);
+                    warn!(name = %q.name, "DNS proxy: the answer could not be allowed, SERVFAIL: {e:#}");
+                    return servfail();
+                }
+                Verdict::Allowed
+            }
+            Class::Passthrough => Verdict::Passthrough,
+            Class::Unregistered => {
+                report(q, client, peer, "would be refused (audit mode)");
+                Verdict::Audit
+            }
+        };
+        (verdict, raw)
+    }
+
+    /// Writes the answer's addresses into the kernel; only then may the answer be released.
+    fn commit(
+        &self,
+        s: &Settings,
+        name: &str,
+        targets: &super::names::Targets,
+        learned: &Learned,
+    ) -> anyhow::Result<()> {
+        let now = kernel::monotonic_ns();
+        let addrs: Vec<(IpAddr, u64)> = learned
+            .addrs
+            .iter()
+            .map(|(ip, ttl)| (*ip, s.lifetime.expiry(now, *ttl)))
+            .collect();
+        let mut st = lock(&self.state);
+        let puts = st.0.learn(name, targets, &addrs)?;
+        st.1.put(&puts)?;
+        self.metrics
+            .learned_rules
+            .store(st.0.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub async fn serve_udp(self: Arc<Self>, sock: UdpSocket) -> anyhow::Result<()> {
+        let sock = Arc::new(sock);
+        let mut buf = vec![0u8; message::MAX_MESSAGE];
+        loop {
+            let (n, peer) = match sock.recv_from(&mut buf).await {
+                Ok(r) => r,
+                // ICMP errors from earlier sends surface here; the socket is still good.
+                Err(e) => {
+                    debug!("DNS proxy: UDP receive: {e}");
+                    continue;
+                }
+            };
+            let bytes = buf.get(..n).unwrap_or_default().to_vec();
+            let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+                if let Ok(q) = message::parse_query(&bytes) {
+                    self.metrics.observe(Verdict::Servfail, Duration::ZERO);
+                    let _ignored = sock
+                        .send_to(&message::error_answer(&q, ResponseCode::ServFail), peer)
+                        .await;
+                }
+                continue;
+            };
+            let (me, sock) = (Arc::clone(&self), Arc::clone(&sock));
+            tokio::spawn(async move {
+                if let Some(reply) = me.answer(&bytes, peer, false).await {
+                    let _ignored = sock.send_to(&reply, peer).await;
+                }
+                drop(permit);
+            });
+        }
+    }
+
+    pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener) -> anyhow::Result<()> {
+        let conns = Arc::new(Semaphore::new(MAX_TCP));
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    debug!("DNS proxy: TCP accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = Arc::clone(&conns).try_acquire_owned() else {
+                continue;
+            };
+            let me = Arc::clone(&self);
+            tokio::spawn(async move {
+                if let Err(e) = me.tcp_connection(stream, peer).await {
+                    debug!("DNS proxy: TCP connection from {peer}: {e}");
+                }
+                drop(permit);
+            });
+        }
+    }
+
+    async fn tcp_connection(&self, mut stream: TcpStream, peer: SocketAddr) -> std::io::Result<()> {
+        loop {
+            let deadline = tokio::time::Instant::now() + TCP_IDLE;
+            let Ok(msg) = timeout_at(deadline, read_framed(&mut stream)).await else {
+                return Ok(());
+            };
+            let Some(msg) = msg? else { return Ok(()) };
+            if let Some(reply) = self.answer(&msg, peer, true).await {
+                write_framed(&mut stream, &reply).await?;
+            }
+        }
+    }
+}
+
+/// Where to send a query: the configured upstreams, else the server the workload asked,
+/// unless that is this proxy, or a loopback address of another network namespace (the query
+/// came from a non-loopback address), which from here would be the wrong server.
+fn upstreams_for(s: &Settings, client: Option<&DnsSocket>, peer: SocketAddr) -> Vec<SocketAddr> {
+    if !s.upstreams.is_empty() {
+        return s.upstreams.clone();
+    }
+    let asked = client.map(|c| {
+        let v6 = Ipv6Addr::from(c.server);
+        let ip = v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4);
+        SocketAddr::new(ip, c.server_port)
+    });
+    match asked {
+        Some(a) if usable_upstream(s, a.ip(), peer.ip()) => vec![a],
+        _ => s.fallback.clone(),
+    }
+}
+
+fn usable_upstream(s: &Settings, server: IpAddr, peer: IpAddr) -> bool {
+    let own = match server {
+        IpAddr::V4(v4) => v4 == s.own.0,
+        IpAddr::V6(v6) => Some(v6) == s.own.1,
+    };
+    let foreign_loopback = server.is_loopback() && !peer.is_loopback();
+    !own && !foreign_loopback && !server.is_unspecified()
+}
+
+/// Asks each upstream in turn until one answers, all within `deadline`.
+async fn ask_any(
+    upstreams: &[SocketAddr],
+    bytes: &[u8],
+    q: &ParsedQuery,
+    tcp: bool,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<(Vec<u8>, Learned)> {
+    let mut last = anyhow::anyhow!("no upstream DNS server");
+    for server in upstreams {
+        let r = if tcp {
+            timeout_at(deadline, ask_tcp(*server, bytes, q)).await
+        } else {
+            timeout_at(deadline, ask_udp(*server, bytes, q)).await
+        };
+        match r {
+            Ok(Ok(a)) => return Ok(a),
+            Ok(Err(e)) => last = e.context(format!("asking {server}")),
+            Err(_) => return Err(anyhow::anyhow!("{server}: no answer in time")),
+        }
+    }
+    Err(last)
+}
+
+async fn ask_udp(
+    server: SocketAddr,
+    bytes: &[u8],
+    q: &ParsedQuery,
+) -> anyhow::Result<(Vec<u8>, Learned)> {
+    let local: SocketAddr = if server.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = UdpSocket::bind(local).await?;
+    sock.connect(server).await?;
+    sock.send(bytes).await?;
+    let mut buf = vec![0u8; message::MAX_MESSAGE];
+    loop {
+        let n = sock.recv(&mut buf).await?;
+        let raw = buf.get(..n).unwrap_or_default();
+        // Anything else on this socket is dropped, and the real answer awaited.
+        if let Ok(learned) = message::parse_answer(raw, q) {
+            return Ok((raw.to_vec(), learned));
+        }
+    }
+}
+
+async fn ask_tcp(
+    server: SocketAddr,
+    bytes: &[u8],
+    q: &ParsedQuery,
+) -> anyhow::Result<(Vec<u8>, Learned)> {
+    let mut stream = TcpStream::connect(server).await?;
+    write_framed(&mut stream, bytes).await?;
+    loop {
+        let raw = read_framed(&mut stream)
+            .await?
+            .context("connection closed before the answer")?;
+        if let Ok(learned) = message::parse_answer(&raw, q) {
+            return Ok((raw, learned));
+        }
+    }
+}
+
+/// One length-prefixed DNS message (RFC 1035 §4.2.2); `None` at a clean end of stream.
+async fn read_framed(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 2];
+    match stream.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut msg).await?;
+    Ok(Some(msg))
+}
+
+async fn write_framed(stream: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
+    let len = u16::try_from(msg.len())
+        .map_err(|_| std::io::Error::other("DNS message over 65535 bytes"))?;
+    let mut out = Vec::with_capacity(msg.len() + 2);
+    out.extend(len.to_be_bytes());
+    out.extend(msg);
+    stream.write_all(&out).await
+}
+
+/// A query for a name no ServiceEntry registers: who asked, from where, for what.
+fn report(q: &ParsedQuery, client: Option<&DnsSocket>, peer: SocketAddr, what: &str) {
+    let (pid, comm, cgroup) = client.map_or((0, String::new(), 0), |c| {
+        let end = c.comm.iter().position(|b| *b == 0).unwrap_or(c.comm.len());
+        (
+            c.tgid,
+            String::from_utf8_lossy(c.comm.get(..end).unwrap_or_default()).into_owned(),
+            c.cgroup_id,
+        )
+    });
+    warn!(
+        pid,
+        comm = %comm,
+        cgroup = %cgroup_path(pid).unwrap_or_else(|| format!("id:{cgroup}")),
+        name = %q.name,
+        qtype = %q.qtype,
+        client = %peer,
+        "DNS query for an unregistered name {what}"
+    );
+}
+
+/// The process's cgroup v2 path, from /proc (the id alone says little to a reader).
+fn cgroup_path(pid: u32) -> Option<String> {
+    if pid == 0 {
+        return None;
+    }
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_owned)
+}
