@@ -116,6 +116,9 @@ pub struct DnsSocket {
     pub tgid: u32,
     pub cgroup_id: u64,
     pub comm: [u8; 16],
+    /// The socket's network namespace (`SO_NETNS_COOKIE`): a loopback server in another
+    /// namespace is not the one the proxy would reach.
+    pub netns_cookie: u64,
 }
 
 /// A query's source address and port as the proxy receives it (address normalised like
@@ -260,7 +263,7 @@ mod tests {
         assert_eq!(size_of::<RuleValue>(), 8);
         assert_eq!(size_of::<Config>(), 44);
         assert_eq!(size_of::<LearnedValue>(), 16);
-        assert_eq!(size_of::<DnsSocket>(), 48);
+        assert_eq!(size_of::<DnsSocket>(), 56);
         assert_eq!(size_of::<ClientKey>(), 24);
         assert_eq!(size_of::<Event>(), 64);
         assert_eq!(

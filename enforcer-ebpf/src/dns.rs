@@ -6,7 +6,8 @@ use aya_ebpf::{
     EbpfContext as _,
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
-        bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_map_lookup_elem, bpf_sk_release,
+        bpf_get_current_pid_tgid, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_map_lookup_elem,
+        bpf_sk_release,
     },
     macros::{cgroup_skb, cgroup_sock_addr},
     programs::{SkBuffContext, SockAddrContext},
@@ -86,6 +87,8 @@ fn remember(ctx: &SockAddrContext, proto: u8, dest: &Dest) {
         // SAFETY: as above.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        // SAFETY: as above.
+        netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
     };
     // An LRU map only fails on a broken map; the reply then shows the proxy's address, which
     // the resolver drops: a failed query, never a bypass.

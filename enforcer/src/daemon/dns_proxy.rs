@@ -70,6 +70,7 @@ pub fn settings(policy: &LoadedPolicy) -> Settings {
             grace: cfg.dns.stale_grace,
         },
         own,
+        netns_cookie: crate::dnsproxy::server::own_netns_cookie(),
     }
 }
 

@@ -122,6 +122,8 @@ pub struct Settings {
     pub lifetime: Lifetime,
     /// The proxy's own addresses: a query asking one of them is not forwarded to itself.
     pub own: (Ipv4Addr, Option<Ipv6Addr>),
+    /// The proxy's network namespace (`SO_NETNS_COOKIE`; 0 if unknown).
+    pub netns_cookie: u64,
 }
 
 pub struct Proxy {
@@ -262,7 +264,7 @@ impl Proxy {
                 message::error_answer(q, ResponseCode::ServFail),
             )
         };
-        let upstreams = upstreams_for(s, client, peer);
+        let upstreams = upstreams_for(s, client);
         let deadline = tokio::time::Instant::now() + s.timeout;
         let answered = ask_any(&upstreams, bytes, q, tcp, deadline).await;
         let (raw, learned) = match answered {
@@ -384,30 +386,51 @@ impl Proxy {
 }
 
 /// Where to send a query: the configured upstreams, else the server the workload asked,
-/// unless that is this proxy, or a loopback address of another network namespace (the query
-/// came from a non-loopback address), which from here would be the wrong server.
-fn upstreams_for(s: &Settings, client: Option<&DnsSocket>, peer: SocketAddr) -> Vec<SocketAddr> {
+/// unless that is this proxy, or a loopback address of another network namespace (which
+/// from here would be another server).
+fn upstreams_for(s: &Settings, client: Option<&DnsSocket>) -> Vec<SocketAddr> {
     if !s.upstreams.is_empty() {
         return s.upstreams.clone();
     }
-    let asked = client.map(|c| {
-        let v6 = Ipv6Addr::from(c.server);
-        let ip = v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4);
-        SocketAddr::new(ip, c.server_port)
-    });
-    match asked {
-        Some(a) if usable_upstream(s, a.ip(), peer.ip()) => vec![a],
+    match client {
+        Some(c) if usable_upstream(s, c) => {
+            let v6 = Ipv6Addr::from(c.server);
+            let ip = v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4);
+            vec![SocketAddr::new(ip, c.server_port)]
+        }
         _ => s.fallback.clone(),
     }
 }
 
-fn usable_upstream(s: &Settings, server: IpAddr, peer: IpAddr) -> bool {
+fn usable_upstream(s: &Settings, c: &DnsSocket) -> bool {
+    let v6 = Ipv6Addr::from(c.server);
+    let server = v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4);
     let own = match server {
         IpAddr::V4(v4) => v4 == s.own.0,
         IpAddr::V6(v6) => Some(v6) == s.own.1,
     };
-    let foreign_loopback = server.is_loopback() && !peer.is_loopback();
+    let foreign_loopback = server.is_loopback() && c.netns_cookie != s.netns_cookie;
     !own && !foreign_loopback && !server.is_unspecified()
+}
+
+/// This process's network namespace cookie (Linux 5.14+; 0 if unavailable).
+pub fn own_netns_cookie() -> u64 {
+    let Ok(sock) = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)) else {
+        return 0;
+    };
+    let mut cookie: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`, on a socket we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            std::ptr::from_mut(&mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 { cookie } else { 0 }
 }
 
 /// Asks each upstream in turn until one answers, all within `deadline`.

@@ -1,0 +1,285 @@
+//! A world for DNS-aware mode: the workload's network namespace (the test's own, with the
+//! target addresses on its `lo`) joined by a veth pair to a namespace that stands for the node,
+//! where the daemon, its DNS proxy and the upstream DNS server (dnsmasq) run. Workloads resolve
+//! through `/etc/netns/<ns>/resolv.conf`, which `ip netns exec` puts in place, so real resolvers
+//! (glibc's `getent`, curl, Python, dig) run unchanged.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{Daemon, Env, Netns, run, spawn_daemon, sys};
+
+/// The proxy's addresses, on the node's `lo`.
+pub const PROXY4: &str = "198.18.20.53";
+pub const PROXY6: &str = "fd00:20::53";
+/// The upstream dnsmasq, on the node's `lo` (and the node's 127.0.0.53, as a resolved stub).
+pub const UPSTREAM4: &str = "198.18.30.53";
+pub const UPSTREAM6: &str = "fd00:30::53";
+/// A second resolver on the node that workloads must never reach directly.
+pub const ROGUE4: &str = "198.18.31.53";
+
+const NODE_VETH4: &str = "198.18.10.1";
+const NODE_VETH6: &str = "fd00:10::1";
+
+fn ip(args: &[&str]) {
+    let out = run(Command::new("ip").args(args));
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// dnsmasq in the node namespace on port 53, logging every query it receives.
+pub struct Upstream {
+    child: Child,
+    pub hosts: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Upstream {
+    fn start(node: &str, dir: &Path, name: &str, listen: &[&str], extra: &[String]) -> Self {
+        let hosts = dir.join(format!("{name}-hosts"));
+        let log = dir.join(format!("{name}-queries.log"));
+        std::fs::write(&hosts, "").expect("hosts file");
+        let _ignored = std::fs::remove_file(&log);
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{node}"))
+            .args([
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--port=53",
+                "--user=root",
+                "--pid-file=",
+                "--log-queries=extra",
+                "--local=/ee.test/",
+                "--local-ttl=1",
+                "--neg-ttl=1",
+            ])
+            .args(listen.iter().map(|a| format!("--listen-address={a}")))
+            .arg(format!("--addn-hosts={}", hosts.display()))
+            .arg(format!("--log-facility={}", log.display()))
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq (cargo xtask setup installs it)");
+        let up = Self { child, hosts, log };
+        let start = Instant::now();
+        while !sys::listens_on(up.child.id(), 53).unwrap_or(false) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "dnsmasq {name} did not start listening"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        up
+    }
+
+    /// Replaces the records: `(name, ip)`; dnsmasq re-reads its hosts file on SIGHUP.
+    pub fn set(&self, records: &[(&str, &str)]) {
+        let text: String = records.iter().map(|(n, a)| format!("{a} {n}\n")).collect();
+        std::fs::write(&self.hosts, text).expect("hosts file");
+        let before = self.log_text().matches("read ").count();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
+        let start = Instant::now();
+        while self.log_text().matches("read ").count() <= before {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "dnsmasq did not reload"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether a query for `name` reached this server.
+    pub fn was_asked(&self, name: &str) -> bool {
+        self.log_text()
+            .lines()
+            .any(|l| l.contains("query[") && l.contains(&format!(" {name} from")))
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ignored = self.child.kill();
+        let _ignored = self.child.wait();
+    }
+}
+
+pub struct DnsWorld {
+    pub env: Env,
+    pub node: Netns,
+    pub upstream: Upstream,
+    pub rogue: Upstream,
+    resolv_dirs: Vec<PathBuf>,
+}
+
+impl DnsWorld {
+    /// `extra` is appended to the config (after the generated `dns:` block's keys are set
+    /// through `dns_extra`, inside `dns.proxy`).
+    pub fn new(test: &str, mode: &str, proxy_extra: &str, extra: &str) -> Self {
+        let se_dir = std::env::temp_dir()
+            .join(format!("ee-{test}-{}", std::process::id()))
+            .join("se");
+        let config = format!(
+            "dns: {{mode: proxy, minTtl: 1s, maxTtl: 30s, staleGrace: 3s, proxy: {{address: {PROXY4}, address6: '{PROXY6}'{proxy_extra}}}}}\nserviceEntries: [{}]\n{extra}",
+            se_dir.display()
+        );
+        let env = Env::new(test, mode, &config);
+        std::fs::create_dir_all(&se_dir).expect("se dir");
+        let node = Netns::new(&format!("{}-n", env.netns.name));
+        let (n, w) = (node.name.as_str(), env.netns.name.as_str());
+        // Interface names have at most 15 bytes and live in the namespaces (gone with them).
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("{}x{k}", std::process::id() % 1_000_000);
+        let (veth_n, veth_w) = (format!("een{tag}"), format!("eew{tag}"));
+        ip(&[
+            "link", "add", &veth_n, "netns", n, "type", "veth", "peer", "name", &veth_w, "netns", w,
+        ]);
+        for (ns, dev, a4, a6) in [
+            (n, &veth_n, NODE_VETH4, NODE_VETH6),
+            (w, &veth_w, "198.18.10.2", "fd00:10::2"),
+        ] {
+            ip(&["-n", ns, "addr", "add", &format!("{a4}/24"), "dev", dev]);
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{a6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        for a in [PROXY4, UPSTREAM4, ROGUE4] {
+            ip(&["-n", n, "addr", "add", &format!("{a}/32"), "dev", "lo"]);
+        }
+        for a in [PROXY6, UPSTREAM6] {
+            ip(&[
+                "-n",
+                n,
+                "addr",
+                "add",
+                &format!("{a}/128"),
+                "dev",
+                "lo",
+                "nodad",
+            ]);
+        }
+        // The workload reaches the node's addresses through the veth, as a pod reaches its node.
+        ip(&["-n", w, "route", "add", "default", "via", NODE_VETH4]);
+        ip(&["-n", w, "-6", "route", "add", "default", "via", NODE_VETH6]);
+        let upstream = Upstream::start(
+            n,
+            &env.dir,
+            "upstream",
+            &[UPSTREAM4, UPSTREAM6, "127.0.0.53"],
+            &[],
+        );
+        let rogue = Upstream::start(n, &env.dir, "rogue", &[ROGUE4], &[]);
+        let mut world = Self {
+            env,
+            node,
+            upstream,
+            rogue,
+            resolv_dirs: Vec::new(),
+        };
+        world.set_resolv_conf(
+            &world.env.netns.name.clone(),
+            &format!("nameserver {UPSTREAM4}\n"),
+        );
+        world.set_resolv_conf(&world.node.name.clone(), "nameserver 127.0.0.53\n");
+        world
+    }
+
+    /// What `ip netns exec NS` shows as /etc/resolv.conf.
+    pub fn set_resolv_conf(&mut self, ns: &str, text: &str) {
+        let dir = PathBuf::from("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir).expect("/etc/netns dir");
+        std::fs::write(dir.join("resolv.conf"), text).expect("resolv.conf");
+        if !self.resolv_dirs.contains(&dir) {
+            self.resolv_dirs.push(dir);
+        }
+    }
+
+    /// The daemon, started in the node namespace.
+    pub fn start_daemon(&self) -> Daemon {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.node.name))
+            .arg(crate::enforcer_bin())
+            .arg("--config")
+            .arg(&self.env.config)
+            .arg("run")
+            .env("RUST_LOG", "info");
+        let mut d = spawn_daemon(cmd);
+        d.wait_ready();
+        d.wait_for("the DNS proxy", Duration::from_secs(10), |r| {
+            r.iter()
+                .any(|r| r["message"] == "DNS proxy answering (DNS-aware mode)")
+        });
+        d
+    }
+
+    /// Runs `argv` in the enforced cgroup, in namespace `ns` (with its resolv.conf).
+    pub fn run_in(&self, ns: &str, argv: &[&str]) -> Output {
+        run(self
+            .env
+            .cmd()
+            .args([
+                "exec",
+                "--cgroup",
+                &self.env.cgroup,
+                "--",
+                "ip",
+                "netns",
+                "exec",
+                ns,
+            ])
+            .args(argv))
+    }
+
+    /// Runs `argv` as an enforced workload in its own network namespace.
+    pub fn workload(&self, argv: &[&str]) -> Output {
+        self.run_in(&self.env.netns.name.clone(), argv)
+    }
+
+    /// Runs `argv` as an enforced workload in the daemon's namespace (the systemd case).
+    pub fn host_workload(&self, argv: &[&str]) -> Output {
+        self.run_in(&self.node.name.clone(), argv)
+    }
+
+    /// `getent ahosts NAME` in the workload namespace: the addresses glibc returned.
+    pub fn getent(&self, ns: &str, name: &str) -> Vec<String> {
+        let out = self.run_in(ns, &["getent", "ahosts", name]);
+        let mut addrs: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect();
+        addrs.dedup();
+        addrs
+    }
+}
+
+impl Drop for DnsWorld {
+    fn drop(&mut self) {
+        for d in &self.resolv_dirs {
+            let _ignored = std::fs::remove_dir_all(d);
+        }
+    }
+}
