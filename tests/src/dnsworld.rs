@@ -22,6 +22,9 @@ pub const UPSTREAM6: &str = "fd00:30::53";
 /// A second resolver on the node that workloads must never reach directly.
 pub const ROGUE4: &str = "198.18.31.53";
 
+/// Short lifetimes, for tests that watch learned rules expire.
+pub const DNS_TIMING: &str = "minTtl: 1s, maxTtl: 30s, staleGrace: 3s";
+
 const NODE_VETH4: &str = "198.18.10.1";
 const NODE_VETH6: &str = "fd00:10::1";
 
@@ -128,14 +131,14 @@ pub struct DnsWorld {
 }
 
 impl DnsWorld {
-    /// `extra` is appended to the config (after the generated `dns:` block's keys are set
-    /// through `dns_extra`, inside `dns.proxy`).
-    pub fn new(test: &str, mode: &str, proxy_extra: &str, extra: &str) -> Self {
+    /// `dns` holds the `dns:` keys besides `mode` and `proxy` (e.g. [`DNS_TIMING`]),
+    /// `proxy_extra` more `dns.proxy` keys (", key: value"), `extra` more config lines.
+    pub fn new(test: &str, mode: &str, dns: &str, proxy_extra: &str, extra: &str) -> Self {
         let se_dir = std::env::temp_dir()
             .join(format!("ee-{test}-{}", std::process::id()))
             .join("se");
         let config = format!(
-            "dns: {{mode: proxy, minTtl: 1s, maxTtl: 30s, staleGrace: 3s, proxy: {{address: {PROXY4}, address6: '{PROXY6}'{proxy_extra}}}}}\nserviceEntries: [{}]\n{extra}",
+            "dns: {{mode: proxy, {dns}, proxy: {{address: {PROXY4}, address6: '{PROXY6}'{proxy_extra}}}}}\nserviceEntries: [{}]\n{extra}",
             se_dir.display()
         );
         let env = Env::new(test, mode, &config);

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use e2e::{
-    dnsworld::{DnsWorld, ROGUE4},
+    dnsworld::{DNS_TIMING, DnsWorld, ROGUE4},
     parse_probe, probe_bin, service_entry as se,
 };
 
@@ -36,7 +36,7 @@ fn result(results: &[(String, String)], op: &str) -> String {
 
 #[test]
 fn a_workload_in_its_own_netns_reaches_what_its_answers_said() {
-    let w = DnsWorld::new("dnsaware-netns", "enforce", "", "");
+    let w = DnsWorld::new("dnsaware-netns", "enforce", DNS_TIMING, "", "");
     w.upstream.set(&[
         ("api.ee.test", "198.18.0.1"),
         ("other.ee.test", "198.18.0.2"),
@@ -98,7 +98,7 @@ fn a_workload_in_its_own_netns_reaches_what_its_answers_said() {
 
 #[test]
 fn queries_to_any_server_go_through_the_proxy() {
-    let w = DnsWorld::new("dnsaware-direct", "enforce", "", "");
+    let w = DnsWorld::new("dnsaware-direct", "enforce", DNS_TIMING, "", "");
     w.upstream.set(&[("api.ee.test", "198.18.0.1")]);
     w.env.write_se("api.yaml", &se("api", API));
     let _d = w.start_daemon();
@@ -138,7 +138,7 @@ fn queries_to_any_server_go_through_the_proxy() {
 
 #[test]
 fn a_workload_in_the_daemons_netns_uses_the_stub_resolver() {
-    let w = DnsWorld::new("dnsaware-host", "enforce", "", "");
+    let w = DnsWorld::new("dnsaware-host", "enforce", DNS_TIMING, "", "");
     w.upstream.set(&[("api.ee.test", "198.18.0.1")]);
     w.env.write_se("api.yaml", &se("api", API));
     let _d = w.start_daemon();
@@ -150,4 +150,111 @@ fn a_workload_in_the_daemons_netns_uses_the_stub_resolver() {
     assert_eq!(result(&r, "tcp:198.18.0.2:8080"), "EPERM");
     assert!(w.getent(&node, "nothere.example").is_empty());
     assert!(!w.upstream.was_asked("nothere.example"));
+}
+
+/// Python in the workload: one raw query by an unconnected `sendto`, then glibc's
+/// `getaddrinfo`; prints how each ended and how long it took (ms).
+const FAIL_FAST: &str = r#"
+import socket, time, sys
+q = bytes.fromhex("abcd01000001000000000000") + b"\x03api\x02ee\x04test\x00" + bytes.fromhex("00010001")
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+t = time.monotonic()
+try:
+    s.sendto(q, ("198.18.30.53", 53))
+    s.settimeout(3)
+    s.recvfrom(512)
+    print("sendto answered", (time.monotonic() - t) * 1000)
+except OSError as e:
+    print("sendto", e.errno, (time.monotonic() - t) * 1000)
+t = time.monotonic()
+try:
+    socket.getaddrinfo("api.ee.test", 8080, socket.AF_INET)
+    print("getaddrinfo answered", (time.monotonic() - t) * 1000)
+except socket.gaierror as e:
+    print("getaddrinfo", e.errno, (time.monotonic() - t) * 1000)
+"#;
+
+fn fail_fast(w: &DnsWorld) -> Vec<(String, String, f64)> {
+    let out = w.workload(&["/usr/bin/python3", "-c", FAIL_FAST]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0].to_owned(), f[1].to_owned(), f[2].parse().expect("ms"))
+        })
+        .collect()
+}
+
+#[test]
+fn with_the_daemon_down_queries_fail_fast_and_learned_rules_stay() {
+    let w = DnsWorld::new(
+        "dnsaware-kill",
+        "enforce",
+        "minTtl: 1s, maxTtl: 30s, staleGrace: 60s",
+        "",
+        "",
+    );
+    w.upstream.set(&[("api.ee.test", "198.18.0.1")]);
+    w.env.write_se("api.yaml", &se("api", API));
+    let d = w.start_daemon();
+    let ns = w.env.netns.name.clone();
+    assert_eq!(w.getent(&ns, "api.ee.test"), ["198.18.0.1"]);
+    let answered = fail_fast(&w);
+    assert_eq!(answered[0].1, "answered", "{answered:?}");
+    assert_eq!(answered[1].1, "answered", "{answered:?}");
+
+    d.stop(libc::SIGKILL);
+    // No proxy: the kernel fails every query at the socket at once (EPERM), instead of
+    // leaving the resolver to time out.
+    let down = fail_fast(&w);
+    assert_eq!(down[0].1, libc::EPERM.to_string(), "{down:?}");
+    assert_eq!(down[1].0, "getaddrinfo");
+    assert_ne!(down[1].1, "answered", "{down:?}");
+    for (what, _, ms) in &down {
+        assert!(
+            *ms < 10.0,
+            "{what} took {ms} ms with the daemon down: {down:?}"
+        );
+    }
+    // What was learned stays allowed, and everything else stays denied.
+    let r = connects(&w, &ns, &["tcp:198.18.0.1:8080", "tcp:198.18.0.2:8080"]);
+    assert_eq!(result(&r, "tcp:198.18.0.1:8080"), "ok");
+    assert_eq!(result(&r, "tcp:198.18.0.2:8080"), "EPERM");
+
+    // Back up: queries are answered again within a second of the start, and the rule
+    // learned before the kill is still there (from the record), not revoked early.
+    let started = std::time::Instant::now();
+    let mut cmd = std::process::Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", w.node.name))
+        .arg(e2e::enforcer_bin())
+        .arg("--config")
+        .arg(&w.env.config)
+        .arg("run")
+        .env("RUST_LOG", "info");
+    let mut d = e2e::spawn_daemon(cmd);
+    let first_answer = loop {
+        let out = w.workload(&["getent", "ahosts", "api.ee.test"]);
+        if out.status.success() {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no answer after the restart"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        first_answer < Duration::from_secs(1),
+        "first answer {first_answer:?} after the restart"
+    );
+    d.wait_for("the learned rule kept", Duration::from_secs(5), |r| {
+        r.iter().any(|r| {
+            r["message"] == "DNS proxy answering (DNS-aware mode)" && r["kept"].as_u64() == Some(1)
+        })
+    });
 }

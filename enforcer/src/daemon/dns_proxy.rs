@@ -16,12 +16,13 @@ use tracing::{error, info, warn};
 use super::policy::LoadedPolicy;
 use crate::{
     config::{Config, DnsMode, Mode, Unregistered},
-    dataplane::{cgroup, pins::PinLayout},
+    dataplane::{cgroup, pins::PinLayout, sources},
     dnsproxy::{
+        journal::Journal,
         kernel::KernelMaps,
         learned::LearnedTable,
         names::NameTable,
-        server::{Lifetime, Proxy, Settings, Sockets},
+        server::{Lifetime, Proxy, Settings, Sockets, State},
     },
 };
 
@@ -109,7 +110,15 @@ pub fn start(
     maps.set_exempt(&exempt_ids(cfg, &mount))?;
     let mut learned = LearnedTable::new(cfg.maps.learned_rules as usize);
     let left = maps.learned()?;
-    learned.adopt(&left);
+    let record = sources::state_file(&layout.root, "learned");
+    let (journal, entries) = Journal::open(&record)?;
+    learned.restore(&left, entries);
+    let settings = settings(policy);
+    // Rules the record justifies under this policy are rewritten (their expiry in this
+    // boot's clock), the others go now.
+    let (puts, deletes) = learned.retarget(&settings.table);
+    maps.put(&puts)?;
+    maps.delete(&deletes)?;
     // The kernel redirects only while this socket is open: registering it is what turns
     // queries from failing at once into being answered.
     let first = sockets
@@ -117,7 +126,13 @@ pub fn start(
         .first()
         .ok_or_else(|| anyhow::anyhow!("no proxy socket"))?;
     maps.set_proxy_socket(first)?;
-    let proxy = Arc::new(Proxy::new(settings(policy), learned, maps));
+    let kept = learned.len();
+    let state = State {
+        learned,
+        journal,
+        maps,
+    };
+    let proxy = Arc::new(Proxy::new(settings, state));
     for s in sockets.udp {
         tokio::spawn(Arc::clone(&proxy).serve_udp(s));
     }
@@ -129,7 +144,8 @@ pub fn start(
         address = %cfg.dns.proxy.address,
         address6 = %cfg.dns.proxy.address6,
         port = cfg.dns.proxy.port,
-        kept = left.len(),
+        kept,
+        revoked = deletes.len(),
         "DNS proxy answering (DNS-aware mode)"
     );
     Ok(proxy)

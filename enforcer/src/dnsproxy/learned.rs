@@ -213,10 +213,24 @@ impl LearnedTable {
         (puts, deletes)
     }
 
-    /// Takes over the rules a previous run left in the kernel: unexpired ones stay until
-    /// their expiry (their names are not known here), expired ones go at the next sweep.
-    pub fn adopt(&mut self, left: &[Put]) {
-        self.keys.extend(left.iter().copied());
+    /// Takes over what a previous run left: the rules in the kernel and the recorded
+    /// name/address entries. The caller then calls `retarget`, which rewrites the rules the
+    /// entries justify and deletes the others.
+    pub fn restore(&mut self, kernel: &[Put], entries: HashMap<String, HashMap<IpAddr, u64>>) {
+        self.keys = kernel.iter().copied().collect();
+        self.by_name = entries
+            .into_iter()
+            .map(|(n, a)| (n, a.into_iter().filter(|(ip, _)| usable(*ip)).collect()))
+            .collect();
+        self.entries = self.by_name.values().map(HashMap::len).sum();
+    }
+
+    /// Forgets that `keys` are in the kernel (their write failed), so that the next answer
+    /// writes them again.
+    pub fn forget(&mut self, keys: impl IntoIterator<Item = RuleKey>) {
+        for k in keys {
+            self.keys.remove(&k);
+        }
     }
 
     /// Rules in the kernel.

@@ -6,6 +6,8 @@
 //! I/O and `kernel` the map writes.
 
 #[cfg(feature = "runtime")]
+pub mod journal;
+#[cfg(feature = "runtime")]
 pub mod kernel;
 pub mod learned;
 pub mod message;

@@ -23,6 +23,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use super::{
+    journal::Journal,
     kernel::{self, KernelMaps},
     learned::LearnedTable,
     message::{self, Learned, ParsedQuery, Refusal},
@@ -126,9 +127,16 @@ pub struct Settings {
     pub netns_cookie: u64,
 }
 
+/// Everything a commit changes, under one lock: the table, the record, the kernel.
+pub struct State {
+    pub learned: LearnedTable,
+    pub journal: Journal,
+    pub maps: KernelMaps,
+}
+
 pub struct Proxy {
     settings: RwLock<Arc<Settings>>,
-    state: Mutex<(LearnedTable, KernelMaps)>,
+    state: Mutex<State>,
     pub metrics: Arc<ProxyMetrics>,
     in_flight: Arc<Semaphore>,
 }
@@ -168,10 +176,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Proxy {
-    pub fn new(settings: Settings, learned: LearnedTable, maps: KernelMaps) -> Self {
+    pub fn new(settings: Settings, state: State) -> Self {
         Self {
             settings: RwLock::new(Arc::new(settings)),
-            state: Mutex::new((learned, maps)),
+            state: Mutex::new(state),
             metrics: Arc::default(),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         }
@@ -190,36 +198,41 @@ impl Proxy {
     /// new policy no longer justifies go now.
     pub fn update(&self, settings: Settings) -> anyhow::Result<()> {
         let mut st = lock(&self.state);
-        let (puts, deletes) = st.0.retarget(&settings.table);
+        let (puts, deletes) = st.learned.retarget(&settings.table);
         *self
             .settings
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(settings);
-        st.1.put(&puts)?;
-        st.1.delete(&deletes)?;
+        let written = st.maps.put(&puts).and_then(|()| st.maps.delete(&deletes));
+        if written.is_err() {
+            st.learned.forget(puts.iter().map(|(k, _)| *k));
+        }
         self.metrics
             .learned_rules
-            .store(st.0.len() as u64, Ordering::Relaxed);
-        Ok(())
+            .store(st.learned.len() as u64, Ordering::Relaxed);
+        written
     }
 
-    /// Drops expired learned rules (the kernel already ignores them).
+    /// Drops expired learned rules (the kernel already ignores them), and compacts the record.
     pub fn sweep(&self) -> anyhow::Result<()> {
         let mut st = lock(&self.state);
-        let dead = st.0.sweep(kernel::monotonic_ns());
-        st.1.delete(&dead)?;
+        let dead = st.learned.sweep(kernel::monotonic_ns());
         self.metrics
             .learned_rules
-            .store(st.0.len() as u64, Ordering::Relaxed);
-        Ok(())
+            .store(st.learned.len() as u64, Ordering::Relaxed);
+        st.maps.delete(&dead)?;
+        let State {
+            learned, journal, ..
+        } = &mut *st;
+        journal.compact_if_large(learned.by_name())
     }
 
     pub fn set_exempt(&self, ids: &[u64]) -> anyhow::Result<()> {
-        lock(&self.state).1.set_exempt(ids)
+        lock(&self.state).maps.set_exempt(ids)
     }
 
     pub fn with_learned<R>(&self, f: impl FnOnce(&LearnedTable) -> R) -> R {
-        f(&lock(&self.state).0)
+        f(&lock(&self.state).learned)
     }
 
     /// Answers one message from a workload; `None`: nothing to send back.
@@ -231,7 +244,7 @@ impl Proxy {
             Err(Refusal::Reply(r)) => return Some(r),
         };
         let proto = if tcp { IPPROTO_TCP } else { IPPROTO_UDP };
-        let client = lock(&self.state).1.client(peer, proto);
+        let client = lock(&self.state).maps.client(peer, proto);
         let s = self.settings();
         let (verdict, reply) = match s.table.classify(&q.name) {
             Class::Unregistered if !s.audit => {
@@ -307,12 +320,22 @@ impl Proxy {
             .map(|(ip, ttl)| (*ip, s.lifetime.expiry(now, *ttl)))
             .collect();
         let mut st = lock(&self.state);
-        let puts = st.0.learn(name, targets, &addrs)?;
-        st.1.put(&puts)?;
+        let puts = st.learned.learn(name, targets, &addrs)?;
+        if targets.is_empty() || addrs.is_empty() {
+            return Ok(());
+        }
+        // Recorded first: every rule in the kernel has its line (docs/architecture.md).
+        let written = st
+            .journal
+            .append(name, &addrs)
+            .and_then(|()| st.maps.put(&puts));
+        if written.is_err() {
+            st.learned.forget(puts.iter().map(|(k, _)| *k));
+        }
         self.metrics
             .learned_rules
-            .store(st.0.len() as u64, Ordering::Relaxed);
-        Ok(())
+            .store(st.learned.len() as u64, Ordering::Relaxed);
+        written
     }
 
     pub async fn serve_udp(self: Arc<Self>, sock: UdpSocket) -> anyhow::Result<()> {
