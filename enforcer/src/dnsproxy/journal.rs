@@ -60,12 +60,15 @@ impl Clocks {
     }
 
     fn to_wall(self, mono: u64) -> u64 {
-        let ahead_ms = mono.saturating_sub(self.mono_ns) / 1_000_000;
-        self.wall_ms.saturating_add(ahead_ms)
+        if mono >= self.mono_ns {
+            self.wall_ms.saturating_add((mono - self.mono_ns) / 1_000_000)
+        } else {
+            self.wall_ms.saturating_sub((self.mono_ns - mono).div_ceil(1_000_000))
+        }
     }
 
     fn to_mono(self, wall: u64) -> Option<u64> {
-        let ahead_ms = wall.checked_sub(self.wall_ms)?;
+        let ahead_ms = wall.checked_sub(self.wall_ms).filter(|a| *a > 0)?;
         Some(
             self.mono_ns
                 .saturating_add(ahead_ms.saturating_mul(1_000_000)),
