@@ -188,12 +188,13 @@ impl DnsWorld {
         // The workload reaches the node's addresses through the veth, as a pod reaches its node.
         ip(&["-n", w, "route", "add", "default", "via", NODE_VETH4]);
         ip(&["-n", w, "-6", "route", "add", "default", "via", NODE_VETH6]);
+        // app.ee.test is a CNAME for a name in another domain, as a CDN's would be.
         let upstream = Upstream::start(
             n,
             &env.dir,
             "upstream",
             &[UPSTREAM4, UPSTREAM6, "127.0.0.53"],
-            &[],
+            &["--cname=app.ee.test,edge.cdnhost.test".to_owned()],
         );
         let rogue = Upstream::start(n, &env.dir, "rogue", &[ROGUE4], &[]);
         let mut world = Self {

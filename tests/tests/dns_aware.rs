@@ -258,3 +258,115 @@ fn with_the_daemon_down_queries_fail_fast_and_learned_rules_stay() {
         })
     });
 }
+
+fn entry(host: &str, port: u16, resolution: &str) -> String {
+    format!(
+        "hosts: ['{host}']\nports: [{{number: {port}, name: p, protocol: TLS}}]\nresolution: {resolution}"
+    )
+}
+
+#[test]
+fn wildcards_dynamic_dns_cname_chains_ipv6_and_passthrough() {
+    let mut w = DnsWorld::new("dnsaware-names", "enforce", DNS_TIMING, "", "");
+    w.upstream.set(&[
+        ("a.wild.ee.test", "198.18.0.1"),
+        ("wild.ee.test", "198.18.0.3"),
+        ("x.y.dyn.ee.test", "198.18.0.2"),
+        ("edge.cdnhost.test", "198.18.1.7"),
+        ("v6.ee.test", "fd00::1"),
+        ("kube-dns.svc.cluster.local", "198.18.2.7"),
+    ]);
+    w.env.write_se(
+        "wild.yaml",
+        &se("wild", &entry("*.wild.ee.test", 8080, "NONE")),
+    );
+    w.env.write_se(
+        "dyn.yaml",
+        &se("dyn", &entry("*.dyn.ee.test", 8081, "DYNAMIC_DNS")),
+    );
+    w.env
+        .write_se("app.yaml", &se("app", &entry("app.ee.test", 8080, "DNS")));
+    w.env
+        .write_se("v6.yaml", &se("v6", &entry("v6.ee.test", 8080, "DNS")));
+    let _d = w.start_daemon();
+    let ns = w.env.netns.name.clone();
+
+    // A wildcard matches names under it at any depth, never its own suffix.
+    assert_eq!(w.getent(&ns, "a.wild.ee.test"), ["198.18.0.1"]);
+    assert!(w.getent(&ns, "wild.ee.test").is_empty());
+    assert!(!w.upstream.was_asked("wild.ee.test"));
+    // DYNAMIC_DNS, two labels below the wildcard.
+    assert_eq!(w.getent(&ns, "x.y.dyn.ee.test"), ["198.18.0.2"]);
+    // A CNAME chain into another domain: the final address gets the entry's ports.
+    assert_eq!(w.getent(&ns, "app.ee.test"), ["198.18.1.7"]);
+    // A passthrough domain is answered but allows nothing.
+    assert_eq!(w.getent(&ns, "kube-dns.svc.cluster.local"), ["198.18.2.7"]);
+    let r = connects(
+        &w,
+        &ns,
+        &[
+            "tcp:198.18.0.1:8080",
+            "tcp:198.18.0.2:8081",
+            "tcp:198.18.0.2:8080",
+            "tcp:198.18.1.7:8080",
+            "tcp:198.18.2.7:8080",
+            "tcp:198.18.0.3:8080",
+        ],
+    );
+    for (op, want) in [
+        ("tcp:198.18.0.1:8080", "ok"),
+        ("tcp:198.18.0.2:8081", "ok"),
+        ("tcp:198.18.0.2:8080", "EPERM"),
+        ("tcp:198.18.1.7:8080", "ok"),
+        ("tcp:198.18.2.7:8080", "EPERM"),
+        ("tcp:198.18.0.3:8080", "EPERM"),
+    ] {
+        assert_eq!(result(&r, op), want, "{op}");
+    }
+
+    // IPv6 all the way: the workload asks an IPv6 server, the kernel sends it to the
+    // proxy's IPv6 address, glibc accepts the reply as the server's.
+    w.set_resolv_conf(&ns, "nameserver fd00:30::53\n");
+    assert_eq!(w.getent(&ns, "v6.ee.test"), ["fd00::1"]);
+    let r = connects(&w, &ns, &["tcp:[fd00::1]:8080", "tcp:[fd00::2]:8080"]);
+    assert_eq!(result(&r, "tcp:[fd00::1]:8080"), "ok");
+    assert_eq!(result(&r, "tcp:[fd00::2]:8080"), "EPERM");
+}
+
+/// curl by name, against a real HTTP server in the workload's namespace.
+const CURL: &str = r#"
+import http.server, subprocess, sys, threading
+srv = http.server.HTTPServer(("198.18.0.1", 8080), http.server.SimpleHTTPRequestHandler)
+threading.Thread(target=srv.serve_forever, daemon=True).start()
+r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3", sys.argv[1]], capture_output=True, text=True)
+print(r.returncode, r.stdout)
+"#;
+
+#[test]
+fn curl_by_name_and_audit_mode() {
+    let w = DnsWorld::new("dnsaware-audit", "audit", DNS_TIMING, "", "");
+    w.upstream.set(&[
+        ("api.ee.test", "198.18.0.1"),
+        ("other.ee.test", "198.18.0.1"),
+    ]);
+    w.env.write_se("api.yaml", &se("api", API));
+    let mut d = w.start_daemon();
+    let curl = |url: &str| {
+        let out = w.workload(&["/usr/bin/python3", "-c", CURL, url]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(curl("http://api.ee.test:8080/"), "0 200");
+    // Audit: an unregistered name is forwarded and answered, and reported as what enforce
+    // mode would refuse.
+    assert_eq!(curl("http://other.ee.test:8080/"), "0 200");
+    assert!(w.upstream.was_asked("other.ee.test"));
+    d.wait_for("the audit report", Duration::from_secs(5), |r| {
+        r.iter().any(|r| {
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("would be refused"))
+                && r["name"] == "other.ee.test"
+                && r["comm"] == "curl"
+        })
+    });
+}

@@ -61,9 +61,11 @@ impl Clocks {
 
     fn to_wall(self, mono: u64) -> u64 {
         if mono >= self.mono_ns {
-            self.wall_ms.saturating_add((mono - self.mono_ns) / 1_000_000)
+            self.wall_ms
+                .saturating_add((mono - self.mono_ns) / 1_000_000)
         } else {
-            self.wall_ms.saturating_sub((self.mono_ns - mono).div_ceil(1_000_000))
+            self.wall_ms
+                .saturating_sub((self.mono_ns - mono).div_ceil(1_000_000))
         }
     }
 

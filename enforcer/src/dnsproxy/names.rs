@@ -46,6 +46,9 @@ pub struct NameTable {
     exact: HashMap<String, Targets>,
     /// `*.suffix` hosts, keyed by the suffix.
     wildcard: HashMap<String, Targets>,
+    /// Partial wildcards (`*foo.example.com`, DYNAMIC_DNS only): names ending in the rest.
+    partial: Vec<(String, Targets)>,
+    known_partial: Vec<String>,
     /// A host `*`: every name.
     any: Option<Targets>,
     /// Registered hosts whose answers create no rule.
@@ -78,6 +81,8 @@ impl NameTable {
         for (suffix, targets) in &policy.wildcards {
             if suffix == "*" || suffix.is_empty() {
                 merge(t.any.get_or_insert_with(Targets::new), &lowest(targets));
+            } else if let Some(rest) = suffix.strip_prefix('*') {
+                t.partial.push((rest.to_owned(), lowest(targets)));
             } else {
                 merge(
                     t.wildcard.entry(suffix.clone()).or_default(),
@@ -90,6 +95,11 @@ impl NameTable {
                 Some(suffix) => t.known_wildcard.insert(suffix.to_owned()),
                 None if host == "*" => {
                     t.any.get_or_insert_with(Targets::new);
+                    true
+                }
+                None if host.starts_with('*') => {
+                    t.known_partial
+                        .push(host.trim_start_matches('*').to_owned());
                     true
                 }
                 None => t.known.insert(host.clone()),
@@ -122,6 +132,13 @@ impl NameTable {
         if let Some(t) = &self.any {
             merge(targets.get_or_insert_with(Targets::new), t);
         }
+        let under = |rest: &str| name.len() > rest.len() && name.ends_with(rest);
+        for (rest, t) in &self.partial {
+            if under(rest) {
+                merge(targets.get_or_insert_with(Targets::new), t);
+            }
+        }
+        known |= self.known_partial.iter().any(|r| under(r));
         match targets {
             Some(t) => Class::Registered(t),
             None if known => Class::Registered(Targets::new()),
@@ -148,6 +165,7 @@ mod tests {
             let targets = BTreeMap::from([((*port, Proto::Tcp), BTreeSet::from([id]))]);
             match h.strip_prefix("*.") {
                 Some(s) => p.wildcards.insert(s.to_owned(), targets),
+                None if h.starts_with('*') => p.wildcards.insert((*h).to_owned(), targets),
                 None => p.hostnames.insert((*h).to_owned(), targets),
             };
             p.registered.insert((*h).to_owned());
@@ -173,6 +191,15 @@ mod tests {
         assert_eq!(t.classify("example.com"), Class::Unregistered);
         assert_eq!(t.classify("badexample.com"), Class::Unregistered);
         assert_eq!(t.classify("example.com.evil"), Class::Unregistered);
+    }
+
+    #[test]
+    fn partial_wildcards_match_longer_names_ending_in_the_rest() {
+        let t = table(&[("*foo.example.com", 443)], &[], &[]);
+        assert_eq!(ports(&t.classify("barfoo.example.com")), [443]);
+        assert_eq!(ports(&t.classify("a.foo.example.com")), [443]);
+        assert_eq!(t.classify("foo.example.com"), Class::Unregistered);
+        assert_eq!(t.classify("fooo.example.com"), Class::Unregistered);
     }
 
     #[test]
