@@ -92,7 +92,7 @@ fn remember(ctx: &SockAddrContext, proto: u8, dest: &Dest) {
     };
     // An LRU map only fails on a broken map; the reply then shows the proxy's address, which
     // the resolver drops: a failed query, never a bypass.
-    let _ignored = DNS_SOCKETS.insert(&cookie, &socket, 0);
+    let _ignored = DNS_SOCKETS.insert(cookie, socket, 0);
 }
 
 /// The current cgroup or one of its ancestors is exempt from the redirect.
@@ -105,7 +105,7 @@ fn exempt() -> bool {
         if id == 0 {
             return false;
         }
-        if DNS_EXEMPT.get_ptr(&id).is_some() {
+        if DNS_EXEMPT.get_ptr(id).is_some() {
             return true;
         }
         level += 1;
@@ -182,7 +182,7 @@ fn restore_server(ctx: &SockAddrContext, v6: bool) {
     // SAFETY: helper with a valid context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: a map value pointer is valid for the program run.
-    let Some(s) = (unsafe { DNS_SOCKETS.get(&cookie) }) else {
+    let Some(s) = (unsafe { DNS_SOCKETS.get(cookie) }) else {
         return;
     };
     // SAFETY: the server is 16 bytes, as four words.
@@ -250,7 +250,7 @@ fn publish_client(ctx: &SkBuffContext) -> Option<()> {
     // SAFETY: helper with a valid context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: a map value pointer is valid for the program run.
-    let socket = unsafe { DNS_SOCKETS.get(&cookie) }?;
+    let socket = unsafe { DNS_SOCKETS.get(cookie) }?;
     let key = ClientKey {
         // SAFETY: same size, every bit pattern valid.
         addr: unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(src) },
@@ -258,5 +258,5 @@ fn publish_client(ctx: &SkBuffContext) -> Option<()> {
         proto,
         pad: [0; 5],
     };
-    DNS_CLIENTS.insert(&key, socket, 0).ok()
+    DNS_CLIENTS.insert(key, socket, 0).ok()
 }
