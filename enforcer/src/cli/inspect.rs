@@ -65,6 +65,7 @@ pub fn inspect(config: Option<&Path>, args: Args) -> Result<(), Failure> {
             (Some(m), true) => {
                 let names = crate::dataplane::sources::read(&layout.root);
                 let mut rows = m.rules().runtime()?;
+                rows.extend(learned_rows(&layout).runtime()?);
                 for r in &mut rows {
                     r.source = names.get(&r.rule_id).cloned();
                 }
@@ -87,6 +88,43 @@ pub fn inspect(config: Option<&Path>, args: Args) -> Result<(), Failure> {
     Ok(())
 }
 
+/// DNS-aware mode's learned rules, with the names that allowed each address (from the
+/// daemon's record) and the time left.
+fn learned_rows(layout: &PinLayout) -> anyhow::Result<Vec<RuleRow>> {
+    let now = crate::dnsproxy::kernel::monotonic_ns();
+    let learned = Maps::learned_rules(layout, now)?;
+    if learned.is_empty() {
+        return Ok(Vec::new());
+    }
+    let record = crate::dnsproxy::journal::read(&crate::dataplane::sources::state_file(
+        &layout.root,
+        crate::dataplane::sources::LEARNED,
+    ));
+    let mut by_addr: std::collections::HashMap<std::net::IpAddr, Vec<String>> =
+        std::collections::HashMap::new();
+    for (name, addrs) in record {
+        for (ip, _) in addrs {
+            by_addr.entry(ip).or_default().push(name.clone());
+        }
+    }
+    Ok(learned
+        .into_iter()
+        .map(|(k, v)| {
+            let spec = crate::policy::rules::describe(None, &k);
+            let mut names = by_addr.get(&spec.net.addr).cloned().unwrap_or_default();
+            names.sort();
+            RuleRow {
+                rule: spec.to_string(),
+                kind: "learned",
+                rule_id: v.rule_id,
+                source: None,
+                names,
+                expires_in_secs: Some(v.expires_ns.saturating_sub(now) / 1_000_000_000),
+            }
+        })
+        .collect())
+}
+
 fn render(r: &Report) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
@@ -102,9 +140,13 @@ fn render(r: &Report) -> String {
             "DESTINATION", "KIND", "RULE ID"
         );
         for row in rules {
+            let learned = match row.expires_in_secs {
+                Some(s) => format!(" (names: {}; {s}s left)", row.names.join(", ")),
+                None => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "  {:<44} {:<7} {:>8}  {}",
+                "  {:<44} {:<7} {:>8}  {}{learned}",
                 row.rule,
                 row.kind,
                 row.rule_id,

@@ -103,6 +103,7 @@ pub fn start(
     policy: &LoadedPolicy,
     sockets: Sockets,
     layout: &PinLayout,
+    metrics: &super::metrics::DaemonMetrics,
 ) -> anyhow::Result<Arc<Proxy>> {
     let cfg = &policy.config;
     let mut maps = KernelMaps::open(layout)?;
@@ -110,7 +111,7 @@ pub fn start(
     maps.set_exempt(&exempt_ids(cfg, &mount))?;
     let mut learned = LearnedTable::new(cfg.maps.learned_rules as usize);
     let left = maps.learned()?;
-    let record = sources::state_file(&layout.root, "learned");
+    let record = sources::state_file(&layout.root, sources::LEARNED);
     let (journal, entries) = Journal::open(&record)?;
     learned.restore(&left, entries);
     let settings = settings(policy);
@@ -133,6 +134,7 @@ pub fn start(
         maps,
     };
     let proxy = Arc::new(Proxy::new(settings, state));
+    let _already = metrics.dns_proxy.set(Arc::clone(&proxy.metrics));
     for s in sockets.udp {
         tokio::spawn(Arc::clone(&proxy).serve_udp(s));
     }

@@ -43,6 +43,8 @@ pub struct DaemonMetrics {
     /// Why the daemon is not ready yet, for `/readyz`.
     not_ready: Mutex<Option<String>>,
     last_apply: Mutex<Option<Instant>>,
+    /// DNS-aware mode's proxy, once it runs.
+    pub dns_proxy: std::sync::OnceLock<std::sync::Arc<crate::dnsproxy::server::ProxyMetrics>>,
 }
 
 impl DaemonMetrics {
@@ -100,6 +102,12 @@ impl DaemonMetrics {
             rules_exact: get(&self.rules_exact),
             rules_prefix: get(&self.rules_prefix),
             ready: self.is_ready(),
+            proxy: self.dns_proxy.get().map(|p| ProxyValues {
+                verdicts: p.verdicts.each_ref().map(get),
+                learned_rules: get(&p.learned_rules),
+                commit_failures: get(&p.commit_failures),
+                latency: p.latency.clone(),
+            }),
             apply_age_secs: self
                 .last_apply
                 .lock()
@@ -110,7 +118,15 @@ impl DaemonMetrics {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
+struct ProxyValues {
+    verdicts: [u64; 5],
+    learned_rules: u64,
+    commit_failures: u64,
+    latency: prometheus_client::metrics::histogram::Histogram,
+}
+
+#[derive(Debug, Clone)]
 struct Values {
     reloads: u64,
     reload_failures: u64,
@@ -122,6 +138,7 @@ struct Values {
     rules_exact: u64,
     rules_prefix: u64,
     ready: bool,
+    proxy: Option<ProxyValues>,
     apply_age_secs: Option<f64>,
 }
 
@@ -233,6 +250,9 @@ impl Collector for Scrape {
             "Reloads rejected; the policy in force was kept",
             self.values.reload_failures,
         )?;
+        if let Some(p) = &self.values.proxy {
+            encode_proxy(&mut enc, p)?;
+        }
         let ready = ConstGauge::new(i64::from(self.values.ready));
         ready.encode(enc.encode_descriptor(
             "egress_enforcer_ready",
@@ -252,6 +272,41 @@ impl Collector for Scrape {
         }
         Ok(())
     }
+}
+
+/// DNS-aware mode's series: queries by verdict, latency, learned rules.
+fn encode_proxy(enc: &mut DescriptorEncoder<'_>, p: &ProxyValues) -> Result<(), std::fmt::Error> {
+    {
+        let mut family = enc.encode_descriptor(
+            "egress_enforcer_dns_proxy_queries",
+            "Queries the DNS proxy answered, by verdict (allowed: registered, answer allowed; \
+             refused: unregistered; passthrough; servfail; audit: unregistered, forwarded)",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for ((_, name), n) in crate::dnsproxy::server::VERDICTS.iter().zip(p.verdicts) {
+            ConstCounter::new(n).encode(family.encode_family(&[("verdict", *name)])?)?;
+        }
+    }
+    p.latency.encode(enc.encode_descriptor(
+        "egress_enforcer_dns_proxy_latency_seconds",
+        "From a query's arrival at the proxy to its answer (upstream time and commit included)",
+        None,
+        p.latency.metric_type(),
+    )?)?;
+    let g = ConstGauge::new(i64::try_from(p.learned_rules).unwrap_or(i64::MAX));
+    g.encode(enc.encode_descriptor(
+        "egress_enforcer_dns_learned_rules",
+        "Rules learned from DNS answers in the kernel (address, port, protocol)",
+        None,
+        g.metric_type(),
+    )?)?;
+    counter(
+        enc,
+        "egress_enforcer_dns_proxy_commit_failures",
+        "Answers that could not be allowed in the kernel (the workload got SERVFAIL)",
+        p.commit_failures,
+    )
 }
 
 /// The `/metrics` body for these kernel counters and daemon counters.

@@ -299,8 +299,9 @@ impl Daemon {
             .runtime()?;
         dp.set_dns_aware(proxy_sockets.is_some());
         dp.attach(&cgroups).runtime()?;
+        let metrics = Arc::new(metrics::DaemonMetrics::default());
         let proxy = match proxy_sockets {
-            Some(s) => Some(dns_proxy::start(&first, s, dp.layout()).runtime()?),
+            Some(s) => Some(dns_proxy::start(&first, s, dp.layout(), &metrics).runtime()?),
             None => None,
         };
         if let Err(e) = crate::dataplane::sources::write(&dp.layout().root, &desired.sources) {
@@ -320,7 +321,6 @@ impl Daemon {
             "enforcing"
         );
 
-        let metrics = Arc::new(metrics::DaemonMetrics::default());
         metrics.applied(
             desired.exact.len(),
             desired.prefix.len(),

@@ -56,6 +56,12 @@ pub struct RuleRow {
     /// Where the rule comes from, when the daemon has recorded it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// Learned rules (DNS-aware mode): the names whose answers allowed the address.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// Learned rules: seconds until the kernel stops matching it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in_secs: Option<u64>,
 }
 
 /// The expected shape of each pinned map; a pinned map of another shape is not reused.
@@ -318,6 +324,27 @@ impl Maps {
         self.exact.live()
     }
 
+    /// The learned rules (DNS-aware mode) still in force at `now_ns` (CLOCK_MONOTONIC), from
+    /// the pinned map; empty if there is none.
+    pub fn learned_rules(
+        layout: &PinLayout,
+        now_ns: u64,
+    ) -> anyhow::Result<Vec<(RuleKey, LearnedValue)>> {
+        let path = layout.map(map_names::RULES_LEARNED);
+        if !path.exists() {
+            return Ok(Vec::new());
+        }
+        let map = Map::from_map_data(MapData::from_pin(&path)?)?;
+        let learned: HashMap<MapData, RuleKey, LearnedValue> = map.try_into()?;
+        let mut rows = learned
+            .iter()
+            .filter(|r| r.as_ref().map_or(true, |(_, v)| v.expires_ns >= now_ns))
+            .map(|r| r.context("reading RULES_LEARNED"))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        rows.sort_unstable_by_key(|(k, _)| *k);
+        Ok(rows)
+    }
+
     pub fn stats(&self) -> anyhow::Result<Stats> {
         let mut totals = vec![0u64; NUM_COUNTERS as usize];
         for (i, per_cpu) in self.counters.iter().enumerate() {
@@ -337,6 +364,8 @@ impl Maps {
                 kind: "exact",
                 rule_id: v.rule_id,
                 source: None,
+                names: Vec::new(),
+                expires_in_secs: None,
             });
         }
         for ((len, k), v) in self.prefix.live()? {
@@ -345,6 +374,8 @@ impl Maps {
                 kind: "prefix",
                 rule_id: v.rule_id,
                 source: None,
+                names: Vec::new(),
+                expires_in_secs: None,
             });
         }
         Ok(rows)

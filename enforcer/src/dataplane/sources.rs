@@ -13,6 +13,9 @@ pub const STATE_DIR: &str = "/run/egress-enforcer";
 /// The daemon's last DNS answers per name (see `daemon::carry`).
 pub const ANSWERS: &str = "answers";
 
+/// DNS-aware mode's learned addresses (see `dnsproxy::journal`).
+pub const LEARNED: &str = "learned";
+
 /// The table's file for the pins under `pin_root`.
 pub fn path_for(pin_root: &Path) -> PathBuf {
     state_file(pin_root, "sources")
@@ -62,6 +65,7 @@ pub fn read(pin_root: &Path) -> BTreeMap<u32, String> {
 pub fn remove(pin_root: &Path) {
     let _ignored = std::fs::remove_file(path_for(pin_root));
     let _ignored = std::fs::remove_file(state_file(pin_root, ANSWERS));
+    let _ignored = std::fs::remove_file(state_file(pin_root, LEARNED));
 }
 
 #[cfg(test)]

@@ -80,27 +80,39 @@ impl Clocks {
 
 pub type Entries = HashMap<String, HashMap<IpAddr, u64>>;
 
+/// The unexpired entries in the file (monotonic expiries), and how many lines were unreadable.
+fn read_at(path: &Path, clocks: Clocks) -> (Entries, usize) {
+    let mut entries: Entries = HashMap::new();
+    let mut skipped = 0;
+    let Ok(f) = File::open(path) else {
+        return (entries, 0);
+    };
+    for line in BufReader::new(f).lines() {
+        let Ok(line) = line else { break };
+        match serde_json::from_str::<Line>(&line) {
+            Ok(l) => {
+                if let Some(exp) = clocks.to_mono(l.u) {
+                    let e = entries.entry(l.n).or_default().entry(l.a).or_insert(0);
+                    *e = (*e).max(exp);
+                }
+            }
+            Err(_) => skipped += 1,
+        }
+    }
+    (entries, skipped)
+}
+
+/// What the record says now, without touching it (for `inspect`).
+pub fn read(path: &Path) -> Entries {
+    read_at(path, Clocks::now()).0
+}
+
 impl Journal {
     /// Reads what a previous run recorded (unexpired entries, as monotonic expiries) and
     /// opens the file for appending. Unreadable lines (a write cut short) are skipped.
     pub fn open(path: &Path) -> anyhow::Result<(Self, Entries)> {
         let clocks = Clocks::now();
-        let mut entries: Entries = HashMap::new();
-        let mut skipped = 0;
-        if let Ok(f) = File::open(path) {
-            for line in BufReader::new(f).lines() {
-                let Ok(line) = line else { break };
-                match serde_json::from_str::<Line>(&line) {
-                    Ok(l) => {
-                        if let Some(exp) = clocks.to_mono(l.u) {
-                            let e = entries.entry(l.n).or_default().entry(l.a).or_insert(0);
-                            *e = (*e).max(exp);
-                        }
-                    }
-                    Err(_) => skipped += 1,
-                }
-            }
-        }
+        let (entries, skipped) = read_at(path, clocks);
         if skipped > 0 {
             tracing::warn!(path = %path.display(), skipped, "unreadable lines in the learned-address record");
         }

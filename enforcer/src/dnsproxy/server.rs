@@ -55,19 +55,29 @@ pub const VERDICTS: [(Verdict, &str); 5] = [
     (Verdict::Audit, "audit"),
 ];
 
-/// Upper bounds (seconds) of the latency histogram's buckets.
+/// Upper bounds (seconds) of the latency histogram's buckets: 50 µs to 5 s.
 pub const LATENCY_BUCKETS: [f64; 12] = [
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0,
 ];
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ProxyMetrics {
     pub verdicts: [AtomicU64; 5],
-    /// Cumulative per bucket, plus +Inf last.
-    pub latency_buckets: [AtomicU64; 13],
-    pub latency_sum_ns: AtomicU64,
+    /// From a query's arrival to its answer being ready to send.
+    pub latency: prometheus_client::metrics::histogram::Histogram,
     pub learned_rules: AtomicU64,
     pub commit_failures: AtomicU64,
+}
+
+impl Default for ProxyMetrics {
+    fn default() -> Self {
+        Self {
+            verdicts: Default::default(),
+            latency: prometheus_client::metrics::histogram::Histogram::new(LATENCY_BUCKETS),
+            learned_rules: AtomicU64::new(0),
+            commit_failures: AtomicU64::new(0),
+        }
+    }
 }
 
 impl ProxyMetrics {
@@ -76,21 +86,10 @@ impl ProxyMetrics {
             .iter()
             .position(|(v, _)| *v == verdict)
             .unwrap_or(0);
-        self.verdicts[i].fetch_add(1, Ordering::Relaxed);
-        let secs = took.as_secs_f64();
-        for (b, bound) in self
-            .latency_buckets
-            .iter()
-            .zip(LATENCY_BUCKETS.iter().chain([&f64::INFINITY]))
-        {
-            if secs <= *bound {
-                b.fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(c) = self.verdicts.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
         }
-        self.latency_sum_ns.fetch_add(
-            u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        self.latency.observe(took.as_secs_f64());
     }
 }
 
