@@ -268,6 +268,27 @@ impl DnsWorld {
         self.run_in(&self.node.name.clone(), argv)
     }
 
+    /// GET `path` from the daemon's endpoint, which listens in the node namespace.
+    pub fn http_get(&self, addr: std::net::SocketAddr, path: &str) -> String {
+        let out = run(Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.node.name,
+                "curl",
+                "-sf",
+                "--max-time",
+                "5",
+            ])
+            .arg(format!("http://{addr}{path}")));
+        assert!(
+            out.status.success(),
+            "GET {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// `getent ahosts NAME` in the workload namespace: the addresses glibc returned.
     pub fn getent(&self, ns: &str, name: &str) -> Vec<String> {
         let out = self.run_in(ns, &["getent", "ahosts", name]);

@@ -370,3 +370,101 @@ fn curl_by_name_and_audit_mode() {
         })
     });
 }
+
+#[test]
+fn learned_rules_are_visible_in_events_inspect_and_metrics() {
+    let w = DnsWorld::new(
+        "dnsaware-visible",
+        "enforce",
+        DNS_TIMING,
+        "",
+        "http: {listen: '127.0.0.1:0'}\n",
+    );
+    w.upstream.set(&[
+        ("api.ee.test", "198.18.0.1"),
+        ("wide.ee.test", "198.18.0.2"),
+    ]);
+    w.env.write_se("api.yaml", &se("api", API));
+    let mut d = w.start_daemon();
+    let ns = w.env.netns.name.clone();
+    assert_eq!(w.getent(&ns, "api.ee.test"), ["198.18.0.1"]);
+    assert!(w.getent(&ns, "nope.ee.test").is_empty());
+
+    // A denial on another port of a learned address names the host the workload resolved.
+    let r = connects(&w, &ns, &["tcp:198.18.0.1:9090"]);
+    assert_eq!(result(&r, "tcp:198.18.0.1:9090"), "EPERM");
+    d.wait_for("the denial naming the host", Duration::from_secs(5), |r| {
+        r.iter().any(|r| {
+            r["target"] == "egress_enforcer::event"
+                && r["port"] == 9090
+                && r["hosts"] == "api.ee.test"
+                && r["nearest"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("8080/tcp"))
+        })
+    });
+
+    // inspect: the learned rule with its name, entry and time left.
+    let rules = w.env.inspect("rules");
+    let learned: Vec<&serde_json::Value> = rules["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter(|r| r["kind"] == "learned")
+        .collect();
+    assert_eq!(learned.len(), 1, "{rules}");
+    assert_eq!(learned[0]["rule"], "198.18.0.1:8080/tcp");
+    assert_eq!(learned[0]["names"], serde_json::json!(["api.ee.test"]));
+    assert!(
+        learned[0]["source"]
+            .as_str()
+            .is_some_and(|s| s.contains("ServiceEntry"))
+    );
+    assert!(
+        learned[0]["expires_in_secs"]
+            .as_u64()
+            .is_some_and(|s| s <= 4)
+    );
+
+    // /metrics: queries by verdict, latency histogram, learned rules.
+    let body = w.http_get(d.http_addr(), "/metrics");
+    let m = |s: &str| e2e::metric(&body, s).unwrap_or_else(|| panic!("no {s} in\n{body}"));
+    assert!(m(r#"egress_enforcer_dns_proxy_queries_total{verdict="allowed"}"#) >= 2.0);
+    assert!(m(r#"egress_enforcer_dns_proxy_queries_total{verdict="refused"}"#) >= 2.0);
+    assert_eq!(
+        m(r#"egress_enforcer_dns_proxy_queries_total{verdict="servfail"}"#),
+        0.0
+    );
+    assert!(m("egress_enforcer_dns_proxy_latency_seconds_count") >= 4.0);
+    assert_eq!(m("egress_enforcer_dns_learned_rules"), 1.0);
+}
+
+#[test]
+fn an_answer_that_cannot_be_allowed_is_servfail() {
+    // Room for one learned rule: an answer with two addresses cannot be allowed whole.
+    let w = DnsWorld::new(
+        "dnsaware-full",
+        "enforce",
+        DNS_TIMING,
+        "",
+        "maps: {learnedRules: 1}\n",
+    );
+    w.upstream
+        .set(&[("api.ee.test", "198.18.0.1"), ("api.ee.test", "198.18.0.2")]);
+    w.env.write_se("api.yaml", &se("api", API));
+    let mut d = w.start_daemon();
+    let ns = w.env.netns.name.clone();
+    let out = w.workload(&["dig", "+tries=1", "@198.18.30.53", "api.ee.test", "A"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("status: SERVFAIL"), "{text}");
+    let r = connects(&w, &ns, &["tcp:198.18.0.1:8080", "tcp:198.18.0.2:8080"]);
+    assert_eq!(result(&r, "tcp:198.18.0.1:8080"), "EPERM");
+    assert_eq!(result(&r, "tcp:198.18.0.2:8080"), "EPERM");
+    d.wait_for("the commit failure", Duration::from_secs(5), |r| {
+        r.iter().any(|r| {
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("could not be allowed"))
+        })
+    });
+}

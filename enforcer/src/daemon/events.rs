@@ -39,10 +39,16 @@ struct Owner {
 }
 
 /// Address → owners, rebuilt after every apply.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct EventIndex {
     by_addr: HashMap<IpAddr, Vec<Owner>>,
     nets: Vec<(Net, Owner)>,
+    /// DNS-aware mode: the names the workloads resolved to an address, asked at explain time
+    /// (they change with every answer), and the rule sources to name their entries.
+    learned: Option<(
+        std::sync::Arc<crate::dnsproxy::server::Proxy>,
+        std::collections::BTreeMap<u32, String>,
+    )>,
 }
 
 /// What the index says about one destination.
@@ -101,12 +107,45 @@ impl EventIndex {
         idx
     }
 
+    /// Adds DNS-aware mode's learned names.
+    pub fn with_learned(
+        mut self,
+        proxy: Option<std::sync::Arc<crate::dnsproxy::server::Proxy>>,
+        compiled: &CompiledPolicy,
+    ) -> Self {
+        self.learned = proxy.map(|p| (p, compiled.sources.clone()));
+        self
+    }
+
+    /// The owners of `addr` through names a workload resolved to it.
+    fn learned_owners(&self, addr: IpAddr) -> Vec<Owner> {
+        let Some((proxy, sources)) = &self.learned else {
+            return Vec::new();
+        };
+        proxy
+            .owners_of(addr)
+            .into_iter()
+            .map(|(name, targets)| Owner {
+                host: Some(name),
+                sources: targets
+                    .values()
+                    .filter_map(|id| sources.get(id).cloned())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
+                targets: targets.keys().copied().collect(),
+            })
+            .collect()
+    }
+
     pub fn explain(&self, addr: IpAddr, denied: bool) -> Explanation {
+        let learned = self.learned_owners(addr);
         let mut owners: Vec<&Owner> = self
             .by_addr
             .get(&addr)
             .map(|v| v.iter().collect())
             .unwrap_or_default();
+        owners.extend(learned.iter());
         owners.extend(
             self.nets
                 .iter()

@@ -548,7 +548,8 @@ impl Daemon {
             warn!("cannot record the DNS answers for the next start: {e:#}");
         }
         if let Ok(mut idx) = self.index.write() {
-            *idx = EventIndex::build(&self.current.compiled, resolved);
+            *idx = EventIndex::build(&self.current.compiled, resolved)
+                .with_learned(self.proxy.clone(), &self.current.compiled);
         }
         if stats.added + stats.removed > 0 {
             info!(

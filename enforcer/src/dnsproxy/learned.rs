@@ -247,6 +247,18 @@ impl LearnedTable {
         self.entries
     }
 
+    /// The names `addr` was learned for.
+    pub fn names_of(&self, addr: IpAddr) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .by_name
+            .iter()
+            .filter(|(_, a)| a.contains_key(&addr))
+            .map(|(n, _)| n.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Every name an address was learned for (for events and `inspect`).
     pub fn names_by_addr(&self) -> HashMap<IpAddr, BTreeSet<String>> {
         let mut out: HashMap<IpAddr, BTreeSet<String>> = HashMap::new();

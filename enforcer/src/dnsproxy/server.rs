@@ -230,6 +230,20 @@ impl Proxy {
         lock(&self.state).maps.set_exempt(ids)
     }
 
+    /// The names a workload resolved to `addr`, each with its targets under the policy in
+    /// force (for events). Linear in the learned entries; events are few and aggregated.
+    pub fn owners_of(&self, addr: IpAddr) -> Vec<(String, super::names::Targets)> {
+        let names = lock(&self.state).learned.names_of(addr);
+        let s = self.settings();
+        names
+            .into_iter()
+            .filter_map(|n| match s.table.classify(&n) {
+                Class::Registered(t) if !t.is_empty() => Some((n, t)),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn with_learned<R>(&self, f: impl FnOnce(&LearnedTable) -> R) -> R {
         f(&lock(&self.state).learned)
     }
