@@ -125,42 +125,67 @@ pub fn test(unit_only: bool) -> anyhow::Result<()> {
         .context("benchmark smoke test (cargo xtask bench --quick)")
 }
 
-/// Runs the ServiceEntry fuzz target for a bounded time (`EE_FUZZ_SECS`, default 30), seeded
-/// with the conformance corpus and the shipped examples. A crash, leak, timeout or memory
-/// blow-up fails the step and leaves the input in fuzz/artifacts/.
+/// Runs each fuzz target for a bounded time (`EE_FUZZ_SECS` each, default 30): ServiceEntry
+/// decoding, seeded with the conformance corpus, the shipped examples and hostile shapes; and
+/// DNS-aware mode's message handling, seeded with queries and answers. A crash, leak, timeout
+/// or memory blow-up fails the step and leaves the input in fuzz/artifacts/.
 fn fuzz() -> anyhow::Result<()> {
     let secs: u64 = std::env::var("EE_FUZZ_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
     let root = workspace_root();
-    let corpus = root.join("fuzz/corpus/serviceentry");
-    std::fs::create_dir_all(&corpus)?;
     let data = root.join("enforcer/tests/data/istio-serviceentry");
+    fuzz_target(
+        "serviceentry",
+        "ServiceEntry decoding",
+        &[
+            data.join("valid"),
+            data.join("warning"),
+            data.join("invalid"),
+            root.join("config/serviceentries"),
+            // Hostile shapes (deep nesting, aliases, many documents, go-yaml's flow colons).
+            root.join("fuzz/seeds/hostile"),
+        ],
+        65_536,
+        secs,
+    )?;
+    fuzz_target(
+        "dns_message",
+        "DNS proxy message handling",
+        &[root.join("fuzz/seeds/dns")],
+        // The largest DNS message (over TCP).
+        65_535,
+        secs,
+    )
+}
+
+fn fuzz_target(
+    target: &str,
+    what: &str,
+    seeds: &[std::path::PathBuf],
+    max_len: usize,
+    secs: u64,
+) -> anyhow::Result<()> {
+    let root = workspace_root();
+    let corpus = root.join("fuzz/corpus").join(target);
+    std::fs::create_dir_all(&corpus)?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root.join("fuzz"))
         .env("AYA_BUILD_SKIP", "1")
         .env_remove("RUSTUP_TOOLCHAIN")
-        .args(["+nightly", "fuzz", "run", "serviceentry", "--fuzz-dir", "."])
+        .args(["+nightly", "fuzz", "run", target, "--fuzz-dir", "."])
         .arg(&corpus)
-        .arg(data.join("valid"))
-        .arg(data.join("warning"))
-        .arg(data.join("invalid"))
-        .arg(root.join("config/serviceentries"))
-        // Hostile shapes (deep nesting, aliases, many documents, go-yaml's flow colons).
-        .arg(root.join("fuzz/seeds/hostile"))
+        .args(seeds)
         .args([
             "--",
             &format!("-max_total_time={secs}"),
             "-rss_limit_mb=2048",
             "-timeout=10",
-            "-max_len=65536",
+            &format!("-max_len={max_len}"),
             "-print_final_stats=1",
         ]);
-    step(
-        &format!("fuzz ServiceEntry decoding for {secs} s"),
-        &mut cmd,
-    )
+    step(&format!("fuzz {what} for {secs} s"), &mut cmd)
 }
 
 /// Sum of cargo's per-binary "test result" lines, printed once at the end so the whole run
