@@ -468,3 +468,74 @@ fn an_answer_that_cannot_be_allowed_is_servfail() {
         })
     });
 }
+
+/// A v4-mapped query from an IPv6 socket (unconnected `sendto`), printing the reply's source.
+const MAPPED: &str = r#"
+import socket
+q = bytes.fromhex("abcd01000001000000000000") + b"\x03api\x02ee\x04test\x00" + bytes.fromhex("00010001")
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.sendto(q, ("::ffff:198.18.30.53", 53))
+data, peer = s.recvfrom(512)
+print(peer[0], peer[1], len(data))
+"#;
+
+#[test]
+fn exempt_cgroups_reach_their_servers_and_v4_mapped_queries_are_redirected() {
+    let cgroup = format!("ee-e2e/ee-dnsaware-exempt-{}", std::process::id());
+    let w = DnsWorld::new(
+        "dnsaware-exempt",
+        "enforce",
+        DNS_TIMING,
+        &format!(", exemptCgroups: ['{cgroup}/dns']"),
+        "",
+    );
+    assert_eq!(w.env.cgroup, cgroup);
+    std::fs::create_dir_all(w.env.cgroup_path.join("dns")).expect("exempt cgroup");
+    w.upstream.set(&[("api.ee.test", "198.18.0.1")]);
+    w.env.write_se("api.yaml", &se("api", API));
+    let _d = w.start_daemon();
+    let ns = w.env.netns.name.clone();
+
+    // A DNS server running as a workload (here: its client) in the exempt cgroup talks to
+    // its own upstream directly.
+    let out = e2e::run(
+        w.env
+            .cmd()
+            .args(["exec", "--cgroup", &format!("{cgroup}/dns"), "--"])
+            .args(["ip", "netns", "exec", &ns, "dig", "+tries=1", "+time=2"])
+            .args(["@198.18.31.53", "cluster-upstream.secret.test"]),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        w.rogue.was_asked("cluster-upstream.secret.test"),
+        "{}",
+        w.rogue.log_text()
+    );
+    // Its sibling, not exempt, is redirected.
+    let out = w.workload(&[
+        "dig",
+        "+tries=1",
+        "+time=2",
+        "@198.18.31.53",
+        "other.secret.test",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("status: NXDOMAIN"));
+    assert!(!w.rogue.was_asked("other.secret.test"));
+
+    // A v4-mapped destination on an IPv6 socket goes to the proxy too, and the reply shows
+    // the server asked.
+    let out = w.workload(&["/usr/bin/python3", "-c", MAPPED]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("::ffff:198.18.30.53 53 "),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = connects(&w, &ns, &["tcp:198.18.0.1:8080"]);
+    assert_eq!(result(&r, "tcp:198.18.0.1:8080"), "ok");
+}
