@@ -604,6 +604,36 @@ mod tests {
     }
 
     #[test]
+    fn dns_proxy_settings() {
+        let c = parse(
+            "dns: {mode: proxy, proxy: {address: 169.254.20.53, address6: '', port: 5353, upstreams: [198.18.0.53, '[fd00::53]:5353'], passthrough: [cluster.local, Svc.Example.], unregistered: refused, exemptCgroups: [kubepods/coredns], timeout: 1s}}",
+        )
+        .unwrap();
+        assert_eq!(c.dns.mode, DnsMode::Proxy);
+        let p = &c.dns.proxy;
+        assert_eq!(p.address4(), std::net::Ipv4Addr::new(169, 254, 20, 53));
+        assert_eq!(p.address6(), None);
+        assert_eq!(p.upstream_addrs()[0].port(), 53);
+        assert_eq!(p.unregistered, Unregistered::Refused);
+        for bad in [
+            "dns: {mode: proxied}",
+            "dns: {proxy: {address: '::1'}}",
+            "dns: {proxy: {address: 0.0.0.0}}",
+            "dns: {proxy: {address6: 127.0.0.1}}",
+            "dns: {proxy: {address6: '::ffff:127.0.0.1'}}",
+            "dns: {proxy: {port: 0}}",
+            "dns: {proxy: {upstreams: [resolver.example]}}",
+            "dns: {proxy: {passthrough: ['*.cluster.local']}}",
+            "dns: {proxy: {exemptCgroups: [../x]}}",
+            "dns: {proxy: {timeout: 0s}}",
+            "dns: {proxy: {unregistered: drop}}",
+        ] {
+            let e = parse(bad).expect_err(bad);
+            assert!(format!("{e:#}").contains("dns"), "{bad}: {e:#}");
+        }
+    }
+
+    #[test]
     fn resolv_conf() {
         let ips = resolv_conf_nameservers(
             "# x\nsearch a.b\nnameserver 10.0.0.2\nnameserver fe80::1%eth0\noptions ndots:5\nnameserver bogus\n",

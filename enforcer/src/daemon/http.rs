@@ -10,7 +10,6 @@ use std::{
 };
 
 use anyhow::Context as _;
-use enforcer_common::PROGRAM_NAMES;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
@@ -28,6 +27,8 @@ const READ_DEADLINE: Duration = Duration::from_secs(5);
 pub struct State {
     pub layout: PinLayout,
     pub metrics: Arc<DaemonMetrics>,
+    /// DNS-aware mode: the DNS programs must be attached too.
+    dns_aware: bool,
     /// The last health check, refreshed every [`HEALTH_EVERY`] off the runtime: `/healthz`
     /// answers from it at once, whatever the daemon is busy with.
     health: RwLock<Result<(), String>>,
@@ -41,11 +42,12 @@ const MAX_CONNECTIONS: usize = 64;
 
 impl State {
     /// Checks the links once, so that the first request already has an answer.
-    pub fn new(layout: PinLayout, metrics: Arc<DaemonMetrics>) -> Self {
-        let health = RwLock::new(check_attached(&layout));
+    pub fn new(layout: PinLayout, metrics: Arc<DaemonMetrics>, dns_aware: bool) -> Self {
+        let health = RwLock::new(check_attached(&layout, dns_aware));
         Self {
             layout,
             metrics,
+            dns_aware,
             health,
         }
     }
@@ -64,7 +66,7 @@ pub async fn watch_health(state: Arc<State>) {
     loop {
         tick.tick().await;
         let s = Arc::clone(&state);
-        let checked = tokio::task::spawn_blocking(move || check_attached(&s.layout))
+        let checked = tokio::task::spawn_blocking(move || check_attached(&s.layout, s.dns_aware))
             .await
             .unwrap_or_else(|e| Err(format!("health check failed: {e}")));
         if let Ok(mut h) = state.health.write() {
@@ -125,8 +127,9 @@ pub fn route(
     }
 }
 
-/// Every pinned link directory has all four programs, and the kernel still knows each link.
-pub fn check_attached(layout: &PinLayout) -> Result<(), String> {
+/// Every pinned link directory has all the mode's programs, and the kernel still knows each
+/// link.
+pub fn check_attached(layout: &PinLayout, dns_aware: bool) -> Result<(), String> {
     let rows = links::list(layout);
     if rows.is_empty() {
         return Err("no program is attached (no pinned links)".to_owned());
@@ -145,8 +148,8 @@ pub fn check_attached(layout: &PinLayout) -> Result<(), String> {
     let mut cgroups: Vec<&str> = rows.iter().map(|r| r.cgroup.as_str()).collect();
     cgroups.dedup();
     for cg in cgroups {
-        for hook in PROGRAM_NAMES {
-            if !rows.iter().any(|r| r.cgroup == cg && r.hook == hook) {
+        for hook in crate::dataplane::attached_programs(dns_aware) {
+            if !rows.iter().any(|r| r.cgroup == cg && r.hook == *hook) {
                 return Err(format!("{hook} is not attached to {cg}"));
             }
         }
@@ -338,6 +341,7 @@ mod tests {
         let state = Arc::new(State::new(
             PinLayout::new(std::path::Path::new("/nonexistent-bpffs")),
             Arc::new(DaemonMetrics::default()),
+            false,
         ));
         tokio::spawn(serve_at_most(listener, state, 1));
         // Accepted first (the backlog is in order), it holds the slot without a request.

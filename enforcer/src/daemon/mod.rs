@@ -328,7 +328,11 @@ impl Daemon {
         );
         if let Some(listener) = listener {
             info!(listen = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "serving /healthz, /readyz and /metrics");
-            let state = Arc::new(http::State::new(dp.layout().clone(), Arc::clone(&metrics)));
+            let state = Arc::new(http::State::new(
+                dp.layout().clone(),
+                Arc::clone(&metrics),
+                proxy.is_some(),
+            ));
             tokio::spawn(http::watch_health(Arc::clone(&state)));
             tokio::spawn(http::serve(listener, state));
         }

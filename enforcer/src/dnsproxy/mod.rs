@@ -12,5 +12,6 @@ pub mod kernel;
 pub mod learned;
 pub mod message;
 pub mod names;
+pub mod report_limit;
 #[cfg(feature = "runtime")]
 pub mod server;

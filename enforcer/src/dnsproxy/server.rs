@@ -138,6 +138,7 @@ pub struct Proxy {
     state: Mutex<State>,
     pub metrics: Arc<ProxyMetrics>,
     in_flight: Arc<Semaphore>,
+    reports: Mutex<super::report_limit::ReportLimit>,
 }
 
 /// The listening sockets (bound before the kernel starts redirecting to them).
@@ -181,6 +182,7 @@ impl Proxy {
             state: Mutex::new(state),
             metrics: Arc::default(),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            reports: Mutex::default(),
         }
     }
 
@@ -261,7 +263,7 @@ impl Proxy {
         let s = self.settings();
         let (verdict, reply) = match s.table.classify(&q.name) {
             Class::Unregistered if !s.audit => {
-                report(&q, client.as_ref(), peer, "refused");
+                self.report(&q, client.as_ref(), peer, "refused");
                 (Verdict::Refused, message::error_answer(&q, s.unregistered))
             }
             class => {
@@ -311,7 +313,7 @@ impl Proxy {
             }
             Class::Passthrough => Verdict::Passthrough,
             Class::Unregistered => {
-                report(q, client, peer, "would be refused (audit mode)");
+                self.report(q, client, peer, "would be refused (audit mode)");
                 Verdict::Audit
             }
         };
@@ -349,6 +351,20 @@ impl Proxy {
             .learned_rules
             .store(st.learned.len() as u64, Ordering::Relaxed);
         written
+    }
+
+    /// Reports a query for an unregistered name, within the rate limit.
+    fn report(&self, q: &ParsedQuery, client: Option<&DnsSocket>, peer: SocketAddr, what: &str) {
+        let d = lock(&self.reports).offer(Instant::now());
+        if d.held_before > 0 {
+            warn!(
+                held = d.held_before,
+                "{} reports of unregistered names held back in the last second", d.held_before
+            );
+        }
+        if d.log {
+            report(q, client, peer, what);
+        }
     }
 
     pub async fn serve_udp(self: Arc<Self>, sock: UdpSocket) -> anyhow::Result<()> {

@@ -388,3 +388,42 @@ fn an_ipv6_network_never_covers_ipv4_rules() {
     }
     assert_eq!(rules.prefix.len(), 96);
 }
+
+fn compile_aware(spec: &str) -> CompiledPolicy {
+    let allows = ConfigAllows {
+        dns_aware: true,
+        ..ConfigAllows::default()
+    };
+    compile(&allows, &load(&entry("e", spec)))
+}
+
+#[test]
+fn dns_aware_mode_learns_wildcards_and_dynamic_dns_without_notices() {
+    let p = compile_aware(
+        "hosts: [api.example.com, '*.wild.example.com']\nports: [{number: 443, name: https, protocol: TLS}]\nresolution: NONE",
+    );
+    assert_eq!(hosts(&p), ["api.example.com"]);
+    assert_eq!(p.wildcards.keys().collect::<Vec<_>>(), ["wild.example.com"]);
+    assert!(notice_rules(&p).is_empty());
+    let p = compile_aware(
+        "hosts: ['*.example.com', '*foo.example.org']\nports: [{number: 443, name: tls, protocol: TLS}]\nresolution: DYNAMIC_DNS",
+    );
+    assert!(hosts(&p).is_empty() && statics(&p).is_empty());
+    assert_eq!(
+        p.wildcards.keys().collect::<Vec<_>>(),
+        ["*foo.example.org", "example.com"]
+    );
+    assert!(notice_rules(&p).is_empty());
+}
+
+#[test]
+fn every_host_of_a_valid_entry_is_registered() {
+    let p = compile_aware(
+        "hosts: [static.example.com]\naddresses: [192.0.2.1]\nports: [{number: 443, name: https, protocol: TLS}]\nresolution: STATIC",
+    );
+    assert!(p.registered.contains("static.example.com"));
+    assert!(
+        hosts(&p).is_empty(),
+        "a STATIC host's answers allow nothing"
+    );
+}
