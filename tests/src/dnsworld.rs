@@ -224,13 +224,44 @@ impl DnsWorld {
 
     /// The daemon, started in the node namespace.
     pub fn start_daemon(&self) -> Daemon {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", self.node.name))
+        self.start_daemon_with_sockets(&[])
+    }
+
+    /// The daemon, passed `sockets` as systemd's socket activation passes them (descriptors
+    /// from 3, `LISTEN_FDS`, and `LISTEN_PID` set to the daemon's own pid by a shell that
+    /// `exec`s it).
+    pub fn start_daemon_with_sockets(&self, sockets: &[std::os::fd::RawFd]) -> Daemon {
+        use std::os::unix::process::CommandExt as _;
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "LISTEN_PID=$$ exec \"$@\"", "sh", "nsenter"])
+            .arg(format!("--net=/run/netns/{}", self.node.name))
             .arg(crate::enforcer_bin())
             .arg("--config")
             .arg(&self.env.config)
             .arg("run")
             .env("RUST_LOG", "info");
+        if !sockets.is_empty() {
+            cmd.env("LISTEN_FDS", sockets.len().to_string());
+            let fds = sockets.to_vec();
+            // SAFETY: only dup2 between fork and exec (async-signal-safe); through high
+            // numbers first, so that no source is overwritten before it is copied.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for (i, fd) in fds.iter().enumerate() {
+                        if libc::dup2(*fd, 100 + i as i32) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    for i in 0..fds.len() {
+                        if libc::dup2(100 + i as i32, 3 + i as i32) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        libc::close(100 + i as i32);
+                    }
+                    Ok(())
+                });
+            }
+        }
         let mut d = spawn_daemon(cmd);
         d.wait_ready();
         d.wait_for("the DNS proxy", Duration::from_secs(10), |r| {
@@ -266,6 +297,46 @@ impl DnsWorld {
     /// Runs `argv` as an enforced workload in the daemon's namespace (the systemd case).
     pub fn host_workload(&self, argv: &[&str]) -> Output {
         self.run_in(&self.node.name.clone(), argv)
+    }
+
+    /// The proxy's sockets (UDP and TCP on both addresses), bound in the node namespace as a
+    /// `.socket` unit would hold them.
+    pub fn proxy_sockets(&self) -> Vec<std::os::fd::OwnedFd> {
+        let node = self.node.name.clone();
+        thread::spawn(move || {
+            let ns = sys::open_netns(&node).expect("node netns");
+            sys::enter_netns(&ns).expect("setns");
+            let mut out: Vec<std::os::fd::OwnedFd> = Vec::new();
+            for a in [format!("{PROXY4}:15053"), format!("[{PROXY6}]:15053")] {
+                out.push(std::net::UdpSocket::bind(&a).expect("bind udp").into());
+                out.push(std::net::TcpListener::bind(&a).expect("bind tcp").into());
+            }
+            out
+        })
+        .join()
+        .expect("binding thread")
+    }
+
+    /// Bytes waiting in the proxy's UDP receive queue (IPv4), from the node's /proc/net/udp.
+    pub fn proxy_udp_queue(&self) -> u64 {
+        let out = run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &self.node.name,
+            "cat",
+            "/proc/net/udp",
+        ]));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                // local_address ends in the port (hex); tx_queue:rx_queue
+                (f.get(1)?.ends_with(&format!(":{:04X}", 15053))).then(|| {
+                    let rx = f.get(4)?.split(':').nth(1)?;
+                    u64::from_str_radix(rx, 16).ok()
+                })?
+            })
+            .sum()
     }
 
     /// GET `path` from the daemon's endpoint, which listens in the node namespace.

@@ -248,6 +248,7 @@ fn with_the_daemon_down_queries_fail_fast_and_learned_rules_stay() {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
+    eprintln!("first answer {first_answer:?} after the restart began; daemon down: {down:?}");
     assert!(
         first_answer < Duration::from_secs(1),
         "first answer {first_answer:?} after the restart"
@@ -538,4 +539,68 @@ fn exempt_cgroups_reach_their_servers_and_v4_mapped_queries_are_redirected() {
     );
     let r = connects(&w, &ns, &["tcp:198.18.0.1:8080"]);
     assert_eq!(result(&r, "tcp:198.18.0.1:8080"), "ok");
+}
+
+#[test]
+fn with_socket_activation_no_query_is_lost_across_a_restart() {
+    let w = DnsWorld::new("dnsaware-sockact", "enforce", DNS_TIMING, "", "");
+    w.upstream.set(&[("api.ee.test", "198.18.0.1")]);
+    w.env.write_se("api.yaml", &se("api", API));
+    // What a .socket unit holds: the sockets outlive every daemon process.
+    let held = w.proxy_sockets();
+    let fds: Vec<i32> = held.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+    let mut d = w.start_daemon_with_sockets(&fds);
+    d.wait_for(
+        "the sockets taken from systemd",
+        Duration::from_secs(5),
+        |r| {
+            r.iter()
+                .filter(|r| r["message"] == "DNS proxy: socket from systemd")
+                .count()
+                == 4
+        },
+    );
+    let ns = w.env.netns.name.clone();
+    assert_eq!(w.getent(&ns, "api.ee.test"), ["198.18.0.1"]);
+
+    d.stop(libc::SIGKILL);
+    // A query sent while no daemon runs waits in the socket...
+    let (w_ns, cfg, cgroup) = (ns.clone(), w.env.config.clone(), w.env.cgroup.clone());
+    let asked = std::time::Instant::now();
+    let query = std::thread::spawn(move || {
+        let out = e2e::run(
+            std::process::Command::new(e2e::enforcer_bin())
+                .arg("--config")
+                .arg(&cfg)
+                .args([
+                    "exec", "--cgroup", &cgroup, "--", "ip", "netns", "exec", &w_ns,
+                ])
+                .args([
+                    "dig",
+                    "+tries=1",
+                    "+time=8",
+                    "+short",
+                    "@198.18.30.53",
+                    "api.ee.test",
+                ]),
+        );
+        (
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            asked.elapsed(),
+        )
+    });
+    let start = std::time::Instant::now();
+    while w.proxy_udp_queue() == 0 {
+        if start.elapsed() > Duration::from_secs(5) {
+            let (answer, took) = query.join().expect("query thread");
+            panic!("the query never reached the held socket: {answer:?} after {took:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // ...and is answered by the next daemon.
+    let _d = w.start_daemon_with_sockets(&fds);
+    let (answer, took) = query.join().expect("query thread");
+    assert_eq!(answer, "198.18.0.1", "the query sent during the restart");
+    eprintln!("a query sent while the daemon was down was answered after {took:?}");
+    drop(held);
 }

@@ -29,7 +29,27 @@ fn systemd_unit_verifies() {
         text.replace("/usr/local/bin/egress-enforcer", &bin.display().to_string()),
     )
     .expect("unit copy");
-    let out = run(Command::new("systemd-analyze").arg("verify").arg(&copy));
+    // The socket unit of DNS-aware mode, verified with the service it starts.
+    let socket = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../config/systemd/egress-enforcer.socket");
+    let socket_text = std::fs::read_to_string(&socket).expect("the socket unit");
+    for key in [
+        "ListenDatagram=127.0.0.1:15053",
+        "ListenStream=127.0.0.1:15053",
+        "Service=egress-enforcer.service",
+    ] {
+        assert!(
+            socket_text.contains(key),
+            "{} lacks {key}",
+            socket.display()
+        );
+    }
+    let socket_copy = dir.join("egress-enforcer.socket");
+    std::fs::write(&socket_copy, socket_text).expect("socket copy");
+    let out = run(Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .arg(&socket_copy));
     let _ = std::fs::remove_dir_all(&dir);
     let report = format!(
         "{}{}",
@@ -43,7 +63,7 @@ fn systemd_unit_verifies() {
     // Warnings (unknown keys, bad values) do not fail verify: none may be printed.
     let warnings: Vec<&str> = report
         .lines()
-        .filter(|l| l.contains("egress-enforcer.service"))
+        .filter(|l| l.contains("egress-enforcer.service") || l.contains("egress-enforcer.socket"))
         .collect();
     assert!(
         warnings.is_empty(),

@@ -15,6 +15,8 @@ use crate::workspace_root;
 pub struct Layout {
     pub bin: PathBuf,
     pub unit: PathBuf,
+    /// DNS-aware mode's socket unit (installed, not enabled).
+    pub socket: PathBuf,
     pub etc: PathBuf,
     pub man1: PathBuf,
     /// (generated script name, installed path), where each shell looks by default.
@@ -33,6 +35,7 @@ impl Layout {
         Self {
             bin: prefix.join("bin/egress-enforcer"),
             unit: etc.join("systemd/system/egress-enforcer.service"),
+            socket: etc.join("systemd/system/egress-enforcer.socket"),
             etc: etc.join("egress-enforcer"),
             man1: share.join("man/man1"),
             completions: vec![
@@ -101,6 +104,15 @@ pub fn install(prefix: &Path, binary: &Path) -> anyhow::Result<()> {
     let shipped = std::fs::read_to_string(root.join("config/systemd/egress-enforcer.service"))?;
     std::fs::write(&l.unit, l.unit_text(&shipped))?;
     eprintln!("installed {}", l.unit.display());
+    std::fs::copy(
+        root.join("config/systemd/egress-enforcer.socket"),
+        &l.socket,
+    )
+    .with_context(|| format!("installing {}", l.socket.display()))?;
+    eprintln!(
+        "installed {} (for dns.mode: proxy; not enabled)",
+        l.socket.display()
+    );
     docs(&l, binary)?;
     for (what, from, to) in [
         ("config", "config/config.yaml", l.etc.join("config.yaml")),

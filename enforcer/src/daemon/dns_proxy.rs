@@ -13,7 +13,7 @@ use std::{
 use hickory_proto::op::ResponseCode;
 use tracing::{error, info, warn};
 
-use super::policy::LoadedPolicy;
+use super::{policy::LoadedPolicy, sd_listen::Inherited};
 use crate::{
     config::{Config, DnsMode, Mode, Unregistered},
     dataplane::{cgroup, pins::PinLayout, sources},
@@ -30,11 +30,23 @@ pub fn enabled(cfg: &Config) -> bool {
     cfg.dns.mode == DnsMode::Proxy
 }
 
-/// Binds the proxy's addresses; done before anything changes in the kernel, so that a taken
-/// port is reported as a config error.
-pub async fn bind(cfg: &Config) -> anyhow::Result<Sockets> {
+/// Binds the proxy's addresses, or takes the sockets systemd holds for them (socket
+/// activation); done before anything changes in the kernel, so that a taken port is reported
+/// as a config error. Inherited sockets that match no proxy address are closed, with a warning.
+pub async fn bind(cfg: &Config, mut inherited: Vec<Inherited>) -> anyhow::Result<Sockets> {
     let p = &cfg.dns.proxy;
-    Sockets::bind(p.address4(), p.address6(), p.port).await
+    let sockets = Sockets::bind(p.address4(), p.address6(), p.port, |addr, stream| {
+        let i = inherited
+            .iter()
+            .position(|s| s.addr == addr && s.stream == stream)?;
+        info!(%addr, stream, "DNS proxy: socket from systemd");
+        Some(inherited.swap_remove(i).fd)
+    })
+    .await?;
+    for s in inherited {
+        warn!(addr = %s.addr, stream = s.stream, "an inherited socket matches no dns.proxy address; closed");
+    }
+    Ok(sockets)
 }
 
 pub fn settings(policy: &LoadedPolicy) -> Settings {

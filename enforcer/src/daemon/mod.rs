@@ -10,6 +10,7 @@ pub mod http;
 pub mod metrics;
 mod policy;
 mod reload;
+mod sd_listen;
 mod sd_notify;
 mod watch;
 
@@ -219,6 +220,8 @@ pub fn run(opts: RunOptions) -> Result<(), Failure> {
     let first =
         policy::load(opts.config.as_deref(), &opts.allow).map_err(|e| Failure::User(e.into()))?;
     logging::init(first.config.log.format);
+    // Before any thread exists: this unsets the activation variables.
+    let inherited = sd_listen::take();
     // Two workers: parsing, map writes and cgroup walks run in `block_in_place` or on the
     // blocking pool, and the other worker keeps serving events, DNS and /healthz meanwhile.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -226,7 +229,7 @@ pub fn run(opts: RunOptions) -> Result<(), Failure> {
         .enable_all()
         .build()
         .runtime()?;
-    rt.block_on(Daemon::serve(opts, first))
+    rt.block_on(Daemon::serve(opts, first, inherited))
 }
 
 struct Daemon {
@@ -246,7 +249,11 @@ struct Daemon {
 }
 
 impl Daemon {
-    async fn serve(opts: RunOptions, first: LoadedPolicy) -> Result<(), Failure> {
+    async fn serve(
+        opts: RunOptions,
+        first: LoadedPolicy,
+        inherited: Vec<sd_listen::Inherited>,
+    ) -> Result<(), Failure> {
         // Handlers first: a SIGHUP (e.g. systemd's reload) during start-up must not kill us.
         let mut term = signal(SignalKind::terminate()).runtime()?;
         let mut int = signal(SignalKind::interrupt()).runtime()?;
@@ -269,7 +276,7 @@ impl Daemon {
             None => None,
         };
         let proxy_sockets = if dns_proxy::enabled(&first.config) {
-            Some(dns_proxy::bind(&first.config).await.user()?)
+            Some(dns_proxy::bind(&first.config, inherited).await.user()?)
         } else {
             None
         };

@@ -148,7 +148,14 @@ pub struct Sockets {
 }
 
 impl Sockets {
-    pub async fn bind(v4: Ipv4Addr, v6: Option<Ipv6Addr>, port: u16) -> anyhow::Result<Self> {
+    /// Binds the proxy's UDP and TCP sockets on each address, or takes an already bound
+    /// one from `inherited(addr, stream)` (systemd socket activation).
+    pub async fn bind(
+        v4: Ipv4Addr,
+        v6: Option<Ipv6Addr>,
+        port: u16,
+        mut inherited: impl FnMut(SocketAddr, bool) -> Option<std::os::fd::OwnedFd>,
+    ) -> anyhow::Result<Self> {
         let mut addrs = vec![SocketAddr::new(IpAddr::V4(v4), port)];
         addrs.extend(v6.map(|a| SocketAddr::new(IpAddr::V6(a), port)));
         let mut out = Self {
@@ -156,16 +163,28 @@ impl Sockets {
             tcp: Vec::new(),
         };
         for a in addrs {
-            out.udp.push(
-                UdpSocket::bind(a)
+            let udp = match inherited(a, false) {
+                Some(fd) => {
+                    let s = std::net::UdpSocket::from(fd);
+                    s.set_nonblocking(true)?;
+                    UdpSocket::from_std(s)?
+                }
+                None => UdpSocket::bind(a)
                     .await
                     .with_context(|| format!("DNS proxy: binding UDP {a}"))?,
-            );
-            out.tcp.push(
-                TcpListener::bind(a)
+            };
+            let tcp = match inherited(a, true) {
+                Some(fd) => {
+                    let s = std::net::TcpListener::from(fd);
+                    s.set_nonblocking(true)?;
+                    TcpListener::from_std(s)?
+                }
+                None => TcpListener::bind(a)
                     .await
                     .with_context(|| format!("DNS proxy: binding TCP {a}"))?,
-            );
+            };
+            out.udp.push(udp);
+            out.tcp.push(tcp);
         }
         Ok(out)
     }
