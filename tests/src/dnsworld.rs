@@ -21,6 +21,9 @@ pub const UPSTREAM4: &str = "198.18.30.53";
 pub const UPSTREAM6: &str = "fd00:30::53";
 /// A second resolver on the node that workloads must never reach directly.
 pub const ROGUE4: &str = "198.18.31.53";
+/// Where `start_rotor` servers listen (port 53), on the node's `lo`.
+pub const ROTOR4: &str = "198.18.32.53";
+pub const ROTOR4_B: &str = "198.18.33.53";
 
 /// Short lifetimes, for tests that watch learned rules expire.
 pub const DNS_TIMING: &str = "minTtl: 1s, maxTtl: 30s, staleGrace: 3s";
@@ -122,6 +125,16 @@ impl Drop for Upstream {
     }
 }
 
+/// A running `ee-dns-rotor`, killed when dropped.
+pub struct Rotor(Child);
+
+impl Drop for Rotor {
+    fn drop(&mut self) {
+        let _ignored = self.0.kill();
+        let _ignored = self.0.wait();
+    }
+}
+
 pub struct DnsWorld {
     pub env: Env,
     pub node: Netns,
@@ -170,7 +183,7 @@ impl DnsWorld {
             ]);
             ip(&["-n", ns, "link", "set", dev, "up"]);
         }
-        for a in [PROXY4, UPSTREAM4, ROGUE4] {
+        for a in [PROXY4, UPSTREAM4, ROGUE4, ROTOR4, ROTOR4_B] {
             ip(&["-n", n, "addr", "add", &format!("{a}/32"), "dev", "lo"]);
         }
         for a in [PROXY6, UPSTREAM6] {
@@ -210,6 +223,56 @@ impl DnsWorld {
         );
         world.set_resolv_conf(&world.node.name.clone(), "nameserver 127.0.0.53\n");
         world
+    }
+
+    /// A rotating-answer DNS server (`ee-dns-rotor`) in the node namespace on `listen:53`.
+    pub fn start_rotor(&self, rotor_bin: &Path, listen: &str, args: &[&str]) -> Rotor {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.node.name])
+            .arg(rotor_bin)
+            .args(["--listen", &format!("{listen}:53")])
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("ee-dns-rotor");
+        let start = Instant::now();
+        // Up once it answers: a query from the node namespace, outside any enforced cgroup.
+        loop {
+            let out = run(Command::new("ip")
+                .args(["netns", "exec", &self.node.name])
+                .args([
+                    "dig",
+                    "+short",
+                    "+tries=1",
+                    "+time=1",
+                    &format!("@{listen}"),
+                    "probe.rotor.test",
+                ]));
+            if out.status.success() && !out.stdout.is_empty() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "ee-dns-rotor did not answer"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        Rotor(child)
+    }
+
+    /// Makes every address of `net` local on the workload's `lo` (one listener on 0.0.0.0
+    /// then accepts connections to any answer of a rotating server).
+    pub fn local_net(&self, net: &str) {
+        ip(&[
+            "-n",
+            &self.env.netns.name,
+            "route",
+            "add",
+            "local",
+            net,
+            "dev",
+            "lo",
+        ]);
     }
 
     /// What `ip netns exec NS` shows as /etc/resolv.conf.

@@ -107,6 +107,7 @@ impl DaemonMetrics {
                 learned_rules: get(&p.learned_rules),
                 commit_failures: get(&p.commit_failures),
                 latency: p.latency.clone(),
+                commit: p.commit.clone(),
             }),
             apply_age_secs: self
                 .last_apply
@@ -124,6 +125,7 @@ struct ProxyValues {
     learned_rules: u64,
     commit_failures: u64,
     latency: prometheus_client::metrics::histogram::Histogram,
+    commit: prometheus_client::metrics::histogram::Histogram,
 }
 
 #[derive(Debug, Clone)]
@@ -293,6 +295,12 @@ fn encode_proxy(enc: &mut DescriptorEncoder<'_>, p: &ProxyValues) -> Result<(), 
         "From a query's arrival at the proxy to its answer (upstream time and commit included)",
         None,
         p.latency.metric_type(),
+    )?)?;
+    p.commit.encode(enc.encode_descriptor(
+        "egress_enforcer_dns_proxy_commit_seconds",
+        "From an upstream answer parsed to its addresses allowed in the kernel",
+        None,
+        p.commit.metric_type(),
     )?)?;
     let g = ConstGauge::new(i64::try_from(p.learned_rules).unwrap_or(i64::MAX));
     g.encode(enc.encode_descriptor(

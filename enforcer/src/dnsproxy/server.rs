@@ -60,11 +60,19 @@ pub const LATENCY_BUCKETS: [f64; 12] = [
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0,
 ];
 
+/// The commit histogram's buckets: 1 µs to 10 ms.
+pub const COMMIT_BUCKETS: [f64; 13] = [
+    0.000_001, 0.000_002, 0.000_005, 0.000_01, 0.000_02, 0.000_03, 0.000_05, 0.000_1, 0.000_2,
+    0.000_5, 0.001, 0.002, 0.01,
+];
+
 #[derive(Debug)]
 pub struct ProxyMetrics {
     pub verdicts: [AtomicU64; 5],
     /// From a query's arrival to its answer being ready to send.
     pub latency: prometheus_client::metrics::histogram::Histogram,
+    /// From an answer parsed to its addresses in the kernel (journal and map writes).
+    pub commit: prometheus_client::metrics::histogram::Histogram,
     pub learned_rules: AtomicU64,
     pub commit_failures: AtomicU64,
 }
@@ -74,6 +82,7 @@ impl Default for ProxyMetrics {
         Self {
             verdicts: Default::default(),
             latency: prometheus_client::metrics::histogram::Histogram::new(LATENCY_BUCKETS),
+            commit: prometheus_client::metrics::histogram::Histogram::new(COMMIT_BUCKETS),
             learned_rules: AtomicU64::new(0),
             commit_failures: AtomicU64::new(0),
         }
@@ -347,6 +356,7 @@ impl Proxy {
         targets: &super::names::Targets,
         learned: &Learned,
     ) -> anyhow::Result<()> {
+        let started = Instant::now();
         let now = kernel::monotonic_ns();
         let addrs: Vec<(IpAddr, u64)> = learned
             .addrs
@@ -369,6 +379,7 @@ impl Proxy {
         self.metrics
             .learned_rules
             .store(st.learned.len() as u64, Ordering::Relaxed);
+        self.metrics.commit.observe(started.elapsed().as_secs_f64());
         written
     }
 
