@@ -141,6 +141,7 @@ pub struct DnsWorld {
     pub upstream: Upstream,
     pub rogue: Upstream,
     resolv_dirs: Vec<PathBuf>,
+    proxy_mode: bool,
 }
 
 impl DnsWorld {
@@ -150,8 +151,15 @@ impl DnsWorld {
         let se_dir = std::env::temp_dir()
             .join(format!("ee-{test}-{}", std::process::id()))
             .join("se");
+        // `dns` may choose the mode itself (resolve mode, for comparisons).
+        let proxy_mode = !dns.contains("mode:") || dns.contains("mode: proxy");
+        let mode_key = if dns.contains("mode:") {
+            ""
+        } else {
+            "mode: proxy, "
+        };
         let config = format!(
-            "dns: {{mode: proxy, {dns}, proxy: {{address: {PROXY4}, address6: '{PROXY6}'{proxy_extra}}}}}\nserviceEntries: [{}]\n{extra}",
+            "dns: {{{mode_key}{dns}, proxy: {{address: {PROXY4}, address6: '{PROXY6}'{proxy_extra}}}}}\nserviceEntries: [{}]\n{extra}",
             se_dir.display()
         );
         let env = Env::new(test, mode, &config);
@@ -216,6 +224,7 @@ impl DnsWorld {
             upstream,
             rogue,
             resolv_dirs: Vec::new(),
+            proxy_mode,
         };
         world.set_resolv_conf(
             &world.env.netns.name.clone(),
@@ -327,10 +336,12 @@ impl DnsWorld {
         }
         let mut d = spawn_daemon(cmd);
         d.wait_ready();
-        d.wait_for("the DNS proxy", Duration::from_secs(10), |r| {
-            r.iter()
-                .any(|r| r["message"] == "DNS proxy answering (DNS-aware mode)")
-        });
+        if self.proxy_mode {
+            d.wait_for("the DNS proxy", Duration::from_secs(10), |r| {
+                r.iter()
+                    .any(|r| r["message"] == "DNS proxy answering (DNS-aware mode)")
+            });
+        }
         d
     }
 

@@ -231,6 +231,8 @@ pub enum Group {
     Daemon,
     /// Per-call cost against nftables and iptables, in-kernel cost, rule loading
     Kernel,
+    /// DNS-aware mode: proxy latency, commit time, never-repeating answers, memory
+    Dns,
 }
 
 pub fn bench(quick: bool, only: Option<Group>) -> anyhow::Result<()> {
@@ -239,6 +241,15 @@ pub fn bench(quick: bool, only: Option<Group>) -> anyhow::Result<()> {
         bail!("the benchmarks load BPF programs and create namespaces: run them as root");
     }
     let wanted = |g: Group| only.is_none_or(|o| o == g);
+    // The harness's DnsWorld starts this binary (the release build made below). Set before
+    // any thread of this process exists.
+    // SAFETY: single-threaded here; nothing reads the environment concurrently.
+    unsafe {
+        std::env::set_var(
+            "EE_BIN",
+            workspace_root().join("target/release/egress-enforcer"),
+        );
+    }
     let runs = if quick { 3 } else { 7 };
     let mut rows = Vec::new();
     if wanted(Group::Engine) {
@@ -257,6 +268,10 @@ pub fn bench(quick: bool, only: Option<Group>) -> anyhow::Result<()> {
             "e2e",
             "--bin",
             "ee-bench-worker",
+            "--bin",
+            "ee-dns-load",
+            "--bin",
+            "ee-dns-rotor",
         ]),
     )?;
     let release = workspace_root().join("target/release");
@@ -266,6 +281,9 @@ pub fn bench(quick: bool, only: Option<Group>) -> anyhow::Result<()> {
     }
     if wanted(Group::Daemon) {
         rows.extend(crate::bench_daemon::daemon_rows(&bin, quick)?);
+    }
+    if wanted(Group::Dns) {
+        rows.extend(crate::bench_dns::dns_rows(&release, quick)?);
     }
     let mut sections = Vec::new();
     let mut kernel_json = serde_json::Value::Null;

@@ -33,7 +33,7 @@ pub fn enabled(cfg: &Config) -> bool {
 /// Binds the proxy's addresses, or takes the sockets systemd holds for them (socket
 /// activation); done before anything changes in the kernel, so that a taken port is reported
 /// as a config error. Inherited sockets that match no proxy address are closed, with a warning.
-pub async fn bind(cfg: &Config, mut inherited: Vec<Inherited>) -> anyhow::Result<Sockets> {
+pub fn bind(cfg: &Config, mut inherited: Vec<Inherited>) -> anyhow::Result<Sockets> {
     let p = &cfg.dns.proxy;
     let sockets = Sockets::bind(p.address4(), p.address6(), p.port, |addr, stream| {
         let i = inherited
@@ -41,8 +41,7 @@ pub async fn bind(cfg: &Config, mut inherited: Vec<Inherited>) -> anyhow::Result
             .position(|s| s.addr == addr && s.stream == stream)?;
         info!(%addr, stream, "DNS proxy: socket from systemd");
         Some(inherited.swap_remove(i).fd)
-    })
-    .await?;
+    })?;
     for s in inherited {
         warn!(addr = %s.addr, stream = s.stream, "an inherited socket matches no dns.proxy address; closed");
     }
@@ -147,13 +146,7 @@ pub fn start(
     };
     let proxy = Arc::new(Proxy::new(settings, state));
     let _already = metrics.dns_proxy.set(Arc::clone(&proxy.metrics));
-    for s in sockets.udp {
-        tokio::spawn(Arc::clone(&proxy).serve_udp(s));
-    }
-    for l in sockets.tcp {
-        tokio::spawn(Arc::clone(&proxy).serve_tcp(l));
-    }
-    tokio::spawn(age(Arc::clone(&proxy), cfg.clone(), mount));
+    run_on_own_thread(Arc::clone(&proxy), sockets, cfg.clone(), mount)?;
     info!(
         address = %cfg.dns.proxy.address,
         address6 = %cfg.dns.proxy.address6,
@@ -163,6 +156,40 @@ pub fn start(
         "DNS proxy answering (DNS-aware mode)"
     );
     Ok(proxy)
+}
+
+/// The proxy runs on a thread and runtime of its own: a query is received, forwarded,
+/// committed and answered without crossing threads, and nothing the daemon does (a reload
+/// parsing files, a map apply) delays it.
+fn run_on_own_thread(
+    proxy: Arc<Proxy>,
+    sockets: Sockets,
+    cfg: Config,
+    mount: std::path::PathBuf,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("dns-proxy".to_owned())
+        .spawn(move || {
+            rt.block_on(async move {
+                for s in sockets.udp {
+                    tokio::spawn(log_end("UDP", Arc::clone(&proxy).serve_udp(s)));
+                }
+                for l in sockets.tcp {
+                    tokio::spawn(log_end("TCP", Arc::clone(&proxy).serve_tcp(l)));
+                }
+                age(proxy, cfg, mount).await;
+            });
+        })?;
+    Ok(())
+}
+
+async fn log_end(what: &str, serve: impl std::future::Future<Output = anyhow::Result<()>>) {
+    if let Err(e) = serve.await {
+        error!("DNS proxy: the {what} listener stopped: {e:#}");
+    }
 }
 
 /// Every second: expired learned rules go, and the exempt cgroups follow the ones that exist.

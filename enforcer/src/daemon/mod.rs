@@ -276,7 +276,7 @@ impl Daemon {
             None => None,
         };
         let proxy_sockets = if dns_proxy::enabled(&first.config) {
-            Some(dns_proxy::bind(&first.config, inherited).await.user()?)
+            Some(dns_proxy::bind(&first.config, inherited).user()?)
         } else {
             None
         };

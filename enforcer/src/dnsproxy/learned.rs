@@ -15,6 +15,19 @@ use super::names::{Class, NameTable, Targets};
 /// A kernel write the caller makes.
 pub type Put = (RuleKey, LearnedValue);
 
+/// A name's recorded expiry is rewritten only when it would grow by more than this, so that
+/// a name asked again and again costs a map write, not a record write too. The kernel's
+/// expiry stays exact; the record (and with it a restart, or a reload's revocation) may be
+/// up to this much early.
+pub const RECORD_SLACK_NS: u64 = 1_000_000_000;
+
+/// What one answer changes: kernel writes, and name/address entries to record.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Learn {
+    pub puts: Vec<Put>,
+    pub record: Vec<(IpAddr, u64)>,
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{wanted} learned addresses do not fit ({max} at most); raise maps.learnedRules")]
 pub struct Full {
@@ -99,14 +112,14 @@ impl LearnedTable {
         name: &str,
         targets: &Targets,
         addrs: &[(IpAddr, u64)],
-    ) -> Result<Vec<Put>, Full> {
+    ) -> Result<Learn, Full> {
         let addrs: Vec<(IpAddr, u64)> = addrs
             .iter()
             .copied()
             .filter(|(ip, _)| usable(*ip))
             .collect();
         if targets.is_empty() || addrs.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Learn::default());
         }
         let known = self.by_name.get(name);
         let new_entries = addrs
@@ -133,10 +146,13 @@ impl LearnedTable {
             });
         }
         let slot = self.by_name.entry(name.to_owned()).or_default();
-        let mut puts = Vec::new();
+        let mut out = Learn::default();
         for (ip, expires) in addrs {
             let e = slot.entry(ip).or_insert(0);
-            *e = (*e).max(expires);
+            if expires > e.saturating_add(RECORD_SLACK_NS) || *e == 0 {
+                *e = expires;
+                out.record.push((ip, expires));
+            }
             for (key, rule_id) in keys_of(ip, targets) {
                 let v = LearnedValue {
                     rule_id,
@@ -144,12 +160,12 @@ impl LearnedTable {
                     expires_ns: expires,
                 };
                 if let Some(written) = widen(self.keys.entry(key), v) {
-                    puts.push((key, written));
+                    out.puts.push((key, written));
                 }
             }
         }
         self.entries += new_entries;
-        Ok(puts)
+        Ok(out)
     }
 
     /// Forgets everything expired at `now`; returns the rules to delete (those whose last
@@ -300,7 +316,8 @@ mod tests {
                 &targets(&[443]),
                 &[(ip("198.18.0.1"), 100)],
             )
-            .unwrap();
+            .unwrap()
+            .puts;
         assert_eq!(puts.len(), 1);
         let puts = t
             .learn(
@@ -308,11 +325,13 @@ mod tests {
                 &targets(&[443]),
                 &[(ip("198.18.0.1"), 300)],
             )
-            .unwrap();
+            .unwrap()
+            .puts;
         assert_eq!(puts[0].1.expires_ns, 300, "the later expiry wins");
         assert!(
             t.learn("a.example.com", &targets(&[443]), &[(ip("198.18.0.1"), 50)])
                 .unwrap()
+                .puts
                 .is_empty(),
             "an earlier expiry writes nothing"
         );
@@ -320,6 +339,37 @@ mod tests {
         assert_eq!(t.names_by_addr()[&ip("198.18.0.1")].len(), 1);
         assert_eq!(t.sweep(301), vec![rule_key(ip("198.18.0.1"), 443, 6)]);
         assert!(t.is_empty() && t.entries() == 0);
+    }
+
+    #[test]
+    fn a_name_asked_again_is_recorded_only_when_its_expiry_grows_past_the_slack() {
+        let mut t = LearnedTable::new(100);
+        let s = RECORD_SLACK_NS;
+        let first = t
+            .learn(
+                "a.example.com",
+                &targets(&[443]),
+                &[(ip("198.18.0.1"), 10 * s)],
+            )
+            .unwrap();
+        assert_eq!(first.record.len(), 1);
+        let again = t
+            .learn(
+                "a.example.com",
+                &targets(&[443]),
+                &[(ip("198.18.0.1"), 10 * s + s / 2)],
+            )
+            .unwrap();
+        assert!(again.record.is_empty(), "within the slack: no record write");
+        assert_eq!(again.puts.len(), 1, "but the kernel's expiry stays exact");
+        let later = t
+            .learn(
+                "a.example.com",
+                &targets(&[443]),
+                &[(ip("198.18.0.1"), 12 * s)],
+            )
+            .unwrap();
+        assert_eq!(later.record, vec![(ip("198.18.0.1"), 12 * s)]);
     }
 
     #[test]
@@ -335,7 +385,8 @@ mod tests {
                     (ip("::"), 9),
                 ],
             )
-            .unwrap();
+            .unwrap()
+            .puts;
         assert!(puts.is_empty() && t.is_empty());
     }
 

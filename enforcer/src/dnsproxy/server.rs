@@ -148,18 +148,20 @@ pub struct Proxy {
     pub metrics: Arc<ProxyMetrics>,
     in_flight: Arc<Semaphore>,
     reports: Mutex<super::report_limit::ReportLimit>,
+    pool: UpstreamPool,
 }
 
-/// The listening sockets (bound before the kernel starts redirecting to them).
+/// The listening sockets (bound before the kernel starts redirecting to them), as std
+/// sockets: they are registered with the proxy's own runtime when it starts.
 pub struct Sockets {
-    pub udp: Vec<UdpSocket>,
-    pub tcp: Vec<TcpListener>,
+    pub udp: Vec<std::net::UdpSocket>,
+    pub tcp: Vec<std::net::TcpListener>,
 }
 
 impl Sockets {
     /// Binds the proxy's UDP and TCP sockets on each address, or takes an already bound
     /// one from `inherited(addr, stream)` (systemd socket activation).
-    pub async fn bind(
+    pub fn bind(
         v4: Ipv4Addr,
         v6: Option<Ipv6Addr>,
         port: u16,
@@ -173,29 +175,60 @@ impl Sockets {
         };
         for a in addrs {
             let udp = match inherited(a, false) {
-                Some(fd) => {
-                    let s = std::net::UdpSocket::from(fd);
-                    s.set_nonblocking(true)?;
-                    UdpSocket::from_std(s)?
-                }
-                None => UdpSocket::bind(a)
-                    .await
+                Some(fd) => std::net::UdpSocket::from(fd),
+                None => std::net::UdpSocket::bind(a)
                     .with_context(|| format!("DNS proxy: binding UDP {a}"))?,
             };
             let tcp = match inherited(a, true) {
-                Some(fd) => {
-                    let s = std::net::TcpListener::from(fd);
-                    s.set_nonblocking(true)?;
-                    TcpListener::from_std(s)?
-                }
-                None => TcpListener::bind(a)
-                    .await
+                Some(fd) => std::net::TcpListener::from(fd),
+                None => std::net::TcpListener::bind(a)
                     .with_context(|| format!("DNS proxy: binding TCP {a}"))?,
             };
+            udp.set_nonblocking(true)?;
+            tcp.set_nonblocking(true)?;
             out.udp.push(udp);
             out.tcp.push(tcp);
         }
         Ok(out)
+    }
+}
+
+/// Connected UDP sockets to upstream servers, reused for later queries (a socket per query
+/// costs three syscalls). A socket serves one query at a time, at most [`POOL_USES`] times
+/// (its source port is part of what makes answers hard to forge), and one that saw an error
+/// or a timeout is dropped.
+#[derive(Default)]
+struct UpstreamPool {
+    idle: Mutex<std::collections::HashMap<SocketAddr, Vec<(UdpSocket, u32)>>>,
+}
+
+const POOL_USES: u32 = 100;
+const POOL_IDLE_MAX: usize = 64;
+
+impl UpstreamPool {
+    async fn take(&self, server: SocketAddr) -> std::io::Result<(UdpSocket, u32)> {
+        if let Some(s) = lock(&self.idle).get_mut(&server).and_then(Vec::pop) {
+            return Ok(s);
+        }
+        let local: SocketAddr = if server.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let sock = UdpSocket::bind(local).await?;
+        sock.connect(server).await?;
+        Ok((sock, 0))
+    }
+
+    fn give_back(&self, server: SocketAddr, sock: UdpSocket, uses: u32) {
+        if uses >= POOL_USES {
+            return;
+        }
+        let mut idle = lock(&self.idle);
+        let list = idle.entry(server).or_default();
+        if list.len() < POOL_IDLE_MAX {
+            list.push((sock, uses));
+        }
     }
 }
 
@@ -211,6 +244,7 @@ impl Proxy {
             metrics: Arc::default(),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             reports: Mutex::default(),
+            pool: UpstreamPool::default(),
         }
     }
 
@@ -322,7 +356,7 @@ impl Proxy {
         };
         let upstreams = upstreams_for(s, client);
         let deadline = tokio::time::Instant::now() + s.timeout;
-        let answered = ask_any(&upstreams, bytes, q, tcp, deadline).await;
+        let answered = ask_any(&self.pool, &upstreams, bytes, q, tcp, deadline).await;
         let (raw, learned) = match answered {
             Ok(a) => a,
             Err(e) => {
@@ -364,15 +398,15 @@ impl Proxy {
             .map(|(ip, ttl)| (*ip, s.lifetime.expiry(now, *ttl)))
             .collect();
         let mut st = lock(&self.state);
-        let puts = st.learned.learn(name, targets, &addrs)?;
-        if targets.is_empty() || addrs.is_empty() {
-            return Ok(());
-        }
+        let learn = st.learned.learn(name, targets, &addrs)?;
+        let puts = learn.puts;
         // Recorded first: every rule in the kernel has its line (docs/architecture.md).
-        let written = st
-            .journal
-            .append(name, &addrs)
-            .and_then(|()| st.maps.put(&puts));
+        let written = (if learn.record.is_empty() {
+            Ok(())
+        } else {
+            st.journal.append(name, &learn.record)
+        })
+        .and_then(|()| st.maps.put(&puts));
         if written.is_err() {
             st.learned.forget(puts.iter().map(|(k, _)| *k));
         }
@@ -397,8 +431,8 @@ impl Proxy {
         }
     }
 
-    pub async fn serve_udp(self: Arc<Self>, sock: UdpSocket) -> anyhow::Result<()> {
-        let sock = Arc::new(sock);
+    pub async fn serve_udp(self: Arc<Self>, sock: std::net::UdpSocket) -> anyhow::Result<()> {
+        let sock = Arc::new(UdpSocket::from_std(sock)?);
         let mut buf = vec![0u8; message::MAX_MESSAGE];
         loop {
             let (n, peer) = match sock.recv_from(&mut buf).await {
@@ -429,7 +463,8 @@ impl Proxy {
         }
     }
 
-    pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener) -> anyhow::Result<()> {
+    pub async fn serve_tcp(self: Arc<Self>, listener: std::net::TcpListener) -> anyhow::Result<()> {
+        let listener = TcpListener::from_std(listener)?;
         let conns = Arc::new(Semaphore::new(MAX_TCP));
         loop {
             let (stream, peer) = match listener.accept().await {
@@ -517,6 +552,7 @@ pub fn own_netns_cookie() -> u64 {
 
 /// Asks each upstream in turn until one answers, all within `deadline`.
 async fn ask_any(
+    pool: &UpstreamPool,
     upstreams: &[SocketAddr],
     bytes: &[u8],
     q: &ParsedQuery,
@@ -528,7 +564,7 @@ async fn ask_any(
         let r = if tcp {
             timeout_at(deadline, ask_tcp(*server, bytes, q)).await
         } else {
-            timeout_at(deadline, ask_udp(*server, bytes, q)).await
+            timeout_at(deadline, ask_udp(pool, *server, bytes, q)).await
         };
         match r {
             Ok(Ok(a)) => return Ok(a),
@@ -540,25 +576,23 @@ async fn ask_any(
 }
 
 async fn ask_udp(
+    pool: &UpstreamPool,
     server: SocketAddr,
     bytes: &[u8],
     q: &ParsedQuery,
 ) -> anyhow::Result<(Vec<u8>, Learned)> {
-    let local: SocketAddr = if server.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let sock = UdpSocket::bind(local).await?;
-    sock.connect(server).await?;
+    let (sock, uses) = pool.take(server).await?;
     sock.send(bytes).await?;
     let mut buf = vec![0u8; message::MAX_MESSAGE];
     loop {
         let n = sock.recv(&mut buf).await?;
         let raw = buf.get(..n).unwrap_or_default();
-        // Anything else on this socket is dropped, and the real answer awaited.
+        // Anything else on this socket (a late answer to an earlier query, a forgery) is
+        // dropped, and the real answer awaited.
         if let Ok(learned) = message::parse_answer(raw, q) {
-            return Ok((raw.to_vec(), learned));
+            let answer = (raw.to_vec(), learned);
+            pool.give_back(server, sock, uses + 1);
+            return Ok(answer);
         }
     }
 }
