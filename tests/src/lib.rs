@@ -417,7 +417,7 @@ impl Dns {
     /// Config lines pointing the daemon at this server, with short TTLs for tests.
     pub fn config(&self, min_ttl: &str, max_ttl: &str, grace: &str) -> String {
         format!(
-            "dns: {{servers: ['127.0.0.1:{}'], minTtl: {min_ttl}, maxTtl: {max_ttl}, staleGrace: {grace}}}\n",
+            "dns: {{mode: resolve, servers: ['127.0.0.1:{}'], minTtl: {min_ttl}, maxTtl: {max_ttl}, staleGrace: {grace}}}\n",
             self.port
         )
     }
@@ -493,7 +493,7 @@ impl Env {
         std::fs::write(
             &config,
             format!(
-                "mode: {mode}\ncgroups: [{cgroup}]\nbpffs: {}\nlog: {{format: json}}\n{}{}{extra}",
+                "mode: {mode}\ncgroups: [{cgroup}]\nbpffs: {}\nlog: {{format: json}}\n{}{}{}{extra}",
                 bpffs.display(),
                 // Tests run in parallel: each daemon's endpoint gets a free port of its own.
                 if extra.contains("http:") {
@@ -506,6 +506,13 @@ impl Env {
                     ""
                 } else {
                     "allow: {dnsServers: []}\n"
+                },
+                // The daemons of parallel tests share the host's namespace: resolve mode
+                // unless a test chooses (DNS-aware mode's tests have namespaces of their own).
+                if extra.contains("dns:") {
+                    ""
+                } else {
+                    "dns: {mode: resolve}\n"
                 }
             ),
         )
@@ -778,7 +785,10 @@ pub fn env_with_dns(test: &str, mode: &str, extra: &str, grace: &str) -> (Env, D
     let dns = Dns::start(&env.dir, 1);
     let se_dir = env.dir.join("se");
     std::fs::create_dir_all(&se_dir).expect("se dir");
-    let mut cfg = std::fs::read_to_string(&env.config).expect("config");
+    let mut cfg = std::fs::read_to_string(&env.config)
+        .expect("config")
+        // Replaced by the full `dns:` block below.
+        .replace("dns: {mode: resolve}\n", "");
     cfg.push_str(&format!("serviceEntries: [{}]\n", se_dir.display()));
     cfg.push_str(&dns.config("1s", "2s", grace));
     std::fs::write(&env.config, cfg).expect("config");

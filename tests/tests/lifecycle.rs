@@ -14,13 +14,17 @@ fn assert_enforcing(env: &Env, when: &str) {
     assert_eq!(p.result(DENIED), "EPERM", "{when}");
 }
 
+/// Replaces the config the way a careful operator does (write, then rename over), so that the
+/// daemon's file watcher never reads half a file.
 fn rewrite_config(env: &Env, yaml: &str) {
-    std::fs::write(&env.config, yaml).expect("config");
+    let tmp = env.config.with_extension("tmp");
+    std::fs::write(&tmp, yaml).expect("config");
+    std::fs::rename(&tmp, &env.config).expect("config");
 }
 
 fn base_config(env: &Env, mode: &str, cgroup: &str) -> String {
     format!(
-        "mode: {mode}\ncgroups: [{cgroup}]\nbpffs: {}\nlog: {{format: json}}\nallow: {{dnsServers: []}}\nhttp: {{listen: '127.0.0.1:0'}}\n",
+        "mode: {mode}\ncgroups: [{cgroup}]\nbpffs: {}\nlog: {{format: json}}\nallow: {{dnsServers: []}}\nhttp: {{listen: '127.0.0.1:0'}}\ndns: {{mode: resolve}}\n",
         env.bpffs.display()
     )
 }

@@ -136,7 +136,7 @@ fn config(dir: &Path, se_dir: &Path, dns_port: u16, cgroup: &str) -> anyhow::Res
     std::fs::write(
         &path,
         format!(
-            "cgroups: [{cgroup}]\nbpffs: {}\nserviceEntries: [{}]\nallow: {{dnsServers: []}}\ndns: {{servers: ['127.0.0.1:{dns_port}'], concurrency: 64}}\nlog: {{format: json}}\nhttp: {{listen: ''}}\n",
+            "cgroups: [{cgroup}]\nbpffs: {}\nserviceEntries: [{}]\nallow: {{dnsServers: []}}\ndns: {{mode: resolve, servers: ['127.0.0.1:{dns_port}'], concurrency: 64}}\nlog: {{format: json}}\nhttp: {{listen: ''}}\n",
             dir.join("bpffs").display(),
             se_dir.display()
         ),

@@ -323,7 +323,7 @@ fn start_enforcer(bin: &Path, n: usize, diff: usize) -> anyhow::Result<Loaded> {
     std::fs::write(
         &config,
         format!(
-            "cgroups: [{CGROUP}/case]\nbpffs: {}\nserviceEntries: [{}]\nallow: {{dnsServers: []}}\nmaps: {{exactRules: {}, prefixRules: {}}}\nlog: {{format: json}}\nhttp: {{listen: ''}}\n",
+            "cgroups: [{CGROUP}/case]\nbpffs: {}\nserviceEntries: [{}]\nallow: {{dnsServers: []}}\ndns: {{mode: resolve}}\nmaps: {{exactRules: {}, prefixRules: {}}}\nlog: {{format: json}}\nhttp: {{listen: ''}}\n",
             dir.join("bpffs").display(),
             se.display(),
             (n + n / 8).max(1024),
