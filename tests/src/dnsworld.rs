@@ -303,10 +303,16 @@ impl DnsWorld {
     /// from 3, `LISTEN_FDS`, and `LISTEN_PID` set to the daemon's own pid by a shell that
     /// `exec`s it).
     pub fn start_daemon_with_sockets(&self, sockets: &[std::os::fd::RawFd]) -> Daemon {
+        self.start_daemon_as(&[], sockets)
+    }
+
+    /// The daemon, run through `wrapper` (e.g. setpriv with a capability set).
+    pub fn start_daemon_as(&self, wrapper: &[String], sockets: &[std::os::fd::RawFd]) -> Daemon {
         use std::os::unix::process::CommandExt as _;
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "LISTEN_PID=$$ exec \"$@\"", "sh", "nsenter"])
             .arg(format!("--net=/run/netns/{}", self.node.name))
+            .args(wrapper)
             .arg(crate::enforcer_bin())
             .arg("--config")
             .arg(&self.env.config)

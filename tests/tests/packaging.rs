@@ -155,3 +155,25 @@ fn systemd_unit_capabilities_suffice() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// DNS-aware mode (the default) with exactly the unit's capabilities: the DNS programs attach
+/// (one of them a cgroup_skb program), the proxy registers its socket with the kernel, and a
+/// workload's query is answered and allowed.
+#[test]
+fn systemd_unit_capabilities_suffice_for_dns_aware_mode() {
+    use e2e::dnsworld::{DNS_TIMING, DnsWorld};
+
+    let w = DnsWorld::new("unit-caps-dns", "enforce", DNS_TIMING, "", "");
+    w.env.premount_bpffs();
+    w.upstream.set(&[("api.ee.test", "198.18.0.1")]);
+    w.env.write_se(
+        "api.yaml",
+        &e2e::service_entry(
+            "api",
+            "hosts: [api.ee.test]\nports: [{number: 8080, name: http, protocol: HTTP}]\nresolution: DNS",
+        ),
+    );
+    let _d = w.start_daemon_as(&e2e::only_capabilities(&unit_capabilities()), &[]);
+    let ns = w.env.netns.name.clone();
+    assert_eq!(w.getent(&ns, "api.ee.test"), ["198.18.0.1"]);
+}
