@@ -479,6 +479,9 @@ s.settimeout(3)
 s.sendto(q, ("::ffff:198.18.30.53", 53))
 data, peer = s.recvfrom(512)
 print(peer[0], peer[1], len(data))
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.connect(("198.18.30.53", 53))
+print("peer", *c.getpeername())
 "#;
 
 #[test]
@@ -537,6 +540,8 @@ fn exempt_cgroups_reach_their_servers_and_v4_mapped_queries_are_redirected() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // getpeername on a redirected socket shows the server too.
+    assert!(text.contains("peer 198.18.30.53 53"), "{text}");
     let r = connects(&w, &ns, &["tcp:198.18.0.1:8080"]);
     assert_eq!(result(&r, "tcp:198.18.0.1:8080"), "ok");
 }
@@ -642,4 +647,57 @@ fn answers_that_never_repeat_are_all_reachable() {
     );
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(r["ok"], 300, "{r}");
+}
+
+/// One raw query for `name` by an unconnected `sendto` to `server`; prints the reply's rcode.
+const SENDTO: &str = r#"
+import socket, sys
+labels = b"".join(bytes([len(l)]) + l.encode() for l in sys.argv[2].split("."))
+q = bytes.fromhex("beef01000001000000000000") + labels + b"\x00" + bytes.fromhex("00010001")
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.sendto(q, (sys.argv[1], 53))
+data, peer = s.recvfrom(512)
+print(peer[0], "rcode", data[3] & 15)
+"#;
+
+#[test]
+fn configured_upstreams_and_refused_for_unregistered_names() {
+    let w = DnsWorld::new(
+        "dnsaware-upstreams",
+        "enforce",
+        DNS_TIMING,
+        ", upstreams: ['198.18.31.53'], unregistered: refused",
+        "",
+    );
+    // The configured upstream (the "rogue" server here) and the server the workload asks
+    // disagree: the configured one decides.
+    w.upstream.set(&[("api.ee.test", "198.18.0.1")]);
+    w.rogue.set(&[("api.ee.test", "198.18.0.2")]);
+    w.env.write_se("api.yaml", &se("api", API));
+    let _d = w.start_daemon();
+    let ns = w.env.netns.name.clone();
+    assert_eq!(w.getent(&ns, "api.ee.test"), ["198.18.0.2"]);
+    assert!(w.rogue.was_asked("api.ee.test"));
+    assert!(!w.upstream.was_asked("api.ee.test"));
+    let r = connects(&w, &ns, &["tcp:198.18.0.2:8080", "tcp:198.18.0.1:8080"]);
+    assert_eq!(result(&r, "tcp:198.18.0.2:8080"), "ok");
+    assert_eq!(result(&r, "tcp:198.18.0.1:8080"), "EPERM");
+    // An unregistered name, by a raw sendto to any address: REFUSED from the proxy, shown as
+    // coming from the address asked, and nobody upstream hears of it.
+    let out = w.workload(&[
+        "/usr/bin/python3",
+        "-c",
+        SENDTO,
+        "198.18.30.53",
+        "leak.secret.test",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.trim(),
+        "198.18.30.53 rcode 5",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!w.rogue.was_asked("leak.secret.test") && !w.upstream.was_asked("leak.secret.test"));
 }
