@@ -269,6 +269,45 @@ impl DnsWorld {
         Rotor(child)
     }
 
+    /// A CDN-like host: `cdn.rot.test` (a ServiceEntry, port 8080) served by a rotating
+    /// server whose every answer is a fresh address of 198.18.100.0/24 with TTL 0 or 1, all
+    /// of them local in the workload's namespace; the workload resolves through it. Call before
+    /// the daemon starts.
+    pub fn rotating_cdn(&mut self, rotor_bin: &Path) -> Rotor {
+        let rotor = self.start_rotor(
+            rotor_bin,
+            ROTOR4,
+            &["--net", "198.18.100.0/24", "--ttl", "0-1"],
+        );
+        self.local_net("198.18.100.0/24");
+        let ns = self.env.netns.name.clone();
+        self.set_resolv_conf(&ns, &format!("nameserver {ROTOR4}\n"));
+        self.env.write_se(
+            "cdn.yaml",
+            &crate::service_entry(
+                "cdn",
+                "hosts: [cdn.rot.test]\nports: [{number: 8080, name: p, protocol: TLS}]\nresolution: DNS",
+            ),
+        );
+        rotor
+    }
+
+    /// `ee-dns-load resolve-connect` against `rotating_cdn`'s host, as the enforced workload.
+    pub fn resolve_connect(&self, load_bin: &Path, iters: usize) -> Output {
+        let load = load_bin.to_str().expect("utf-8 path");
+        let n = iters.to_string();
+        self.workload(&[
+            load,
+            "resolve-connect",
+            "--name",
+            "cdn.rot.test",
+            "--port",
+            "8080",
+            "--iters",
+            &n,
+        ])
+    }
+
     /// Makes every address of `net` local on the workload's `lo` (one listener on 0.0.0.0
     /// then accepts connections to any answer of a rotating server).
     pub fn local_net(&self, net: &str) {

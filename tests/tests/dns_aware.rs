@@ -616,30 +616,9 @@ fn answers_that_never_repeat_are_all_reachable() {
     // (TTL 0 or 1); resolve mode allows the daemon's own answers, so almost every connect of
     // the workload failed. Here every one must succeed.
     let mut w = DnsWorld::new("dnsaware-rotor", "enforce", DNS_TIMING, "", "");
-    let rotor_bin = e2e::probe_bin().with_file_name("ee-dns-rotor");
-    let load_bin = e2e::probe_bin().with_file_name("ee-dns-load");
-    let _rotor = w.start_rotor(
-        &rotor_bin,
-        e2e::dnsworld::ROTOR4,
-        &["--net", "198.18.100.0/24", "--ttl", "0-1"],
-    );
-    w.local_net("198.18.100.0/24");
-    let ns = w.env.netns.name.clone();
-    w.set_resolv_conf(&ns, &format!("nameserver {}\n", e2e::dnsworld::ROTOR4));
-    w.env
-        .write_se("cdn.yaml", &se("cdn", &entry("cdn.rot.test", 8080, "DNS")));
+    let _rotor = w.rotating_cdn(&e2e::probe_bin().with_file_name("ee-dns-rotor"));
     let _d = w.start_daemon();
-    let load = load_bin.to_str().expect("utf-8 path");
-    let out = w.workload(&[
-        load,
-        "resolve-connect",
-        "--name",
-        "cdn.rot.test",
-        "--port",
-        "8080",
-        "--iters",
-        "300",
-    ]);
+    let out = w.resolve_connect(&e2e::probe_bin().with_file_name("ee-dns-load"), 300);
     assert!(
         out.status.success(),
         "{}",

@@ -168,31 +168,9 @@ fn rotating(t: &Tools, dns_aware: bool, iters: usize) -> anyhow::Result<(f64, St
         )
     };
     let mut w = DnsWorld::new(name, "enforce", &dns, "", &extra);
-    let _rotor = w.start_rotor(
-        &t.rotor,
-        ROTOR4,
-        &["--net", "198.18.100.0/24", "--ttl", "0-1"],
-    );
-    w.local_net("198.18.100.0/24");
-    let ns = w.env.netns.name.clone();
-    w.set_resolv_conf(&ns, &format!("nameserver {ROTOR4}\n"));
-    w.env.write_se(
-        "cdn.yaml",
-        &service_entry("cdn", "hosts: [cdn.rot.test]\nports: [{number: 8080, name: p, protocol: TLS}]\nresolution: DNS"),
-    );
+    let _rotor = w.rotating_cdn(&t.rotor);
     let _d = w.start_daemon();
-    let load = t.load.to_str().context("utf-8 path")?;
-    let n = iters.to_string();
-    let out = w.workload(&[
-        load,
-        "resolve-connect",
-        "--name",
-        "cdn.rot.test",
-        "--port",
-        "8080",
-        "--iters",
-        &n,
-    ]);
+    let out = w.resolve_connect(&t.load, iters);
     let v = json(&out, "ee-dns-load resolve-connect")?;
     let failed = num(&v, "denied")? + num(&v, "other")? + num(&v, "unresolved")?;
     Ok((
