@@ -158,8 +158,22 @@ impl DnsWorld {
         } else {
             "mode: proxy, "
         };
+        // The servers workloads may ask (the proxy forwards to no other), and the daemon's
+        // own resolver, unless the test says.
+        let allow = if extra.contains("allow:") {
+            String::new()
+        } else {
+            format!(
+                "allow: {{dnsServers: [{UPSTREAM4}, '{UPSTREAM6}', 127.0.0.53, {ROTOR4}, {ROTOR4_B}]}}\n"
+            )
+        };
+        let servers = if dns.contains("servers:") {
+            String::new()
+        } else {
+            format!(", servers: ['{UPSTREAM4}']")
+        };
         let config = format!(
-            "dns: {{{mode_key}{dns}, proxy: {{address: {PROXY4}, address6: '{PROXY6}'{proxy_extra}}}}}\nserviceEntries: [{}]\n{extra}",
+            "{allow}dns: {{{mode_key}{dns}{servers}, proxy: {{address: {PROXY4}, address6: '{PROXY6}'{proxy_extra}}}}}\nserviceEntries: [{}]\n{extra}",
             se_dir.display()
         );
         let env = Env::new(test, mode, &config);

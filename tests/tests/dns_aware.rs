@@ -680,3 +680,22 @@ fn configured_upstreams_and_refused_for_unregistered_names() {
     );
     assert!(!w.rogue.was_asked("leak.secret.test") && !w.upstream.was_asked("leak.secret.test"));
 }
+
+#[test]
+fn a_workload_cannot_choose_the_server_whose_answers_are_allowed() {
+    // The rogue resolver is not in allow.dnsServers: a registered name asked there is
+    // forwarded to the trusted resolver instead, so the rogue's answer (198.18.0.2) allows
+    // nothing and never reaches the workload.
+    let w = DnsWorld::new("dnsaware-untrusted", "enforce", DNS_TIMING, "", "");
+    w.upstream.set(&[("api.ee.test", "198.18.0.1")]);
+    w.rogue.set(&[("api.ee.test", "198.18.0.2")]);
+    w.env.write_se("api.yaml", &se("api", API));
+    let _d = w.start_daemon();
+    let ns = w.env.netns.name.clone();
+    let out = w.workload(&["dig", "+short", "+tries=1", "@198.18.31.53", "api.ee.test"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "198.18.0.1");
+    assert!(!w.rogue.was_asked("api.ee.test"), "{}", w.rogue.log_text());
+    let r = connects(&w, &ns, &["tcp:198.18.0.2:8080", "tcp:198.18.0.1:8080"]);
+    assert_eq!(result(&r, "tcp:198.18.0.2:8080"), "EPERM");
+    assert_eq!(result(&r, "tcp:198.18.0.1:8080"), "ok");
+}

@@ -74,6 +74,7 @@ pub fn settings(policy: &LoadedPolicy) -> Settings {
             Unregistered::Refused => ResponseCode::Refused,
         },
         upstreams: p.upstream_addrs(),
+        trusted: cfg.allowed_dns_servers(),
         fallback,
         timeout: p.timeout,
         lifetime: Lifetime {

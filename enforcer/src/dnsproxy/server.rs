@@ -123,8 +123,11 @@ pub struct Settings {
     pub table: NameTable,
     pub audit: bool,
     pub unregistered: ResponseCode,
-    /// `dns.proxy.upstreams`; empty: the server the workload asked.
+    /// `dns.proxy.upstreams`; empty: the server the workload asked, if trusted.
     pub upstreams: Vec<SocketAddr>,
+    /// The servers a workload may choose (`allow.dnsServers`): a query to any other goes to
+    /// `fallback`, or a workload could pick the server whose answers get allowed.
+    pub trusted: Vec<IpAddr>,
     /// When the asked server is unknown or unusable from here: the daemon's own resolvers.
     pub fallback: Vec<SocketAddr>,
     pub timeout: Duration,
@@ -502,9 +505,9 @@ impl Proxy {
     }
 }
 
-/// Where to send a query: the configured upstreams, else the server the workload asked,
-/// unless that is this proxy, or a loopback address of another network namespace (which
-/// from here would be another server).
+/// Where to send a query: the configured upstreams, else the server the workload asked if it
+/// is a trusted one, and not this proxy, nor a loopback address of another network namespace
+/// (which from here would be another server); else the fallback servers.
 fn upstreams_for(s: &Settings, client: Option<&DnsSocket>) -> Vec<SocketAddr> {
     if !s.upstreams.is_empty() {
         return s.upstreams.clone();
@@ -522,6 +525,9 @@ fn upstreams_for(s: &Settings, client: Option<&DnsSocket>) -> Vec<SocketAddr> {
 fn usable_upstream(s: &Settings, c: &DnsSocket) -> bool {
     let v6 = Ipv6Addr::from(c.server);
     let server = v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4);
+    if !s.trusted.contains(&server) {
+        return false;
+    }
     let own = match server {
         IpAddr::V4(v4) => v4 == s.own.0,
         IpAddr::V6(v6) => Some(v6) == s.own.1,
