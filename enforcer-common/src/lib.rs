@@ -27,8 +27,10 @@ pub mod map_names {
     pub const DNS_EXEMPT: &str = "DNS_EXEMPT";
     /// The proxy's socket: present while a proxy (or systemd holding its socket) is there.
     pub const DNS_PROXY: &str = "DNS_PROXY";
+    /// Cookies of the daemon's own upstream sockets, never redirected.
+    pub const DNS_OWN: &str = "DNS_OWN";
     /// All maps that are pinned (and so survive a daemon restart).
-    pub const PINNED: [&str; 10] = [
+    pub const PINNED: [&str; 11] = [
         RULES_EXACT,
         RULES_PREFIX,
         CONFIG,
@@ -39,6 +41,7 @@ pub mod map_names {
         DNS_CLIENTS,
         DNS_EXEMPT,
         DNS_PROXY,
+        DNS_OWN,
     ];
 }
 
@@ -167,12 +170,19 @@ pub struct Config {
     /// The proxy's IPv6 address as in `bpf_sock_addr.user_ip6`; all zero: none, and a query
     /// to an IPv6 server fails.
     pub proxy6: [u32; 4],
+    pub pad2: u32,
+    /// The daemon's network namespace (`SO_NETNS_COOKIE`), for `DNS_LOCAL_PROXY*`.
+    pub netns_cookie: u64,
 }
 
 /// [`Config::dns`]: DNS-aware mode, every query to port 53 goes to the proxy.
 pub const DNS_REDIRECT: u32 = 1;
 /// [`Config::dns`]: `DNS_EXEMPT` has entries (the cgroup walk is needed).
 pub const DNS_HAS_EXEMPT: u32 = 2;
+/// [`Config::dns`]: the IPv4 (IPv6) proxy address is loopback, which only the daemon's own
+/// network namespace reaches: a query from another namespace fails instead.
+pub const DNS_LOCAL_PROXY4: u32 = 4;
+pub const DNS_LOCAL_PROXY6: u32 = 8;
 
 /// No exact rule has port 0 (any port): the second exact lookup cannot match.
 pub const SKIP_EXACT_ANY_PORT: u32 = 1;
@@ -261,7 +271,7 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<RuleKey>(), 24);
         assert_eq!(size_of::<RuleValue>(), 8);
-        assert_eq!(size_of::<Config>(), 44);
+        assert_eq!(size_of::<Config>(), 56);
         assert_eq!(size_of::<LearnedValue>(), 16);
         assert_eq!(size_of::<DnsSocket>(), 56);
         assert_eq!(size_of::<ClientKey>(), 24);

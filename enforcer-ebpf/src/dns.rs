@@ -13,12 +13,12 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockAddrContext},
 };
 use enforcer_common::{
-    ClientKey, Config, DNS_HAS_EXEMPT, DNS_REDIRECT, DnsSocket, Hook, IPPROTO_TCP, IPPROTO_UDP,
-    VERDICT_ALLOW, VERDICT_DENY, VERDICT_REDIRECT,
+    ClientKey, Config, DNS_HAS_EXEMPT, DNS_LOCAL_PROXY4, DNS_LOCAL_PROXY6, DNS_REDIRECT, DnsSocket,
+    Hook, IPPROTO_TCP, IPPROTO_UDP, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY, VERDICT_REDIRECT,
 };
 
 use crate::{
-    maps::{CONFIG, DNS_CLIENTS, DNS_EXEMPT, DNS_PROXY, DNS_SOCKETS},
+    maps::{CONFIG, DNS_CLIENTS, DNS_EXEMPT, DNS_OWN, DNS_PROXY, DNS_SOCKETS},
     programs::{ALLOW, Dest, MAPPED, dest_v4, dest_v6, port_of, sock_addr},
 };
 
@@ -26,8 +26,10 @@ use crate::{
 const MAX_CGROUP_DEPTH: i32 = 16;
 
 /// Sends a query to the proxy, remembering the server it was meant for. Returns the verdict:
-/// redirected, allowed untouched (an exempt cgroup), or denied (no proxy to send it to, so
-/// that the resolver fails at once instead of timing out).
+/// redirected; allowed untouched (the daemon's own upstream socket, an exempt cgroup); or,
+/// when the query cannot reach a proxy (none running, none of this family, or a loopback proxy
+/// asked from another network namespace, where loopback is not the daemon), denied so that the
+/// resolver fails at once instead of timing out, or in audit mode let through and reported.
 #[inline(always)]
 pub(crate) fn redirect(
     ctx: &SockAddrContext,
@@ -35,12 +37,33 @@ pub(crate) fn redirect(
     hook: Hook,
     proto: u8,
     dest: &Dest,
+    audit: bool,
 ) -> u8 {
+    // SAFETY: helper with a valid context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if DNS_OWN.get_ptr(cookie).is_some() {
+        return VERDICT_ALLOW;
+    }
     if cfg.dns & DNS_HAS_EXEMPT != 0 && exempt() {
         return VERDICT_ALLOW;
     }
+    let unreachable = if audit { VERDICT_AUDIT } else { VERDICT_DENY };
     if !proxy_present() {
-        return VERDICT_DENY;
+        return unreachable;
+    }
+    let w = &dest.words;
+    let v4 =
+        matches!(hook, Hook::Connect4 | Hook::Sendmsg4) || (w[0] | w[1] == 0 && w[2] == MAPPED);
+    let local_only = if v4 {
+        DNS_LOCAL_PROXY4
+    } else {
+        DNS_LOCAL_PROXY6
+    };
+    // SAFETY: helper with a valid context.
+    if cfg.dns & local_only != 0
+        && unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != cfg.netns_cookie
+    {
+        return unreachable;
     }
     // SAFETY: the context is valid for the run; these fields are writable in connect and
     // sendmsg hooks, each written with its natural width.
@@ -48,20 +71,19 @@ pub(crate) fn redirect(
     match hook {
         Hook::Connect4 | Hook::Sendmsg4 => {
             if cfg.proxy4 == 0 {
-                return VERDICT_DENY;
+                return unreachable;
             }
             sa.user_ip4 = cfg.proxy4;
         }
         _ => {
-            let w = &dest.words;
-            let to = if w[0] | w[1] == 0 && w[2] == MAPPED {
+            let to = if v4 {
                 [0, 0, MAPPED, cfg.proxy4]
             } else {
                 cfg.proxy6
             };
             // No proxy address of this family: fail the query rather than let it out.
             if to[3] == 0 && to[2] & !MAPPED == 0 && to[1] | to[0] == 0 {
-                return VERDICT_DENY;
+                return unreachable;
             }
             sa.user_ip6[0] = to[0];
             sa.user_ip6[1] = to[1];
@@ -70,14 +92,12 @@ pub(crate) fn redirect(
         }
     }
     sa.user_port = u32::from(cfg.proxy_port.to_be());
-    remember(ctx, proto, dest);
+    remember(ctx, cookie, proto, dest);
     VERDICT_REDIRECT
 }
 
 #[inline(always)]
-fn remember(ctx: &SockAddrContext, proto: u8, dest: &Dest) {
-    // SAFETY: helpers without preconditions beyond a valid context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+fn remember(ctx: &SockAddrContext, cookie: u64, proto: u8, dest: &Dest) {
     let socket = DnsSocket {
         server: dest.addr(),
         server_port: dest.port,

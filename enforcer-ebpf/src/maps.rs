@@ -28,7 +28,9 @@ pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
-/// LRU: a workload opening sockets without end only evicts its own oldest entries.
+/// LRU: bounded whatever the workloads do. A workload that opens sockets without end evicts
+/// the oldest entries, its own and others': a query whose entry is gone gets its answer from
+/// the proxy's address, which the resolver drops (a failed query, never a bypass).
 #[map]
 pub(crate) static DNS_SOCKETS: LruHashMap<u64, DnsSocket> = LruHashMap::with_max_entries(65536, 0);
 
@@ -41,3 +43,7 @@ pub(crate) static DNS_EXEMPT: HashMap<u64, u8> = HashMap::with_max_entries(1024,
 
 #[map]
 pub(crate) static DNS_PROXY: SockMap = SockMap::with_max_entries(1, 0);
+
+/// Cookies of the daemon's own upstream sockets while they connect: never redirected.
+#[map]
+pub(crate) static DNS_OWN: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);

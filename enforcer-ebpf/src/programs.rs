@@ -183,13 +183,12 @@ fn decide(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
         && dest.port == DNS_PORT
         && (proto == IPPROTO_TCP || proto == IPPROTO_UDP)
     {
-        let verdict = dns::redirect(ctx, cfg, hook, proto, &dest);
+        let verdict = dns::redirect(ctx, cfg, hook, proto, &dest, audit);
         count(counter_index(hook as u32, proto_class, verdict as u32));
-        if verdict == VERDICT_DENY {
+        if verdict == VERDICT_DENY || verdict == VERDICT_AUDIT {
             report(hook, proto, verdict, &dest);
-            return DENY;
         }
-        return ALLOW;
+        return if verdict == VERDICT_DENY { DENY } else { ALLOW };
     }
 
     let verdict = if allow_loopback && is_loopback(&dest.words) {

@@ -196,7 +196,13 @@ impl DnsProxy {
                 .with_context(|| format!("dns.proxy.passthrough: {d:?}"))?;
         }
         for c in &self.exempt_cgroups {
-            cgroup_relative(c).with_context(|| format!("dns.proxy.exemptCgroups: {c:?}"))?;
+            let rel =
+                cgroup_relative(c).with_context(|| format!("dns.proxy.exemptCgroups: {c:?}"))?;
+            if rel.is_empty() {
+                bail!(
+                    "dns.proxy.exemptCgroups: {c:?} is the root cgroup: it would exempt every process"
+                );
+            }
         }
         if self.timeout.is_zero() {
             bail!("dns.proxy.timeout: must be more than 0");
@@ -626,6 +632,7 @@ mod tests {
             "dns: {proxy: {upstreams: [resolver.example]}}",
             "dns: {proxy: {passthrough: ['*.cluster.local']}}",
             "dns: {proxy: {exemptCgroups: [../x]}}",
+            "dns: {proxy: {exemptCgroups: [/]}}",
             "dns: {proxy: {timeout: 0s}}",
             "dns: {proxy: {unregistered: drop}}",
         ] {

@@ -699,3 +699,59 @@ fn a_workload_cannot_choose_the_server_whose_answers_are_allowed() {
     assert_eq!(result(&r, "tcp:198.18.0.2:8080"), "EPERM");
     assert_eq!(result(&r, "tcp:198.18.0.1:8080"), "ok");
 }
+
+/// In another namespace, something listens on the loopback port of the proxy (as istio-agent
+/// does on 127.0.0.1:15053); the query must fail at once, not reach it.
+const IMPOSTOR: &str = r#"
+import socket
+impostor = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+impostor.bind(("127.0.0.1", 15053))
+impostor.settimeout(0.5)
+q = bytes.fromhex("abcd01000001000000000000") + b"\x03api\x02ee\x04test\x00" + bytes.fromhex("00010001")
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+try:
+    s.sendto(q, ("198.18.30.53", 53))
+    print("sent")
+except OSError as e:
+    print("errno", e.errno)
+try:
+    impostor.recvfrom(512)
+    print("impostor got it")
+except socket.timeout:
+    print("impostor got nothing")
+"#;
+
+#[test]
+fn a_loopback_proxy_is_never_asked_from_another_namespace() {
+    let mut w = DnsWorld::new("dnsaware-loopback", "enforce", DNS_TIMING, "", "");
+    let cfg = std::fs::read_to_string(&w.env.config).expect("config");
+    let cfg = cfg.replace(
+        "address: 198.18.20.53, address6: 'fd00:20::53'",
+        "address: 127.0.0.1, address6: ''",
+    );
+    assert!(cfg.contains("address: 127.0.0.1"), "{cfg}");
+    std::fs::write(&w.env.config, cfg).expect("config");
+    w.upstream.set(&[("api.ee.test", "198.18.0.1")]);
+    w.env.write_se("api.yaml", &se("api", API));
+    let mut d = w.start_daemon();
+    let out = w.workload(&["/usr/bin/python3", "-c", IMPOSTOR]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        [
+            format!("errno {}", libc::EPERM).as_str(),
+            "impostor got nothing"
+        ],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d.wait_for("the denial of port 53", Duration::from_secs(5), |r| {
+        r.iter().any(|r| {
+            r["target"] == "egress_enforcer::event" && r["port"] == 53 && r["verdict"] == "deny"
+        })
+    });
+    // In the daemon's own namespace the same proxy address works.
+    let node = w.node.name.clone();
+    w.set_resolv_conf(&node, "nameserver 198.18.30.53\n");
+    assert_eq!(w.getent(&node, "api.ee.test"), ["198.18.0.1"]);
+}

@@ -87,27 +87,18 @@ pub fn settings(policy: &LoadedPolicy) -> Settings {
     }
 }
 
-/// The cgroup ids exempt from the redirect: this daemon's own (its upstream queries must
-/// never come back to it) and the configured ones that exist now.
+/// The cgroup ids exempt from the redirect: the configured ones that exist now. (The daemon's
+/// own upstream sockets are exempt by cookie, whatever cgroup it runs in.)
 fn exempt_ids(cfg: &Config, mount: &Path) -> Vec<u64> {
-    let mut ids = Vec::new();
-    if let Some(own) = std::fs::read_to_string("/proc/self/cgroup")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+    cfg.dns
+        .proxy
+        .exempt_cgroups
+        .iter()
+        .filter_map(|c| {
+            let rel = crate::config::cgroup_relative(c).ok()?;
+            std::fs::metadata(mount.join(rel)).ok().map(|m| m.ino())
         })
-        .and_then(|p| std::fs::metadata(mount.join(p.trim_start_matches('/'))).ok())
-    {
-        ids.push(own.ino());
-    }
-    for c in &cfg.dns.proxy.exempt_cgroups {
-        let rel = crate::config::cgroup_relative(c).unwrap_or_default();
-        if let Ok(m) = std::fs::metadata(mount.join(rel)) {
-            ids.push(m.ino());
-        }
-    }
-    ids
+        .collect()
 }
 
 /// Starts the proxy on bound sockets, once the programs are attached.
@@ -124,8 +115,20 @@ pub fn start(
     let mut learned = LearnedTable::new(cfg.maps.learned_rules as usize);
     let left = maps.learned()?;
     let record = sources::state_file(&layout.root, sources::LEARNED);
-    let (journal, entries) = Journal::open(&record)?;
+    let (journal, mut entries) = Journal::open(&record)?;
+    // No restored expiry beyond what a fresh answer could give (a clock stepped back since
+    // the record was written would stretch it).
+    let cap = crate::dnsproxy::kernel::after(
+        crate::dnsproxy::kernel::monotonic_ns(),
+        cfg.dns.max_ttl + cfg.dns.stale_grace,
+    );
+    for addrs in entries.values_mut() {
+        for exp in addrs.values_mut() {
+            *exp = (*exp).min(cap);
+        }
+    }
     learned.restore(&left, entries);
+    warn_about_resolvers_outside();
     let settings = settings(policy);
     // Rules the record justifies under this policy are rewritten (their expiry in this
     // boot's clock), the others go now.
@@ -157,6 +160,27 @@ pub fn start(
         "DNS proxy answering (DNS-aware mode)"
     );
     Ok(proxy)
+}
+
+/// Lookups that glibc hands to a service over a Unix socket (nss-resolve to systemd-resolved,
+/// nscd) are made by that service, outside the enforced cgroups: they never reach the proxy.
+fn warn_about_resolvers_outside() {
+    let nss = std::fs::read_to_string("/etc/nsswitch.conf").unwrap_or_default();
+    let resolve = nss.lines().any(|l| {
+        let l = l.trim_start();
+        l.starts_with("hosts:") && l.split_whitespace().any(|w| w == "resolve")
+    });
+    let nscd = std::path::Path::new("/var/run/nscd/socket").exists();
+    if resolve || nscd {
+        warn!(
+            nss_resolve = resolve,
+            nscd,
+            "host lookups through nss-resolve or nscd are made outside the enforced cgroups: \
+             they bypass the DNS proxy (names are not learned, unregistered names are not \
+             refused); point enforced workloads at the DNS stub instead (docs/architecture.md, \
+             \"DNS-aware mode\")"
+        );
+    }
 }
 
 /// The proxy runs on a thread and runtime of its own: a query is received, forwarded,

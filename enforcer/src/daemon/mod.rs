@@ -95,9 +95,18 @@ fn kernel_config(cfg: &Config) -> enforcer_common::Config {
             Mode::Audit => enforcer_common::MODE_AUDIT,
         },
         allow_loopback: u32::from(cfg.allow.loopback),
-        // The daemon's own cgroup is always exempt, so the walk is always needed.
         dns: if cfg.dns.mode == DnsMode::Proxy {
-            enforcer_common::DNS_REDIRECT | enforcer_common::DNS_HAS_EXEMPT
+            let mut dns = enforcer_common::DNS_REDIRECT;
+            if !proxy.exempt_cgroups.is_empty() {
+                dns |= enforcer_common::DNS_HAS_EXEMPT;
+            }
+            if proxy.address4().is_loopback() {
+                dns |= enforcer_common::DNS_LOCAL_PROXY4;
+            }
+            if proxy.address6().is_some_and(|a| a.is_loopback()) {
+                dns |= enforcer_common::DNS_LOCAL_PROXY6;
+            }
+            dns
         } else {
             0
         },
@@ -105,6 +114,8 @@ fn kernel_config(cfg: &Config) -> enforcer_common::Config {
         pad: 0,
         proxy4: u32::from_ne_bytes(proxy.address4().octets()),
         proxy6: proxy.address6().map_or([0; 4], |a| words(a.octets())),
+        pad2: 0,
+        netns_cookie: crate::dnsproxy::server::own_netns_cookie(),
     }
 }
 

@@ -73,7 +73,7 @@ pub struct Shape {
     pub max_entries: u32,
 }
 
-pub fn expected_shapes(sizes: &MapSizes) -> [Shape; 10] {
+pub fn expected_shapes(sizes: &MapSizes) -> [Shape; 11] {
     let lru = |name, key_size, max_entries| Shape {
         name,
         map_type: MapType::LruHash,
@@ -143,6 +143,13 @@ pub fn expected_shapes(sizes: &MapSizes) -> [Shape; 10] {
             key_size: 4,
             value_size: 4,
             max_entries: 1,
+        },
+        Shape {
+            name: map_names::DNS_OWN,
+            map_type: MapType::Hash,
+            key_size: 8,
+            value_size: 1,
+            max_entries: 4096,
         },
     ]
 }

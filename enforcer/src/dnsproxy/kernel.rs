@@ -15,6 +15,7 @@ pub struct KernelMaps {
     clients: HashMap<MapData, ClientKey, DnsSocket>,
     exempt: HashMap<MapData, u64, u8>,
     proxy: SockMap<MapData>,
+    own: HashMap<MapData, u64, u8>,
 }
 
 fn open<T>(layout: &PinLayout, name: &str) -> anyhow::Result<T>
@@ -26,6 +27,35 @@ where
     let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
     let map = Map::from_map_data(data)?;
     T::try_from(map).with_context(|| format!("{name} has an unexpected type"))
+}
+
+/// A socket's cookie (`SO_COOKIE`), the key the kernel programs see.
+pub fn socket_cookie(fd: &impl AsRawFd) -> std::io::Result<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            std::ptr::from_mut(&mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(cookie)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Two random bytes from the kernel, for upstream query IDs.
+pub fn random_id() -> u16 {
+    let mut b = [0u8; 2];
+    // SAFETY: getrandom writes at most 2 bytes into `b`.
+    unsafe { libc::getrandom(b.as_mut_ptr().cast(), 2, 0) };
+    u16::from_ne_bytes(b)
 }
 
 /// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
@@ -58,6 +88,7 @@ impl KernelMaps {
             clients: open(layout, map_names::DNS_CLIENTS)?,
             exempt: open(layout, map_names::DNS_EXEMPT)?,
             proxy: open(layout, map_names::DNS_PROXY)?,
+            own: open(layout, map_names::DNS_OWN)?,
         })
     }
 
@@ -109,6 +140,19 @@ impl KernelMaps {
             let _ignored = self.exempt.remove(id);
         }
         Ok(())
+    }
+
+    /// Marks one of the daemon's upstream sockets as its own while it connects: the hooks
+    /// leave it alone whatever cgroup the daemon runs in.
+    pub fn own_socket(&mut self, cookie: u64, on: bool) -> anyhow::Result<()> {
+        if on {
+            self.own.insert(cookie, 1, 0).context("writing DNS_OWN")
+        } else {
+            match self.own.remove(&cookie) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                Err(e) => Err(e).context("removing from DNS_OWN"),
+            }
+        }
     }
 
     /// Registers the proxy's socket: the kernel redirects queries only while it is open.

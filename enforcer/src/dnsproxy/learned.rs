@@ -35,10 +35,17 @@ pub struct Full {
     pub max: usize,
 }
 
+/// At most this many addresses of one answer are learned (the rest of a larger answer is not:
+/// no service needs more, and a zone a workload controls could otherwise fill the table with
+/// one TCP answer of thousands of records).
+pub const MAX_PER_ANSWER: usize = 64;
+
 #[derive(Debug, Default)]
 pub struct LearnedTable {
     /// name → address → expiry (CLOCK_MONOTONIC ns).
     by_name: HashMap<String, HashMap<IpAddr, u64>>,
+    /// address → the names it was learned for (for events, without a scan).
+    by_addr: HashMap<IpAddr, BTreeSet<String>>,
     entries: usize,
     /// What `RULES_LEARNED` holds.
     keys: HashMap<RuleKey, LearnedValue>,
@@ -113,11 +120,25 @@ impl LearnedTable {
         targets: &Targets,
         addrs: &[(IpAddr, u64)],
     ) -> Result<Learn, Full> {
-        let addrs: Vec<(IpAddr, u64)> = addrs
-            .iter()
-            .copied()
-            .filter(|(ip, _)| usable(*ip))
-            .collect();
+        // Each address once (the earliest expiry: the lowest TTL of its records), in answer
+        // order, at most MAX_PER_ANSWER.
+        let mut seen: HashMap<IpAddr, usize> = HashMap::new();
+        let mut unique: Vec<(IpAddr, u64)> = Vec::new();
+        for (ip, exp) in addrs.iter().copied().filter(|(ip, _)| usable(*ip)) {
+            match seen.get(&ip) {
+                Some(&i) => {
+                    if let Some(e) = unique.get_mut(i) {
+                        e.1 = e.1.min(exp);
+                    }
+                }
+                None if unique.len() < MAX_PER_ANSWER => {
+                    seen.insert(ip, unique.len());
+                    unique.push((ip, exp));
+                }
+                None => {}
+            }
+        }
+        let addrs = unique;
         if targets.is_empty() || addrs.is_empty() {
             return Ok(Learn::default());
         }
@@ -148,6 +169,9 @@ impl LearnedTable {
         let slot = self.by_name.entry(name.to_owned()).or_default();
         let mut out = Learn::default();
         for (ip, expires) in addrs {
+            if !slot.contains_key(&ip) {
+                self.by_addr.entry(ip).or_default().insert(name.to_owned());
+            }
             let e = slot.entry(ip).or_insert(0);
             if expires > e.saturating_add(RECORD_SLACK_NS) || *e == 0 {
                 *e = expires;
@@ -172,10 +196,21 @@ impl LearnedTable {
     /// name expired; the kernel already ignores them).
     pub fn sweep(&mut self, now: u64) -> Vec<RuleKey> {
         let mut gone = 0;
-        self.by_name.retain(|_, addrs| {
-            let before = addrs.len();
-            addrs.retain(|_, exp| *exp >= now);
-            gone += before - addrs.len();
+        let by_addr = &mut self.by_addr;
+        self.by_name.retain(|name, addrs| {
+            addrs.retain(|ip, exp| {
+                let keep = *exp >= now;
+                if !keep {
+                    gone += 1;
+                    if let Some(names) = by_addr.get_mut(ip) {
+                        names.remove(name);
+                        if names.is_empty() {
+                            by_addr.remove(ip);
+                        }
+                    }
+                }
+                keep
+            });
             !addrs.is_empty()
         });
         self.entries -= gone;
@@ -197,7 +232,7 @@ impl LearnedTable {
         self.by_name.retain(
             |name, _| matches!(table.classify(name), Class::Registered(t) if !t.is_empty()),
         );
-        self.entries = self.by_name.values().map(HashMap::len).sum();
+        self.reindex();
         let mut want: HashMap<RuleKey, LearnedValue> = HashMap::new();
         for (name, addrs) in &self.by_name {
             let Class::Registered(targets) = table.classify(name) else {
@@ -238,7 +273,18 @@ impl LearnedTable {
             .into_iter()
             .map(|(n, a)| (n, a.into_iter().filter(|(ip, _)| usable(*ip)).collect()))
             .collect();
+        self.reindex();
+    }
+
+    /// Recounts the entries and rebuilds the address index from `by_name`.
+    fn reindex(&mut self) {
         self.entries = self.by_name.values().map(HashMap::len).sum();
+        self.by_addr.clear();
+        for (name, addrs) in &self.by_name {
+            for ip in addrs.keys() {
+                self.by_addr.entry(*ip).or_default().insert(name.clone());
+            }
+        }
     }
 
     /// Forgets that `keys` are in the kernel (their write failed), so that the next answer
@@ -265,25 +311,10 @@ impl LearnedTable {
 
     /// The names `addr` was learned for.
     pub fn names_of(&self, addr: IpAddr) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .by_name
-            .iter()
-            .filter(|(_, a)| a.contains_key(&addr))
-            .map(|(n, _)| n.clone())
-            .collect();
-        v.sort();
-        v
-    }
-
-    /// Every name an address was learned for (for events and `inspect`).
-    pub fn names_by_addr(&self) -> HashMap<IpAddr, BTreeSet<String>> {
-        let mut out: HashMap<IpAddr, BTreeSet<String>> = HashMap::new();
-        for (name, addrs) in &self.by_name {
-            for ip in addrs.keys() {
-                out.entry(*ip).or_default().insert(name.clone());
-            }
-        }
-        out
+        self.by_addr
+            .get(&addr)
+            .map(|n| n.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// name → address → expiry, for the record that survives a restart.
@@ -336,7 +367,7 @@ mod tests {
             "an earlier expiry writes nothing"
         );
         assert!(t.sweep(200).is_empty());
-        assert_eq!(t.names_by_addr()[&ip("198.18.0.1")].len(), 1);
+        assert_eq!(t.names_of(ip("198.18.0.1")), ["b.example.com"]);
         assert_eq!(t.sweep(301), vec![rule_key(ip("198.18.0.1"), 443, 6)]);
         assert!(t.is_empty() && t.entries() == 0);
     }
@@ -370,6 +401,31 @@ mod tests {
             )
             .unwrap();
         assert_eq!(later.record, vec![(ip("198.18.0.1"), 12 * s)]);
+    }
+
+    #[test]
+    fn duplicates_count_once_and_large_answers_are_cut() {
+        let mut t = LearnedTable::new(1000);
+        let a = ip("198.18.0.1");
+        let l = t
+            .learn(
+                "a.example.com",
+                &targets(&[443]),
+                &[(a, 50), (a, 20), (a, 90)],
+            )
+            .unwrap();
+        assert_eq!(l.record, vec![(a, 20)], "once, with the earliest expiry");
+        assert_eq!((t.entries(), t.len()), (1, 1));
+        let many: Vec<(IpAddr, u64)> = (0..200u32)
+            .map(|i| (IpAddr::V4(std::net::Ipv4Addr::from(0xc613_0000 + i)), 9))
+            .collect();
+        t.learn("b.example.com", &targets(&[443]), &many).unwrap();
+        assert_eq!(t.len(), 1 + MAX_PER_ANSWER);
+        assert_eq!(t.sweep(10).len(), MAX_PER_ANSWER);
+        assert_eq!(t.entries(), 1, "the count follows what is stored");
+        assert_eq!(t.sweep(100).len(), 1);
+        assert_eq!(t.entries(), 0);
+        assert!(t.names_of(a).is_empty());
     }
 
     #[test]

@@ -151,7 +151,6 @@ pub struct Proxy {
     pub metrics: Arc<ProxyMetrics>,
     in_flight: Arc<Semaphore>,
     reports: Mutex<super::report_limit::ReportLimit>,
-    pool: UpstreamPool,
 }
 
 /// The listening sockets (bound before the kernel starts redirecting to them), as std
@@ -196,45 +195,6 @@ impl Sockets {
     }
 }
 
-/// Connected UDP sockets to upstream servers, reused for later queries (a socket per query
-/// costs three syscalls). A socket serves one query at a time, at most [`POOL_USES`] times
-/// (its source port is part of what makes answers hard to forge), and one that saw an error
-/// or a timeout is dropped.
-#[derive(Default)]
-struct UpstreamPool {
-    idle: Mutex<std::collections::HashMap<SocketAddr, Vec<(UdpSocket, u32)>>>,
-}
-
-const POOL_USES: u32 = 100;
-const POOL_IDLE_MAX: usize = 64;
-
-impl UpstreamPool {
-    async fn take(&self, server: SocketAddr) -> std::io::Result<(UdpSocket, u32)> {
-        if let Some(s) = lock(&self.idle).get_mut(&server).and_then(Vec::pop) {
-            return Ok(s);
-        }
-        let local: SocketAddr = if server.is_ipv4() {
-            (Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let sock = UdpSocket::bind(local).await?;
-        sock.connect(server).await?;
-        Ok((sock, 0))
-    }
-
-    fn give_back(&self, server: SocketAddr, sock: UdpSocket, uses: u32) {
-        if uses >= POOL_USES {
-            return;
-        }
-        let mut idle = lock(&self.idle);
-        let list = idle.entry(server).or_default();
-        if list.len() < POOL_IDLE_MAX {
-            list.push((sock, uses));
-        }
-    }
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -247,7 +207,6 @@ impl Proxy {
             metrics: Arc::default(),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             reports: Mutex::default(),
-            pool: UpstreamPool::default(),
         }
     }
 
@@ -269,7 +228,8 @@ impl Proxy {
             .settings
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(settings);
-        let written = st.maps.put(&puts).and_then(|()| st.maps.delete(&deletes));
+        // Revocations first: a failed write must not leave them undone.
+        let written = st.maps.delete(&deletes).and_then(|()| st.maps.put(&puts));
         if written.is_err() {
             st.learned.forget(puts.iter().map(|(k, _)| *k));
         }
@@ -359,7 +319,7 @@ impl Proxy {
         };
         let upstreams = upstreams_for(s, client);
         let deadline = tokio::time::Instant::now() + s.timeout;
-        let answered = ask_any(&self.pool, &upstreams, bytes, q, tcp, deadline).await;
+        let answered = self.ask_any(&upstreams, bytes, q, tcp, deadline).await;
         let (raw, learned) = match answered {
             Ok(a) => a,
             Err(e) => {
@@ -368,8 +328,8 @@ impl Proxy {
             }
         };
         let verdict = match class {
-            Class::Registered(targets) => {
-                if let Err(e) = self.commit(s, &q.name, &targets, &learned) {
+            Class::Registered(_) => {
+                if let Err(e) = self.commit(s, &q.name, &learned) {
                     self.metrics.commit_failures.fetch_add(1, Ordering::Relaxed);
                     warn!(name = %q.name, "DNS proxy: the answer could not be allowed, SERVFAIL: {e:#}");
                     return servfail();
@@ -386,13 +346,7 @@ impl Proxy {
     }
 
     /// Writes the answer's addresses into the kernel; only then may the answer be released.
-    fn commit(
-        &self,
-        s: &Settings,
-        name: &str,
-        targets: &super::names::Targets,
-        learned: &Learned,
-    ) -> anyhow::Result<()> {
+    fn commit(&self, s: &Settings, name: &str, learned: &Learned) -> anyhow::Result<()> {
         let started = Instant::now();
         let now = kernel::monotonic_ns();
         let addrs: Vec<(IpAddr, u64)> = learned
@@ -401,6 +355,13 @@ impl Proxy {
             .map(|(ip, ttl)| (*ip, s.lifetime.expiry(now, *ttl)))
             .collect();
         let mut st = lock(&self.state);
+        // A reload may have come between the query and its answer: the policy in force now
+        // decides (under the lock that `update` takes), not the one the query started with.
+        let current = self.settings();
+        let Class::Registered(targets) = current.table.classify(name) else {
+            return Ok(());
+        };
+        let targets = &targets;
         let learn = st.learned.learn(name, targets, &addrs)?;
         let puts = learn.puts;
         // Recorded first: every rule in the kernel has its line (docs/architecture.md).
@@ -499,7 +460,11 @@ impl Proxy {
             };
             let Some(msg) = msg? else { return Ok(()) };
             if let Some(reply) = self.answer(&msg, peer, true).await {
-                write_framed(&mut stream, &reply).await?;
+                // A client that does not read must not hold its slot for ever.
+                let deadline = tokio::time::Instant::now() + TCP_IDLE;
+                timeout_at(deadline, write_framed(&mut stream, &reply))
+                    .await
+                    .map_err(|_| std::io::Error::other("the client stopped reading"))??;
             }
         }
     }
@@ -556,68 +521,132 @@ pub fn own_netns_cookie() -> u64 {
     if rc == 0 { cookie } else { 0 }
 }
 
-/// Asks each upstream in turn until one answers, all within `deadline`.
-async fn ask_any(
-    pool: &UpstreamPool,
-    upstreams: &[SocketAddr],
-    bytes: &[u8],
-    q: &ParsedQuery,
-    tcp: bool,
-    deadline: tokio::time::Instant,
-) -> anyhow::Result<(Vec<u8>, Learned)> {
-    let mut last = anyhow::anyhow!("no upstream DNS server");
-    for server in upstreams {
-        let r = if tcp {
-            timeout_at(deadline, ask_tcp(*server, bytes, q)).await
+impl Proxy {
+    /// Asks each upstream in turn until one answers, all within `deadline`.
+    async fn ask_any(
+        &self,
+        upstreams: &[SocketAddr],
+        bytes: &[u8],
+        q: &ParsedQuery,
+        tcp: bool,
+        deadline: tokio::time::Instant,
+    ) -> anyhow::Result<(Vec<u8>, Learned)> {
+        let mut last = anyhow::anyhow!("no upstream DNS server");
+        for server in upstreams {
+            let r = if tcp {
+                timeout_at(deadline, self.ask_tcp(*server, bytes, q)).await
+            } else {
+                timeout_at(deadline, self.ask_udp(*server, bytes, q)).await
+            };
+            match r {
+                Ok(Ok(a)) => return Ok(a),
+                Ok(Err(e)) => last = e.context(format!("asking {server}")),
+                Err(_) => return Err(anyhow::anyhow!("{server}: no answer in time")),
+            }
+        }
+        Err(last)
+    }
+
+    /// Runs `connect` on one of the daemon's upstream sockets with the kernel told that it is
+    /// ours (never redirected, whatever cgroup the daemon runs in).
+    fn connect_as_own<T>(
+        &self,
+        sock: &impl std::os::fd::AsRawFd,
+        connect: impl FnOnce() -> std::io::Result<T>,
+    ) -> anyhow::Result<T> {
+        let cookie = kernel::socket_cookie(sock)?;
+        lock(&self.state).maps.own_socket(cookie, true)?;
+        let r = connect();
+        lock(&self.state).maps.own_socket(cookie, false)?;
+        Ok(r?)
+    }
+
+    /// One exchange over a fresh UDP socket (a random source port) with a random query ID, so
+    /// that a forged answer must guess both; the workload's ID is put back in the answer.
+    async fn ask_udp(
+        &self,
+        server: SocketAddr,
+        bytes: &[u8],
+        q: &ParsedQuery,
+    ) -> anyhow::Result<(Vec<u8>, Learned)> {
+        let local: SocketAddr = if server.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
         } else {
-            timeout_at(deadline, ask_udp(pool, *server, bytes, q)).await
+            (Ipv6Addr::UNSPECIFIED, 0).into()
         };
-        match r {
-            Ok(Ok(a)) => return Ok(a),
-            Ok(Err(e)) => last = e.context(format!("asking {server}")),
-            Err(_) => return Err(anyhow::anyhow!("{server}: no answer in time")),
+        let std_sock = std::net::UdpSocket::bind(local)?;
+        self.connect_as_own(&std_sock, || std_sock.connect(server))?;
+        std_sock.set_nonblocking(true)?;
+        let sock = UdpSocket::from_std(std_sock)?;
+        let (query, expect) = with_upstream_id(bytes, q);
+        sock.send(&query).await?;
+        let mut buf = vec![0u8; message::MAX_MESSAGE];
+        loop {
+            let n = sock.recv(&mut buf).await?;
+            let raw = buf.get_mut(..n).unwrap_or_default();
+            // Anything else on this socket (a forgery, a stray datagram) is dropped, and the
+            // real answer awaited.
+            if let Ok(learned) = message::parse_answer(raw, &expect) {
+                return Ok((with_client_id(raw, q.id), learned));
+            }
         }
     }
-    Err(last)
+
+    async fn ask_tcp(
+        &self,
+        server: SocketAddr,
+        bytes: &[u8],
+        q: &ParsedQuery,
+    ) -> anyhow::Result<(Vec<u8>, Learned)> {
+        let socket = if server.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        let cookie = kernel::socket_cookie(&socket)?;
+        lock(&self.state).maps.own_socket(cookie, true)?;
+        // The connect hook runs when connect(2) is issued, on the first poll.
+        let connected = socket.connect(server).await;
+        lock(&self.state).maps.own_socket(cookie, false)?;
+        let mut stream = connected?;
+        let (query, expect) = with_upstream_id(bytes, q);
+        timeout_at(
+            tokio::time::Instant::now() + TCP_IDLE,
+            write_framed(&mut stream, &query),
+        )
+        .await??;
+        loop {
+            let mut raw = read_framed(&mut stream)
+                .await?
+                .context("connection closed before the answer")?;
+            if let Ok(learned) = message::parse_answer(&raw, &expect) {
+                if let Some(id) = raw.get_mut(..2) {
+                    id.copy_from_slice(&q.id.to_be_bytes());
+                }
+                return Ok((raw, learned));
+            }
+        }
+    }
 }
 
-async fn ask_udp(
-    pool: &UpstreamPool,
-    server: SocketAddr,
-    bytes: &[u8],
-    q: &ParsedQuery,
-) -> anyhow::Result<(Vec<u8>, Learned)> {
-    let (sock, uses) = pool.take(server).await?;
-    sock.send(bytes).await?;
-    let mut buf = vec![0u8; message::MAX_MESSAGE];
-    loop {
-        let n = sock.recv(&mut buf).await?;
-        let raw = buf.get(..n).unwrap_or_default();
-        // Anything else on this socket (a late answer to an earlier query, a forgery) is
-        // dropped, and the real answer awaited.
-        if let Ok(learned) = message::parse_answer(raw, q) {
-            let answer = (raw.to_vec(), learned);
-            pool.give_back(server, sock, uses + 1);
-            return Ok(answer);
-        }
+/// The query as sent upstream (a random ID of the proxy's own) and what its answer must be.
+fn with_upstream_id(bytes: &[u8], q: &ParsedQuery) -> (Vec<u8>, ParsedQuery) {
+    let id = kernel::random_id();
+    let mut query = bytes.to_vec();
+    if let Some(head) = query.get_mut(..2) {
+        head.copy_from_slice(&id.to_be_bytes());
     }
+    let mut expect = q.clone();
+    expect.id = id;
+    (query, expect)
 }
 
-async fn ask_tcp(
-    server: SocketAddr,
-    bytes: &[u8],
-    q: &ParsedQuery,
-) -> anyhow::Result<(Vec<u8>, Learned)> {
-    let mut stream = TcpStream::connect(server).await?;
-    write_framed(&mut stream, bytes).await?;
-    loop {
-        let raw = read_framed(&mut stream)
-            .await?
-            .context("connection closed before the answer")?;
-        if let Ok(learned) = message::parse_answer(&raw, q) {
-            return Ok((raw, learned));
-        }
+/// The upstream's answer with the workload's ID back in place.
+fn with_client_id(raw: &mut [u8], id: u16) -> Vec<u8> {
+    if let Some(head) = raw.get_mut(..2) {
+        head.copy_from_slice(&id.to_be_bytes());
     }
+    raw.to_vec()
 }
 
 /// One length-prefixed DNS message (RFC 1035 §4.2.2); `None` at a clean end of stream.
