@@ -49,6 +49,10 @@ pub struct Upstream {
 
 impl Upstream {
     fn start(node: &str, dir: &Path, name: &str, listen: &[&str], extra: &[String]) -> Self {
+        // Not next to the config: the daemon watches that directory, and a query log written
+        // there would wake it on every query.
+        let dir = dir.join("dnsmasq");
+        std::fs::create_dir_all(&dir).expect("dnsmasq dir");
         let hosts = dir.join(format!("{name}-hosts"));
         let log = dir.join(format!("{name}-queries.log"));
         std::fs::write(&hosts, "").expect("hosts file");

@@ -112,7 +112,9 @@ pub fn start(
     let mut maps = KernelMaps::open(layout)?;
     let mount = cgroup::cgroup2_mount()?;
     maps.set_exempt(&exempt_ids(cfg, &mount))?;
-    let mut learned = LearnedTable::new(cfg.maps.learned_rules as usize);
+    maps.clear_own()?;
+    let mut learned = LearnedTable::new(cfg.maps.learned_rules as usize)
+        .with_grace(u64::try_from(cfg.dns.stale_grace.as_nanos()).unwrap_or(u64::MAX));
     let left = maps.learned()?;
     let record = sources::state_file(&layout.root, sources::LEARNED);
     let (journal, mut entries) = Journal::open(&record)?;

@@ -155,6 +155,16 @@ impl KernelMaps {
         }
     }
 
+    /// Forgets the sockets an earlier run marked as its own (all closed with it; the map
+    /// would otherwise fill over crashes).
+    pub fn clear_own(&mut self) -> anyhow::Result<()> {
+        let old: Vec<u64> = self.own.keys().filter_map(Result::ok).collect();
+        for cookie in old {
+            self.own_socket(cookie, false)?;
+        }
+        Ok(())
+    }
+
     /// Registers the proxy's socket: the kernel redirects queries only while it is open.
     pub fn set_proxy_socket(&mut self, socket: &impl AsRawFd) -> anyhow::Result<()> {
         self.proxy

@@ -15,11 +15,12 @@ use super::names::{Class, NameTable, Targets};
 /// A kernel write the caller makes.
 pub type Put = (RuleKey, LearnedValue);
 
-/// A name's recorded expiry is rewritten only when it would grow by more than this, so that
-/// a name asked again and again costs a map write, not a record write too. The kernel's
-/// expiry stays exact; the record (and with it a restart, or a reload's revocation) may be
-/// up to this much early.
-pub const RECORD_SLACK_NS: u64 = 1_000_000_000;
+/// An expiry (recorded, and in the kernel) is rewritten only when it would grow by more than
+/// the table's slack: at most this, and at most half of `dns.staleGrace`. A name asked
+/// thousands of times a second then costs one write a second, not one per answer, and an
+/// address stays allowed at least for its TTL and half the grace (docs/architecture.md,
+/// "DNS-aware mode").
+pub const MAX_SLACK_NS: u64 = 1_000_000_000;
 
 /// What one answer changes: kernel writes, and name/address entries to record.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -53,6 +54,8 @@ pub struct LearnedTable {
     /// address, and each costs memory here).
     max_keys: usize,
     max_entries: usize,
+    /// How much an expiry must grow to be rewritten (`MAX_SLACK_NS`).
+    slack_ns: u64,
 }
 
 /// An address the kernel can match: IPv4-mapped IPv6 in an AAAA record would allow IPv4
@@ -84,8 +87,12 @@ fn keys_of(ip: IpAddr, targets: &Targets) -> impl Iterator<Item = (RuleKey, u32)
         .map(move |((port, proto), id)| (rule_key(ip, *port, proto.number()), *id))
 }
 
-/// Longer expiry wins; of equal rules the lower id.
-fn widen(slot: Entry<'_, RuleKey, LearnedValue>, v: LearnedValue) -> Option<LearnedValue> {
+/// Longer expiry wins (by more than `slack`); of equal rules the lower id.
+fn widen(
+    slot: Entry<'_, RuleKey, LearnedValue>,
+    v: LearnedValue,
+    slack: u64,
+) -> Option<LearnedValue> {
     match slot {
         Entry::Vacant(e) => Some(*e.insert(v)),
         Entry::Occupied(mut e) => {
@@ -93,7 +100,11 @@ fn widen(slot: Entry<'_, RuleKey, LearnedValue>, v: LearnedValue) -> Option<Lear
             let grown = LearnedValue {
                 rule_id: cur.rule_id.min(v.rule_id),
                 flags: cur.flags | v.flags,
-                expires_ns: cur.expires_ns.max(v.expires_ns),
+                expires_ns: if v.expires_ns > cur.expires_ns.saturating_add(slack) {
+                    v.expires_ns
+                } else {
+                    cur.expires_ns
+                },
             };
             (grown != *cur).then(|| {
                 *cur = grown;
@@ -108,8 +119,15 @@ impl LearnedTable {
         Self {
             max_keys,
             max_entries: max_keys.saturating_mul(4),
+            slack_ns: MAX_SLACK_NS,
             ..Self::default()
         }
+    }
+
+    /// Rewrites grow an expiry by more than half of `grace` (and 1 s at most).
+    pub fn with_grace(mut self, grace_ns: u64) -> Self {
+        self.slack_ns = MAX_SLACK_NS.min(grace_ns / 2);
+        self
     }
 
     /// Records `addrs` (address, expiry) of `name`, allowed on `targets`; returns the kernel
@@ -173,7 +191,7 @@ impl LearnedTable {
                 self.by_addr.entry(ip).or_default().insert(name.to_owned());
             }
             let e = slot.entry(ip).or_insert(0);
-            if expires > e.saturating_add(RECORD_SLACK_NS) || *e == 0 {
+            if expires > e.saturating_add(self.slack_ns) || *e == 0 {
                 *e = expires;
                 out.record.push((ip, expires));
             }
@@ -183,7 +201,7 @@ impl LearnedTable {
                     flags: RULE_FLAG_DNS,
                     expires_ns: expires,
                 };
-                if let Some(written) = widen(self.keys.entry(key), v) {
+                if let Some(written) = widen(self.keys.entry(key), v, self.slack_ns) {
                     out.puts.push((key, written));
                 }
             }
@@ -245,7 +263,7 @@ impl LearnedTable {
                         flags: RULE_FLAG_DNS,
                         expires_ns: *expires,
                     };
-                    widen(want.entry(key), v);
+                    widen(want.entry(key), v, 0);
                 }
             }
         }
@@ -340,7 +358,7 @@ mod tests {
 
     #[test]
     fn an_address_stays_until_its_last_name_expires() {
-        let mut t = LearnedTable::new(100);
+        let mut t = LearnedTable::new(100).with_grace(0);
         let puts = t
             .learn(
                 "a.example.com",
@@ -373,9 +391,9 @@ mod tests {
     }
 
     #[test]
-    fn a_name_asked_again_is_recorded_only_when_its_expiry_grows_past_the_slack() {
+    fn a_name_asked_again_is_rewritten_only_when_its_expiry_grows_past_the_slack() {
         let mut t = LearnedTable::new(100);
-        let s = RECORD_SLACK_NS;
+        let s = MAX_SLACK_NS;
         let first = t
             .learn(
                 "a.example.com",
@@ -392,7 +410,7 @@ mod tests {
             )
             .unwrap();
         assert!(again.record.is_empty(), "within the slack: no record write");
-        assert_eq!(again.puts.len(), 1, "but the kernel's expiry stays exact");
+        assert!(again.puts.is_empty(), "and no kernel write");
         let later = t
             .learn(
                 "a.example.com",
@@ -401,6 +419,30 @@ mod tests {
             )
             .unwrap();
         assert_eq!(later.record, vec![(ip("198.18.0.1"), 12 * s)]);
+        assert_eq!(later.puts.len(), 1);
+        assert_eq!(later.puts[0].1.expires_ns, 12 * s);
+    }
+
+    #[test]
+    fn the_slack_is_at_most_half_the_grace() {
+        let s = MAX_SLACK_NS;
+        let mut t = LearnedTable::new(100).with_grace(s / 5);
+        let a = ip("198.18.0.1");
+        t.learn("a.example.com", &targets(&[443]), &[(a, 10 * s)])
+            .unwrap();
+        let within = t.learn("a.example.com", &targets(&[443]), &[(a, 10 * s + s / 10)]);
+        assert!(within.unwrap().puts.is_empty());
+        let past = t.learn("a.example.com", &targets(&[443]), &[(a, 10 * s + s / 5)]);
+        assert_eq!(past.unwrap().puts[0].1.expires_ns, 10 * s + s / 5);
+        let mut none = LearnedTable::new(100).with_grace(0);
+        none.learn("a.example.com", &targets(&[443]), &[(a, 10 * s)])
+            .unwrap();
+        let next = none.learn("a.example.com", &targets(&[443]), &[(a, 10 * s + 1)]);
+        assert_eq!(
+            next.unwrap().puts.len(),
+            1,
+            "no grace: every growth is written"
+        );
     }
 
     #[test]

@@ -15,3 +15,5 @@ pub mod names;
 pub mod report_limit;
 #[cfg(feature = "runtime")]
 pub mod server;
+#[cfg(feature = "runtime")]
+pub mod upstream;

@@ -28,6 +28,7 @@ use super::{
     learned::LearnedTable,
     message::{self, Learned, ParsedQuery, Refusal},
     names::{Class, NameTable},
+    upstream::UdpPool,
 };
 
 /// Queries answered at once; more get SERVFAIL at once rather than queue without bound.
@@ -151,6 +152,7 @@ pub struct Proxy {
     pub metrics: Arc<ProxyMetrics>,
     in_flight: Arc<Semaphore>,
     reports: Mutex<super::report_limit::ReportLimit>,
+    upstream: UdpPool,
 }
 
 /// The listening sockets (bound before the kernel starts redirecting to them), as std
@@ -207,6 +209,7 @@ impl Proxy {
             metrics: Arc::default(),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             reports: Mutex::default(),
+            upstream: UdpPool::default(),
         }
     }
 
@@ -531,7 +534,7 @@ impl Proxy {
         tcp: bool,
         deadline: tokio::time::Instant,
     ) -> anyhow::Result<(Vec<u8>, Learned)> {
-        let mut last = anyhow::anyhow!("no upstream DNS server");
+        let mut last = None;
         for server in upstreams {
             let r = if tcp {
                 timeout_at(deadline, self.ask_tcp(*server, bytes, q)).await
@@ -540,54 +543,36 @@ impl Proxy {
             };
             match r {
                 Ok(Ok(a)) => return Ok(a),
-                Ok(Err(e)) => last = e.context(format!("asking {server}")),
+                Ok(Err(e)) => last = Some(e.context(format!("asking {server}"))),
                 Err(_) => return Err(anyhow::anyhow!("{server}: no answer in time")),
             }
         }
-        Err(last)
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no upstream DNS server")))
     }
 
-    /// Runs `connect` on one of the daemon's upstream sockets with the kernel told that it is
-    /// ours (never redirected, whatever cgroup the daemon runs in).
-    fn connect_as_own<T>(
-        &self,
-        sock: &impl std::os::fd::AsRawFd,
-        connect: impl FnOnce() -> std::io::Result<T>,
-    ) -> anyhow::Result<T> {
-        let cookie = kernel::socket_cookie(sock)?;
-        lock(&self.state).maps.own_socket(cookie, true)?;
-        let r = connect();
-        lock(&self.state).maps.own_socket(cookie, false)?;
-        Ok(r?)
-    }
-
-    /// One exchange over a fresh UDP socket (a random source port) with a random query ID, so
-    /// that a forged answer must guess both; the workload's ID is put back in the answer.
+    /// One exchange over a pooled UDP socket (a random source port, `upstream::MAX_USES`
+    /// queries at most) with a random query ID, so that a forged answer must guess both; the
+    /// workload's ID is put back in the answer.
     async fn ask_udp(
         &self,
         server: SocketAddr,
         bytes: &[u8],
         q: &ParsedQuery,
     ) -> anyhow::Result<(Vec<u8>, Learned)> {
-        let local: SocketAddr = if server.is_ipv4() {
-            (Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let std_sock = std::net::UdpSocket::bind(local)?;
-        self.connect_as_own(&std_sock, || std_sock.connect(server))?;
-        std_sock.set_nonblocking(true)?;
-        let sock = UdpSocket::from_std(std_sock)?;
+        let mark = |cookie, on| lock(&self.state).maps.own_socket(cookie, on);
+        let mut lease = self.upstream.lease(server, &mark)?;
         let (query, expect) = with_upstream_id(bytes, q);
-        sock.send(&query).await?;
-        let mut buf = vec![0u8; message::MAX_MESSAGE];
+        let up = lease.socket()?;
+        up.sock.send(&query).await?;
         loop {
-            let n = sock.recv(&mut buf).await?;
-            let raw = buf.get_mut(..n).unwrap_or_default();
-            // Anything else on this socket (a forgery, a stray datagram) is dropped, and the
-            // real answer awaited.
+            let n = up.sock.recv(&mut up.buf).await?;
+            let raw = up.buf.get_mut(..n).unwrap_or_default();
+            // Anything else on this socket (a forgery, a stray datagram, a late answer to an
+            // earlier query) is dropped, and the real answer awaited.
             if let Ok(learned) = message::parse_answer(raw, &expect) {
-                return Ok((with_client_id(raw, q.id), learned));
+                let answer = with_client_id(raw, q.id);
+                lease.reusable();
+                return Ok((answer, learned));
             }
         }
     }
