@@ -149,3 +149,57 @@ impl Drop for Lease<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    fn marks() -> Mutex<Vec<(u64, bool)>> {
+        Mutex::new(Vec::new())
+    }
+
+    #[tokio::test]
+    async fn a_socket_is_reused_after_a_clean_exchange_and_closed_after_its_uses() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = server.local_addr().unwrap();
+        let seen = marks();
+        let mark = |c, on| {
+            seen.lock().unwrap().push((c, on));
+            Ok(())
+        };
+        let pool = UdpPool::default();
+        let mut first = pool.lease(to, &mark).unwrap();
+        let port = first.socket().unwrap().sock.local_addr().unwrap().port();
+        first.reusable();
+        drop(first);
+        assert_eq!(pool.idle_count(), 1);
+        for _ in 1..MAX_USES {
+            let mut l = pool.lease(to, &mark).unwrap();
+            let again = l.socket().unwrap().sock.local_addr().unwrap().port();
+            assert_eq!(again, port, "the idle socket is reused");
+            l.reusable();
+        }
+        assert_eq!(pool.idle_count(), 0, "closed after MAX_USES queries");
+        let mut next = pool.lease(to, &mark).unwrap();
+        assert_ne!(next.socket().unwrap().sock.local_addr().unwrap().port(), 0);
+        let m = seen.lock().unwrap().clone();
+        assert_eq!(
+            m.len(),
+            3,
+            "marked, unmarked once closed, next marked: {m:?}"
+        );
+        assert!(m[0].1 && !m[1].1 && m[2].1 && m[0].0 == m[1].0);
+    }
+
+    #[tokio::test]
+    async fn a_socket_whose_exchange_failed_is_closed() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = server.local_addr().unwrap();
+        let mark = |_, _| Ok(());
+        let pool = UdpPool::default();
+        drop(pool.lease(to, &mark).unwrap());
+        assert_eq!(pool.idle_count(), 0);
+    }
+}
