@@ -130,7 +130,10 @@ fn systemd_unit_capabilities_suffice() {
             .cloned()
             .collect();
         let mut d = start(&fewer);
-        let status = d.child.wait().expect("wait");
+        // wait_exit also joins the log reader: every line is in `lines()` afterwards.
+        let status = d
+            .wait_exit(Duration::from_secs(30))
+            .expect("the daemon exits without CAP_DAC_OVERRIDE");
         assert!(
             !status.success(),
             "started without CAP_DAC_OVERRIDE on a 0{root_mode:o} root"
