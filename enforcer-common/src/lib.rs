@@ -59,12 +59,20 @@ pub const DNS_PROGRAM_NAMES: [&str; 5] = [
     "dns_egress",
 ];
 
+/// Runs at socket creation in every enforced cgroup: refuses the sockets the other programs
+/// could not see (docs/architecture.md, "What is enforced").
+pub const GUARD_PROGRAM_NAME: &str = "sock_create";
+
 /// The DNS port; every query to it from an enforced cgroup goes to the proxy in DNS-aware mode.
 pub const DNS_PORT: u16 = 53;
 
 /// IP protocol numbers as found in `bpf_sock_addr.protocol`.
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+/// Protocols whose `connect()` (UDP-Lite, SCTP) or implicit association (SCTP) runs none of
+/// the `sock_addr` hooks: an enforced cgroup may not create such sockets at all.
+pub const IPPROTO_SCTP: u8 = 132;
+pub const IPPROTO_UDPLITE: u8 = 136;
 
 /// The node-wide policy. Per-workload scoping will add others without changing the key layout.
 pub const POLICY_NODE: u32 = 0;

@@ -5,16 +5,17 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
     },
-    macros::cgroup_sock_addr,
+    macros::{cgroup_sock, cgroup_sock_addr},
     maps::lpm_trie::Key,
-    programs::SockAddrContext,
+    programs::{SockAddrContext, SockContext},
 };
 use aya_log_ebpf::debug;
 use enforcer_common::{
-    COUNTER_EVENTS_DROPPED, DNS_PORT, DNS_REDIRECT, Event, Hook, IPPROTO_TCP, IPPROTO_UDP,
-    MODE_AUDIT, POLICY_NODE, PROTO_CLASS_OTHER, PROTO_CLASS_TCP, PROTO_CLASS_UDP,
-    RULE_KEY_FIXED_BITS, RuleKey, SKIP_EXACT_ANY_PORT, SKIP_PREFIX_ANY_PORT, SKIP_PREFIX_PORT,
-    VERDICT_ALLOW, VERDICT_ALLOW_LOOPBACK, VERDICT_AUDIT, VERDICT_DENY, counter_index,
+    COUNTER_EVENTS_DROPPED, DNS_PORT, DNS_REDIRECT, Event, Hook, IPPROTO_SCTP, IPPROTO_TCP,
+    IPPROTO_UDP, IPPROTO_UDPLITE, MODE_AUDIT, POLICY_NODE, PROTO_CLASS_OTHER, PROTO_CLASS_TCP,
+    PROTO_CLASS_UDP, RULE_KEY_FIXED_BITS, RuleKey, SKIP_EXACT_ANY_PORT, SKIP_PREFIX_ANY_PORT,
+    SKIP_PREFIX_PORT, VERDICT_ALLOW, VERDICT_ALLOW_LOOPBACK, VERDICT_AUDIT, VERDICT_DENY,
+    counter_index,
 };
 
 use crate::{
@@ -43,6 +44,24 @@ pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     decide(&ctx, Hook::Sendmsg6, dest_v6(&ctx))
+}
+
+/// UDP-Lite's `connect()` runs no cgroup hook (its protocol has no `pre_connect`), nor does
+/// SCTP's connect or implicit association: a socket of either would carry traffic the hooks
+/// above never see, so an enforced cgroup cannot create one (audit mode allows it). Without a
+/// config entry (before the daemon's first write) they are refused too.
+#[cgroup_sock(sock_create)]
+pub fn sock_create(ctx: SockContext) -> i32 {
+    // SAFETY: the kernel passes a valid context; the verifier accepts only a 4-byte load of
+    // this field, which a volatile read keeps from being merged with its neighbour.
+    let protocol = unsafe { core::ptr::read_volatile(&(*ctx.sock).protocol) };
+    if protocol != u32::from(IPPROTO_UDPLITE) && protocol != u32::from(IPPROTO_SCTP) {
+        return ALLOW;
+    }
+    match CONFIG.get(0) {
+        Some(cfg) if cfg.mode == MODE_AUDIT => ALLOW,
+        _ => DENY,
+    }
 }
 
 /// Destination address as four words in memory (network) order, and port in host order.

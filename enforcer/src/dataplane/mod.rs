@@ -25,9 +25,11 @@ use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, RingBuf},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, links::FdLink},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, links::FdLink,
+    },
 };
-use enforcer_common::{DNS_PROGRAM_NAMES, PROGRAM_NAMES, map_names};
+use enforcer_common::{DNS_PROGRAM_NAMES, GUARD_PROGRAM_NAME, PROGRAM_NAMES, map_names};
 
 use self::{cgroup::Cgroup, maps::Maps, pins::PinLayout};
 use crate::config::MapSizes;
@@ -51,12 +53,14 @@ pub struct Dataplane {
     dns_aware: bool,
 }
 
-/// Every program in the object, enforcing ones first.
-pub const ALL_PROGRAMS: [&str; 9] = [
+/// Every program in the object, enforcing ones first (the first `ENFORCING` are attached in
+/// every mode).
+pub static ALL_PROGRAMS: [&str; 10] = [
     PROGRAM_NAMES[0],
     PROGRAM_NAMES[1],
     PROGRAM_NAMES[2],
     PROGRAM_NAMES[3],
+    GUARD_PROGRAM_NAME,
     DNS_PROGRAM_NAMES[0],
     DNS_PROGRAM_NAMES[1],
     DNS_PROGRAM_NAMES[2],
@@ -64,12 +68,14 @@ pub const ALL_PROGRAMS: [&str; 9] = [
     DNS_PROGRAM_NAMES[4],
 ];
 
+const ENFORCING: usize = PROGRAM_NAMES.len() + 1;
+
 /// The programs attached to each cgroup in a mode.
 pub fn attached_programs(dns_aware: bool) -> &'static [&'static str] {
     if dns_aware {
         &ALL_PROGRAMS
     } else {
-        &PROGRAM_NAMES
+        &ALL_PROGRAMS[..ENFORCING]
     }
 }
 
@@ -327,7 +333,7 @@ impl Dataplane {
     }
 }
 
-/// The one program that is not a `sock_addr` hook.
+/// The `cgroup_skb` program.
 const SKB_PROGRAM: &str = DNS_PROGRAM_NAMES[4];
 
 fn sock_addr_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut CgroupSockAddr> {
@@ -344,9 +350,18 @@ fn skb_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Cgr
         .try_into()?)
 }
 
+fn sock_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut CgroupSock> {
+    Ok(ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the eBPF object"))?
+        .try_into()?)
+}
+
 fn load_program(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<()> {
     if name == SKB_PROGRAM {
         skb_program(ebpf, name)?.load()?;
+    } else if name == GUARD_PROGRAM_NAME {
+        sock_program(ebpf, name)?.load()?;
     } else {
         sock_addr_program(ebpf, name)?.load()?;
     }
@@ -361,6 +376,10 @@ fn attach_program(ebpf: &mut Ebpf, name: &str, cgroup: &File) -> anyhow::Result<
             CgroupSkbAttachType::Egress,
             CgroupAttachMode::Single,
         )?;
+        Ok(prog.take_link(id)?.try_into()?)
+    } else if name == GUARD_PROGRAM_NAME {
+        let prog = sock_program(ebpf, name)?;
+        let id = prog.attach(cgroup, CgroupAttachMode::Single)?;
         Ok(prog.take_link(id)?.try_into()?)
     } else {
         let prog = sock_addr_program(ebpf, name)?;
