@@ -7,7 +7,7 @@
 
 /// Stored in the config map; a daemon that finds pinned maps of another ABI version refuses to
 /// reuse them instead of misreading them.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Names of the maps, as declared in the eBPF object and as pinned under `<pin dir>/maps/`.
 pub mod map_names {
@@ -49,19 +49,31 @@ pub mod map_names {
 pub const PROGRAM_NAMES: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
 
 /// The programs DNS-aware mode adds: the reply's and the peer's address seen by the workload
-/// are the server it asked, not the proxy, and the egress program tells the proxy which
-/// socket a query came from.
-pub const DNS_PROGRAM_NAMES: [&str; 5] = [
-    "recvmsg4",
-    "recvmsg6",
-    "getpeername4",
-    "getpeername6",
-    "dns_egress",
-];
+/// are the server it asked, not the proxy.
+pub const DNS_PROGRAM_NAMES: [&str; 4] = ["recvmsg4", "recvmsg6", "getpeername4", "getpeername6"];
 
 /// Runs at socket creation in every enforced cgroup: refuses the sockets the other programs
 /// could not see (docs/architecture.md, "What is enforced").
 pub const GUARD_PROGRAM_NAME: &str = "sock_create";
+
+/// The `cgroup_skb` egress program: checks ICMP echo requests (which no `sock_addr` hook sees
+/// when a ping socket uses `sendto`) and, in DNS-aware mode, tells the proxy which socket a
+/// query came from.
+pub const EGRESS_PROGRAM_NAME: &str = "egress";
+
+/// The BPF LSM program (`lsm_cgroup/socket_create`): refuses packet and XDP sockets, which
+/// `cgroup/sock_create` never sees. Attached only where the kernel runs BPF LSM.
+pub const LSM_PROGRAM_NAME: &str = "lsm_sock_create";
+
+/// Hook names in [`Hook`] order, as shown in counters, metrics and events.
+pub const HOOK_NAMES: [&str; NUM_HOOKS as usize] = [
+    "connect4",
+    "connect6",
+    "sendmsg4",
+    "sendmsg6",
+    "sock_create",
+    "egress",
+];
 
 /// The DNS port; every query to it from an enforced cgroup goes to the proxy in DNS-aware mode.
 pub const DNS_PORT: u16 = 53;
@@ -73,6 +85,18 @@ pub const IPPROTO_UDP: u8 = 17;
 /// the `sock_addr` hooks: an enforced cgroup may not create such sockets at all.
 pub const IPPROTO_SCTP: u8 = 132;
 pub const IPPROTO_UDPLITE: u8 = 136;
+/// ICMP; also the protocol of every ICMP rule, IPv6 ones included (the address tells the
+/// families apart).
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// Socket families and types as found in `bpf_sock` and the LSM `socket_create` arguments.
+pub const AF_INET: u32 = 2;
+pub const AF_INET6: u32 = 10;
+pub const AF_PACKET: u32 = 17;
+pub const SOCK_STREAM: u32 = 1;
+pub const SOCK_DGRAM: u32 = 2;
+pub const SOCK_RAW: u32 = 3;
 
 /// The node-wide policy. Per-workload scoping will add others without changing the key layout.
 pub const POLICY_NODE: u32 = 0;
@@ -178,7 +202,8 @@ pub struct Config {
     /// The proxy's IPv6 address as in `bpf_sock_addr.user_ip6`; all zero: none, and a query
     /// to an IPv6 server fails.
     pub proxy6: [u32; 4],
-    pub pad2: u32,
+    /// `SOCKETS_*` bits: which sockets beyond TCP and UDP an enforced cgroup may create.
+    pub sockets: u32,
     /// The daemon's network namespace (`SO_NETNS_COOKIE`), for `DNS_LOCAL_PROXY*`.
     pub netns_cookie: u64,
 }
@@ -192,6 +217,13 @@ pub const DNS_HAS_EXEMPT: u32 = 2;
 pub const DNS_LOCAL_PROXY4: u32 = 4;
 pub const DNS_LOCAL_PROXY6: u32 = 8;
 
+/// [`Config::sockets`]: raw (`SOCK_RAW`), packet and XDP sockets may be created; their
+/// traffic is then not enforced.
+pub const SOCKETS_ALLOW_RAW: u32 = 1;
+/// [`Config::sockets`]: ping sockets may be created; echo requests go only where an ICMP rule
+/// allows.
+pub const SOCKETS_ALLOW_PING: u32 = 2;
+
 /// No exact rule has port 0 (any port): the second exact lookup cannot match.
 pub const SKIP_EXACT_ANY_PORT: u32 = 1;
 /// No prefix rule has a specific port: the first prefix lookup cannot match.
@@ -199,7 +231,8 @@ pub const SKIP_PREFIX_PORT: u32 = 2;
 /// No prefix rule has port 0: the second prefix lookup cannot match.
 pub const SKIP_PREFIX_ANY_PORT: u32 = 4;
 
-/// The hook a verdict came from; also the index of the program in [`PROGRAM_NAMES`].
+/// The hook a verdict came from (named in [`HOOK_NAMES`]); the first four are also the index
+/// of the program in [`PROGRAM_NAMES`].
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
@@ -207,14 +240,22 @@ pub enum Hook {
     Connect6 = 1,
     Sendmsg4 = 2,
     Sendmsg6 = 3,
+    /// A socket refused (or audited) at creation, by `cgroup/sock_create` or the LSM program.
+    SockCreate = 4,
+    /// An ICMP echo request checked on its way out.
+    Egress = 5,
 }
-pub const NUM_HOOKS: u32 = 4;
+pub const NUM_HOOKS: u32 = 6;
 
 /// Protocol class used in the counter index.
 pub const PROTO_CLASS_TCP: u32 = 0;
 pub const PROTO_CLASS_UDP: u32 = 1;
 pub const PROTO_CLASS_OTHER: u32 = 2;
-pub const NUM_PROTO_CLASSES: u32 = 3;
+/// ICMP echo (ping sockets at creation and connect, echo requests on egress).
+pub const PROTO_CLASS_ICMP: u32 = 3;
+/// Raw, packet and XDP sockets at creation.
+pub const PROTO_CLASS_RAW: u32 = 4;
+pub const NUM_PROTO_CLASSES: u32 = 5;
 
 /// What happened to one connect/sendmsg.
 pub const VERDICT_ALLOW: u8 = 0;
@@ -236,7 +277,9 @@ pub const fn counter_index(hook: u32, proto_class: u32, verdict: u32) -> u32 {
 pub const COUNTER_EVENTS_DROPPED: u32 = NUM_HOOKS * NUM_PROTO_CLASSES * NUM_VERDICTS;
 pub const NUM_COUNTERS: u32 = COUNTER_EVENTS_DROPPED + 1;
 
-/// A deny or audit event pushed to the `EVENTS` ring buffer.
+/// A deny or audit event pushed to the `EVENTS` ring buffer. For [`Hook::SockCreate`] the
+/// address is zero, `port` holds the full protocol number (`proto` only its low byte) and
+/// `family`/`sock_type` say what was created.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
@@ -254,7 +297,9 @@ pub struct Event {
     pub hook: u8,
     pub proto: u8,
     pub verdict: u8,
-    pub pad: [u8; 3],
+    pub family: u8,
+    pub sock_type: u8,
+    pub pad: u8,
 }
 
 #[cfg(feature = "user")]

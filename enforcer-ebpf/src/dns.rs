@@ -9,7 +9,7 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_map_lookup_elem,
         bpf_sk_release,
     },
-    macros::{cgroup_skb, cgroup_sock_addr},
+    macros::cgroup_sock_addr,
     programs::{SkBuffContext, SockAddrContext},
 };
 use enforcer_common::{
@@ -222,17 +222,11 @@ fn restore_server(ctx: &SockAddrContext, v6: bool) {
     sa.user_port = u32::from(s.server_port.to_be());
 }
 
-#[cgroup_skb(egress)]
-pub fn dns_egress(ctx: SkBuffContext) -> i32 {
-    publish_client(&ctx);
-    ALLOW
-}
-
 /// For a packet to the proxy from a socket we redirected, records its source address and
 /// port (which the proxy sees, and the connect hook could not: the port is chosen later) with
 /// what the hook learned about the socket.
 #[inline(always)]
-fn publish_client(ctx: &SkBuffContext) -> Option<()> {
+pub(crate) fn publish_client(ctx: &SkBuffContext) -> Option<()> {
     let cfg = CONFIG.get(0)?;
     if cfg.dns & DNS_REDIRECT == 0 {
         return None;

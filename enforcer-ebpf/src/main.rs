@@ -8,6 +8,10 @@
 #[cfg(target_arch = "bpf")]
 mod dns;
 #[cfg(target_arch = "bpf")]
+mod egress;
+#[cfg(target_arch = "bpf")]
+mod guard;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod programs;

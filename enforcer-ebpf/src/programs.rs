@@ -5,17 +5,17 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
     },
-    macros::{cgroup_sock, cgroup_sock_addr},
+    macros::cgroup_sock_addr,
     maps::lpm_trie::Key,
-    programs::{SockAddrContext, SockContext},
+    programs::SockAddrContext,
 };
 use aya_log_ebpf::debug;
 use enforcer_common::{
-    COUNTER_EVENTS_DROPPED, DNS_PORT, DNS_REDIRECT, Event, Hook, IPPROTO_SCTP, IPPROTO_TCP,
-    IPPROTO_UDP, IPPROTO_UDPLITE, MODE_AUDIT, POLICY_NODE, PROTO_CLASS_OTHER, PROTO_CLASS_TCP,
-    PROTO_CLASS_UDP, RULE_KEY_FIXED_BITS, RuleKey, SKIP_EXACT_ANY_PORT, SKIP_PREFIX_ANY_PORT,
-    SKIP_PREFIX_PORT, VERDICT_ALLOW, VERDICT_ALLOW_LOOPBACK, VERDICT_AUDIT, VERDICT_DENY,
-    counter_index,
+    COUNTER_EVENTS_DROPPED, DNS_PORT, DNS_REDIRECT, Event, Hook, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    IPPROTO_TCP, IPPROTO_UDP, MODE_AUDIT, POLICY_NODE, PROTO_CLASS_ICMP, PROTO_CLASS_OTHER,
+    PROTO_CLASS_TCP, PROTO_CLASS_UDP, RULE_KEY_FIXED_BITS, RuleKey, SKIP_EXACT_ANY_PORT,
+    SKIP_PREFIX_ANY_PORT, SKIP_PREFIX_PORT, VERDICT_ALLOW, VERDICT_ALLOW_LOOPBACK, VERDICT_AUDIT,
+    VERDICT_DENY, counter_index,
 };
 
 use crate::{
@@ -24,7 +24,7 @@ use crate::{
 };
 
 pub(crate) const ALLOW: i32 = 1;
-const DENY: i32 = 0;
+pub(crate) const DENY: i32 = 0;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
@@ -44,24 +44,6 @@ pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     decide(&ctx, Hook::Sendmsg6, dest_v6(&ctx))
-}
-
-/// UDP-Lite's `connect()` runs no cgroup hook (its protocol has no `pre_connect`), nor does
-/// SCTP's connect or implicit association: a socket of either would carry traffic the hooks
-/// above never see, so an enforced cgroup cannot create one (audit mode allows it). Without a
-/// config entry (before the daemon's first write) they are refused too.
-#[cgroup_sock(sock_create)]
-pub fn sock_create(ctx: SockContext) -> i32 {
-    // SAFETY: the kernel passes a valid context; the verifier accepts only a 4-byte load of
-    // this field, which a volatile read keeps from being merged with its neighbour.
-    let protocol = unsafe { core::ptr::read_volatile(&(*ctx.sock).protocol) };
-    if protocol != u32::from(IPPROTO_UDPLITE) && protocol != u32::from(IPPROTO_SCTP) {
-        return ALLOW;
-    }
-    match CONFIG.get(0) {
-        Some(cfg) if cfg.mode == MODE_AUDIT => ALLOW,
-        _ => DENY,
-    }
 }
 
 /// Destination address as four words in memory (network) order, and port in host order.
@@ -123,7 +105,7 @@ pub(crate) fn dest_v6(ctx: &SockAddrContext) -> Dest {
 
 /// Loopback in either form, plus the unspecified address, which the kernel connects to loopback.
 #[inline(always)]
-fn is_loopback(w: &[u32; 4]) -> bool {
+pub(crate) fn is_loopback(w: &[u32; 4]) -> bool {
     if w[0] | w[1] != 0 {
         return false;
     }
@@ -139,7 +121,7 @@ fn is_loopback(w: &[u32; 4]) -> bool {
 /// that can match: userspace sets `skip` bits for the kinds of rule that do not exist, which
 /// saves the trie walks on a denied destination when there are no CIDR or any-port rules.
 #[inline(always)]
-fn rule_matches(proto: u8, dest: &Dest, skip: u32, learned: bool) -> bool {
+pub(crate) fn rule_matches(proto: u8, dest: &Dest, skip: u32, learned: bool) -> bool {
     let mut key = RuleKey {
         policy: POLICY_NODE,
         port: dest.port,
@@ -181,12 +163,19 @@ pub(crate) fn count(index: u32) {
 }
 
 #[inline(always)]
-fn decide(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
+fn decide(ctx: &SockAddrContext, hook: Hook, mut dest: Dest) -> i32 {
     let sa = sock_addr(ctx);
-    let proto = sa.protocol as u8;
+    let mut proto = sa.protocol as u8;
     let proto_class = match proto {
         IPPROTO_TCP => PROTO_CLASS_TCP,
         IPPROTO_UDP => PROTO_CLASS_UDP,
+        // A ping socket's connect (kernel >= 6.1): its "port" is an echo identifier, and one
+        // ICMP rule covers both families.
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            proto = IPPROTO_ICMP;
+            dest.port = 0;
+            PROTO_CLASS_ICMP
+        }
         _ => PROTO_CLASS_OTHER,
     };
     // A missing config entry can only happen before the daemon's first write: fail closed.
@@ -237,6 +226,24 @@ fn decide(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
 
 #[inline(always)]
 pub(crate) fn report(hook: Hook, proto: u8, verdict: u8, dest: &Dest) {
+    emit(hook, proto, verdict, dest.addr(), dest.port, [0, 0]);
+}
+
+/// A socket refused or audited at creation: no address; the port field holds the protocol.
+#[inline(always)]
+pub(crate) fn report_socket(verdict: u8, family: u32, ty: u32, protocol: u32) {
+    emit(
+        Hook::SockCreate,
+        protocol as u8,
+        verdict,
+        [0; 16],
+        protocol as u16,
+        [family as u8, ty as u8],
+    );
+}
+
+#[inline(always)]
+fn emit(hook: Hook, proto: u8, verdict: u8, addr: [u8; 16], port: u16, family_type: [u8; 2]) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(COUNTER_EVENTS_DROPPED);
         return;
@@ -249,12 +256,14 @@ pub(crate) fn report(hook: Hook, proto: u8, verdict: u8, dest: &Dest) {
         pid: pid_tgid as u32,
         tgid: (pid_tgid >> 32) as u32,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        addr: dest.addr(),
-        port: dest.port,
+        addr,
+        port,
         hook: hook as u8,
         proto,
         verdict,
-        pad: [0; 3],
+        family: family_type[0],
+        sock_type: family_type[1],
+        pad: 0,
     };
     entry.write(ev);
     // Waking the reader for each event costs more than the rest of the program; the daemon

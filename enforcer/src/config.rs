@@ -247,6 +247,12 @@ pub struct Allow {
     /// DNS servers the workloads use: allowed on 53/udp and 53/tcp.
     pub dns_servers: DnsServers,
     pub cidrs: Vec<String>,
+    /// Raw, packet and XDP sockets may be created in enforced cgroups. Their traffic is not
+    /// checked: this gives up enforcement for whatever holds `CAP_NET_RAW` there.
+    pub raw_sockets: bool,
+    /// Ping sockets (`SOCK_DGRAM`, ICMP) may be created; echo requests then go only to
+    /// destinations with an ICMP rule, which every registered address gets.
+    pub ping: bool,
 }
 
 /// Capacity of the kernel maps. Fixed when the maps are first created and pinned: a daemon
@@ -321,6 +327,8 @@ impl Default for Allow {
             loopback: true,
             dns_servers: DnsServers::Keyword("auto".to_owned()),
             cidrs: Vec::new(),
+            raw_sockets: false,
+            ping: false,
         }
     }
 }

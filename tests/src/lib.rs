@@ -64,6 +64,17 @@ pub fn probe_bin() -> PathBuf {
     p
 }
 
+/// A binary of this crate, built next to the test binaries.
+pub fn crate_bin(name: &str) -> PathBuf {
+    let p = target_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} not found: build the e2e crate's binaries",
+        p.display()
+    );
+    p
+}
+
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };

@@ -221,6 +221,7 @@ pub fn check(config: Option<&Path>, args: Args) -> Result<bool, Failure> {
     let allows = ConfigAllows {
         cidrs: cfg.allowed_cidrs(),
         dns_aware: cfg.dns.mode == crate::config::DnsMode::Proxy,
+        ping: cfg.allow.ping,
         ..ConfigAllows::default()
     };
     let policy = compile(&allows, &report.entries);

@@ -9,6 +9,7 @@ use crate::{
         links::{self, LinkRow},
         maps::{Maps, RuleRow},
         pins::PinLayout,
+        protections::{self, Protections},
         stats::Stats,
     },
 };
@@ -18,6 +19,8 @@ pub enum What {
     Rules,
     Stats,
     Links,
+    /// Which ways out (raw, packet, ping sockets...) are closed.
+    Protections,
 }
 
 #[derive(Debug, clap::Args)]
@@ -40,24 +43,28 @@ struct Report {
     stats: Option<Stats>,
     #[serde(skip_serializing_if = "Option::is_none")]
     links: Option<Vec<LinkRow>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protections: Option<Protections>,
 }
 
 pub fn inspect(config: Option<&Path>, args: Args) -> Result<(), Failure> {
     let cfg = Config::load(config).user()?;
     let layout = PinLayout::new(&cfg.bpffs);
     let want = |w: What| args.what.is_none_or(|x| x == w);
-    let maps = if want(What::Rules) || want(What::Stats) {
+    let maps = if want(What::Rules) || want(What::Stats) || want(What::Protections) {
         Some(Maps::from_pins(&layout).runtime()?)
     } else {
         None
     };
-    let mode = match &maps {
-        Some(m) => Some(match m.read_config().runtime()?.mode {
-            enforcer_common::MODE_AUDIT => "audit",
-            _ => "enforce",
-        }),
+    let kernel_cfg = match &maps {
+        Some(m) => Some(m.read_config().runtime()?),
         None => None,
     };
+    let mode = kernel_cfg.map(|c| match c.mode {
+        enforcer_common::MODE_AUDIT => "audit",
+        _ => "enforce",
+    });
+    let link_rows = (want(What::Links) || want(What::Protections)).then(|| links::list(&layout));
     let report = Report {
         pin_dir: layout.root.display().to_string(),
         mode,
@@ -77,7 +84,14 @@ pub fn inspect(config: Option<&Path>, args: Args) -> Result<(), Failure> {
             (Some(m), true) => Some(m.stats().runtime()?),
             _ => None,
         },
-        links: want(What::Links).then(|| links::list(&layout)),
+        protections: match (&kernel_cfg, &link_rows, want(What::Protections)) {
+            (Some(c), Some(rows), true) => Some(protections::describe(
+                c.sockets,
+                protections::lsm_from_links(rows),
+            )),
+            _ => None,
+        },
+        links: link_rows.filter(|_| want(What::Links)),
     };
     if args.json {
         let text = serde_json::to_string_pretty(&report).runtime()?;
@@ -173,6 +187,17 @@ fn render(r: &Report) -> String {
             "  events dropped (ring buffer full): {}",
             stats.events_dropped
         );
+    }
+    if let Some(p) = &r.protections {
+        let _ = writeln!(out, "\nprotections:");
+        for (what, how) in [
+            ("raw sockets", &p.raw_sockets),
+            ("packet sockets", &p.packet_sockets),
+            ("ping", &p.ping),
+            ("other protocols", &p.other_protocols),
+        ] {
+            let _ = writeln!(out, "  {what:<16} {how}");
+        }
     }
     if let Some(links) = &r.links {
         let _ = writeln!(out, "\nlinks ({}):", links.len());

@@ -276,7 +276,32 @@ const WINDOW: Duration = Duration::from_secs(1);
 /// How often the ring buffer is drained when the kernel has not woken us.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
 
+fn log_socket_event(ev: &EventRecord, socket: &str, count: u64, cgroup: &str) {
+    let msg = match (ev.verdict == "deny", count) {
+        (true, 1) => "socket refused",
+        (true, _) => "socket refused (repeated)",
+        (false, 1) => "socket allowed by audit mode",
+        (false, _) => "socket allowed by audit mode (repeated)",
+    };
+    warn!(
+        target: "egress_enforcer::event",
+        verdict = ev.verdict,
+        count,
+        pid = ev.pid,
+        tid = ev.tid,
+        comm = %ev.comm,
+        cgroup = %cgroup,
+        hook = ev.hook,
+        socket,
+        proto = %ev.proto,
+        "{msg}"
+    );
+}
+
 fn log_event(ev: &EventRecord, count: u64, cgroup: &str, index: &EventIndex) {
+    if let Some(socket) = &ev.socket {
+        return log_socket_event(ev, socket, count, cgroup);
+    }
     let denied = ev.verdict == "deny";
     let x = index.explain(ev.addr, denied);
     let msg = match (denied, count) {
@@ -478,6 +503,7 @@ mod tests {
             addr: "192.0.2.1".parse().unwrap(),
             port,
             verdict: "deny",
+            socket: None,
         }
     }
 

@@ -114,8 +114,37 @@ fn kernel_config(cfg: &Config) -> enforcer_common::Config {
         pad: 0,
         proxy4: u32::from_ne_bytes(proxy.address4().octets()),
         proxy6: proxy.address6().map_or([0; 4], |a| words(a.octets())),
-        pad2: 0,
+        sockets: if cfg.allow.raw_sockets {
+            enforcer_common::SOCKETS_ALLOW_RAW
+        } else {
+            0
+        } | if cfg.allow.ping {
+            enforcer_common::SOCKETS_ALLOW_PING
+        } else {
+            0
+        },
         netns_cookie: crate::dnsproxy::server::own_netns_cookie(),
+    }
+}
+
+/// Which ways out are closed; a warning when one that should be is not.
+fn log_protections(dp: &Dataplane, cfg: &Config) {
+    let p = crate::dataplane::protections::describe(
+        kernel_config(cfg).sockets,
+        dp.lsm.as_ref().map(|_| ()).map_err(String::as_str),
+    );
+    info!(
+        raw_sockets = %p.raw_sockets,
+        packet_sockets = %p.packet_sockets,
+        ping = %p.ping,
+        other_protocols = %p.other_protocols,
+        "protections"
+    );
+    if p.packet_sockets.starts_with("NOT") {
+        warn!(
+            "packet sockets are not refused in enforced cgroups: a workload holding CAP_NET_RAW \
+             can send any frame (docs/threat-model.md)"
+        );
     }
 }
 
@@ -338,6 +367,7 @@ impl Daemon {
             pins = %dp.layout().root.display(),
             "enforcing"
         );
+        log_protections(&dp, &first.config);
 
         metrics.applied(
             desired.exact.len(),

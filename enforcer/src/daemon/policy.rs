@@ -90,6 +90,7 @@ pub fn load(config_path: Option<&Path>, allow: &[AllowSpec]) -> Result<LoadedPol
             cfg.allowed_dns_servers()
         },
         dns_aware,
+        ping: cfg.allow.ping,
     };
     let compiled = compile(&allows, &report.entries);
     let mut remarks = describe(&report, Severity::Warning);

@@ -21,6 +21,43 @@ pub struct EventRecord {
     pub addr: IpAddr,
     pub port: u16,
     pub verdict: &'static str,
+    /// A socket refused at creation (hook `sock_create`): `family/type`, e.g. `inet6/raw`;
+    /// `proto` is then its protocol and the address and port are zero.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+}
+
+fn family_name(family: u8) -> String {
+    match u32::from(family) {
+        enforcer_common::AF_INET => "inet".to_owned(),
+        enforcer_common::AF_INET6 => "inet6".to_owned(),
+        enforcer_common::AF_PACKET => "packet".to_owned(),
+        44 => "xdp".to_owned(),
+        n => format!("family-{n}"),
+    }
+}
+
+fn type_name(ty: u8) -> String {
+    match u32::from(ty) {
+        enforcer_common::SOCK_STREAM => "stream".to_owned(),
+        enforcer_common::SOCK_DGRAM => "dgram".to_owned(),
+        enforcer_common::SOCK_RAW => "raw".to_owned(),
+        5 => "seqpacket".to_owned(),
+        n => format!("type-{n}"),
+    }
+}
+
+/// The protocol of a socket refused at creation: an IP protocol for inet sockets, an
+/// EtherType (network byte order, as passed to `socket()`) for packet sockets.
+fn socket_proto_name(family: u8, protocol: u16) -> String {
+    if u32::from(family) == enforcer_common::AF_PACKET {
+        return format!("ethertype-0x{:04x}", u16::from_be(protocol));
+    }
+    match u8::try_from(protocol) {
+        Ok(p) => proto_name(p),
+        Err(_) if protocol == 262 => "mptcp".to_owned(),
+        Err(_) => format!("proto-{protocol}"),
+    }
 }
 
 /// Decodes one ring-buffer record; `None` if it has the wrong size (another ABI).
@@ -36,6 +73,7 @@ pub fn decode(bytes: &[u8]) -> Option<EventRecord> {
         .iter()
         .position(|&b| b == 0)
         .unwrap_or(ev.comm.len());
+    let create = ev.hook == enforcer_common::Hook::SockCreate as u8;
     Some(EventRecord {
         ts_ns: ev.ts_ns,
         pid: ev.tgid,
@@ -43,10 +81,15 @@ pub fn decode(bytes: &[u8]) -> Option<EventRecord> {
         comm: String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned(),
         cgroup_id: ev.cgroup_id,
         hook: hook_name(u32::from(ev.hook)),
-        proto: proto_name(ev.proto),
+        proto: if create {
+            socket_proto_name(ev.family, ev.port)
+        } else {
+            proto_name(ev.proto)
+        },
         addr: Net::from_normalized(ev.addr, 128).addr,
-        port: ev.port,
+        port: if create { 0 } else { ev.port },
         verdict: verdict_name(ev.verdict),
+        socket: create.then(|| format!("{}/{}", family_name(ev.family), type_name(ev.sock_type))),
     })
 }
 
@@ -73,7 +116,9 @@ mod tests {
             hook: 2,
             proto: IPPROTO_UDP,
             verdict: VERDICT_DENY,
-            pad: [0; 3],
+            family: 0,
+            sock_type: 0,
+            pad: 0,
         };
         // SAFETY: Event is repr(C) plain data.
         let bytes =
@@ -86,5 +131,32 @@ mod tests {
             ("sendmsg4", "udp", "deny", 53)
         );
         assert!(decode(&bytes[..10]).is_none());
+        assert_eq!(r.socket, None);
+    }
+
+    #[test]
+    fn decodes_a_refused_packet_socket() {
+        let ev = Event {
+            ts_ns: 1,
+            cgroup_id: 42,
+            pid: 11,
+            tgid: 10,
+            comm: [0; 16],
+            addr: [0; 16],
+            port: 0x0300,
+            hook: enforcer_common::Hook::SockCreate as u8,
+            proto: 0,
+            verdict: VERDICT_DENY,
+            family: enforcer_common::AF_PACKET as u8,
+            sock_type: enforcer_common::SOCK_RAW as u8,
+            pad: 0,
+        };
+        // SAFETY: Event is repr(C) plain data.
+        let bytes =
+            unsafe { std::slice::from_raw_parts((&raw const ev).cast::<u8>(), size_of::<Event>()) };
+        let r = decode(bytes).unwrap();
+        assert_eq!(r.hook, "sock_create");
+        assert_eq!(r.socket.as_deref(), Some("packet/raw"));
+        assert_eq!((r.proto.as_str(), r.port), ("ethertype-0x0003", 0));
     }
 }

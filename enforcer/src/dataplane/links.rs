@@ -43,6 +43,14 @@ pub fn cgroup_dirs(layout: &PinLayout) -> Vec<(String, Option<String>)> {
     out
 }
 
+/// Every program that may be pinned, in display order.
+fn known_programs() -> impl Iterator<Item = &'static str> {
+    ALL_PROGRAMS
+        .iter()
+        .copied()
+        .chain([enforcer_common::LSM_PROGRAM_NAME])
+}
+
 pub fn list(layout: &PinLayout) -> Vec<LinkRow> {
     let mut rows = Vec::new();
     for (dir, rel) in cgroup_dirs(layout) {
@@ -54,12 +62,7 @@ pub fn list(layout: &PinLayout) -> Vec<LinkRow> {
             .flatten()
             .filter_map(|e| e.file_name().into_string().ok())
             .collect();
-        names.sort_by_key(|n| {
-            ALL_PROGRAMS
-                .iter()
-                .position(|p| p == n)
-                .unwrap_or(usize::MAX)
-        });
+        names.sort_by_key(|n| known_programs().position(|p| p == n).unwrap_or(usize::MAX));
         for hook in names {
             let path = layout.links_dir().join(&dir).join(&hook);
             let row = match read_link(&path, &layout.programs_dir()) {
@@ -101,8 +104,7 @@ struct LinkInfo {
 /// The link's program: from our program pins (no privilege beyond reading bpffs), else by
 /// walking the loaded programs (needs CAP_SYS_ADMIN; for links attached before program pins).
 fn program_info(programs_dir: &Path, id: u32) -> Option<aya::programs::ProgramInfo> {
-    ALL_PROGRAMS
-        .iter()
+    known_programs()
         .filter_map(|name| aya::programs::ProgramInfo::from_pin(programs_dir.join(name)).ok())
         .find(|p| p.id() == id)
         .or_else(|| loaded_programs().flatten().find(|p| p.id() == id))

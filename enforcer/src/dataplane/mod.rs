@@ -8,8 +8,10 @@ pub mod cgroup;
 pub mod diff;
 pub mod events;
 pub mod links;
+pub mod lsm;
 pub mod maps;
 pub mod pins;
+pub mod protections;
 pub mod sources;
 pub mod stats;
 pub mod verdicts;
@@ -23,13 +25,17 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{MapData, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, links::FdLink,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, LsmCgroup,
+        links::FdLink,
     },
 };
-use enforcer_common::{DNS_PROGRAM_NAMES, GUARD_PROGRAM_NAME, PROGRAM_NAMES, map_names};
+use enforcer_common::{
+    DNS_PROGRAM_NAMES, EGRESS_PROGRAM_NAME, GUARD_PROGRAM_NAME, LSM_PROGRAM_NAME, PROGRAM_NAMES,
+    map_names,
+};
 
 use self::{cgroup::Cgroup, maps::Maps, pins::PinLayout};
 use crate::config::MapSizes;
@@ -51,24 +57,27 @@ pub struct Dataplane {
     pub previous_exact: Option<Vec<(enforcer_common::RuleKey, enforcer_common::RuleValue)>>,
     /// DNS-aware mode: the DNS programs are attached too.
     dns_aware: bool,
+    /// The LSM program is loaded and attached to every cgroup; otherwise why not (packet
+    /// sockets are then not refused).
+    pub lsm: Result<(), String>,
 }
 
-/// Every program in the object, enforcing ones first (the first `ENFORCING` are attached in
-/// every mode).
+/// Every cgroup program in the object, enforcing ones first (the first `ENFORCING` are
+/// attached in every mode). The LSM program is separate: not every kernel can run it.
 pub static ALL_PROGRAMS: [&str; 10] = [
     PROGRAM_NAMES[0],
     PROGRAM_NAMES[1],
     PROGRAM_NAMES[2],
     PROGRAM_NAMES[3],
     GUARD_PROGRAM_NAME,
+    EGRESS_PROGRAM_NAME,
     DNS_PROGRAM_NAMES[0],
     DNS_PROGRAM_NAMES[1],
     DNS_PROGRAM_NAMES[2],
     DNS_PROGRAM_NAMES[3],
-    DNS_PROGRAM_NAMES[4],
 ];
 
-const ENFORCING: usize = PROGRAM_NAMES.len() + 1;
+const ENFORCING: usize = PROGRAM_NAMES.len() + 2;
 
 /// The programs attached to each cgroup in a mode.
 pub fn attached_programs(dns_aware: bool) -> &'static [&'static str] {
@@ -158,6 +167,7 @@ impl Dataplane {
             load_program(&mut ebpf, name)
                 .with_context(|| format!("the kernel refused program {name} (verifier)"))?;
         }
+        let lsm = load_lsm(&mut ebpf).map_err(|e| format!("{e:#}"));
         let maps = Maps::from_ebpf(&mut ebpf)?;
         // The exact rules in force until now, in the maps being replaced when migrating.
         let previous = if migrating {
@@ -181,6 +191,7 @@ impl Dataplane {
             migrating,
             previous_exact,
             dns_aware: false,
+            lsm,
         })
     }
 
@@ -247,8 +258,11 @@ impl Dataplane {
         let link_dir = self.layout.cgroup_links_dir(&cg.relative);
         fs::create_dir_all(&link_dir)
             .with_context(|| format!("creating {}", link_dir.display()))?;
-        let names = attached_programs(self.dns_aware);
-        for name in names {
+        let mut names = attached_programs(self.dns_aware).to_vec();
+        if self.lsm.is_ok() {
+            names.push(LSM_PROGRAM_NAME);
+        }
+        for name in names.iter().copied() {
             let link = attach_program(&mut self.ebpf, name, &dir)
                 .with_context(|| format!("attaching {name} to cgroup {}", cg.display()))?;
             // bpffs allows no dots in names.
@@ -298,7 +312,8 @@ impl Dataplane {
     fn pin_programs(&mut self) -> anyhow::Result<()> {
         let dir = self.layout.programs_dir();
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        for name in ALL_PROGRAMS {
+        let lsm = self.lsm.is_ok().then_some(LSM_PROGRAM_NAME);
+        for name in ALL_PROGRAMS.iter().copied().chain(lsm) {
             let tmp = dir.join(format!("{name}-new"));
             let _ignored = fs::remove_file(&tmp);
             self.ebpf
@@ -334,7 +349,7 @@ impl Dataplane {
 }
 
 /// The `cgroup_skb` program.
-const SKB_PROGRAM: &str = DNS_PROGRAM_NAMES[4];
+const SKB_PROGRAM: &str = EGRESS_PROGRAM_NAME;
 
 fn sock_addr_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut CgroupSockAddr> {
     Ok(ebpf
@@ -357,6 +372,23 @@ fn sock_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Cg
         .try_into()?)
 }
 
+fn lsm_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut LsmCgroup> {
+    Ok(ebpf
+        .program_mut(LSM_PROGRAM_NAME)
+        .with_context(|| format!("program {LSM_PROGRAM_NAME} missing from the eBPF object"))?
+        .try_into()?)
+}
+
+/// Loads the LSM program if this kernel runs BPF LSM programs and has per-cgroup ones (6.0).
+fn load_lsm(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    lsm::check_active()?;
+    let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
+    lsm_program(ebpf)?
+        .load("socket_create", &btf)
+        .context("loading lsm_cgroup/socket_create (needs kernel 6.0 or later)")?;
+    Ok(())
+}
+
 fn load_program(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<()> {
     if name == SKB_PROGRAM {
         skb_program(ebpf, name)?.load()?;
@@ -369,7 +401,11 @@ fn load_program(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<()> {
 }
 
 fn attach_program(ebpf: &mut Ebpf, name: &str, cgroup: &File) -> anyhow::Result<FdLink> {
-    if name == SKB_PROGRAM {
+    if name == LSM_PROGRAM_NAME {
+        let prog = lsm_program(ebpf)?;
+        let id = prog.attach(cgroup)?;
+        Ok(prog.take_link(id)?.into())
+    } else if name == SKB_PROGRAM {
         let prog = skb_program(ebpf, name)?;
         let id = prog.attach(
             cgroup,

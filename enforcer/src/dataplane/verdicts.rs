@@ -1,17 +1,15 @@
 //! Names for the kernel's hook, protocol-class and verdict codes (shared by stats and events).
 
 use enforcer_common::{
-    PROGRAM_NAMES, VERDICT_ALLOW, VERDICT_ALLOW_LOOPBACK, VERDICT_AUDIT, VERDICT_DENY,
+    HOOK_NAMES, VERDICT_ALLOW, VERDICT_ALLOW_LOOPBACK, VERDICT_AUDIT, VERDICT_DENY,
 };
 
 pub fn hook_name(hook: u32) -> &'static str {
-    PROGRAM_NAMES
-        .get(hook as usize)
-        .copied()
-        .unwrap_or("unknown")
+    HOOK_NAMES.get(hook as usize).copied().unwrap_or("unknown")
 }
 
-pub const PROTO_CLASS_NAMES: [&str; 3] = ["tcp", "udp", "other"];
+pub const PROTO_CLASS_NAMES: [&str; enforcer_common::NUM_PROTO_CLASSES as usize] =
+    ["tcp", "udp", "other", "icmp", "raw"];
 
 pub fn verdict_name(verdict: u8) -> &'static str {
     match verdict {

@@ -1,5 +1,6 @@
 //! Destination specs as written on the command line: `198.51.100.7:443/tcp`,
-//! `[2001:db8::7]:443/udp`, `203.0.113.0/24:*/tcp` (port `*` = any; protocol defaults to tcp).
+//! `[2001:db8::7]:443/udp`, `203.0.113.0/24:*/tcp` (port `*` = any; protocol defaults to tcp),
+//! `198.51.100.7:*/icmp` (ping; ICMP has no port).
 
 use std::{
     fmt,
@@ -13,6 +14,8 @@ use thiserror::Error;
 pub enum Proto {
     Tcp,
     Udp,
+    /// ICMP echo, IPv4 and IPv6 alike; its rules always have port 0.
+    Icmp,
 }
 
 impl Proto {
@@ -20,6 +23,7 @@ impl Proto {
         match self {
             Self::Tcp => enforcer_common::IPPROTO_TCP,
             Self::Udp => enforcer_common::IPPROTO_UDP,
+            Self::Icmp => enforcer_common::IPPROTO_ICMP,
         }
     }
 
@@ -27,6 +31,7 @@ impl Proto {
         match n {
             enforcer_common::IPPROTO_TCP => Some(Self::Tcp),
             enforcer_common::IPPROTO_UDP => Some(Self::Udp),
+            enforcer_common::IPPROTO_ICMP => Some(Self::Icmp),
             _ => None,
         }
     }
@@ -37,6 +42,7 @@ impl fmt::Display for Proto {
         f.write_str(match self {
             Self::Tcp => "tcp",
             Self::Udp => "udp",
+            Self::Icmp => "icmp",
         })
     }
 }
@@ -198,7 +204,7 @@ impl fmt::Display for AllowSpec {
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum SpecError {
-    #[error("expected ADDR[/LEN]:PORT[/tcp|udp] (IPv6 in brackets, PORT may be *)")]
+    #[error("expected ADDR[/LEN]:PORT[/tcp|udp|icmp] (IPv6 in brackets, PORT may be *)")]
     Shape,
     #[error("{0:?} is not an IP address")]
     Addr(String),
@@ -208,8 +214,10 @@ pub enum SpecError {
     PrefixTooLong { prefix: u8, max: u8 },
     #[error("{0:?} is not a port (1-65535 or *)")]
     Port(String),
-    #[error("{0:?} is not a protocol (tcp or udp)")]
+    #[error("{0:?} is not a protocol (tcp, udp or icmp)")]
     Proto(String),
+    #[error("ICMP has no ports: write ADDR:*/icmp")]
+    IcmpPort,
     #[error(
         "{0} is IPv4-mapped IPv6, which only IPv4 traffic uses and an IPv6 rule never \
          matches: write the IPv4 address"
@@ -270,6 +278,8 @@ impl FromStr for AllowSpec {
         let proto = match proto.map(str::to_ascii_lowercase).as_deref() {
             None | Some("tcp") => Proto::Tcp,
             Some("udp") => Proto::Udp,
+            Some("icmp") if port != 0 => return Err(SpecError::IcmpPort),
+            Some("icmp") => Proto::Icmp,
             Some(other) => return Err(SpecError::Proto(other.to_owned())),
         };
         Ok(Self { net, port, proto })
@@ -282,6 +292,17 @@ mod tests {
 
     fn spec(s: &str) -> AllowSpec {
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn icmp_has_no_port() {
+        let a = spec("198.51.100.0/24:*/icmp");
+        assert_eq!((a.port, a.proto), (0, Proto::Icmp));
+        assert_eq!(a.to_string(), "198.51.100.0/24:*/icmp");
+        assert_eq!(
+            "198.51.100.7:7/icmp".parse::<AllowSpec>(),
+            Err(SpecError::IcmpPort)
+        );
     }
 
     #[test]

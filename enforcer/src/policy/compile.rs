@@ -32,6 +32,8 @@ pub struct ConfigAllows {
     pub dns_servers: Vec<IpAddr>,
     /// DNS-aware mode: the workloads' answers are allowed, wildcard and DYNAMIC_DNS hosts too.
     pub dns_aware: bool,
+    /// `allow.ping`: every registered address (ServiceEntries, `allow.cidrs`) may be pinged.
+    pub ping: bool,
 }
 
 /// Something that does not make an entry invalid but that the user should know.
@@ -101,6 +103,7 @@ fn entry_targets(se: &ServiceEntry) -> Vec<Target> {
 struct Builder {
     policy: CompiledPolicy,
     dns_aware: bool,
+    ping: bool,
 }
 
 /// A host as the tables key it: lowercase, without a trailing dot.
@@ -121,6 +124,14 @@ fn add_targets(
 }
 
 impl Builder {
+    /// With ping allowed, an entry that allows some port also allows ICMP echo.
+    fn with_icmp(&self, mut targets: Vec<Target>) -> Vec<Target> {
+        if self.ping && !targets.is_empty() {
+            targets.push((0, Proto::Icmp));
+        }
+        targets
+    }
+
     fn static_rule(&mut self, net: Net, target: Target, id: u32) {
         let spec = AllowSpec {
             net,
@@ -185,7 +196,7 @@ impl Builder {
         let se = &loaded.entry;
         let spec = &se.spec;
         let name = loaded.id();
-        let targets = entry_targets(se);
+        let targets = self.with_icmp(entry_targets(se));
         if targets.is_empty() {
             self.notice(
                 &name,
@@ -241,7 +252,8 @@ impl Builder {
                         );
                         continue;
                     }
-                    self.address(&name, &we.address, &endpoint_targets(se, we), id);
+                    let t = self.with_icmp(endpoint_targets(se, we));
+                    self.address(&name, &we.address, &t, id);
                 }
                 addresses(self);
             }
@@ -250,7 +262,7 @@ impl Builder {
                     resolve_hosts(self);
                 }
                 for we in spec.endpoints() {
-                    let t = endpoint_targets(se, we);
+                    let t = self.with_icmp(endpoint_targets(se, we));
                     if names::parse_ip(&we.address).is_some() {
                         self.address(&name, &we.address, &t, id);
                     } else {
@@ -331,6 +343,7 @@ pub fn compile(config: &ConfigAllows, entries: &[Loaded]) -> CompiledPolicy {
     let mut b = Builder {
         policy: CompiledPolicy::default(),
         dns_aware: config.dns_aware,
+        ping: config.ping,
     };
     let mut next_id = 1u32;
     let mut new_id = |b: &mut Builder, source: String| {
@@ -345,7 +358,8 @@ pub fn compile(config: &ConfigAllows, entries: &[Loaded]) -> CompiledPolicy {
     }
     for net in &config.cidrs {
         let id = new_id(&mut b, format!("allow.cidrs {net}"));
-        for proto in [Proto::Tcp, Proto::Udp] {
+        let icmp = config.ping.then_some(Proto::Icmp);
+        for proto in [Proto::Tcp, Proto::Udp].into_iter().chain(icmp) {
             b.static_rule(*net, (0, proto), id);
         }
     }

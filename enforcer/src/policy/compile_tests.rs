@@ -196,6 +196,7 @@ fn invalid_entries_are_skipped_and_ids_follow_config_sources() {
         cidrs: vec![crate::policy::allow_spec::parse_cidr("10.96.0.0/12").unwrap()],
         dns_servers: vec!["192.0.2.53".parse().unwrap()],
         dns_aware: false,
+        ping: false,
     };
     let p = compile(&cfg, &load(&yaml));
     let sources: Vec<&str> = p.sources.values().map(String::as_str).collect();
