@@ -29,8 +29,14 @@ pub mod map_names {
     pub const DNS_PROXY: &str = "DNS_PROXY";
     /// Cookies of the daemon's own upstream sockets, never redirected.
     pub const DNS_OWN: &str = "DNS_OWN";
+    /// cgroup ids the cgroup programs are attached to.
+    pub const ENFORCED_ROOTS: &str = "ENFORCED_ROOTS";
+    /// cgroup id → enforced or not: the root programs' cache.
+    pub const TASK_CGROUPS: &str = "TASK_CGROUPS";
+    /// Cookies of sockets made inside an enforced cgroup.
+    pub const NATIVE_SOCKETS: &str = "NATIVE_SOCKETS";
     /// All maps that are pinned (and so survive a daemon restart).
-    pub const PINNED: [&str; 11] = [
+    pub const PINNED: [&str; 14] = [
         RULES_EXACT,
         RULES_PREFIX,
         CONFIG,
@@ -42,6 +48,9 @@ pub mod map_names {
         DNS_EXEMPT,
         DNS_PROXY,
         DNS_OWN,
+        ENFORCED_ROOTS,
+        TASK_CGROUPS,
+        NATIVE_SOCKETS,
     ];
 }
 
@@ -51,6 +60,15 @@ pub const PROGRAM_NAMES: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendm
 /// The programs DNS-aware mode adds: the reply's and the peer's address seen by the workload
 /// are the server it asked, not the proxy.
 pub const DNS_PROGRAM_NAMES: [&str; 4] = ["recvmsg4", "recvmsg6", "getpeername4", "getpeername6"];
+
+/// The programs on the cgroup root that decide for sockets made outside an enforced cgroup and
+/// used inside one (docs/architecture.md, "Sockets from outside").
+pub const FOREIGN_PROGRAM_NAMES: [&str; 4] = [
+    "foreign_connect4",
+    "foreign_connect6",
+    "foreign_sendmsg4",
+    "foreign_sendmsg6",
+];
 
 /// Runs at socket creation in every enforced cgroup: refuses the sockets the other programs
 /// could not see (docs/architecture.md, "What is enforced").
@@ -73,6 +91,10 @@ pub const HOOK_NAMES: [&str; NUM_HOOKS as usize] = [
     "sendmsg6",
     "sock_create",
     "egress",
+    "foreign_connect4",
+    "foreign_connect6",
+    "foreign_sendmsg4",
+    "foreign_sendmsg6",
 ];
 
 /// The DNS port; every query to it from an enforced cgroup goes to the proxy in DNS-aware mode.
@@ -224,6 +246,10 @@ pub const SOCKETS_ALLOW_RAW: u32 = 1;
 /// allows.
 pub const SOCKETS_ALLOW_PING: u32 = 2;
 
+/// [`Config::sockets`]: the root programs for sockets from outside are attached; the
+/// creation program records every socket it lets through as native.
+pub const SOCKETS_FOREIGN: u32 = 4;
+
 /// No exact rule has port 0 (any port): the second exact lookup cannot match.
 pub const SKIP_EXACT_ANY_PORT: u32 = 1;
 /// No prefix rule has a specific port: the first prefix lookup cannot match.
@@ -244,8 +270,13 @@ pub enum Hook {
     SockCreate = 4,
     /// An ICMP echo request checked on its way out.
     Egress = 5,
+    /// A socket made outside every enforced cgroup, used by a task inside one.
+    ForeignConnect4 = 6,
+    ForeignConnect6 = 7,
+    ForeignSendmsg4 = 8,
+    ForeignSendmsg6 = 9,
 }
-pub const NUM_HOOKS: u32 = 6;
+pub const NUM_HOOKS: u32 = 10;
 
 /// Protocol class used in the counter index.
 pub const PROTO_CLASS_TCP: u32 = 0;

@@ -4,18 +4,20 @@
 //! it instead, when ping is allowed), and UDP-Lite's and SCTP's `connect()` skip the hooks.
 
 use aya_ebpf::{
+    EbpfContext as _,
+    helpers::bpf_get_socket_cookie,
     macros::{cgroup_sock, lsm_cgroup},
     programs::{LsmContext, SockContext},
 };
 use enforcer_common::{
     AF_INET, AF_INET6, AF_PACKET, Config, Hook, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
     IPPROTO_UDP, MODE_AUDIT, PROTO_CLASS_ICMP, PROTO_CLASS_OTHER, PROTO_CLASS_RAW, SOCK_DGRAM,
-    SOCK_RAW, SOCK_STREAM, SOCKETS_ALLOW_PING, SOCKETS_ALLOW_RAW, VERDICT_AUDIT, VERDICT_DENY,
-    counter_index,
+    SOCK_RAW, SOCK_STREAM, SOCKETS_ALLOW_PING, SOCKETS_ALLOW_RAW, SOCKETS_FOREIGN, VERDICT_AUDIT,
+    VERDICT_DENY, counter_index,
 };
 
 use crate::{
-    maps::CONFIG,
+    maps::{CONFIG, NATIVE_SOCKETS},
     programs::{ALLOW, DENY, count, report_socket},
 };
 
@@ -45,15 +47,30 @@ pub fn sock_create(ctx: SockContext) -> i32 {
         )
     };
     let class = match (ty, protocol) {
-        (SOCK_STREAM, p) if p == u32::from(IPPROTO_TCP) || p == IPPROTO_MPTCP => return ALLOW,
-        (SOCK_DGRAM, p) if p == u32::from(IPPROTO_UDP) => return ALLOW,
+        (SOCK_STREAM, p) if p == u32::from(IPPROTO_TCP) || p == IPPROTO_MPTCP => None,
+        (SOCK_DGRAM, p) if p == u32::from(IPPROTO_UDP) => None,
         (SOCK_DGRAM, p) if p == u32::from(IPPROTO_ICMP) || p == u32::from(IPPROTO_ICMPV6) => {
-            PROTO_CLASS_ICMP
+            Some(PROTO_CLASS_ICMP)
         }
-        (SOCK_RAW, _) => PROTO_CLASS_RAW,
-        _ => PROTO_CLASS_OTHER,
+        (SOCK_RAW, _) => Some(PROTO_CLASS_RAW),
+        _ => Some(PROTO_CLASS_OTHER),
     };
-    decide(class, family, ty, protocol)
+    let verdict = match class {
+        None => ALLOW,
+        Some(c) => decide(c, family, ty, protocol),
+    };
+    if verdict == ALLOW
+        && CONFIG
+            .get(0)
+            .is_some_and(|c| c.sockets & SOCKETS_FOREIGN != 0)
+    {
+        // SAFETY: helper with a valid context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        // An LRU insert fails only on a broken map; the socket is then decided twice, by the
+        // same rules.
+        let _ignored = NATIVE_SOCKETS.insert(cookie, 1u8, 0);
+    }
+    verdict
 }
 
 /// Packet and XDP sockets (and other families that leave the host) never reach

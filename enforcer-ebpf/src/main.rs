@@ -10,6 +10,8 @@ mod dns;
 #[cfg(target_arch = "bpf")]
 mod egress;
 #[cfg(target_arch = "bpf")]
+mod foreign;
+#[cfg(target_arch = "bpf")]
 mod guard;
 #[cfg(target_arch = "bpf")]
 mod maps;

@@ -44,6 +44,19 @@ pub(crate) static DNS_EXEMPT: HashMap<u64, u8> = HashMap::with_max_entries(1024,
 #[map]
 pub(crate) static DNS_PROXY: SockMap = SockMap::with_max_entries(1, 0);
 
+/// cgroup ids the cgroup programs are attached to (their descendants are enforced too).
+#[map]
+pub(crate) static ENFORCED_ROOTS: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
+
+/// cgroup id → whether it is enforced (1) or not (0): a cache of the ancestor walk.
+#[map]
+pub(crate) static TASK_CGROUPS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+
+/// Cookies of sockets made inside an enforced cgroup, whose own programs decide for them. LRU:
+/// a socket evicted here is decided again by the root programs, with the same rules.
+#[map]
+pub(crate) static NATIVE_SOCKETS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+
 /// Cookies of the daemon's own upstream sockets while they connect: never redirected.
 #[map]
 pub(crate) static DNS_OWN: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);

@@ -28,22 +28,22 @@ pub(crate) const DENY: i32 = 0;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    decide(&ctx, Hook::Connect4, dest_v4(&ctx))
+    decide_as(&ctx, Hook::Connect4, dest_v4(&ctx), true)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
-    decide(&ctx, Hook::Connect6, dest_v6(&ctx))
+    decide_as(&ctx, Hook::Connect6, dest_v6(&ctx), true)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
-    decide(&ctx, Hook::Sendmsg4, dest_v4(&ctx))
+    decide_as(&ctx, Hook::Sendmsg4, dest_v4(&ctx), true)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
-    decide(&ctx, Hook::Sendmsg6, dest_v6(&ctx))
+    decide_as(&ctx, Hook::Sendmsg6, dest_v6(&ctx), true)
 }
 
 /// Destination address as four words in memory (network) order, and port in host order.
@@ -162,8 +162,11 @@ pub(crate) fn count(index: u32) {
     }
 }
 
+/// The verdict for one connect/sendmsg. `native`: the socket was made in an enforced cgroup,
+/// whose recvmsg programs show DNS replies as coming from the server asked; a socket from
+/// outside runs none of them, so its queries cannot go to the proxy.
 #[inline(always)]
-fn decide(ctx: &SockAddrContext, hook: Hook, mut dest: Dest) -> i32 {
+pub(crate) fn decide_as(ctx: &SockAddrContext, hook: Hook, mut dest: Dest, native: bool) -> i32 {
     let sa = sock_addr(ctx);
     let mut proto = sa.protocol as u8;
     let proto_class = match proto {
@@ -191,7 +194,15 @@ fn decide(ctx: &SockAddrContext, hook: Hook, mut dest: Dest) -> i32 {
         && dest.port == DNS_PORT
         && (proto == IPPROTO_TCP || proto == IPPROTO_UDP)
     {
-        let verdict = dns::redirect(ctx, cfg, hook, proto, &dest, audit);
+        let verdict = if native {
+            dns::redirect(ctx, cfg, hook, proto, &dest, audit)
+        } else if dns::foreign_query_allowed(ctx, cfg, &dest) {
+            VERDICT_ALLOW
+        } else if audit {
+            VERDICT_AUDIT
+        } else {
+            VERDICT_DENY
+        };
         count(counter_index(hook as u32, proto_class, verdict as u32));
         if verdict == VERDICT_DENY || verdict == VERDICT_AUDIT {
             report(hook, proto, verdict, &dest);

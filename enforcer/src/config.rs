@@ -28,6 +28,19 @@ pub enum Mode {
     Audit,
 }
 
+/// Sockets made outside the enforced cgroups and used inside them (docs/threat-model.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ForeignSockets {
+    /// Programs on the cgroup root decide for them by the calling task: every connect() and
+    /// unconnected sendmsg() on the host pays a cgroup lookup (bench/RESULTS.md).
+    #[default]
+    Enforce,
+    /// No programs on the root: a socket made before its process joined an enforced cgroup,
+    /// or received from outside, is not checked.
+    Off,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -46,6 +59,7 @@ pub struct Config {
     pub cgroups: Vec<String>,
     pub bpffs: PathBuf,
     pub allow: Allow,
+    pub foreign_sockets: ForeignSockets,
     pub dns: Dns,
     pub maps: MapSizes,
     pub limits: Limits,
@@ -269,6 +283,9 @@ pub struct MapSizes {
     /// Sockets redirected to the DNS proxy that the kernel remembers (least recently used
     /// go first).
     pub dns_sockets: u32,
+    /// Sockets made in enforced cgroups that the kernel remembers as such (least recently
+    /// used go first; one forgotten is checked twice, by the same rules).
+    pub native_sockets: u32,
 }
 
 /// The health and metrics endpoint.
@@ -312,6 +329,7 @@ impl Default for Config {
             cgroups: vec!["egress-enforcer".to_owned()],
             bpffs: PathBuf::from("/sys/fs/bpf"),
             allow: Allow::default(),
+            foreign_sockets: ForeignSockets::default(),
             dns: Dns::default(),
             maps: MapSizes::default(),
             limits: Limits::default(),
@@ -341,6 +359,7 @@ impl Default for MapSizes {
             event_buffer: 256 * 1024,
             learned_rules: 65_536,
             dns_sockets: 65_536,
+            native_sockets: 65_536,
         }
     }
 }
@@ -459,6 +478,9 @@ impl Config {
         }
         if m.dns_sockets < 64 {
             bail!("maps.dnsSockets: must be at least 64");
+        }
+        if m.native_sockets < 64 {
+            bail!("maps.nativeSockets: must be at least 64");
         }
         if !m.event_buffer.is_power_of_two() || m.event_buffer < 4096 {
             bail!("maps.eventBuffer: must be a power of two of at least 4096 bytes");

@@ -34,6 +34,8 @@ const DECIDED: &[&str] = &[
 const RAW: &[&str] = &["raw-udp", "raw-tcp", "raw-icmp", "ip-raw"];
 const PACKET: &[&str] = &["packet-raw", "packet-dgram"];
 const PING: &[&str] = &["ping-connect", "ping-sendto"];
+/// Sockets made outside the cgroup: before the attacker joined it, or by another process.
+const OUTSIDE: &[&str] = &["before-join", "before-join-udp", "scm-tcp", "scm-udp"];
 
 /// One entry per protocol: Istio allows a port number once per entry.
 fn registry_yaml() -> String {
@@ -147,7 +149,7 @@ fn default_config_closes_every_path() {
         "inspect says {shown:?}, the log {said:?}"
     );
     let mut all: Vec<&str> = DECIDED.to_vec();
-    all.extend(RAW.iter().chain(PACKET).chain(PING));
+    all.extend(RAW.iter().chain(PACKET).chain(PING).chain(OUTSIDE));
     all.push("udplite");
     let mut wrong = Vec::new();
     for (user, arg) in USERS {
@@ -155,6 +157,9 @@ fn default_config_closes_every_path() {
         let got = attack(&env, arg, &all);
         let after = env.counters();
         wrong.extend(expect(&got, user, DECIDED, |_, reg| {
+            if reg { "ok" } else { "EPERM" }
+        }));
+        wrong.extend(expect(&got, user, OUTSIDE, |_, reg| {
             if reg { "ok" } else { "EPERM" }
         }));
         wrong.extend(expect(&got, user, RAW, |_, _| "EPERM"));
@@ -201,6 +206,27 @@ fn default_config_closes_every_path() {
         if connects != 8 || sends < 6 {
             wrong.push(format!(
                 "{user}: connect denials {connects} (want 8), sendmsg denials {sends} (want >= 6)"
+            ));
+        }
+        // Sockets from outside: decided by the programs on the cgroup root, two connects and
+        // two sends per family. MPTCP connects through a subflow the kernel makes itself
+        // (no creation hook sees it), so its denial is counted here too: 10.
+        let foreign: u64 = [
+            ("foreign_connect4", "tcp"),
+            ("foreign_connect6", "tcp"),
+            ("foreign_sendmsg4", "udp"),
+            ("foreign_sendmsg6", "udp"),
+        ]
+        .iter()
+        .map(|(h, p)| delta(&before, &after, h, p))
+        .sum();
+        if foreign != 10 {
+            let changed: Vec<_> = after
+                .iter()
+                .filter(|(k, v)| before.get(*k) != Some(*v))
+                .collect();
+            wrong.push(format!(
+                "{user}: denials of sockets from outside {foreign} (want 10); changed: {changed:?}"
             ));
         }
     }
@@ -252,6 +278,24 @@ fn ping_reaches_only_registered_addresses() {
     // Raw sockets stay refused: ping does not open them.
     let got = attack(&env, None, &["raw-icmp"]);
     wrong.extend(expect(&got, "root", &["raw-icmp"], |_, _| "EPERM"));
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// `foreignSockets: off` gives up exactly what it says: sockets from outside reach anything,
+/// sockets made inside stay enforced.
+#[test]
+fn foreign_sockets_off_leaves_only_outside_sockets_unchecked() {
+    let env = env("escape-foreign-off", "");
+    let cfg = std::fs::read_to_string(&env.config).expect("config") + "foreignSockets: off\n";
+    std::fs::write(&env.config, cfg).expect("config");
+    let _d = env.start_daemon(&[]);
+    let shown = env.inspect("protections")["protections"]["outside_sockets"].clone();
+    assert_eq!(shown, "NOT checked (foreignSockets: off)");
+    let got = attack(&env, None, &["before-join", "scm-udp", "tcp"]);
+    let mut wrong = expect(&got, "root", &["before-join", "scm-udp"], |_, _| "ok");
+    wrong.extend(expect(&got, "root", &["tcp"], |_, reg| {
+        if reg { "ok" } else { "EPERM" }
+    }));
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 

@@ -195,6 +195,7 @@ fn render(r: &Report) -> String {
             ("packet sockets", &p.packet_sockets),
             ("ping", &p.ping),
             ("other protocols", &p.other_protocols),
+            ("outside sockets", &p.outside_sockets),
         ] {
             let _ = writeln!(out, "  {what:<16} {how}");
         }

@@ -31,7 +31,7 @@ use tracing::{error, info, warn};
 
 use self::{events::EventIndex, policy::LoadedPolicy};
 use crate::{
-    config::{Config, DnsMode, Mode},
+    config::{Config, DnsMode, ForeignSockets, Mode},
     dataplane::{
         Dataplane,
         cgroup::{self, Cgroup},
@@ -122,6 +122,10 @@ fn kernel_config(cfg: &Config) -> enforcer_common::Config {
             enforcer_common::SOCKETS_ALLOW_PING
         } else {
             0
+        } | if cfg.foreign_sockets == ForeignSockets::Enforce {
+            enforcer_common::SOCKETS_FOREIGN
+        } else {
+            0
         },
         netns_cookie: crate::dnsproxy::server::own_netns_cookie(),
     }
@@ -138,6 +142,7 @@ fn log_protections(dp: &Dataplane, cfg: &Config) {
         packet_sockets = %p.packet_sockets,
         ping = %p.ping,
         other_protocols = %p.other_protocols,
+        outside_sockets = %p.outside_sockets,
         "protections"
     );
     if p.packet_sockets.starts_with("NOT") {
@@ -345,6 +350,9 @@ impl Daemon {
             .write_config(kernel_config(&first.config))
             .runtime()?;
         dp.set_dns_aware(proxy_sockets.is_some());
+        dp.set_foreign(
+            (first.config.foreign_sockets == ForeignSockets::Enforce).then(|| mount.clone()),
+        );
         dp.attach(&cgroups).runtime()?;
         let metrics = Arc::new(metrics::DaemonMetrics::default());
         let proxy = match proxy_sockets {

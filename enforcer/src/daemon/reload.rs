@@ -41,9 +41,10 @@ impl Daemon {
         let (op, np) = (&old.dns.proxy, &new.dns.proxy);
         if new.dns.mode != old.dns.mode
             || (op.address4(), op.address6(), op.port) != (np.address4(), np.address6(), np.port)
+            || new.foreign_sockets != old.foreign_sockets
         {
             error!(
-                "reload refused, keeping the policy in force: dns.mode and dns.proxy.{{address, address6, port}} take effect only at a restart"
+                "reload refused, keeping the policy in force: dns.mode, dns.proxy.{{address, address6, port}} and foreignSockets take effect only at a restart"
             );
             self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
             return false;

@@ -73,7 +73,7 @@ pub struct Shape {
     pub max_entries: u32,
 }
 
-pub fn expected_shapes(sizes: &MapSizes) -> [Shape; 11] {
+pub fn expected_shapes(sizes: &MapSizes) -> [Shape; 14] {
     let lru = |name, key_size, max_entries| Shape {
         name,
         map_type: MapType::LruHash,
@@ -151,8 +151,34 @@ pub fn expected_shapes(sizes: &MapSizes) -> [Shape; 11] {
             value_size: 1,
             max_entries: 4096,
         },
+        Shape {
+            name: map_names::ENFORCED_ROOTS,
+            map_type: MapType::Hash,
+            key_size: 8,
+            value_size: 1,
+            max_entries: ENFORCED_ROOT_ENTRIES,
+        },
+        Shape {
+            name: map_names::TASK_CGROUPS,
+            map_type: MapType::LruHash,
+            key_size: 8,
+            value_size: 1,
+            max_entries: TASK_CGROUP_ENTRIES,
+        },
+        Shape {
+            name: map_names::NATIVE_SOCKETS,
+            map_type: MapType::LruHash,
+            key_size: 8,
+            value_size: 1,
+            max_entries: sizes.native_sockets,
+        },
     ]
 }
+
+/// Enforced cgroups (attach points) the root programs know.
+pub const ENFORCED_ROOT_ENTRIES: u32 = 1024;
+/// cgroups whose "enforced or not" answer the root programs cache.
+pub const TASK_CGROUP_ENTRIES: u32 = 16_384;
 
 /// Cgroups that may be exempt from the DNS redirect (with their descendants).
 pub const DNS_EXEMPT_ENTRIES: u32 = 1024;
@@ -214,7 +240,7 @@ fn pinned_abi_version(path: &std::path::Path) -> Option<u32> {
     Some(config.get(&0, 0).ok()?.abi_version)
 }
 
-fn take<T: TryFrom<Map>>(map: Option<Map>, name: &str) -> anyhow::Result<T>
+pub(super) fn take<T: TryFrom<Map>>(map: Option<Map>, name: &str) -> anyhow::Result<T>
 where
     <T as TryFrom<Map>>::Error: std::error::Error + Send + Sync + 'static,
 {

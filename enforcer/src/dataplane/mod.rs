@@ -7,6 +7,7 @@ pub mod bpffs;
 pub mod cgroup;
 pub mod diff;
 pub mod events;
+pub mod foreign;
 pub mod links;
 pub mod lsm;
 pub mod maps;
@@ -33,8 +34,8 @@ use aya::{
     },
 };
 use enforcer_common::{
-    DNS_PROGRAM_NAMES, EGRESS_PROGRAM_NAME, GUARD_PROGRAM_NAME, LSM_PROGRAM_NAME, PROGRAM_NAMES,
-    map_names,
+    DNS_PROGRAM_NAMES, EGRESS_PROGRAM_NAME, FOREIGN_PROGRAM_NAMES, GUARD_PROGRAM_NAME,
+    LSM_PROGRAM_NAME, PROGRAM_NAMES, map_names,
 };
 
 use self::{cgroup::Cgroup, maps::Maps, pins::PinLayout};
@@ -60,11 +61,18 @@ pub struct Dataplane {
     /// The LSM program is loaded and attached to every cgroup; otherwise why not (packet
     /// sockets are then not refused).
     pub lsm: Result<(), String>,
+    root_maps: foreign::RootMaps,
+    /// The cgroup2 mount whose root gets the programs for sockets from outside; `None`:
+    /// `foreignSockets: off`.
+    host_mount: Option<std::path::PathBuf>,
+    /// The cgroups enforced now.
+    enforced: Vec<Cgroup>,
 }
 
-/// Every cgroup program in the object, enforcing ones first (the first `ENFORCING` are
-/// attached in every mode). The LSM program is separate: not every kernel can run it.
-pub static ALL_PROGRAMS: [&str; 10] = [
+/// Every cgroup program in the object: the first `ENFORCING` are attached to every enforced
+/// cgroup, up to `DNS_END` in DNS-aware mode too, and the rest to the cgroup root. The LSM
+/// program is separate: not every kernel can run it.
+pub static ALL_PROGRAMS: [&str; 14] = [
     PROGRAM_NAMES[0],
     PROGRAM_NAMES[1],
     PROGRAM_NAMES[2],
@@ -75,17 +83,29 @@ pub static ALL_PROGRAMS: [&str; 10] = [
     DNS_PROGRAM_NAMES[1],
     DNS_PROGRAM_NAMES[2],
     DNS_PROGRAM_NAMES[3],
+    FOREIGN_PROGRAM_NAMES[0],
+    FOREIGN_PROGRAM_NAMES[1],
+    FOREIGN_PROGRAM_NAMES[2],
+    FOREIGN_PROGRAM_NAMES[3],
 ];
 
 const ENFORCING: usize = PROGRAM_NAMES.len() + 2;
+const DNS_END: usize = ENFORCING + DNS_PROGRAM_NAMES.len();
 
 /// The programs attached to each cgroup in a mode.
 pub fn attached_programs(dns_aware: bool) -> &'static [&'static str] {
     if dns_aware {
-        &ALL_PROGRAMS
+        &ALL_PROGRAMS[..DNS_END]
     } else {
         &ALL_PROGRAMS[..ENFORCING]
     }
+}
+
+fn take_map<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T>
+where
+    <T as TryFrom<aya::maps::Map>>::Error: std::error::Error + Send + Sync + 'static,
+{
+    maps::take(ebpf.take_map(name), name)
 }
 
 /// Takes an exclusive lock on the pin directory, so two daemons never fight over one set of
@@ -160,6 +180,8 @@ impl Dataplane {
             .map_max_entries(map_names::RULES_LEARNED, sizes.learned_rules)
             .map_max_entries(map_names::DNS_SOCKETS, sizes.dns_sockets)
             .map_max_entries(map_names::DNS_CLIENTS, sizes.dns_sockets)
+            .map_max_entries(map_names::NATIVE_SOCKETS, sizes.native_sockets)
+            .map_max_entries(map_names::TASK_CGROUPS, maps::TASK_CGROUP_ENTRIES)
             .override_global("AYA_LOG_LEVEL", &log_level, false);
         let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
 
@@ -169,6 +191,7 @@ impl Dataplane {
         }
         let lsm = load_lsm(&mut ebpf).map_err(|e| format!("{e:#}"));
         let maps = Maps::from_ebpf(&mut ebpf)?;
+        let root_maps = foreign::RootMaps::from_ebpf(&mut ebpf)?;
         // The exact rules in force until now, in the maps being replaced when migrating.
         let previous = if migrating {
             Maps::from_pins(&layout).and_then(|m| m.exact_entries())
@@ -192,6 +215,9 @@ impl Dataplane {
             previous_exact,
             dns_aware: false,
             lsm,
+            root_maps,
+            host_mount: None,
+            enforced: Vec::new(),
         })
     }
 
@@ -199,6 +225,12 @@ impl Dataplane {
     /// from cgroups attached again without them).
     pub fn set_dns_aware(&mut self, on: bool) {
         self.dns_aware = on;
+    }
+
+    /// Whether the programs for sockets from outside go on the root of the cgroup2 `mount`
+    /// from the next `attach` on.
+    pub fn set_foreign(&mut self, mount: Option<std::path::PathBuf>) {
+        self.host_mount = mount;
     }
 
     pub fn layout(&self) -> &PinLayout {
@@ -226,6 +258,8 @@ impl Dataplane {
             self.attach_one(cg)?;
         }
         self.pin_programs()?;
+        let mount = self.host_mount.clone();
+        self.attach_host(mount.as_deref())?;
         self.detach_except(cgroups)?;
         if self.migrating {
             self.finish_migration()?;
@@ -247,6 +281,10 @@ impl Dataplane {
                 return Err(e);
             }
         }
+        let mut all = self.enforced.clone();
+        all.extend(cgroups.iter().cloned());
+        self.set_roots(&all)?;
+        self.enforced = all;
         Ok(())
     }
 
@@ -292,6 +330,8 @@ impl Dataplane {
 
     /// Detaches every cgroup that is not in `keep`.
     pub fn detach_except(&mut self, keep: &[Cgroup]) -> anyhow::Result<()> {
+        self.set_roots(keep)?;
+        self.enforced = keep.to_vec();
         let keep: HashSet<String> = keep
             .iter()
             .map(|c| pins::escape_cgroup(&c.relative))
@@ -464,6 +504,10 @@ pub fn uninstall(bpffs: &Path, force: bool) -> anyhow::Result<Uninstalled> {
                 .with_context(|| format!("unpinning {}", e.path().display()))?;
         }
     }
+    if let Ok(rd) = fs::read_dir(layout.host_links_dir()) {
+        done.links += rd.count();
+    }
+    links::remove_cgroup_dir(&layout.host_links_dir())?;
     sources::remove(&layout.root);
     for dir in [
         layout.links_dir(),

@@ -48,6 +48,11 @@ impl PinLayout {
         self.root.join("links")
     }
 
+    /// Links on the cgroup root (programs for sockets from outside).
+    pub fn host_links_dir(&self) -> PathBuf {
+        self.root.join("host-links")
+    }
+
     pub fn programs_dir(&self) -> PathBuf {
         self.root.join("programs")
     }

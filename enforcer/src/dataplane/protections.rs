@@ -1,7 +1,7 @@
 //! Which ways out of an enforced cgroup are closed, in words, for the daemon's start-up log,
 //! `inspect` and `/readyz` (docs/threat-model.md has the whole table).
 
-use enforcer_common::{SOCKETS_ALLOW_PING, SOCKETS_ALLOW_RAW};
+use enforcer_common::{SOCKETS_ALLOW_PING, SOCKETS_ALLOW_RAW, SOCKETS_FOREIGN};
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -14,6 +14,8 @@ pub struct Protections {
     pub ping: String,
     /// UDP-Lite, SCTP and every other inet protocol the hooks cannot see.
     pub other_protocols: String,
+    /// TCP and UDP sockets made outside the enforced cgroups and used inside them.
+    pub outside_sockets: String,
 }
 
 /// `sockets`: the config's `SOCKETS_*` bits; `lsm`: whether the LSM program is attached, or
@@ -37,6 +39,11 @@ pub fn describe(sockets: u32, lsm: Result<(), &str>) -> Protections {
             "refused (cgroup/sock_create)".to_owned()
         },
         other_protocols: "refused (cgroup/sock_create)".to_owned(),
+        outside_sockets: if sockets & SOCKETS_FOREIGN != 0 {
+            "checked by the calling task (programs on the cgroup root)".to_owned()
+        } else {
+            "NOT checked (foreignSockets: off)".to_owned()
+        },
     }
 }
 

@@ -1,0 +1,90 @@
+//! Sockets made outside an enforced cgroup and used inside it (docs/architecture.md, "Sockets
+//! from outside"). The cgroup programs run by the socket's cgroup, fixed when the socket was
+//! made: one created before its process joined, or received over a Unix socket from an
+//! unenforced process, runs none of them. These programs sit on the cgroup root, so every
+//! socket runs them, and decide by the calling task instead: a task inside an enforced cgroup
+//! using a socket that was not made inside one gets the same verdict the cgroup programs give.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_socket_cookie,
+    },
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use enforcer_common::Hook;
+
+use crate::{
+    maps::{ENFORCED_ROOTS, NATIVE_SOCKETS, TASK_CGROUPS},
+    programs::{ALLOW, Dest, decide_as, dest_v4, dest_v6},
+};
+
+/// Deeper cgroups than this are not searched for an enforced ancestor.
+const MAX_CGROUP_DEPTH: i32 = 32;
+
+#[cgroup_sock_addr(connect4)]
+pub fn foreign_connect4(ctx: SockAddrContext) -> i32 {
+    foreign(&ctx, Hook::ForeignConnect4, || dest_v4(&ctx))
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn foreign_connect6(ctx: SockAddrContext) -> i32 {
+    foreign(&ctx, Hook::ForeignConnect6, || dest_v6(&ctx))
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn foreign_sendmsg4(ctx: SockAddrContext) -> i32 {
+    foreign(&ctx, Hook::ForeignSendmsg4, || dest_v4(&ctx))
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn foreign_sendmsg6(ctx: SockAddrContext) -> i32 {
+    foreign(&ctx, Hook::ForeignSendmsg6, || dest_v6(&ctx))
+}
+
+/// Cheapest test first: most calls on a host come from tasks outside every enforced cgroup
+/// (one helper call and one cache lookup); then sockets made inside one, which the cgroup
+/// programs (they run before these) have already decided.
+#[inline(always)]
+fn foreign(ctx: &SockAddrContext, hook: Hook, dest: impl FnOnce() -> Dest) -> i32 {
+    if !task_enforced() {
+        return ALLOW;
+    }
+    // SAFETY: helper with a valid context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if NATIVE_SOCKETS.get_ptr(cookie).is_some() {
+        return ALLOW;
+    }
+    decide_as(ctx, hook, dest(), false)
+}
+
+/// Whether the calling task's cgroup is an enforced one or below one. A cgroup's ancestry
+/// never changes and its id is never reused, so the answer is cached per cgroup; the daemon
+/// empties the cache when the set of enforced cgroups changes.
+#[inline(always)]
+fn task_enforced() -> bool {
+    // SAFETY: helper without preconditions.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    if let Some(v) = TASK_CGROUPS.get_ptr(cgroup) {
+        // SAFETY: a map value pointer is valid for the program run.
+        return unsafe { *v } != 0;
+    }
+    let mut found = false;
+    let mut level = 1;
+    while level <= MAX_CGROUP_DEPTH {
+        // SAFETY: helper without preconditions.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if id == 0 {
+            break;
+        }
+        if ENFORCED_ROOTS.get_ptr(id).is_some() {
+            found = true;
+            break;
+        }
+        level += 1;
+    }
+    // An LRU insert fails only on a broken map; the walk is then repeated next time.
+    let _ignored = TASK_CGROUPS.insert(cgroup, u8::from(found), 0);
+    found
+}

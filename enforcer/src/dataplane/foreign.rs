@@ -1,0 +1,91 @@
+//! The programs on the cgroup root for sockets made outside the enforced cgroups
+//! (docs/architecture.md, "Sockets from outside"), and the kernel's list of enforced cgroups
+//! they consult.
+
+use std::{
+    collections::HashSet,
+    fs::{self, File},
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+};
+
+use anyhow::Context as _;
+use aya::maps::{HashMap, MapData};
+use enforcer_common::{FOREIGN_PROGRAM_NAMES, map_names};
+
+use super::{Dataplane, attach_program, cgroup::Cgroup, take_map};
+
+/// The enforced cgroups' ids and the root programs' cache of the ancestor walk.
+pub struct RootMaps {
+    roots: HashMap<MapData, u64, u8>,
+    cache: HashMap<MapData, u64, u8>,
+}
+
+impl RootMaps {
+    pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
+        Ok(Self {
+            roots: take_map(ebpf, map_names::ENFORCED_ROOTS)?,
+            cache: take_map(ebpf, map_names::TASK_CGROUPS)?,
+        })
+    }
+}
+
+/// A cgroup's id as the kernel's cgroup helpers report it: its directory's inode number.
+fn cgroup_id(cg: &Cgroup) -> anyhow::Result<u64> {
+    Ok(fs::metadata(&cg.path)
+        .with_context(|| format!("reading cgroup {}", cg.display()))?
+        .ino())
+}
+
+impl Dataplane {
+    /// Makes the kernel's set of enforced cgroups `cgroups`, then forgets every cached answer
+    /// (one cached before a cgroup became enforced would say "not enforced").
+    pub(super) fn set_roots(&mut self, cgroups: &[Cgroup]) -> anyhow::Result<()> {
+        let want: HashSet<u64> = cgroups
+            .iter()
+            .map(cgroup_id)
+            .collect::<anyhow::Result<_>>()?;
+        let m = &mut self.root_maps;
+        for id in &want {
+            m.roots.insert(id, 1, 0).context("writing ENFORCED_ROOTS")?;
+        }
+        let stale: Vec<u64> = m
+            .roots
+            .keys()
+            .flatten()
+            .filter(|k| !want.contains(k))
+            .collect();
+        for id in stale {
+            let _ignored = m.roots.remove(&id);
+        }
+        let cached: Vec<u64> = m.cache.keys().flatten().collect();
+        for id in cached {
+            let _ignored = m.cache.remove(&id);
+        }
+        Ok(())
+    }
+
+    /// Attaches the root programs to the cgroup2 `mount` root and pins the links (replacing
+    /// an earlier run's, new before old), or with `None` removes them.
+    pub(super) fn attach_host(&mut self, mount: Option<&Path>) -> anyhow::Result<()> {
+        let dir = self.layout.host_links_dir();
+        let Some(mount) = mount else {
+            return super::links::remove_cgroup_dir(&dir);
+        };
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let root = File::open(mount).with_context(|| format!("opening {}", mount.display()))?;
+        for name in FOREIGN_PROGRAM_NAMES {
+            let link = attach_program(&mut self.ebpf, name, &root)
+                .with_context(|| format!("attaching {name} to the cgroup root"))?;
+            let tmp = dir.join(format!("{name}-new"));
+            let _ignored = fs::remove_file(&tmp);
+            let pinned = link
+                .pin(&tmp)
+                .with_context(|| format!("pinning link {}", tmp.display()))?;
+            fs::rename(&tmp, dir.join(name))
+                .with_context(|| format!("replacing pinned link {name}"))?;
+            drop(pinned);
+        }
+        Ok(())
+    }
+}
