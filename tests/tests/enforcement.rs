@@ -489,7 +489,8 @@ fn inspect_shows_live_rules_and_links() {
             "connect6",
             "sendmsg4",
             "sendmsg6",
-            "sock_create"
+            "sock_create",
+            "egress"
         ]
     );
     let links = env.inspect("links");

@@ -43,6 +43,9 @@ struct Report {
     stats: Option<Stats>,
     #[serde(skip_serializing_if = "Option::is_none")]
     links: Option<Vec<LinkRow>>,
+    /// Links on the cgroup root (sockets from outside the enforced cgroups).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    root_links: Option<Vec<LinkRow>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     protections: Option<Protections>,
 }
@@ -91,6 +94,7 @@ pub fn inspect(config: Option<&Path>, args: Args) -> Result<(), Failure> {
             )),
             _ => None,
         },
+        root_links: want(What::Links).then(|| links::list_host(&layout)),
         links: link_rows.filter(|_| want(What::Links)),
     };
     if args.json {
@@ -200,7 +204,12 @@ fn render(r: &Report) -> String {
             let _ = writeln!(out, "  {what:<16} {how}");
         }
     }
-    if let Some(links) = &r.links {
+    let all_links = r.links.as_ref().map(|l| {
+        let mut all = l.clone();
+        all.extend(r.root_links.iter().flatten().cloned());
+        all
+    });
+    if let Some(links) = &all_links {
         let _ = writeln!(out, "\nlinks ({}):", links.len());
         let _ = writeln!(
             out,

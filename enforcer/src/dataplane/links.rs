@@ -55,8 +55,21 @@ pub fn list(layout: &PinLayout) -> Vec<LinkRow> {
     let mut rows = Vec::new();
     for (dir, rel) in cgroup_dirs(layout) {
         let cgroup = rel.map_or_else(|| format!("?{dir}"), |r| format!("/{r}"));
-        let Ok(rd) = fs::read_dir(layout.links_dir().join(&dir)) else {
-            continue;
+        rows.extend(rows_in(layout, &layout.links_dir().join(&dir), &cgroup));
+    }
+    rows
+}
+
+/// The links on the cgroup root (programs for sockets from outside the enforced cgroups).
+pub fn list_host(layout: &PinLayout) -> Vec<LinkRow> {
+    rows_in(layout, &layout.host_links_dir(), "(cgroup root)")
+}
+
+fn rows_in(layout: &PinLayout, link_dir: &Path, cgroup: &str) -> Vec<LinkRow> {
+    let mut rows = Vec::new();
+    {
+        let Ok(rd) = fs::read_dir(link_dir) else {
+            return rows;
         };
         let mut names: Vec<String> = rd
             .flatten()
@@ -64,10 +77,10 @@ pub fn list(layout: &PinLayout) -> Vec<LinkRow> {
             .collect();
         names.sort_by_key(|n| known_programs().position(|p| p == n).unwrap_or(usize::MAX));
         for hook in names {
-            let path = layout.links_dir().join(&dir).join(&hook);
+            let path = link_dir.join(&hook);
             let row = match read_link(&path, &layout.programs_dir()) {
                 Ok(l) => LinkRow {
-                    cgroup: cgroup.clone(),
+                    cgroup: cgroup.to_owned(),
                     hook,
                     link_id: Some(l.link_id),
                     program_id: Some(l.program_id),
@@ -77,7 +90,7 @@ pub fn list(layout: &PinLayout) -> Vec<LinkRow> {
                     error: None,
                 },
                 Err(e) => LinkRow {
-                    cgroup: cgroup.clone(),
+                    cgroup: cgroup.to_owned(),
                     hook,
                     link_id: None,
                     program_id: None,

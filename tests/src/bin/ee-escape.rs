@@ -282,22 +282,19 @@ impl Receivers {
         let a = op.addr;
         match op.path {
             "tcp" | "mptcp" | "tfo" | "uring-connect" | "before-join" | "scm-tcp" => {
-                if !self.tcp.contains_key(&a) {
-                    let l = TcpListener::bind(a).with_context(|| format!("listen {a}"))?;
-                    self.tcp.insert(a, l);
+                if let std::collections::hash_map::Entry::Vacant(v) = self.tcp.entry(a) {
+                    v.insert(TcpListener::bind(a).with_context(|| format!("listen {a}"))?);
                 }
             }
             "udplite" => {
-                if !self.udplite.contains_key(&a) {
-                    let fd = bound(family(&a), libc::SOCK_DGRAM, IPPROTO_UDPLITE, a)?;
-                    self.udplite.insert(a, fd);
+                if let std::collections::hash_map::Entry::Vacant(v) = self.udplite.entry(a) {
+                    v.insert(bound(family(&a), libc::SOCK_DGRAM, IPPROTO_UDPLITE, a)?);
                 }
             }
             "raw-icmp" | "ping-connect" | "ping-sendto" | "raw-tcp" => {}
             _ => {
-                if !self.udp.contains_key(&a) {
-                    let s = UdpSocket::bind(a).with_context(|| format!("bind {a}"))?;
-                    self.udp.insert(a, s);
+                if let std::collections::hash_map::Entry::Vacant(v) = self.udp.entry(a) {
+                    v.insert(UdpSocket::bind(a).with_context(|| format!("bind {a}"))?);
                 }
             }
         }
