@@ -5,8 +5,9 @@ use crate::{daemon::RunOptions, policy::allow_spec::AllowSpec};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Allow a destination besides the ServiceEntries: ADDR[/LEN]:PORT[/tcp|udp], IPv6 in
-    /// brackets, PORT `*` = any. Repeatable. Example: --allow 198.51.100.7:443/tcp
+    /// Allow a destination besides the ServiceEntries: ADDR[/LEN]:PORT[/tcp|udp|icmp], IPv6 in
+    /// brackets, PORT `*` = any (ICMP: always `*`, and ping needs allow.ping). Repeatable.
+    /// Example: --allow 198.51.100.7:443/tcp
     #[arg(long, value_name = "SPEC")]
     pub allow: Vec<AllowSpec>,
     /// Apply the policy once (after every host has been looked up) and exit, leaving it

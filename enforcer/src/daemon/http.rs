@@ -27,8 +27,8 @@ const READ_DEADLINE: Duration = Duration::from_secs(5);
 pub struct State {
     pub layout: PinLayout,
     pub metrics: Arc<DaemonMetrics>,
-    /// DNS-aware mode: the DNS programs must be attached too.
-    dns_aware: bool,
+    /// Which programs must be attached.
+    expected: Expected,
     /// The last health check, refreshed every [`HEALTH_EVERY`] off the runtime: `/healthz`
     /// answers from it at once, whatever the daemon is busy with.
     health: RwLock<Result<(), String>>,
@@ -42,12 +42,12 @@ const MAX_CONNECTIONS: usize = 64;
 
 impl State {
     /// Checks the links once, so that the first request already has an answer.
-    pub fn new(layout: PinLayout, metrics: Arc<DaemonMetrics>, dns_aware: bool) -> Self {
-        let health = RwLock::new(check_attached(&layout, dns_aware));
+    pub fn new(layout: PinLayout, metrics: Arc<DaemonMetrics>, expected: Expected) -> Self {
+        let health = RwLock::new(check_attached(&layout, expected));
         Self {
             layout,
             metrics,
-            dns_aware,
+            expected,
             health,
         }
     }
@@ -66,7 +66,7 @@ pub async fn watch_health(state: Arc<State>) {
     loop {
         tick.tick().await;
         let s = Arc::clone(&state);
-        let checked = tokio::task::spawn_blocking(move || check_attached(&s.layout, s.dns_aware))
+        let checked = tokio::task::spawn_blocking(move || check_attached(&s.layout, s.expected))
             .await
             .unwrap_or_else(|e| Err(format!("health check failed: {e}")));
         if let Ok(mut h) = state.health.write() {
@@ -127,9 +127,18 @@ pub fn route(
     }
 }
 
+/// The programs a healthy daemon has attached, besides the enforcing ones on every cgroup.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Expected {
+    /// DNS-aware mode: the DNS programs on every cgroup.
+    pub dns_aware: bool,
+    /// `foreignSockets: enforce`: the programs on the cgroup root.
+    pub foreign: bool,
+}
+
 /// Every pinned link directory has all the mode's programs, and the kernel still knows each
 /// link.
-pub fn check_attached(layout: &PinLayout, dns_aware: bool) -> Result<(), String> {
+pub fn check_attached(layout: &PinLayout, expected: Expected) -> Result<(), String> {
     let rows = links::list(layout);
     if rows.is_empty() {
         return Err("no program is attached (no pinned links)".to_owned());
@@ -148,9 +157,17 @@ pub fn check_attached(layout: &PinLayout, dns_aware: bool) -> Result<(), String>
     let mut cgroups: Vec<&str> = rows.iter().map(|r| r.cgroup.as_str()).collect();
     cgroups.dedup();
     for cg in cgroups {
-        for hook in crate::dataplane::attached_programs(dns_aware) {
+        for hook in crate::dataplane::attached_programs(expected.dns_aware) {
             if !rows.iter().any(|r| r.cgroup == cg && r.hook == *hook) {
                 return Err(format!("{hook} is not attached to {cg}"));
+            }
+        }
+    }
+    if expected.foreign {
+        let host = links::list_host(layout);
+        for hook in enforcer_common::FOREIGN_PROGRAM_NAMES {
+            if !host.iter().any(|r| r.hook == hook && r.error.is_none()) {
+                return Err(format!("{hook} is not attached to the cgroup root"));
             }
         }
     }
@@ -341,7 +358,7 @@ mod tests {
         let state = Arc::new(State::new(
             PinLayout::new(std::path::Path::new("/nonexistent-bpffs")),
             Arc::new(DaemonMetrics::default()),
-            false,
+            Expected::default(),
         ));
         tokio::spawn(serve_at_most(listener, state, 1));
         // Accepted first (the backlog is in order), it holds the slot without a request.

@@ -21,7 +21,7 @@ use prometheus_client::{
 
 use crate::dataplane::{
     stats::Stats,
-    verdicts::{PROTO_CLASS_NAMES, hook_name, verdict_name},
+    verdicts::{PROTO_CLASS_NAMES, hook_name, possible, verdict_name},
 };
 
 /// What the daemon counts as it works; shared between the daemon and the HTTP server.
@@ -176,6 +176,9 @@ impl Collector for Scrape {
             for h in 0..NUM_HOOKS {
                 for p in 0..NUM_PROTO_CLASSES {
                     for v in 0..NUM_VERDICTS {
+                        if !possible(h, p, v as u8) {
+                            continue;
+                        }
                         let key = (
                             hook_name(h),
                             PROTO_CLASS_NAMES[p as usize],
@@ -388,7 +391,9 @@ mod tests {
             body.lines()
                 .filter(|l| l.starts_with("egress_enforcer_verdicts_total{"))
                 .count(),
-            60
+            // connect/sendmsg: tcp, udp, other, icmp x 4 verdicts, and redirects of tcp and
+            // udp (not on the root); sock_create: icmp, raw, other x deny, audit; egress: 4.
+            4 * 18 + 4 * 16 + 6 + 4
         );
         assert_eq!(v("egress_enforcer_events_dropped_total"), Some(2.0));
         assert_eq!(v(r#"egress_enforcer_rules{kind="exact"}"#), Some(7.0));

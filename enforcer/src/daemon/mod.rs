@@ -387,7 +387,10 @@ impl Daemon {
             let state = Arc::new(http::State::new(
                 dp.layout().clone(),
                 Arc::clone(&metrics),
-                proxy.is_some(),
+                http::Expected {
+                    dns_aware: proxy.is_some(),
+                    foreign: first.config.foreign_sockets == ForeignSockets::Enforce,
+                },
             ));
             tokio::spawn(http::watch_health(Arc::clone(&state)));
             tokio::spawn(http::serve(listener, state));

@@ -31,3 +31,31 @@ pub fn proto_name(proto: u8) -> String {
         n => format!("proto-{n}"),
     }
 }
+
+/// Whether a hook can count a verdict for a protocol class at all: the metrics export only
+/// these series (at zero until they happen), not every combination of the counter index.
+pub fn possible(hook: u32, proto_class: u32, verdict: u8) -> bool {
+    use enforcer_common::{
+        Hook, PROTO_CLASS_ICMP, PROTO_CLASS_OTHER, PROTO_CLASS_RAW, VERDICT_REDIRECT,
+    };
+    let decided = matches!(
+        verdict,
+        VERDICT_ALLOW | VERDICT_ALLOW_LOOPBACK | VERDICT_DENY | VERDICT_AUDIT
+    );
+    match hook {
+        h if h == Hook::SockCreate as u32 => {
+            matches!(
+                proto_class,
+                PROTO_CLASS_ICMP | PROTO_CLASS_RAW | PROTO_CLASS_OTHER
+            ) && matches!(verdict, VERDICT_DENY | VERDICT_AUDIT)
+        }
+        h if h == Hook::Egress as u32 => proto_class == PROTO_CLASS_ICMP && decided,
+        _ => {
+            proto_class != PROTO_CLASS_RAW
+                && (decided
+                    || (verdict == VERDICT_REDIRECT
+                        && proto_class < PROTO_CLASS_OTHER
+                        && hook < Hook::SockCreate as u32))
+        }
+    }
+}
