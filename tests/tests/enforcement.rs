@@ -281,8 +281,15 @@ fn survives_sigkill(mode: &str) {
     expect_enforcing(&env, audit, "after SIGKILL of the daemon");
     assert_eq!(
         env.kernel_attached().len(),
-        5,
+        6,
         "links stay attached in the kernel"
+    );
+    let root = env.inspect("links")["root_links"].clone();
+    assert!(
+        root.as_array().is_some_and(|r| r.len() == 4
+            && r.iter()
+                .all(|l| l["link_id"].is_u64() && l["error"].is_null())),
+        "the programs on the cgroup root stay attached: {root}"
     );
     let rules = env.inspect("rules")["rules"].as_array().map(Vec::len);
     assert_eq!(

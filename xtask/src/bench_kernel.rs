@@ -178,6 +178,11 @@ impl Fixture {
     /// Runs the worker once in the `case` namespace and cgroup, interleaved with the baseline
     /// side when `with_base`; returns per case (ns/op, baseline ns/op, errno), in order.
     fn run(&self, cases: &[String], with_base: bool) -> anyhow::Result<Vec<Sample>> {
+        self.run_in("case", cases, with_base)
+    }
+
+    /// Like `run`, with the worker's timed side in the `sub` cgroup (`base` is not enforced).
+    fn run_in(&self, sub: &str, cases: &[String], with_base: bool) -> anyhow::Result<Vec<Sample>> {
         let mut cmd = Command::new(&self.worker);
         cmd.args([
             "--netns",
@@ -186,7 +191,7 @@ impl Fixture {
             &worker_cpu().to_string(),
         ])
         .arg("--cgroup")
-        .arg(self.cgroup("case"))
+        .arg(self.cgroup(sub))
         .arg("--server-cgroup")
         .arg(self.cgroup("base"));
         if with_base {
@@ -298,8 +303,9 @@ fn log_number(line: &str, key: &str) -> Option<f64> {
     f.as_f64().or_else(|| f.as_str()?.parse().ok())
 }
 
-/// Starts the daemon with `n` exact rules (of which `diff` in their own file) + 1,000 CIDRs.
-fn start_enforcer(bin: &Path, n: usize, diff: usize) -> anyhow::Result<Loaded> {
+/// Starts the daemon with `n` exact rules (of which `diff` in their own file) + 1,000 CIDRs,
+/// with the programs on the cgroup root when `foreign`.
+fn start_enforcer(bin: &Path, n: usize, diff: usize, foreign: bool) -> anyhow::Result<Loaded> {
     let dir = fresh_dir(&format!("kernel-enforcer-{n}"))?;
     let se = dir.join("se");
     std::fs::write(se.join("allowed.yaml"), allowed_entry())?;
@@ -323,11 +329,12 @@ fn start_enforcer(bin: &Path, n: usize, diff: usize) -> anyhow::Result<Loaded> {
     std::fs::write(
         &config,
         format!(
-            "cgroups: [{CGROUP}/case]\nbpffs: {}\nserviceEntries: [{}]\nallow: {{dnsServers: []}}\ndns: {{mode: resolve}}\nmaps: {{exactRules: {}, prefixRules: {}}}\nlog: {{format: json}}\nhttp: {{listen: ''}}\n",
+            "cgroups: [{CGROUP}/case]\nbpffs: {}\nserviceEntries: [{}]\nallow: {{dnsServers: []}}\ndns: {{mode: resolve}}\nmaps: {{exactRules: {}, prefixRules: {}}}\nlog: {{format: json}}\nhttp: {{listen: ''}}\nforeignSockets: {}\n",
             dir.join("bpffs").display(),
             se.display(),
             (n + n / 8).max(1024),
-            2 * CIDR_RULES
+            2 * CIDR_RULES,
+            if foreign { "enforce" } else { "off" }
         ),
     )?;
     let t0 = Instant::now();
@@ -576,21 +583,40 @@ fn measure_block(
 }
 
 /// (program, work, address, denied?) for the in-kernel pass: each program, each verdict.
-const KERNEL_CASES: [(&str, &str, &str, bool); 8] = [
-    ("connect4", "udp-connect", ALLOWED, false),
-    ("connect4", "udp-connect", DENIED, true),
-    ("connect6", "udp-connect", ALLOWED6, false),
-    ("connect6", "udp-connect", DENIED6, true),
-    ("sendmsg4", "sendto", ALLOWED, false),
-    ("sendmsg4", "sendto", DENIED, true),
-    ("sendmsg6", "sendto", ALLOWED6, false),
-    ("sendmsg6", "sendto", DENIED6, true),
+/// (program, workload, destination, denied, run outside the enforced cgroup)
+type KernelCase = (&'static str, &'static str, &'static str, bool, bool);
+
+const KERNEL_CASES: [KernelCase; 10] = [
+    ("connect4", "udp-connect", ALLOWED, false, false),
+    ("connect4", "udp-connect", DENIED, true, false),
+    ("connect6", "udp-connect", ALLOWED6, false, false),
+    ("connect6", "udp-connect", DENIED6, true, false),
+    ("sendmsg4", "sendto", ALLOWED, false, false),
+    ("sendmsg4", "sendto", DENIED, true, false),
+    ("sendmsg6", "sendto", ALLOWED6, false, false),
+    ("sendmsg6", "sendto", DENIED6, true, false),
+    // What the escape protections add (docs/threat-model.md): the egress program on every
+    // packet, socket creation, and the programs on the cgroup root for a task inside an
+    // enforced cgroup (its own socket) and for one outside.
+    ("egress", "sendto", ALLOWED, false, false),
+    ("sock_create", "tcp", ALLOWED, false, false),
+];
+
+/// With `foreignSockets: enforce` (a daemon of its own: the other blocks run without the
+/// programs on the cgroup root, so that their baseline is a host without enforcement).
+const FOREIGN_CASES: [KernelCase; 4] = [
+    ("foreign_connect4", "udp-connect", ALLOWED, false, false),
+    ("foreign_sendmsg4", "sendto", ALLOWED, false, false),
+    ("foreign_connect4", "udp-connect", ALLOWED, false, true),
+    ("foreign_sendmsg4", "sendto", ALLOWED, false, true),
 ];
 
 struct KernelCell {
     rules: usize,
     program: &'static str,
     denied: bool,
+    /// Run by a task outside every enforced cgroup.
+    outside: bool,
     ns: Vec<f64>,
 }
 
@@ -603,8 +629,12 @@ fn prog_stats(bin: &Path, config: &Path, program: &str) -> anyhow::Result<(u64, 
         .output()?;
     let v: Value = serde_json::from_slice(&out.stdout).context("inspect links --json")?;
     let links = v["links"].as_array().context("links in inspect output")?;
+    let root = v["root_links"]
+        .as_array()
+        .context("root links in inspect output")?;
     let l = links
         .iter()
+        .chain(root)
         .find(|l| l["hook"] == program)
         .with_context(|| format!("no {program} link"))?;
     Ok((
@@ -638,34 +668,41 @@ fn measure_kernel(
     plan: &Plan,
     bin: &Path,
     l: &Loaded,
+    cases: &[KernelCase],
 ) -> anyhow::Result<Vec<KernelCell>> {
     let _stats = BpfStats::enable()?;
-    let mut cells: Vec<KernelCell> = KERNEL_CASES
+    let mut cells: Vec<KernelCell> = cases
         .iter()
-        .map(|&(program, _, _, denied)| KernelCell {
+        .map(|&(program, _, _, denied, outside)| KernelCell {
             rules: l.rules - CIDR_RULES,
             program,
             denied,
+            outside,
             ns: Vec::new(),
         })
         .collect();
     for _ in 0..plan.runs {
-        for (cell, &(program, work, addr, denied)) in cells.iter_mut().zip(&KERNEL_CASES) {
+        for (cell, &(program, work, addr, denied, outside)) in cells.iter_mut().zip(cases) {
+            let port = if work == "tcp" { TCP_PORT } else { UDP_PORT };
             let dest = if addr.contains(':') {
-                format!("[{addr}]:{UDP_PORT}")
+                format!("[{addr}]:{port}")
             } else {
-                format!("{addr}:{UDP_PORT}")
+                format!("{addr}:{port}")
             };
             let expect = if denied { "deny" } else { "ok" };
-            let case = format!("{work},{expect},{dest},{}", plan.iters.kernel);
+            let iters = if work == "tcp" {
+                plan.iters.tcp
+            } else {
+                plan.iters.kernel
+            };
+            let case = format!("{work},{expect},{dest},{iters}");
             let (n0, t0) = prog_stats(bin, &l.config, program)?;
-            fx.run(&[case], false)?;
+            fx.run_in(if outside { "base" } else { "case" }, &[case], false)?;
             let (n1, t1) = prog_stats(bin, &l.config, program)?;
-            if n1 - n0 < plan.iters.kernel {
+            if n1 - n0 < iters {
                 bail!(
-                    "{program} ran {} times for {} calls: are BPF stats working?",
-                    n1 - n0,
-                    plan.iters.kernel
+                    "{program} ran {} times for {iters} calls: are BPF stats working?",
+                    n1 - n0
                 );
             }
             cell.ns.push((t1 - t0) as f64 / (n1 - n0) as f64);
@@ -700,6 +737,7 @@ fn measure_noop(
         rules: 0,
         program: "noop",
         denied: false,
+        outside: false,
         ns,
     })
 }
@@ -732,7 +770,7 @@ pub fn run(plan: &Plan, bin: &Path, worker: PathBuf) -> anyhow::Result<KernelRes
     for &n in &plan.enforcer_sizes {
         let diff = if n == max { plan.diff.min(n / 2) } else { 0 };
         eprintln!("==> bench: egress-enforcer, {n} exact + {CIDR_RULES} CIDR rules");
-        let mut l = start_enforcer(bin, n, diff)?;
+        let mut l = start_enforcer(bin, n, diff, false)?;
         loads.push(LoadRow {
             system: "egress-enforcer",
             rules: format!("{} ({n} exact + {CIDR_RULES} CIDR)", l.rules),
@@ -745,7 +783,7 @@ pub fn run(plan: &Plan, bin: &Path, worker: PathBuf) -> anyhow::Result<KernelRes
             ),
         });
         cells.extend(measure_block(&fx, plan, System::Enforcer, n)?);
-        kernel.extend(measure_kernel(&fx, plan, bin, &l)?);
+        kernel.extend(measure_kernel(&fx, plan, bin, &l, &KERNEL_CASES)?);
         if diff > 0 {
             let (wall, apply) = apply_diff(&mut l, diff)?;
             loads.push(LoadRow {
@@ -759,6 +797,13 @@ pub fn run(plan: &Plan, bin: &Path, worker: PathBuf) -> anyhow::Result<KernelRes
                 ),
             });
         }
+        l.daemon.stop();
+        cleanup(&l.dir);
+    }
+    {
+        eprintln!("==> bench: egress-enforcer with foreignSockets: enforce");
+        let l = start_enforcer(bin, max, 0, true)?;
+        kernel.extend(measure_kernel(&fx, plan, bin, &l, &FOREIGN_CASES)?);
         l.daemon.stop();
         cleanup(&l.dir);
     }
@@ -947,6 +992,7 @@ fn report(
         "in_kernel": kernel.iter().map(|k| json!({
             "exact_rules": k.rules, "cidr_rules": CIDR_RULES, "program": k.program,
             "destination": if k.denied { "denied" } else { "allowed" },
+            "caller": if k.outside { "outside every enforced cgroup" } else { "enforced" },
             "median_ns_per_run": median(k.ns.clone()), "runs_ns": k.ns,
         })).collect::<Vec<_>>(),
         "loading": loads.iter().map(|l| json!({
@@ -961,6 +1007,70 @@ fn report(
 }
 
 /// The issue's targets, each as a row with a verdict.
+/// What the escape protections add in the kernel (docs/threat-model.md), each program's run
+/// time less the no-op program's (the floor the statistics show for a program doing
+/// nothing). Target: at most 10 ns more per allowed TCP connect and per UDP sendto.
+fn escape_rows(kernel: &[KernelCell], max: usize, noop_ns: Option<f64>) -> Vec<Row> {
+    let cases = [
+        (
+            "egress",
+            false,
+            "egress program per packet sent (every packet of an enforced cgroup; ICMP echo requests are checked)",
+        ),
+        (
+            "sock_create",
+            false,
+            "sock_create program per socket() of an enforced cgroup (TCP, allowed)",
+        ),
+        (
+            "foreign_connect4",
+            false,
+            "root program per allowed connect() of a task in an enforced cgroup, its own socket",
+        ),
+        (
+            "foreign_sendmsg4",
+            false,
+            "root program per allowed UDP sendto() of a task in an enforced cgroup, its own socket",
+        ),
+        (
+            "foreign_connect4",
+            true,
+            "root program per connect() of a task outside every enforced cgroup (the whole host pays this)",
+        ),
+        (
+            "foreign_sendmsg4",
+            true,
+            "root program per UDP sendto() of a task outside every enforced cgroup (the whole host pays this)",
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (program, outside, what) in cases {
+        let Some(k) = kernel
+            .iter()
+            .find(|k| k.rules == max && k.program == program && k.outside == outside)
+        else {
+            continue;
+        };
+        let ns = median(k.ns.clone());
+        // Socket creation is not on the connect or sendto path: shown, no target.
+        let target = (program != "sock_create").then_some(10.0);
+        rows.push(Row {
+            case: format!("in-kernel cost added by the escape protections: {what}"),
+            median: noop_ns.map_or(ns, |floor| ns - floor),
+            unit: "ns",
+            target,
+            detail: format!(
+                "run_time_ns / run_cnt {} less the no-op program's {}, {} runs; the no-op \
+                 figure is also roughly what attaching one more program costs",
+                fmt_ns(ns),
+                noop_ns.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} ns")),
+                k.ns.len()
+            ),
+        });
+    }
+    rows
+}
+
 fn targets(plan: &Plan, cells: &[Cell], kernel: &[KernelCell], max: usize) -> Vec<Row> {
     let mut rows = Vec::new();
     let noop_overhead = cells
@@ -1028,6 +1138,7 @@ fn targets(plan: &Plan, cells: &[Cell], kernel: &[KernelCell], max: usize) -> Ve
             }
         }
     }
+    rows.extend(escape_rows(kernel, max, noop_ns));
     let mut sizes: Vec<usize> = plan.enforcer_sizes.clone();
     sizes.sort_unstable();
     for n in sizes {

@@ -59,3 +59,55 @@ pub fn possible(hook: u32, proto_class: u32, verdict: u8) -> bool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use enforcer_common::{
+        Hook, PROTO_CLASS_ICMP, PROTO_CLASS_RAW, PROTO_CLASS_TCP, VERDICT_REDIRECT,
+    };
+
+    #[test]
+    fn only_series_a_hook_can_count_are_possible() {
+        assert!(possible(
+            Hook::Connect4 as u32,
+            PROTO_CLASS_TCP,
+            VERDICT_REDIRECT
+        ));
+        assert!(!possible(
+            Hook::ForeignConnect4 as u32,
+            PROTO_CLASS_TCP,
+            VERDICT_REDIRECT
+        ));
+        assert!(possible(
+            Hook::SockCreate as u32,
+            PROTO_CLASS_RAW,
+            VERDICT_DENY
+        ));
+        assert!(!possible(
+            Hook::SockCreate as u32,
+            PROTO_CLASS_TCP,
+            VERDICT_DENY
+        ));
+        assert!(!possible(
+            Hook::SockCreate as u32,
+            PROTO_CLASS_RAW,
+            VERDICT_ALLOW
+        ));
+        assert!(possible(
+            Hook::Egress as u32,
+            PROTO_CLASS_ICMP,
+            VERDICT_ALLOW_LOOPBACK
+        ));
+        assert!(!possible(
+            Hook::Egress as u32,
+            PROTO_CLASS_TCP,
+            VERDICT_DENY
+        ));
+        assert!(!possible(
+            Hook::Sendmsg4 as u32,
+            PROTO_CLASS_RAW,
+            VERDICT_DENY
+        ));
+    }
+}

@@ -428,3 +428,50 @@ fn every_host_of_a_valid_entry_is_registered() {
         "a STATIC host's answers allow nothing"
     );
 }
+
+/// `allow.ping`: every address an entry allows some port of, and every `allow.cidrs` network,
+/// may be pinged (one ICMP rule, no port); names carry ICMP as one more target. Without the
+/// switch, no ICMP rule exists.
+#[test]
+fn ping_gives_every_registered_address_an_icmp_rule() {
+    let yaml = entry(
+        "static",
+        "hosts: [s.example.com]\naddresses: [192.0.2.7]\nports: [{number: 443, name: https, protocol: TLS}]\nresolution: NONE",
+    ) + &entry(
+        "named",
+        "hosts: [n.example.com]\nports: [{number: 53, name: dns, protocol: UDP}]\nresolution: DNS",
+    ) + &entry(
+        "portless",
+        "hosts: [p.example.com]\naddresses: [192.0.2.9]\nresolution: NONE",
+    );
+    let cidr = crate::policy::allow_spec::parse_cidr("10.0.0.0/8").unwrap();
+    let with = |ping| {
+        compile(
+            &ConfigAllows {
+                cidrs: vec![cidr],
+                ping,
+                ..Default::default()
+            },
+            &load(&yaml),
+        )
+    };
+    let p = with(true);
+    assert_eq!(
+        statics(&p),
+        [
+            "10.0.0.0/8:*/tcp",
+            "10.0.0.0/8:*/udp",
+            "10.0.0.0/8:*/icmp",
+            "192.0.2.7:*/icmp",
+            "192.0.2.7:443/tcp"
+        ]
+    );
+    assert_eq!(host_targets(&p, "n.example.com"), ["0/icmp", "53/udp"]);
+    let p = with(false);
+    assert!(
+        statics(&p).iter().all(|s| !s.ends_with("icmp")),
+        "{:?}",
+        statics(&p)
+    );
+    assert_eq!(host_targets(&p, "n.example.com"), ["53/udp"]);
+}
