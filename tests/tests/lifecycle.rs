@@ -220,8 +220,10 @@ fn a_reload_that_fails_midway_changes_nothing_in_the_kernel() {
     let _ = std::fs::remove_dir(added_path);
 }
 
-/// The same refused reload, but failing in the kernel after the rules were written and three
-/// of the four programs were attached to the new cgroup: all of it is undone.
+/// The same refused reload, but failing in the kernel after three of the programs were
+/// attached to the new cgroup: all of it is undone, and the reload's rules were never in
+/// force, not even while it ran (the file watcher and SIGHUP each start one, so one may
+/// still be running when the test probes).
 #[test]
 fn a_reload_whose_attach_fails_in_the_kernel_is_rolled_back() {
     let env = Env::new("reload-undo", "enforce", "");

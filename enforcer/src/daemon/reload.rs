@@ -122,10 +122,14 @@ impl Daemon {
         })
     }
 
-    /// Rules, then new cgroups, then the mode: each step fails before the next one starts.
+    /// New cgroups, then rules, then the mode: each step fails before the next one starts.
+    /// New cgroups go first because attaching is what fails in practice (another program
+    /// holds a hook): a reload refused there has written nothing, so no call in the meantime
+    /// sees its rules. Until the rules follow, a new cgroup runs under the old rules, which is
+    /// stricter for it than no enforcement.
     fn switch(&mut self, p: &Prepared) -> anyhow::Result<()> {
-        self.apply()?;
         self.dp.attach_new(&p.added)?;
+        self.apply()?;
         self.dp
             .maps
             .write_config(kernel_config(&self.current.config))
