@@ -281,7 +281,7 @@ fn survives_sigkill(mode: &str) {
     expect_enforcing(&env, audit, "after SIGKILL of the daemon");
     assert_eq!(
         env.kernel_attached().len(),
-        6,
+        5,
         "links stay attached in the kernel"
     );
     let root = env.inspect("links")["root_links"].clone();
@@ -496,8 +496,7 @@ fn inspect_shows_live_rules_and_links() {
             "connect6",
             "sendmsg4",
             "sendmsg6",
-            "sock_create",
-            "egress"
+            "sock_create"
         ]
     );
     let links = env.inspect("links");

@@ -189,7 +189,7 @@ fn a_reload_that_fails_midway_changes_nothing_in_the_kernel() {
     assert_enforcing(&env, "after a refused reload to audit mode");
     assert_eq!(
         env.column("links", "cgroup"),
-        vec![format!("/{}", env.cgroup); 6],
+        vec![format!("/{}", env.cgroup); 5],
         "no cgroup of the refused config was attached"
     );
     let added_path = env.cgroup_path.with_file_name(format!(
@@ -254,7 +254,7 @@ fn a_reload_whose_attach_fails_in_the_kernel_is_rolled_back() {
     );
     assert_eq!(
         env.column("links", "cgroup"),
-        vec![format!("/{}", env.cgroup); 6]
+        vec![format!("/{}", env.cgroup); 5]
     );
     assert_eq!(
         e2e::attached_programs(&added_path).len(),
@@ -279,7 +279,7 @@ fn a_reload_whose_attach_fails_in_the_kernel_is_rolled_back() {
 fn cgroups_dropped_from_the_config_are_detached_on_restart() {
     let env = Env::new("regroup", "enforce", "");
     let d = env.start_daemon(RULES);
-    assert_eq!(env.kernel_attached().len(), 6);
+    assert_eq!(env.kernel_attached().len(), 5);
     d.stop(libc::SIGTERM);
 
     let other = format!("{}-b", env.cgroup);
@@ -290,7 +290,7 @@ fn cgroups_dropped_from_the_config_are_detached_on_restart() {
         "old cgroup detached: {:?}",
         env.kernel_attached()
     );
-    assert_eq!(env.column("links", "cgroup"), vec![format!("/{other}"); 6]);
+    assert_eq!(env.column("links", "cgroup"), vec![format!("/{other}"); 5]);
     drop(d);
     let _ = run(env.cmd().args(["uninstall"]));
     let path = env

@@ -130,8 +130,8 @@ pub fn route(
 /// The programs a healthy daemon has attached, besides the enforcing ones on every cgroup.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Expected {
-    /// DNS-aware mode: the DNS programs on every cgroup.
-    pub dns_aware: bool,
+    /// The programs on every cgroup besides the enforcing ones.
+    pub extras: crate::dataplane::Extras,
     /// `foreignSockets: enforce`: the programs on the cgroup root.
     pub foreign: bool,
 }
@@ -157,8 +157,8 @@ pub fn check_attached(layout: &PinLayout, expected: Expected) -> Result<(), Stri
     let mut cgroups: Vec<&str> = rows.iter().map(|r| r.cgroup.as_str()).collect();
     cgroups.dedup();
     for cg in cgroups {
-        for hook in crate::dataplane::attached_programs(expected.dns_aware) {
-            if !rows.iter().any(|r| r.cgroup == cg && r.hook == *hook) {
+        for hook in crate::dataplane::attached_programs(expected.extras) {
+            if !rows.iter().any(|r| r.cgroup == cg && r.hook == hook) {
                 return Err(format!("{hook} is not attached to {cg}"));
             }
         }

@@ -349,7 +349,11 @@ impl Daemon {
         dp.maps
             .write_config(kernel_config(&first.config))
             .runtime()?;
-        dp.set_dns_aware(proxy_sockets.is_some());
+        let extras = crate::dataplane::Extras {
+            dns_aware: proxy_sockets.is_some(),
+            ping: first.config.allow.ping,
+        };
+        dp.set_extras(extras);
         dp.set_foreign(
             (first.config.foreign_sockets == ForeignSockets::Enforce).then(|| mount.clone()),
         );
@@ -388,7 +392,7 @@ impl Daemon {
                 dp.layout().clone(),
                 Arc::clone(&metrics),
                 http::Expected {
-                    dns_aware: proxy.is_some(),
+                    extras,
                     foreign: first.config.foreign_sockets == ForeignSockets::Enforce,
                 },
             ));

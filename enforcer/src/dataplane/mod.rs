@@ -56,8 +56,8 @@ pub struct Dataplane {
     /// The exact rules the kernel enforced when this run started (in the old maps when
     /// migrating), for the daemon to decide what to carry over; `None` if unreadable.
     pub previous_exact: Option<Vec<(enforcer_common::RuleKey, enforcer_common::RuleValue)>>,
-    /// DNS-aware mode: the DNS programs are attached too.
-    dns_aware: bool,
+    /// Programs attached besides the enforcing ones.
+    extras: Extras,
     /// The LSM program is loaded and attached to every cgroup; otherwise why not (packet
     /// sockets are then not refused).
     pub lsm: Result<(), String>,
@@ -70,8 +70,8 @@ pub struct Dataplane {
 }
 
 /// Every cgroup program in the object: the first `ENFORCING` are attached to every enforced
-/// cgroup, up to `DNS_END` in DNS-aware mode too, and the rest to the cgroup root. The LSM
-/// program is separate: not every kernel can run it.
+/// cgroup, the egress program when something needs it, the DNS programs in DNS-aware mode,
+/// and the rest to the cgroup root. The LSM program is separate: not every kernel can run it.
 pub static ALL_PROGRAMS: [&str; 14] = [
     PROGRAM_NAMES[0],
     PROGRAM_NAMES[1],
@@ -89,16 +89,31 @@ pub static ALL_PROGRAMS: [&str; 14] = [
     FOREIGN_PROGRAM_NAMES[3],
 ];
 
-const ENFORCING: usize = PROGRAM_NAMES.len() + 2;
-const DNS_END: usize = ENFORCING + DNS_PROGRAM_NAMES.len();
+const ENFORCING: usize = PROGRAM_NAMES.len() + 1;
+const DNS_START: usize = ENFORCING + 1;
+const DNS_END: usize = DNS_START + DNS_PROGRAM_NAMES.len();
 
-/// The programs attached to each cgroup in a mode.
-pub fn attached_programs(dns_aware: bool) -> &'static [&'static str] {
-    if dns_aware {
-        &ALL_PROGRAMS[..DNS_END]
-    } else {
-        &ALL_PROGRAMS[..ENFORCING]
+/// What a daemon attaches to each enforced cgroup besides the enforcing programs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Extras {
+    /// DNS-aware mode: the DNS programs and the egress program (which tells the proxy who
+    /// asked).
+    pub dns_aware: bool,
+    /// `allow.ping`: the egress program, which checks echo requests. Without ping sockets
+    /// (refused at creation) no packet needs it, so no packet pays for it.
+    pub ping: bool,
+}
+
+/// The programs attached to each cgroup.
+pub fn attached_programs(extras: Extras) -> Vec<&'static str> {
+    let mut names = ALL_PROGRAMS[..ENFORCING].to_vec();
+    if extras.dns_aware || extras.ping {
+        names.push(EGRESS_PROGRAM_NAME);
     }
+    if extras.dns_aware {
+        names.extend(&ALL_PROGRAMS[DNS_START..DNS_END]);
+    }
+    names
 }
 
 fn take_map<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T>
@@ -213,7 +228,7 @@ impl Dataplane {
             events,
             migrating,
             previous_exact,
-            dns_aware: false,
+            extras: Extras::default(),
             lsm,
             root_maps,
             host_mount: None,
@@ -221,10 +236,10 @@ impl Dataplane {
         })
     }
 
-    /// Whether the DNS programs are attached from the next `attach` on (they are detached
-    /// from cgroups attached again without them).
-    pub fn set_dns_aware(&mut self, on: bool) {
-        self.dns_aware = on;
+    /// Which programs besides the enforcing ones are attached from the next `attach` on
+    /// (cgroups attached again without one lose it).
+    pub fn set_extras(&mut self, extras: Extras) {
+        self.extras = extras;
     }
 
     /// Whether the programs for sockets from outside go on the root of the cgroup2 `mount`
@@ -296,7 +311,12 @@ impl Dataplane {
         let link_dir = self.layout.cgroup_links_dir(&cg.relative);
         fs::create_dir_all(&link_dir)
             .with_context(|| format!("creating {}", link_dir.display()))?;
-        let mut names = attached_programs(self.dns_aware).to_vec();
+        let mut names = attached_programs(self.extras);
+        // Ping sockets made while an earlier run allowed ping outlive it: once attached, the
+        // echo check stays (until `uninstall`).
+        if !names.contains(&EGRESS_PROGRAM_NAME) && link_dir.join(EGRESS_PROGRAM_NAME).exists() {
+            names.push(EGRESS_PROGRAM_NAME);
+        }
         if self.lsm.is_ok() {
             names.push(LSM_PROGRAM_NAME);
         }
