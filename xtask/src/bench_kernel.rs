@@ -332,8 +332,9 @@ fn start_enforcer(bin: &Path, n: usize, diff: usize, extras: bool) -> anyhow::Re
             "cgroups: [{CGROUP}/case]\nbpffs: {}\nserviceEntries: [{}]\nallow: {{dnsServers: [], ping: {extras}}}\ndns: {{mode: resolve}}\nmaps: {{exactRules: {}, prefixRules: {}}}\nlog: {{format: json}}\nhttp: {{listen: ''}}\nforeignSockets: {}\n",
             dir.join("bpffs").display(),
             se.display(),
-            (n + n / 8).max(1024),
-            2 * CIDR_RULES,
+            // With ping every address also gets an ICMP rule.
+            (if extras { 2 * n } else { n } + n / 8).max(1024),
+            if extras { 3 } else { 2 } * CIDR_RULES,
             if extras { "enforce" } else { "off" }
         ),
     )?;
@@ -341,11 +342,13 @@ fn start_enforcer(bin: &Path, n: usize, diff: usize, extras: bool) -> anyhow::Re
     let mut daemon = Daemon::start(bin, &config)?;
     let (t1, line) = daemon.wait_for_line("\"enforcing\"", Duration::from_secs(600))?;
     daemon.wait_for("first full apply done", Duration::from_secs(60))?;
-    let rules = log_number(&line, "static_rules").unwrap_or(0.0) as usize;
+    let loaded = log_number(&line, "static_rules").unwrap_or(0.0) as usize;
     let want = n + CIDR_RULES;
-    if rules != want {
-        bail!("the daemon loaded {rules} rules, expected {want}: {line}");
+    // With ping, ICMP rules come on top (their number depends on how entries merge).
+    if loaded != want && !(extras && loaded > want) {
+        bail!("the daemon loaded {loaded} rules, expected {want}: {line}");
     }
+    let rules = want;
     Ok(Loaded {
         daemon,
         dir,
