@@ -159,13 +159,26 @@ fn refused_reload_to_audit(env: &Env, d: &mut e2e::Daemon, cgroups: &str, cause:
     );
     rewrite_config(env, &cfg);
     d.signal(libc::SIGHUP);
-    d.wait_for("the refused reload", Duration::from_secs(10), |r| {
-        r.iter().any(|r| {
-            r["message"].as_str().is_some_and(|m| {
-                m.contains("reload could not be applied, keeping the previous policy")
-                    && m.contains(cause)
+    let refusals = |r: &[serde_json::Value]| {
+        r.iter()
+            .filter(|r| {
+                r["message"].as_str().is_some_and(|m| {
+                    m.contains("reload could not be applied, keeping the previous policy")
+                        && m.contains(cause)
+                })
             })
-        })
+            .count()
+    };
+    d.wait_for("the refused reload", Duration::from_secs(10), |r| {
+        refusals(r) > 0
+    });
+    // The file watcher and SIGHUP may each have started a reload, and the second may still
+    // be running. Reloads run one after another: once one more, asked for now, is refused,
+    // none is left in flight to race the checks that follow.
+    let seen = refusals(&d.records());
+    d.signal(libc::SIGHUP);
+    d.wait_for("a settled refused reload", Duration::from_secs(10), |r| {
+        refusals(r) > seen
     });
 }
 
@@ -196,6 +209,12 @@ fn a_reload_that_fails_midway_changes_nothing_in_the_kernel() {
         "{}-new",
         env.cgroup.rsplit('/').next().unwrap_or_default()
     ));
+    // A refused reload still running (see `refused_reload_to_audit`) may hold the directory
+    // for a moment; none may leave it behind.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while added_path.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(
         !added_path.exists(),
         "the cgroup the refused reload created is removed again"
