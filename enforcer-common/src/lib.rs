@@ -35,8 +35,10 @@ pub mod map_names {
     pub const TASK_CGROUPS: &str = "TASK_CGROUPS";
     /// Cookies of sockets made inside an enforced cgroup.
     pub const NATIVE_SOCKETS: &str = "NATIVE_SOCKETS";
+    /// The generation of `ENFORCED_ROOTS`, which tags `TASK_CGROUPS` entries.
+    pub const ROOTS_GEN: &str = "ROOTS_GEN";
     /// All maps that are pinned (and so survive a daemon restart).
-    pub const PINNED: [&str; 14] = [
+    pub const PINNED: [&str; 15] = [
         RULES_EXACT,
         RULES_PREFIX,
         CONFIG,
@@ -51,6 +53,7 @@ pub mod map_names {
         ENFORCED_ROOTS,
         TASK_CGROUPS,
         NATIVE_SOCKETS,
+        ROOTS_GEN,
     ];
 }
 
@@ -79,6 +82,10 @@ pub const GUARD_PROGRAM_NAME: &str = "sock_create";
 /// query came from.
 pub const EGRESS_PROGRAM_NAME: &str = "egress";
 
+/// The `cgroup/setsockopt` program: refuses the socket options that source-route packets
+/// (`IP_OPTIONS`, `IPV6_RTHDR`), which would send them past the address the hooks checked.
+pub const SOCKOPT_PROGRAM_NAME: &str = "sockopt";
+
 /// The BPF LSM program (`lsm_cgroup/socket_create`): refuses packet and XDP sockets, which
 /// `cgroup/sock_create` never sees. Attached only where the kernel runs BPF LSM.
 pub const LSM_PROGRAM_NAME: &str = "lsm_sock_create";
@@ -95,6 +102,7 @@ pub const HOOK_NAMES: [&str; NUM_HOOKS as usize] = [
     "foreign_connect6",
     "foreign_sendmsg4",
     "foreign_sendmsg6",
+    "setsockopt",
 ];
 
 /// The DNS port; every query to it from an enforced cgroup goes to the proxy in DNS-aware mode.
@@ -275,8 +283,10 @@ pub enum Hook {
     ForeignConnect6 = 7,
     ForeignSendmsg4 = 8,
     ForeignSendmsg6 = 9,
+    /// A socket option refused (`port` holds the option, `proto` its level).
+    Setsockopt = 10,
 }
-pub const NUM_HOOKS: u32 = 10;
+pub const NUM_HOOKS: u32 = 11;
 
 /// Protocol class used in the counter index.
 pub const PROTO_CLASS_TCP: u32 = 0;

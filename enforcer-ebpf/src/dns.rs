@@ -117,15 +117,17 @@ fn remember(ctx: &SockAddrContext, cookie: u64, proto: u8, dest: &Dest) {
 
 /// A query from a socket made outside the enforced cgroups cannot be redirected (see
 /// `programs::decide_as`): it may go only where a native one would have been let through
-/// untouched, or to the proxy itself (where the cgroup programs already sent it, when the
-/// socket is native after all but has left the native-socket cache).
+/// untouched.
 #[inline(always)]
-pub(crate) fn foreign_query_allowed(ctx: &SockAddrContext, cfg: &Config, dest: &Dest) -> bool {
+pub(crate) fn foreign_query_allowed(ctx: &SockAddrContext, cfg: &Config) -> bool {
     // SAFETY: helper with a valid context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if DNS_OWN.get_ptr(cookie).is_some() || (cfg.dns & DNS_HAS_EXEMPT != 0 && exempt()) {
-        return true;
-    }
+    DNS_OWN.get_ptr(cookie).is_some() || (cfg.dns & DNS_HAS_EXEMPT != 0 && exempt())
+}
+
+/// The destination is the proxy's address and port.
+#[inline(always)]
+pub(crate) fn is_proxy(cfg: &Config, dest: &Dest) -> bool {
     let w = &dest.words;
     let to_proxy4 = w[0] | w[1] == 0 && w[2] == MAPPED && w[3] == cfg.proxy4 && cfg.proxy4 != 0;
     let to_proxy6 = *w == cfg.proxy6 && cfg.proxy6 != [0; 4];

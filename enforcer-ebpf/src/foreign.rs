@@ -13,10 +13,11 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use enforcer_common::Hook;
+use enforcer_common::{DNS_REDIRECT, Hook};
 
 use crate::{
-    maps::{ENFORCED_ROOTS, NATIVE_SOCKETS, TASK_CGROUPS},
+    dns::is_proxy,
+    maps::{CONFIG, ENFORCED_ROOTS, NATIVE_SOCKETS, ROOTS_GEN, TASK_CGROUPS},
     programs::{ALLOW, Dest, decide_as, dest_v4, dest_v6},
 };
 
@@ -56,19 +57,34 @@ fn foreign(ctx: &SockAddrContext, hook: Hook, dest: impl FnOnce() -> Dest) -> i3
     if NATIVE_SOCKETS.get_ptr(cookie).is_some() {
         return ALLOW;
     }
-    decide_as(ctx, hook, dest(), false)
+    let dest = dest();
+    // A native socket's DNS query, sent to the proxy by its cgroup's program, when the socket
+    // has left the native-socket cache: the proxy is where the rules wanted it to go.
+    if CONFIG
+        .get(0)
+        .is_some_and(|c| c.dns & DNS_REDIRECT != 0 && is_proxy(c, &dest))
+    {
+        return ALLOW;
+    }
+    decide_as(ctx, hook, dest, false)
 }
 
 /// Whether the calling task's cgroup is an enforced one or below one. A cgroup's ancestry
-/// never changes and its id is never reused, so the answer is cached per cgroup; the daemon
-/// empties the cache when the set of enforced cgroups changes.
+/// never changes and its id is never reused, so the answer is cached per cgroup, tagged with
+/// the generation of `ENFORCED_ROOTS` it was computed under. The generation is read before
+/// the walk and the daemon bumps it after changing the roots: an answer computed while they
+/// changed carries the old generation and is not used again.
 #[inline(always)]
 fn task_enforced() -> bool {
+    let generation = ROOTS_GEN.get(0).copied().unwrap_or(0);
     // SAFETY: helper without preconditions.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     if let Some(v) = TASK_CGROUPS.get_ptr(cgroup) {
         // SAFETY: a map value pointer is valid for the program run.
-        return unsafe { *v } != 0;
+        let v = unsafe { *v };
+        if v >> 1 == generation {
+            return v & 1 != 0;
+        }
     }
     let mut found = false;
     let mut level = 1;
@@ -85,6 +101,6 @@ fn task_enforced() -> bool {
         level += 1;
     }
     // An LRU insert fails only on a broken map; the walk is then repeated next time.
-    let _ignored = TASK_CGROUPS.insert(cgroup, u8::from(found), 0);
+    let _ignored = TASK_CGROUPS.insert(cgroup, generation << 1 | u32::from(found), 0);
     found
 }

@@ -6,8 +6,8 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::bpf_get_socket_cookie,
-    macros::{cgroup_sock, lsm_cgroup},
-    programs::{LsmContext, SockContext},
+    macros::{cgroup_sock, cgroup_sockopt, lsm_cgroup},
+    programs::{LsmContext, SockContext, SockoptContext},
 };
 use enforcer_common::{
     AF_INET, AF_INET6, AF_PACKET, Config, Hook, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
@@ -18,19 +18,18 @@ use enforcer_common::{
 
 use crate::{
     maps::{CONFIG, NATIVE_SOCKETS},
-    programs::{ALLOW, DENY, count, report_socket},
+    programs::{ALLOW, DENY, count, report_option, report_socket},
 };
 
 /// MPTCP sockets run the TCP hooks on their subflows.
 const IPPROTO_MPTCP: u32 = 262;
 
-/// Families outside inet that reach nothing beyond the host (or only the hypervisor):
-/// everything else that can carry traffic off the node is refused.
+/// Families outside inet that reach nothing beyond the host: everything else that can carry
+/// traffic off the node (vsock too: it reaches the hypervisor's host) is refused.
 const AF_UNIX: u32 = 1;
 const AF_KEY: u32 = 15;
 const AF_NETLINK: u32 = 16;
 const AF_ALG: u32 = 38;
-const AF_VSOCK: u32 = 40;
 /// XDP sockets send raw frames like packet sockets.
 const AF_XDP: u32 = 44;
 
@@ -81,7 +80,7 @@ pub fn lsm_sock_create(ctx: LsmContext) -> i32 {
     let kern: i32 = ctx.arg(3);
     let family = family as u32;
     let class = match family {
-        AF_INET | AF_INET6 | AF_UNIX | AF_NETLINK | AF_KEY | AF_ALG | AF_VSOCK => return ALLOW,
+        AF_INET | AF_INET6 | AF_UNIX | AF_NETLINK | AF_KEY | AF_ALG => return ALLOW,
         _ if kern != 0 => return ALLOW,
         AF_PACKET | AF_XDP => PROTO_CLASS_RAW,
         _ => PROTO_CLASS_OTHER,
@@ -119,4 +118,43 @@ fn allowed(cfg: &Config, class: u32) -> bool {
         PROTO_CLASS_RAW => cfg.sockets & SOCKETS_ALLOW_RAW != 0,
         _ => false,
     }
+}
+
+const SOL_IP: i32 = 0;
+const IP_OPTIONS: i32 = 4;
+const SOL_IPV6: i32 = 41;
+const IPV6_2292RTHDR: i32 = 5;
+const IPV6_RTHDR: i32 = 57;
+
+/// Source routing sends a socket's packets to its first hop, past the address the connect
+/// and sendmsg hooks checked: an enforced cgroup cannot set IPv4 options (where LSRR and SSRR
+/// live) or an IPv6 routing header on a socket. Clearing them (length 0) is fine. The same
+/// options given per message (cmsg) are dropped by the egress program.
+#[cgroup_sockopt(setsockopt)]
+pub fn sockopt(ctx: SockoptContext) -> i32 {
+    // SAFETY: the kernel passes a valid context; each field is read with its natural width.
+    let (level, name, len) = unsafe {
+        let s = ctx.sockopt;
+        ((*s).level, (*s).optname, (*s).optlen)
+    };
+    let source_route = len > 0
+        && match level {
+            SOL_IP => name == IP_OPTIONS,
+            SOL_IPV6 => name == IPV6_RTHDR || name == IPV6_2292RTHDR,
+            _ => false,
+        };
+    if !source_route {
+        return ALLOW;
+    }
+    let verdict = match CONFIG.get(0) {
+        Some(c) if c.mode == MODE_AUDIT => VERDICT_AUDIT,
+        _ => VERDICT_DENY,
+    };
+    count(counter_index(
+        Hook::Setsockopt as u32,
+        PROTO_CLASS_OTHER,
+        u32::from(verdict),
+    ));
+    report_option(verdict, level, name);
+    if verdict == VERDICT_DENY { DENY } else { ALLOW }
 }

@@ -48,9 +48,14 @@ pub(crate) static DNS_PROXY: SockMap = SockMap::with_max_entries(1, 0);
 #[map]
 pub(crate) static ENFORCED_ROOTS: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
 
-/// cgroup id → whether it is enforced (1) or not (0): a cache of the ancestor walk.
+/// cgroup id → `ROOTS_GEN << 1 | enforced`: a cache of the ancestor walk, whose entries of an
+/// older generation of `ENFORCED_ROOTS` do not count.
 #[map]
-pub(crate) static TASK_CGROUPS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+pub(crate) static TASK_CGROUPS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
+
+/// Bumped by the daemon after every change of `ENFORCED_ROOTS`.
+#[map]
+pub(crate) static ROOTS_GEN: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Cookies of sockets made inside an enforced cgroup, whose own programs decide for them. LRU:
 /// a socket evicted here is decided again by the root programs, with the same rules.

@@ -196,7 +196,7 @@ pub(crate) fn decide_as(ctx: &SockAddrContext, hook: Hook, mut dest: Dest, nativ
     {
         let verdict = if native {
             dns::redirect(ctx, cfg, hook, proto, &dest, audit)
-        } else if dns::foreign_query_allowed(ctx, cfg, &dest) {
+        } else if dns::foreign_query_allowed(ctx, cfg) {
             VERDICT_ALLOW
         } else if audit {
             VERDICT_AUDIT
@@ -250,6 +250,19 @@ pub(crate) fn report_socket(verdict: u8, family: u32, ty: u32, protocol: u32) {
         [0; 16],
         protocol as u16,
         [family as u8, ty as u8],
+    );
+}
+
+/// A socket option refused or audited: the port field holds the option, `proto` its level.
+#[inline(always)]
+pub(crate) fn report_option(verdict: u8, level: i32, name: i32) {
+    emit(
+        Hook::Setsockopt,
+        level as u8,
+        verdict,
+        [0; 16],
+        name as u16,
+        [0, 0],
     );
 }
 

@@ -281,7 +281,7 @@ fn survives_sigkill(mode: &str) {
     expect_enforcing(&env, audit, "after SIGKILL of the daemon");
     assert_eq!(
         env.kernel_attached().len(),
-        5,
+        7,
         "links stay attached in the kernel"
     );
     let root = env.inspect("links")["root_links"].clone();
@@ -496,7 +496,9 @@ fn inspect_shows_live_rules_and_links() {
             "connect6",
             "sendmsg4",
             "sendmsg6",
-            "sock_create"
+            "sock_create",
+            "egress",
+            "sockopt"
         ]
     );
     let links = env.inspect("links");

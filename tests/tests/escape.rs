@@ -36,6 +36,9 @@ const PACKET: &[&str] = &["packet-raw", "packet-dgram"];
 const PING: &[&str] = &["ping-connect", "ping-sendto"];
 /// Sockets made outside the cgroup: before the attacker joined it, or by another process.
 const OUTSIDE: &[&str] = &["before-join", "before-join-udp", "scm-tcp", "scm-udp"];
+/// UDP to the destination through an unregistered first hop (IPv4 LSRR, IPv6 segment
+/// routing), set on the socket or (IPv4) given with the message.
+const SOURCE_ROUTED: &[&str] = &["srcroute", "srcroute-cmsg"];
 
 /// One entry per protocol: Istio allows a port number once per entry.
 fn registry_yaml() -> String {
@@ -149,7 +152,13 @@ fn default_config_closes_every_path() {
         "inspect says {shown:?}, the log {said:?}"
     );
     let mut all: Vec<&str> = DECIDED.to_vec();
-    all.extend(RAW.iter().chain(PACKET).chain(PING).chain(OUTSIDE));
+    all.extend(
+        RAW.iter()
+            .chain(PACKET)
+            .chain(PING)
+            .chain(OUTSIDE)
+            .chain(SOURCE_ROUTED),
+    );
     all.push("udplite");
     let mut wrong = Vec::new();
     for (user, arg) in USERS {
@@ -162,6 +171,21 @@ fn default_config_closes_every_path() {
         wrong.extend(expect(&got, user, OUTSIDE, |_, reg| {
             if reg { "ok" } else { "EPERM" }
         }));
+        wrong.extend(expect(&got, user, &["srcroute"], |_, _| "EPERM"));
+        // Per message, Linux takes only IPv4 options (IPv6 accepts just the Mobile IPv6 type 2
+        // header, which does not reroute, and refuses a segment route with EINVAL).
+        for (a, want) in [
+            (REGISTERED[0], "EPERM"),
+            (UNREGISTERED[0], "EPERM"),
+            (REGISTERED[1], "errno-22"),
+            (UNREGISTERED[1], "errno-22"),
+        ] {
+            let key = format!("srcroute-cmsg:{a}");
+            let g = got.get(&key).map_or("missing", String::as_str);
+            if g != want {
+                wrong.push(format!("{user}: {key}: got {g}, want {want}"));
+            }
+        }
         wrong.extend(expect(&got, user, RAW, |_, _| "EPERM"));
         wrong.extend(expect(&got, user, PING, |_, _| "EPERM"));
         wrong.extend(expect(&got, user, &["udplite"], |_, _| "EPERM"));
@@ -176,6 +200,17 @@ fn default_config_closes_every_path() {
         let privileged = user != "nobody";
         let per_path = 4; // two families, two destinations
         let raw_refused = RAW.len() + if lsm { PACKET.len() } else { 0 };
+        // Source routes: the setsockopt program runs before the kernel's own checks (4 for
+        // everyone); per message, the kernel wants CAP_NET_RAW before the egress program sees
+        // a packet, and the unregistered destination is refused by sendmsg4 first (1).
+        let options = delta(&before, &after, "setsockopt", "other");
+        let routed = delta(&before, &after, "egress", "other");
+        let want_routed = u64::from(privileged);
+        if options != 4 || routed != want_routed {
+            wrong.push(format!(
+                "{user}: source routes refused: setsockopt {options} (want 4), egress {routed} (want {want_routed})"
+            ));
+        }
         let checks = [
             (
                 "sock_create",

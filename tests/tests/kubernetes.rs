@@ -216,7 +216,7 @@ fn daemonset_capabilities_suffice_and_each_one_is_needed() {
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inspect JSON");
     let links = report["links"].as_array().expect("links");
-    assert_eq!(links.len(), 5, "{report}");
+    assert_eq!(links.len(), 7, "{report}");
     for l in links {
         assert!(l["verified_insns"].as_u64().is_some_and(|n| n > 0), "{l}");
         assert!(l["run_count"].is_u64(), "{l}");

@@ -202,7 +202,7 @@ fn a_reload_that_fails_midway_changes_nothing_in_the_kernel() {
     assert_enforcing(&env, "after a refused reload to audit mode");
     assert_eq!(
         env.column("links", "cgroup"),
-        vec![format!("/{}", env.cgroup); 5],
+        vec![format!("/{}", env.cgroup); 7],
         "no cgroup of the refused config was attached"
     );
     let added_path = env.cgroup_path.with_file_name(format!(
@@ -273,7 +273,7 @@ fn a_reload_whose_attach_fails_in_the_kernel_is_rolled_back() {
     );
     assert_eq!(
         env.column("links", "cgroup"),
-        vec![format!("/{}", env.cgroup); 5]
+        vec![format!("/{}", env.cgroup); 7]
     );
     assert_eq!(
         e2e::attached_programs(&added_path).len(),
@@ -298,7 +298,7 @@ fn a_reload_whose_attach_fails_in_the_kernel_is_rolled_back() {
 fn cgroups_dropped_from_the_config_are_detached_on_restart() {
     let env = Env::new("regroup", "enforce", "");
     let d = env.start_daemon(RULES);
-    assert_eq!(env.kernel_attached().len(), 5);
+    assert_eq!(env.kernel_attached().len(), 7);
     d.stop(libc::SIGTERM);
 
     let other = format!("{}-b", env.cgroup);
@@ -309,7 +309,7 @@ fn cgroups_dropped_from_the_config_are_detached_on_restart() {
         "old cgroup detached: {:?}",
         env.kernel_attached()
     );
-    assert_eq!(env.column("links", "cgroup"), vec![format!("/{other}"); 5]);
+    assert_eq!(env.column("links", "cgroup"), vec![format!("/{other}"); 7]);
     drop(d);
     let _ = run(env.cmd().args(["uninstall"]));
     let path = env

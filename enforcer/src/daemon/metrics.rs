@@ -392,8 +392,9 @@ mod tests {
                 .filter(|l| l.starts_with("egress_enforcer_verdicts_total{"))
                 .count(),
             // connect/sendmsg: tcp, udp, other, icmp x 4 verdicts, and redirects of tcp and
-            // udp (not on the root); sock_create: icmp, raw, other x deny, audit; egress: 4.
-            4 * 18 + 4 * 16 + 6 + 4
+            // udp (not on the root); sock_create: icmp, raw, other x deny, audit; egress: icmp
+            // x 4 and source routes (other) x 2; setsockopt: 2.
+            4 * 18 + 4 * 16 + 6 + 6 + 2
         );
         assert_eq!(v("egress_enforcer_events_dropped_total"), Some(2.0));
         assert_eq!(v(r#"egress_enforcer_rules{kind="exact"}"#), Some(7.0));

@@ -351,7 +351,6 @@ impl Daemon {
             .runtime()?;
         let extras = crate::dataplane::Extras {
             dns_aware: proxy_sockets.is_some(),
-            ping: first.config.allow.ping,
         };
         dp.set_extras(extras);
         dp.set_foreign(

@@ -42,10 +42,9 @@ impl Daemon {
         if new.dns.mode != old.dns.mode
             || (op.address4(), op.address6(), op.port) != (np.address4(), np.address6(), np.port)
             || new.foreign_sockets != old.foreign_sockets
-            || new.allow.ping != old.allow.ping
         {
             error!(
-                "reload refused, keeping the policy in force: dns.mode, dns.proxy.{{address, address6, port}}, allow.ping and foreignSockets take effect only at a restart"
+                "reload refused, keeping the policy in force: dns.mode, dns.proxy.{{address, address6, port}} and foreignSockets take effect only at a restart"
             );
             self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
             return false;

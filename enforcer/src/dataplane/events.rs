@@ -74,6 +74,9 @@ pub fn decode(bytes: &[u8]) -> Option<EventRecord> {
         .position(|&b| b == 0)
         .unwrap_or(ev.comm.len());
     let create = ev.hook == enforcer_common::Hook::SockCreate as u8;
+    if ev.hook == enforcer_common::Hook::Setsockopt as u8 {
+        return Some(option_record(&ev, comm_len));
+    }
     Some(EventRecord {
         ts_ns: ev.ts_ns,
         pid: ev.tgid,
@@ -91,6 +94,32 @@ pub fn decode(bytes: &[u8]) -> Option<EventRecord> {
         verdict: verdict_name(ev.verdict),
         socket: create.then(|| format!("{}/{}", family_name(ev.family), type_name(ev.sock_type))),
     })
+}
+
+fn option_name(level: u8, name: u16) -> String {
+    match (level, name) {
+        (0, 4) => "IP_OPTIONS".to_owned(),
+        (41, 57) => "IPV6_RTHDR".to_owned(),
+        (41, 5) => "IPV6_2292RTHDR".to_owned(),
+        (l, n) => format!("level {l} option {n}"),
+    }
+}
+
+/// A refused socket option: no address; `socket` names the option.
+fn option_record(ev: &Event, comm_len: usize) -> EventRecord {
+    EventRecord {
+        ts_ns: ev.ts_ns,
+        pid: ev.tgid,
+        tid: ev.pid,
+        comm: String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned(),
+        cgroup_id: ev.cgroup_id,
+        hook: hook_name(u32::from(ev.hook)),
+        proto: if ev.proto == 41 { "ipv6" } else { "ip" }.to_owned(),
+        addr: IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        port: 0,
+        verdict: verdict_name(ev.verdict),
+        socket: Some(format!("option {}", option_name(ev.proto, ev.port))),
+    }
 }
 
 #[cfg(test)]

@@ -10,22 +10,22 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{HashMap, MapData};
+use aya::maps::{Array, HashMap, MapData};
 use enforcer_common::{FOREIGN_PROGRAM_NAMES, map_names};
 
 use super::{Dataplane, attach_program, cgroup::Cgroup, take_map};
 
-/// The enforced cgroups' ids and the root programs' cache of the ancestor walk.
+/// The enforced cgroups' ids and the generation that invalidates the root programs' cache.
 pub struct RootMaps {
     roots: HashMap<MapData, u64, u8>,
-    cache: HashMap<MapData, u64, u8>,
+    generation: Array<MapData, u32>,
 }
 
 impl RootMaps {
     pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
         Ok(Self {
             roots: take_map(ebpf, map_names::ENFORCED_ROOTS)?,
-            cache: take_map(ebpf, map_names::TASK_CGROUPS)?,
+            generation: take_map(ebpf, map_names::ROOTS_GEN)?,
         })
     }
 }
@@ -38,8 +38,9 @@ fn cgroup_id(cg: &Cgroup) -> anyhow::Result<u64> {
 }
 
 impl Dataplane {
-    /// Makes the kernel's set of enforced cgroups `cgroups`, then forgets every cached answer
-    /// (one cached before a cgroup became enforced would say "not enforced").
+    /// Makes the kernel's set of enforced cgroups `cgroups`, then bumps the generation, which
+    /// retires every cached answer (one cached before a cgroup became enforced would say "not
+    /// enforced").
     pub(super) fn set_roots(&mut self, cgroups: &[Cgroup]) -> anyhow::Result<()> {
         let want: HashSet<u64> = cgroups
             .iter()
@@ -58,10 +59,10 @@ impl Dataplane {
         for id in stale {
             let _ignored = m.roots.remove(&id);
         }
-        let cached: Vec<u64> = m.cache.keys().flatten().collect();
-        for id in cached {
-            let _ignored = m.cache.remove(&id);
-        }
+        let generation = m.generation.get(&0, 0).context("reading ROOTS_GEN")?;
+        m.generation
+            .set(0, generation.wrapping_add(1) & (u32::MAX >> 1), 0)
+            .context("writing ROOTS_GEN")?;
         Ok(())
     }
 
@@ -75,7 +76,7 @@ impl Dataplane {
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let root = File::open(mount).with_context(|| format!("opening {}", mount.display()))?;
         for name in FOREIGN_PROGRAM_NAMES {
-            let link = attach_program(&mut self.ebpf, name, &root)
+            let link = attach_program(&mut self.ebpf, name, &root, &dir)
                 .with_context(|| format!("attaching {name} to the cgroup root"))?;
             let tmp = dir.join(format!("{name}-new"));
             let _ignored = fs::remove_file(&tmp);

@@ -73,7 +73,7 @@ pub struct Shape {
     pub max_entries: u32,
 }
 
-pub fn expected_shapes(sizes: &MapSizes) -> [Shape; 14] {
+pub fn expected_shapes(sizes: &MapSizes) -> [Shape; 15] {
     let lru = |name, key_size, max_entries| Shape {
         name,
         map_type: MapType::LruHash,
@@ -162,8 +162,15 @@ pub fn expected_shapes(sizes: &MapSizes) -> [Shape; 14] {
             name: map_names::TASK_CGROUPS,
             map_type: MapType::LruHash,
             key_size: 8,
-            value_size: 1,
+            value_size: 4,
             max_entries: TASK_CGROUP_ENTRIES,
+        },
+        Shape {
+            name: map_names::ROOTS_GEN,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: 4,
+            max_entries: 1,
         },
         Shape {
             name: map_names::NATIVE_SOCKETS,

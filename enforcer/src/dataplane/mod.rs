@@ -13,6 +13,7 @@ pub mod lsm;
 pub mod maps;
 pub mod pins;
 pub mod protections;
+mod raw_link;
 pub mod sources;
 pub mod stats;
 pub mod verdicts;
@@ -29,13 +30,13 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{MapData, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, LsmCgroup,
-        links::FdLink,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
+        CgroupSockopt, LsmCgroup, links::FdLink,
     },
 };
 use enforcer_common::{
     DNS_PROGRAM_NAMES, EGRESS_PROGRAM_NAME, FOREIGN_PROGRAM_NAMES, GUARD_PROGRAM_NAME,
-    LSM_PROGRAM_NAME, PROGRAM_NAMES, map_names,
+    LSM_PROGRAM_NAME, PROGRAM_NAMES, SOCKOPT_PROGRAM_NAME, map_names,
 };
 
 use self::{cgroup::Cgroup, maps::Maps, pins::PinLayout};
@@ -72,13 +73,14 @@ pub struct Dataplane {
 /// Every cgroup program in the object: the first `ENFORCING` are attached to every enforced
 /// cgroup, the egress program when something needs it, the DNS programs in DNS-aware mode,
 /// and the rest to the cgroup root. The LSM program is separate: not every kernel can run it.
-pub static ALL_PROGRAMS: [&str; 14] = [
+pub static ALL_PROGRAMS: [&str; 15] = [
     PROGRAM_NAMES[0],
     PROGRAM_NAMES[1],
     PROGRAM_NAMES[2],
     PROGRAM_NAMES[3],
     GUARD_PROGRAM_NAME,
     EGRESS_PROGRAM_NAME,
+    SOCKOPT_PROGRAM_NAME,
     DNS_PROGRAM_NAMES[0],
     DNS_PROGRAM_NAMES[1],
     DNS_PROGRAM_NAMES[2],
@@ -89,31 +91,20 @@ pub static ALL_PROGRAMS: [&str; 14] = [
     FOREIGN_PROGRAM_NAMES[3],
 ];
 
-const ENFORCING: usize = PROGRAM_NAMES.len() + 1;
-const DNS_START: usize = ENFORCING + 1;
-const DNS_END: usize = DNS_START + DNS_PROGRAM_NAMES.len();
+const ENFORCING: usize = PROGRAM_NAMES.len() + 3;
+const DNS_END: usize = ENFORCING + DNS_PROGRAM_NAMES.len();
 
 /// What a daemon attaches to each enforced cgroup besides the enforcing programs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Extras {
-    /// DNS-aware mode: the DNS programs and the egress program (which tells the proxy who
-    /// asked).
+    /// DNS-aware mode: the DNS programs.
     pub dns_aware: bool,
-    /// `allow.ping`: the egress program, which checks echo requests. Without ping sockets
-    /// (refused at creation) no packet needs it, so no packet pays for it.
-    pub ping: bool,
 }
 
 /// The programs attached to each cgroup.
 pub fn attached_programs(extras: Extras) -> Vec<&'static str> {
-    let mut names = ALL_PROGRAMS[..ENFORCING].to_vec();
-    if extras.dns_aware || extras.ping {
-        names.push(EGRESS_PROGRAM_NAME);
-    }
-    if extras.dns_aware {
-        names.extend(&ALL_PROGRAMS[DNS_START..DNS_END]);
-    }
-    names
+    let end = if extras.dns_aware { DNS_END } else { ENFORCING };
+    ALL_PROGRAMS[..end].to_vec()
 }
 
 fn take_map<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T>
@@ -273,6 +264,9 @@ impl Dataplane {
             self.attach_one(cg)?;
         }
         self.pin_programs()?;
+        // The root programs consult ENFORCED_ROOTS: in maps new to this run (a migration) it
+        // must be full before they run, or every task would look unenforced for a moment.
+        self.set_roots(cgroups)?;
         let mount = self.host_mount.clone();
         self.attach_host(mount.as_deref())?;
         self.detach_except(cgroups)?;
@@ -312,16 +306,11 @@ impl Dataplane {
         fs::create_dir_all(&link_dir)
             .with_context(|| format!("creating {}", link_dir.display()))?;
         let mut names = attached_programs(self.extras);
-        // Ping sockets made while an earlier run allowed ping outlive it: once attached, the
-        // echo check stays (until `uninstall`).
-        if !names.contains(&EGRESS_PROGRAM_NAME) && link_dir.join(EGRESS_PROGRAM_NAME).exists() {
-            names.push(EGRESS_PROGRAM_NAME);
-        }
         if self.lsm.is_ok() {
             names.push(LSM_PROGRAM_NAME);
         }
         for name in names.iter().copied() {
-            let link = attach_program(&mut self.ebpf, name, &dir)
+            let link = attach_program(&mut self.ebpf, name, &dir, &link_dir)
                 .with_context(|| format!("attaching {name} to cgroup {}", cg.display()))?;
             // bpffs allows no dots in names.
             let tmp = link_dir.join(format!("{name}-new"));
@@ -443,14 +432,24 @@ fn lsm_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut LsmCgroup> {
 fn load_lsm(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     lsm::check_active()?;
     let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
-    lsm_program(ebpf)?
-        .load("socket_create", &btf)
-        .context("loading lsm_cgroup/socket_create (needs kernel 6.0 or later)")?;
+    lsm_program(ebpf)?.load("socket_create", &btf).context(
+        "loading lsm_cgroup/socket_create (needs Linux 6.0 or later with BPF trampolines; \
+             some kernels refuse every trampoline program)",
+    )?;
     Ok(())
 }
 
+fn sockopt_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut CgroupSockopt> {
+    Ok(ebpf
+        .program_mut(SOCKOPT_PROGRAM_NAME)
+        .with_context(|| format!("program {SOCKOPT_PROGRAM_NAME} missing from the eBPF object"))?
+        .try_into()?)
+}
+
 fn load_program(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<()> {
-    if name == SKB_PROGRAM {
+    if name == SOCKOPT_PROGRAM_NAME {
+        sockopt_program(ebpf)?.load()?;
+    } else if name == SKB_PROGRAM {
         skb_program(ebpf, name)?.load()?;
     } else if name == GUARD_PROGRAM_NAME {
         sock_program(ebpf, name)?.load()?;
@@ -460,11 +459,27 @@ fn load_program(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn attach_program(ebpf: &mut Ebpf, name: &str, cgroup: &File) -> anyhow::Result<FdLink> {
+/// Attaches one program; `scratch_dir` (in bpffs) may hold a temporary pin meanwhile.
+fn attach_program(
+    ebpf: &mut Ebpf,
+    name: &str,
+    cgroup: &File,
+    scratch_dir: &Path,
+) -> anyhow::Result<FdLink> {
     if name == LSM_PROGRAM_NAME {
         let prog = lsm_program(ebpf)?;
         let id = prog.attach(cgroup)?;
         Ok(prog.take_link(id)?.into())
+    } else if name == SOCKOPT_PROGRAM_NAME {
+        // Made and pinned at a scratch path by hand (see raw_link), then handled like every
+        // other link; the scratch pin goes once the caller has pinned its own.
+        let prog = sockopt_program(ebpf)?;
+        let scratch = scratch_dir.join(format!("{name}-raw"));
+        let _ignored = fs::remove_file(&scratch);
+        let link =
+            raw_link::attach_pinned(prog.fd()?, cgroup, raw_link::CGROUP_SETSOCKOPT, &scratch);
+        let _ignored = fs::remove_file(&scratch);
+        link
     } else if name == SKB_PROGRAM {
         let prog = skb_program(ebpf, name)?;
         let id = prog.attach(

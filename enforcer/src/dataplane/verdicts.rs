@@ -49,7 +49,14 @@ pub fn possible(hook: u32, proto_class: u32, verdict: u8) -> bool {
                 PROTO_CLASS_ICMP | PROTO_CLASS_RAW | PROTO_CLASS_OTHER
             ) && matches!(verdict, VERDICT_DENY | VERDICT_AUDIT)
         }
-        h if h == Hook::Egress as u32 => proto_class == PROTO_CLASS_ICMP && decided,
+        h if h == Hook::Egress as u32 => {
+            (proto_class == PROTO_CLASS_ICMP && decided)
+                || (proto_class == PROTO_CLASS_OTHER
+                    && matches!(verdict, VERDICT_DENY | VERDICT_AUDIT))
+        }
+        h if h == Hook::Setsockopt as u32 => {
+            proto_class == PROTO_CLASS_OTHER && matches!(verdict, VERDICT_DENY | VERDICT_AUDIT)
+        }
         _ => {
             proto_class != PROTO_CLASS_RAW
                 && (decided

@@ -47,6 +47,8 @@ const PATHS: &[&str] = &[
     "before-join-udp",
     "scm-tcp",
     "scm-udp",
+    "srcroute",
+    "srcroute-cmsg",
 ];
 
 const WAIT: Duration = Duration::from_millis(300);
@@ -615,6 +617,7 @@ impl Attacker {
                 sendto(&fd, &op.tag, &ra, 0)?;
                 self.rx.udp_got(op)
             }
+            "srcroute" | "srcroute-cmsg" => self.source_routed(op)?,
             p => bail!("unhandled path {p}"),
         })
     }
@@ -672,6 +675,104 @@ impl Attacker {
             )
         } as i64)?;
         Ok(self.rx.udp_got(op))
+    }
+}
+
+/// The first hop a source route sends through: an address of the test range that no rule
+/// registers.
+fn hop_for(a: &SocketAddr) -> IpAddr {
+    if a.is_ipv4() {
+        IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 0, 2))
+    } else {
+        IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2))
+    }
+}
+
+/// (level, option or cmsg type, bytes) of a source route through `hop`: an IPv4 loose source
+/// route option, or an IPv6 segment routing header whose only segment is the hop.
+fn source_route(a: &SocketAddr, cmsg: bool) -> (i32, i32, Vec<u8>) {
+    match hop_for(a) {
+        IpAddr::V4(h) => {
+            let mut o = vec![0x83, 7, 4];
+            o.extend(h.octets());
+            o.push(0);
+            let ty = if cmsg {
+                libc::IP_RETOPTS
+            } else {
+                libc::IP_OPTIONS
+            };
+            (libc::IPPROTO_IP, ty, o)
+        }
+        IpAddr::V6(h) => {
+            let mut r = vec![0, 2, 4, 0, 0, 0, 0, 0];
+            r.extend(h.octets());
+            (libc::IPPROTO_IPV6, libc::IPV6_RTHDR, r)
+        }
+    }
+}
+
+impl Attacker {
+    /// A UDP datagram to ADDR routed through an unregistered first hop, the route set on the
+    /// socket (`srcroute`) or given with the message (`srcroute-cmsg`).
+    fn source_routed(&self, op: &Op) -> anyhow::Result<String> {
+        let a = op.addr;
+        let ra = RawAddr::new(a);
+        let fd = socket(family(&a), libc::SOCK_DGRAM, 0)?;
+        let cmsg = op.path == "srcroute-cmsg";
+        let (level, ty, route) = source_route(&a, cmsg);
+        if !cmsg {
+            // SAFETY: option value pointer and length describe `route`.
+            check(
+                unsafe {
+                    libc::setsockopt(
+                        fd.as_raw_fd(),
+                        level,
+                        ty,
+                        route.as_ptr().cast(),
+                        route.len() as libc::socklen_t,
+                    )
+                }
+                .into(),
+            )?;
+            sendto(&fd, &op.tag, &ra, 0)?;
+        } else {
+            send_with_cmsg(&fd, &ra, &op.tag, level, ty, &route)?;
+        }
+        Ok(self.rx.udp_got(op))
+    }
+}
+
+fn send_with_cmsg(
+    fd: &OwnedFd,
+    to: &RawAddr,
+    data: &[u8],
+    level: i32,
+    ty: i32,
+    payload: &[u8],
+) -> std::io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut _,
+        iov_len: data.len(),
+    };
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(payload.len() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    // SAFETY: msghdr is plain data; every pointer set below outlives the call, and the cmsg
+    // written fits the buffer CMSG_SPACE sized.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = to.ptr() as *mut _;
+        msg.msg_namelen = to.socklen();
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        let c = libc::CMSG_FIRSTHDR(&raw const msg);
+        (*c).cmsg_level = level;
+        (*c).cmsg_type = ty;
+        (*c).cmsg_len = libc::CMSG_LEN(payload.len() as u32) as usize;
+        std::ptr::copy_nonoverlapping(payload.as_ptr(), libc::CMSG_DATA(c), payload.len());
+        check(libc::sendmsg(fd.as_raw_fd(), &raw const msg, 0) as i64).map(drop)
     }
 }
 
