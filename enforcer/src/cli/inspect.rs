@@ -176,13 +176,13 @@ fn render(r: &Report) -> String {
         let _ = writeln!(out, "\nverdicts:");
         let _ = writeln!(
             out,
-            "  {:<9} {:<6} {:<15} {:>12}",
+            "  {:<16} {:<6} {:<15} {:>12}",
             "HOOK", "PROTO", "VERDICT", "COUNT"
         );
         for c in &stats.counters {
             let _ = writeln!(
                 out,
-                "  {:<9} {:<6} {:<15} {:>12}",
+                "  {:<16} {:<6} {:<15} {:>12}",
                 c.hook, c.proto, c.verdict, c.count
             );
         }
@@ -213,7 +213,7 @@ fn render(r: &Report) -> String {
         let _ = writeln!(out, "\nlinks ({}):", links.len());
         let _ = writeln!(
             out,
-            "  {:<36} {:<9} {:>8} {:>8} {:>14} {:>12} {:>10}",
+            "  {:<36} {:<16} {:>8} {:>8} {:>14} {:>12} {:>10}",
             "CGROUP", "HOOK", "LINK", "PROGRAM", "VERIFIED INSNS", "RUNS", "NS/RUN"
         );
         let opt = |v: Option<u32>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
@@ -225,7 +225,7 @@ fn render(r: &Report) -> String {
             };
             let _ = writeln!(
                 out,
-                "  {:<36} {:<9} {:>8} {:>8} {:>14} {:>12} {:>10}{}",
+                "  {:<36} {:<16} {:>8} {:>8} {:>14} {:>12} {:>10}{}",
                 l.cgroup,
                 l.hook,
                 opt(l.link_id),

@@ -145,6 +145,12 @@ fn log_protections(dp: &Dataplane, cfg: &Config) {
         outside_sockets = %p.outside_sockets,
         "protections"
     );
+    if p.outside_sockets.starts_with("NOT") {
+        warn!(
+            "sockets made outside the enforced cgroups are not checked (foreignSockets: off): a \
+             process can take an unchecked socket in with it (docs/threat-model.md)"
+        );
+    }
     if p.packet_sockets.starts_with("NOT") {
         warn!(
             "packet sockets are not refused in enforced cgroups: a workload holding CAP_NET_RAW \
