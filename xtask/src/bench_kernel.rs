@@ -1019,7 +1019,7 @@ fn escape_rows(kernel: &[KernelCell], max: usize, noop_ns: Option<f64>) -> Vec<R
         (
             "egress",
             false,
-            "egress program per packet sent (with allow.ping or in DNS-aware mode: every packet of an enforced cgroup)",
+            "egress program per packet sent (every packet of an enforced cgroup)",
         ),
         (
             "sock_create",
