@@ -357,3 +357,62 @@ fn raw_sockets_switch_opens_only_raw_sockets() {
     wrong.extend(expect(&got, "root", &["ping-sendto"], |_, _| "EPERM"));
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// A socket made before joining keeps being refused while the daemon restarts with other map
+/// sizes (a migration to new maps, the programs on the cgroup root included): no datagram to
+/// the unregistered address gets out at any moment, and the registered one keeps working.
+#[test]
+fn sockets_from_outside_stay_refused_across_a_migration() {
+    use std::io::{BufRead as _, BufReader};
+    let env = env("escape-migrate", "");
+    let d = env.start_daemon(&[]);
+    let stop = env.dir.join("stop-escape");
+    let mut child = Command::new(crate_bin("ee-escape"))
+        .args(["--netns", &env.netns.name, "--join"])
+        .arg(&env.cgroup_path)
+        .arg("--until")
+        .arg(&stop)
+        .arg(format!("before-join-udp:{}", UNREGISTERED[0]))
+        .arg(format!("before-join-udp:{}", REGISTERED[0]))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ee-escape");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    assert_eq!(
+        lines.next().and_then(Result::ok).as_deref(),
+        Some("joined"),
+        "the attacker did not start"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    d.stop(libc::SIGTERM);
+    let cfg =
+        std::fs::read_to_string(&env.config).expect("config") + "maps: {nativeSockets: 128}\n";
+    std::fs::write(&env.config, cfg).expect("config");
+    let mut d = env.start_daemon(&[]);
+    d.wait_for("the migration", std::time::Duration::from_secs(10), |r| {
+        r.iter().any(|r| r["message"] == "migrated to new maps")
+    });
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    std::fs::write(&stop, "").expect("stop file");
+    let tallies: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(child.wait().expect("ee-escape").success());
+    let of = |op: &str| -> Vec<String> {
+        tallies
+            .iter()
+            .filter(|l| l.starts_with(&format!("{op} ")))
+            .cloned()
+            .collect()
+    };
+    let unregistered = format!("before-join-udp:{}", UNREGISTERED[0]);
+    let registered = format!("before-join-udp:{}", REGISTERED[0]);
+    let bad = of(&unregistered);
+    assert!(
+        bad.len() == 1 && bad[0].starts_with(&format!("{unregistered} EPERM ")),
+        "the unregistered address, across the restart: {tallies:?}"
+    );
+    let good = of(&registered);
+    assert!(
+        good.len() == 1 && good[0].starts_with(&format!("{registered} ok ")),
+        "the registered address, across the restart: {tallies:?}"
+    );
+}

@@ -2,8 +2,11 @@
 //! enforced cgroup it knows and prints one result line per attempt.
 //!
 //! ```text
-//! ee-escape --netns NAME --join CGROUP_DIR [--user UID[:net_raw]] PATH:ADDR...
+//! ee-escape --netns NAME --join CGROUP_DIR [--user UID[:net_raw]] [--until FILE] PATH:ADDR...
 //! ```
+//! With `--until`, it prints `joined` once in the cgroup, then repeats the attempts until FILE
+//! exists and prints `PATH:ADDR RESULT COUNT` for every result seen (paths that can repeat:
+//! sockets made before joining are reused, as duplicated descriptors).
 //! It starts outside the cgroup as root: enters the namespace, opens its receivers there, makes
 //! the sockets of `before-join*` paths and forks the helper that hands out sockets for `scm-*`
 //! paths, then moves itself into the cgroup, drops to `UID` (keeping only `CAP_NET_RAW` with
@@ -624,10 +627,12 @@ impl Attacker {
 
     fn outside_socket(&mut self, i: usize, op: &Op, kind: u8) -> anyhow::Result<OwnedFd> {
         if op.path.starts_with("before-join") {
-            return self
+            // A duplicate: the same socket, so that the attempt can be repeated.
+            let fd = self
                 .before
-                .remove(&i)
-                .context("no socket made before joining");
+                .get(&i)
+                .context("no socket made before joining")?;
+            return Ok(fd.try_clone()?);
         }
         let helper = self.helper.as_mut().context("no fd helper")?;
         recv_fd(helper, [if op.addr.is_ipv6() { b'6' } else { b'4' }, kind])
@@ -833,13 +838,18 @@ fn uring(entry: io_uring::squeue::Entry) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let (mut netns, mut cgroup, mut user) = (None, None, None);
+    let (mut netns, mut cgroup, mut user, mut until) = (None, None, None, None);
     let mut ops = Vec::new();
     while let Some(a) = args.next() {
         match a.as_str() {
             "--netns" => netns = Some(args.next().context("--netns NAME")?),
             "--join" => cgroup = Some(args.next().context("--join DIR")?),
             "--user" => user = Some(args.next().context("--user UID[:net_raw]")?),
+            "--until" => {
+                until = Some(std::path::PathBuf::from(
+                    args.next().context("--until FILE")?,
+                ));
+            }
             _ => ops.push(parse_op(&a, ops.len())?),
         }
     }
@@ -876,9 +886,24 @@ fn main() -> anyhow::Result<()> {
         drop_to(uid.parse().context("UID")?, caps == "net_raw")?;
     }
     let mut out = std::io::stdout().lock();
-    for (i, op) in ops.iter().enumerate() {
-        let r = att.attempt(i, op);
-        writeln!(out, "{} {r}", op.text)?;
+    let Some(until) = until else {
+        for (i, op) in ops.iter().enumerate() {
+            let r = att.attempt(i, op);
+            writeln!(out, "{} {r}", op.text)?;
+        }
+        return Ok(());
+    };
+    writeln!(out, "joined")?;
+    out.flush()?;
+    let mut seen: std::collections::BTreeMap<(String, String), u64> = Default::default();
+    while !until.exists() {
+        for (i, op) in ops.iter().enumerate() {
+            let r = att.attempt(i, op);
+            *seen.entry((op.text.clone(), r)).or_default() += 1;
+        }
+    }
+    for ((op, r), n) in seen {
+        writeln!(out, "{op} {r} {n}")?;
     }
     Ok(())
 }
