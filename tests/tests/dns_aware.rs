@@ -755,3 +755,68 @@ fn a_loopback_proxy_is_never_asked_from_another_namespace() {
     w.set_resolv_conf(&node, "nameserver 198.18.30.53\n");
     assert_eq!(w.getent(&node, "api.ee.test"), ["198.18.0.1"]);
 }
+
+/// Asks for `api.ee.test` on one socket, makes and uses (twice, as the LRU keeps what is used)
+/// enough other sockets to push it out of the kernel's record of sockets made inside the
+/// cgroup, then asks again on the same socket.
+const EVICTED_ASKS: &str = r#"
+import socket, struct, sys
+def ask(s):
+    q = struct.pack(">HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0)
+    q += b"".join(bytes([len(p)]) + p.encode() for p in "api.ee.test".split(".")) + b"\0"
+    s.sendto(q + struct.pack(">HH", 1, 1), (sys.argv[1], 53))
+    s.settimeout(3)
+    a, _ = s.recvfrom(2048)
+    return struct.unpack(">H", a[6:8])[0]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+print("first", ask(s))
+for _ in range(6):
+    others = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(400)]
+    for _ in range(2):
+        for o in others:
+            o.sendto(b"x", ("127.0.0.1", 9))
+    for o in others:
+        o.close()
+print("again", ask(s))
+"#;
+
+/// A socket that has fallen out of the kernel's record of sockets made in enforced cgroups
+/// (an LRU of `maps.nativeSockets`) is decided again by the programs on the cgroup root. Its
+/// query, already sent to the proxy by its cgroup's program, must still be answered.
+#[test]
+fn a_socket_forgotten_as_native_still_gets_its_answers() {
+    let w = DnsWorld::new(
+        "dnsaware-evicted",
+        "enforce",
+        DNS_TIMING,
+        "",
+        "maps: {nativeSockets: 64}\n",
+    );
+    w.upstream.set(&[("api.ee.test", "198.18.0.1")]);
+    w.env.write_se("api.yaml", &se("api", API));
+    let _d = w.start_daemon();
+    let out = w.workload(&["python3", "-c", EVICTED_ASKS, ROGUE4]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        ["first 1", "again 1"],
+        "answers"
+    );
+    // The second query really was decided on the root (the socket had left the record).
+    let c = w.env.counters();
+    assert!(
+        c.keys().any(|(h, _, _)| h == "foreign_sendmsg4"),
+        "no send was decided on the cgroup root: {c:?}"
+    );
+    let root_denials: u64 = c
+        .iter()
+        .filter(|((h, _, v), _)| h.starts_with("foreign_") && v == "deny")
+        .map(|(_, n)| *n)
+        .sum();
+    assert_eq!(root_denials, 0, "{c:?}");
+}
