@@ -44,7 +44,18 @@ fn num(v: &serde_json::Value, key: &str) -> anyhow::Result<f64> {
 
 /// Latency of one load run: straight to dnsmasq from outside any enforced cgroup, or through
 /// the proxy from inside (the kernel redirects it), both in the node's namespace.
-fn rate(w: &DnsWorld, t: &Tools, proxied: bool, qps: u32, secs: f64) -> anyhow::Result<(f64, f64)> {
+/// Lost answers fail the full run. The smoke run (`quick`: one second per case, on whatever CI
+/// machine) tolerates up to 5 %: a VM paused for tens of milliseconds (seen here as "crng
+/// reseeded due to virtual machine fork", with the direct side slowed as much) overflows the
+/// sockets at 10k queries/s, while a proxy that drops answers still fails it.
+fn rate(
+    w: &DnsWorld,
+    t: &Tools,
+    proxied: bool,
+    qps: u32,
+    secs: f64,
+    quick: bool,
+) -> anyhow::Result<(f64, f64)> {
     let load = t.load.to_str().context("utf-8 path")?;
     let server = format!("{UPSTREAM4}:53");
     let (q, s) = (qps.to_string(), secs.to_string());
@@ -70,7 +81,8 @@ fn rate(w: &DnsWorld, t: &Tools, proxied: bool, qps: u32, secs: f64) -> anyhow::
     };
     let v = json(&out, "ee-dns-load rate")?;
     let lost = num(&v, "lost")?;
-    if lost > 0.0 {
+    let tolerated = if quick { 0.05 * num(&v, "sent")? } else { 0.0 };
+    if lost > tolerated {
         bail!(
             "{lost} of {} queries got no answer (proxied: {proxied}): {v}",
             num(&v, "sent")?
@@ -99,9 +111,9 @@ fn latency_rows(t: &Tools, quick: bool) -> anyhow::Result<Vec<Row>> {
     for qps in [1_000, 10_000] {
         let (mut direct, mut proxied, mut inside) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..reps {
-            direct.push(rate(&w, t, false, qps, secs)?);
+            direct.push(rate(&w, t, false, qps, secs, quick)?);
             let before = histogram(&w.http_get(addr, "/metrics"), LATENCY)?;
-            proxied.push(rate(&w, t, true, qps, secs)?);
+            proxied.push(rate(&w, t, true, qps, secs, quick)?);
             let after = histogram(&w.http_get(addr, "/metrics"), LATENCY)?;
             inside.push(p99_between(&before, &after).0 * 1e6);
         }
