@@ -78,6 +78,13 @@ impl Cgroup {
     }
 
     /// Shown to users: `/` for the root, else `/a/b`.
+    /// The id the kernel's cgroup helpers report: the directory's inode number.
+    pub fn id(&self) -> anyhow::Result<u64> {
+        Ok(fs::metadata(&self.path)
+            .with_context(|| format!("reading cgroup {}", self.display()))?
+            .ino())
+    }
+
     pub fn display(&self) -> String {
         format!("/{}", self.relative)
     }

@@ -73,10 +73,25 @@ pub fn decode(bytes: &[u8]) -> Option<EventRecord> {
         .iter()
         .position(|&b| b == 0)
         .unwrap_or(ev.comm.len());
-    let create = ev.hook == enforcer_common::Hook::SockCreate as u8;
-    if ev.hook == enforcer_common::Hook::Setsockopt as u8 {
-        return Some(option_record(&ev, comm_len));
-    }
+    // Socket and option refusals carry no address: their port and protocol fields say what
+    // was asked for instead (enforcer_common::Event).
+    let (proto, port, socket) = match ev.hook {
+        h if h == enforcer_common::Hook::SockCreate as u8 => (
+            socket_proto_name(ev.family, ev.port),
+            0,
+            Some(format!(
+                "{}/{}",
+                family_name(ev.family),
+                type_name(ev.sock_type)
+            )),
+        ),
+        h if h == enforcer_common::Hook::Setsockopt as u8 => (
+            if ev.proto == 41 { "ipv6" } else { "ip" }.to_owned(),
+            0,
+            Some(format!("option {}", option_name(ev.proto, ev.port))),
+        ),
+        _ => (proto_name(ev.proto), ev.port, None),
+    };
     Some(EventRecord {
         ts_ns: ev.ts_ns,
         pid: ev.tgid,
@@ -84,15 +99,11 @@ pub fn decode(bytes: &[u8]) -> Option<EventRecord> {
         comm: String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned(),
         cgroup_id: ev.cgroup_id,
         hook: hook_name(u32::from(ev.hook)),
-        proto: if create {
-            socket_proto_name(ev.family, ev.port)
-        } else {
-            proto_name(ev.proto)
-        },
+        proto,
         addr: Net::from_normalized(ev.addr, 128).addr,
-        port: if create { 0 } else { ev.port },
+        port,
         verdict: verdict_name(ev.verdict),
-        socket: create.then(|| format!("{}/{}", family_name(ev.family), type_name(ev.sock_type))),
+        socket,
     })
 }
 
@@ -102,23 +113,6 @@ fn option_name(level: u8, name: u16) -> String {
         (41, 57) => "IPV6_RTHDR".to_owned(),
         (41, 5) => "IPV6_2292RTHDR".to_owned(),
         (l, n) => format!("level {l} option {n}"),
-    }
-}
-
-/// A refused socket option: no address; `socket` names the option.
-fn option_record(ev: &Event, comm_len: usize) -> EventRecord {
-    EventRecord {
-        ts_ns: ev.ts_ns,
-        pid: ev.tgid,
-        tid: ev.pid,
-        comm: String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned(),
-        cgroup_id: ev.cgroup_id,
-        hook: hook_name(u32::from(ev.hook)),
-        proto: if ev.proto == 41 { "ipv6" } else { "ip" }.to_owned(),
-        addr: IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
-        port: 0,
-        verdict: verdict_name(ev.verdict),
-        socket: Some(format!("option {}", option_name(ev.proto, ev.port))),
     }
 }
 

@@ -5,7 +5,6 @@
 use std::{
     collections::HashSet,
     fs::{self, File},
-    os::unix::fs::MetadataExt as _,
     path::Path,
 };
 
@@ -13,7 +12,7 @@ use anyhow::Context as _;
 use aya::maps::{Array, HashMap, MapData};
 use enforcer_common::{FOREIGN_PROGRAM_NAMES, map_names};
 
-use super::{Dataplane, attach_program, cgroup::Cgroup, take_map};
+use super::{Dataplane, attach_program, cgroup::Cgroup, pin_replacing, take_map};
 
 /// The enforced cgroups' ids and the generation that invalidates the root programs' cache.
 pub struct RootMaps {
@@ -30,13 +29,6 @@ impl RootMaps {
     }
 }
 
-/// A cgroup's id as the kernel's cgroup helpers report it: its directory's inode number.
-fn cgroup_id(cg: &Cgroup) -> anyhow::Result<u64> {
-    Ok(fs::metadata(&cg.path)
-        .with_context(|| format!("reading cgroup {}", cg.display()))?
-        .ino())
-}
-
 impl Dataplane {
     /// Makes the kernel's set of enforced cgroups `cgroups`, then bumps the generation, which
     /// retires every cached answer (one cached before a cgroup became enforced would say "not
@@ -44,7 +36,7 @@ impl Dataplane {
     pub(super) fn set_roots(&mut self, cgroups: &[Cgroup]) -> anyhow::Result<()> {
         let want: HashSet<u64> = cgroups
             .iter()
-            .map(cgroup_id)
+            .map(Cgroup::id)
             .collect::<anyhow::Result<_>>()?;
         let m = &mut self.root_maps;
         for id in &want {
@@ -78,14 +70,7 @@ impl Dataplane {
         for name in FOREIGN_PROGRAM_NAMES {
             let link = attach_program(&mut self.ebpf, name, &root, &dir)
                 .with_context(|| format!("attaching {name} to the cgroup root"))?;
-            let tmp = dir.join(format!("{name}-new"));
-            let _ignored = fs::remove_file(&tmp);
-            let pinned = link
-                .pin(&tmp)
-                .with_context(|| format!("pinning link {}", tmp.display()))?;
-            fs::rename(&tmp, dir.join(name))
-                .with_context(|| format!("replacing pinned link {name}"))?;
-            drop(pinned);
+            pin_replacing(link, &dir, name)?;
         }
         Ok(())
     }

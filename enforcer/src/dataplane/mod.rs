@@ -312,18 +312,7 @@ impl Dataplane {
         for name in names.iter().copied() {
             let link = attach_program(&mut self.ebpf, name, &dir, &link_dir)
                 .with_context(|| format!("attaching {name} to cgroup {}", cg.display()))?;
-            // bpffs allows no dots in names.
-            let tmp = link_dir.join(format!("{name}-new"));
-            let _ignored = fs::remove_file(&tmp);
-            let pinned = link
-                .pin(&tmp)
-                .with_context(|| format!("pinning link {}", tmp.display()))?;
-            // rename() replaces the old pin atomically; dropping its last reference detaches
-            // the old link, after the new one is already running.
-            fs::rename(&tmp, link_dir.join(name)).with_context(|| {
-                format!("replacing pinned link {name} in {}", link_dir.display())
-            })?;
-            drop(pinned);
+            pin_replacing(link, &link_dir, name)?;
         }
         // Leftovers of an interrupted earlier run (temporary pins, unknown names).
         if let Ok(rd) = fs::read_dir(&link_dir) {
@@ -395,6 +384,22 @@ impl Dataplane {
         tracing::info!("migrated to new maps");
         Ok(())
     }
+}
+
+/// Pins `link` as `dir/name`, replacing an earlier pin there without a gap: the new link is
+/// pinned beside it, then renamed over it (rename() is atomic); dropping the old pin's last
+/// reference detaches the old link, after the new one is already running.
+fn pin_replacing(link: FdLink, dir: &Path, name: &str) -> anyhow::Result<()> {
+    // bpffs allows no dots in names.
+    let tmp = dir.join(format!("{name}-new"));
+    let _ignored = fs::remove_file(&tmp);
+    let pinned = link
+        .pin(&tmp)
+        .with_context(|| format!("pinning link {}", tmp.display()))?;
+    fs::rename(&tmp, dir.join(name))
+        .with_context(|| format!("replacing pinned link {name} in {}", dir.display()))?;
+    drop(pinned);
+    Ok(())
 }
 
 /// The `cgroup_skb` program.
