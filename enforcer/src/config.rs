@@ -65,6 +65,24 @@ pub struct Config {
     pub limits: Limits,
     pub log: Log,
     pub http: Http,
+    pub kubernetes: Kubernetes,
+}
+
+/// ServiceEntries from the Kubernetes API server (docs/kubernetes.md).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Kubernetes {
+    /// Watch `serviceentries.networking.istio.io` in every namespace, in addition to the
+    /// `serviceEntries` files.
+    pub api_server: bool,
+    /// A kubeconfig file; empty: the pod's service account (in-cluster).
+    pub kubeconfig: PathBuf,
+}
+
+impl Kubernetes {
+    pub fn kubeconfig(&self) -> Option<&Path> {
+        (!self.kubeconfig.as_os_str().is_empty()).then_some(self.kubeconfig.as_path())
+    }
 }
 
 /// `auto` (the nameservers in /etc/resolv.conf) or a list of IPs.
@@ -335,6 +353,7 @@ impl Default for Config {
             limits: Limits::default(),
             log: Log::default(),
             http: Http::default(),
+            kubernetes: Kubernetes::default(),
         }
     }
 }

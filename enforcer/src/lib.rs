@@ -3,6 +3,8 @@
 //! `serviceentry` (decode + validate) and `policy` (compile to rules) are pure; `dataplane`
 //! does all kernel I/O; `daemon` wires them together; `cli` is the command line.
 
+#[cfg(feature = "runtime")]
+pub mod cluster;
 pub mod config;
 pub mod dnsproxy;
 pub mod duration;

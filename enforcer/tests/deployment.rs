@@ -25,43 +25,106 @@ fn k8s_dir() -> PathBuf {
     repo().join("config/kubernetes")
 }
 
-/// Every document of every manifest, with the file it came from.
-fn manifests() -> Vec<(String, Value)> {
-    let mut out = Vec::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(k8s_dir())
-        .expect("config/kubernetes")
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    for f in files {
-        let name = f
-            .file_name()
-            .expect("file name")
-            .to_string_lossy()
-            .into_owned();
-        let text = std::fs::read_to_string(&f).expect("manifest text");
-        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-            let v: Value = serde::Deserialize::deserialize(doc)
-                .unwrap_or_else(|e| panic!("{name}: not YAML: {e}"));
-            out.push((name.clone(), v));
-        }
-    }
-    out
-}
+/// The two variants: ServiceEntries from the API server (the default) and from a ConfigMap.
+const OVERLAYS: [&str; 2] = ["overlays/apiserver", "overlays/configmap"];
 
-fn of_kind(kind: &str) -> Vec<Value> {
-    manifests()
-        .into_iter()
-        .filter(|(_, v)| v["kind"].as_str() == Some(kind))
-        .map(|(_, v)| v)
+/// The objects `kubectl kustomize` renders from `dir` (relative to config/kubernetes), as the
+/// cluster would get them from `kubectl apply -k`.
+fn render(dir: &str) -> Vec<Value> {
+    let path = k8s_dir().join(dir);
+    let out = std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&path)
+        .output()
+        .expect("kubectl (it comes with the machine image; `cargo xtask setup` checks it)");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("UTF-8 manifests");
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| {
+            serde::Deserialize::deserialize(doc)
+                .unwrap_or_else(|e| panic!("{dir}: rendered output is not YAML: {e}"))
+        })
         .collect()
 }
 
-fn one(kind: &str) -> Value {
-    let all = of_kind(kind);
-    assert_eq!(all.len(), 1, "exactly one {kind} expected");
-    all.into_iter().next().expect("one")
+/// One rendered variant.
+struct Rendered {
+    name: &'static str,
+    docs: Vec<Value>,
+}
+
+impl Rendered {
+    fn of_kind(&self, kind: &str) -> Vec<&Value> {
+        self.docs
+            .iter()
+            .filter(|v| v["kind"].as_str() == Some(kind))
+            .collect()
+    }
+
+    fn one(&self, kind: &str) -> Value {
+        let all = self.of_kind(kind);
+        assert_eq!(all.len(), 1, "{}: exactly one {kind} expected", self.name);
+        all[0].clone()
+    }
+
+    fn container(&self) -> Value {
+        let ds = self.one("DaemonSet");
+        let containers = seq(&ds["spec"]["template"]["spec"]["containers"], "containers");
+        assert_eq!(containers.len(), 1, "one container: the daemon");
+        containers[0].clone()
+    }
+
+    fn configmap_text(&self, key: &str) -> String {
+        let cm = self.one("ConfigMap");
+        s(&cm["data"][key], &format!("ConfigMap data.{key}")).to_owned()
+    }
+
+    /// The daemon config shipped in the ConfigMap, parsed by the daemon's own parser.
+    fn config(&self) -> Config {
+        Config::parse(
+            &self.configmap_text("config.yaml"),
+            Path::new(&format!("{}: configmap data.config.yaml", self.name)),
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: config.yaml is rejected by the daemon: {e:#}",
+                self.name
+            )
+        })
+    }
+
+    /// The container's volume mount backed by the named volume.
+    fn mount_of(&self, volume: &str) -> Value {
+        seq(&self.container()["volumeMounts"], "volumeMounts")
+            .iter()
+            .find(|m| m["name"].as_str() == Some(volume))
+            .unwrap_or_else(|| panic!("no volumeMount for volume {volume}"))
+            .clone()
+    }
+
+    fn volume(&self, name: &str) -> Value {
+        let ds = self.one("DaemonSet");
+        seq(&ds["spec"]["template"]["spec"]["volumes"], "volumes")
+            .iter()
+            .find(|v| v["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("no volume {name}"))
+            .clone()
+    }
+}
+
+fn variants() -> Vec<Rendered> {
+    OVERLAYS
+        .iter()
+        .map(|o| Rendered {
+            name: o,
+            docs: render(o),
+        })
+        .collect()
 }
 
 fn s<'a>(v: &'a Value, what: &str) -> &'a str {
@@ -74,93 +137,180 @@ fn seq<'a>(v: &'a Value, what: &str) -> &'a Vec<Value> {
         .unwrap_or_else(|| panic!("{what}: not a list: {v:?}"))
 }
 
-fn container() -> Value {
-    let ds = one("DaemonSet");
-    let containers = seq(&ds["spec"]["template"]["spec"]["containers"], "containers");
-    assert_eq!(containers.len(), 1, "one container: the daemon");
-    containers[0].clone()
-}
-
-fn configmap_text(key: &str) -> String {
-    let cm = one("ConfigMap");
-    s(&cm["data"][key], &format!("ConfigMap data.{key}")).to_owned()
-}
-
-/// The daemon config shipped in the ConfigMap, parsed by the daemon's own parser.
-fn shipped_config() -> Config {
-    Config::parse(
-        &configmap_text("config.yaml"),
-        Path::new("configmap.yaml:data.config.yaml"),
-    )
-    .unwrap_or_else(|e| panic!("ConfigMap config.yaml is rejected by the daemon: {e:#}"))
-}
-
-/// mountPath of the container's volume mount backed by the named volume.
-fn mount_of(volume: &str) -> Value {
-    let c = container();
-    seq(&c["volumeMounts"], "volumeMounts")
-        .iter()
-        .find(|m| m["name"].as_str() == Some(volume))
-        .unwrap_or_else(|| panic!("no volumeMount for volume {volume}"))
-        .clone()
-}
-
-fn volume(name: &str) -> Value {
-    let ds = one("DaemonSet");
-    seq(&ds["spec"]["template"]["spec"]["volumes"], "volumes")
-        .iter()
-        .find(|v| v["name"].as_str() == Some(name))
-        .unwrap_or_else(|| panic!("no volume {name}"))
-        .clone()
+/// Every YAML file under `dir`, relative to config/kubernetes.
+fn yaml_files(dir: &Path, out: &mut BTreeSet<PathBuf>) {
+    for e in std::fs::read_dir(dir).expect("config/kubernetes") {
+        let p = e.expect("dir entry").path();
+        if p.is_dir() {
+            yaml_files(&p, out);
+        } else if p.extension().is_some_and(|e| e == "yaml") {
+            out.insert(p.strip_prefix(k8s_dir()).expect("inside").to_path_buf());
+        }
+    }
 }
 
 #[test]
-fn kustomization_lists_every_manifest_and_all_share_one_namespace() {
-    let k = one("Kustomization");
-    let listed: BTreeSet<String> = seq(&k["resources"], "resources")
-        .iter()
-        .map(|r| s(r, "resource").to_owned())
-        .collect();
-    let files: BTreeSet<String> = manifests()
-        .into_iter()
-        .filter(|(_, v)| v["kind"].as_str() != Some("Kustomization"))
-        .map(|(f, _)| f)
-        .collect();
-    assert_eq!(listed, files, "kustomization.yaml resources vs files");
+fn every_file_is_used_and_the_default_is_the_api_server_variant() {
+    let mut files = BTreeSet::new();
+    yaml_files(&k8s_dir(), &mut files);
+    let mut used = BTreeSet::new();
+    for f in files.iter().filter(|f| f.ends_with("kustomization.yaml")) {
+        let dir = f.parent().expect("a directory");
+        used.insert(f.clone());
+        let text = std::fs::read_to_string(k8s_dir().join(f)).expect("kustomization");
+        let k: Value = serde_yaml_ng::from_str(&text).expect("kustomization YAML");
+        let listed = k["resources"].as_sequence().into_iter().flatten();
+        let patches = k["patches"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .map(|p| &p["path"]);
+        for r in listed.chain(patches) {
+            let p = dir.join(s(r, "resource"));
+            if !k8s_dir().join(&p).is_dir() {
+                used.insert(p);
+            }
+        }
+    }
+    assert_eq!(used, files, "files no kustomization uses (or missing ones)");
+    assert_eq!(
+        render("."),
+        render("overlays/apiserver"),
+        "`kubectl apply -k config/kubernetes` is the API server variant"
+    );
+}
 
-    let ns = one("Namespace");
-    let ns = s(&ns["metadata"]["name"], "Namespace name");
-    for kind in ["ServiceAccount", "ConfigMap", "DaemonSet"] {
-        let v = one(kind);
-        assert_eq!(v["metadata"]["namespace"].as_str(), Some(ns), "{kind}");
+#[test]
+fn all_objects_share_one_namespace_and_the_pod_its_account() {
+    for v in variants() {
+        let ns = v.one("Namespace");
+        let ns = s(&ns["metadata"]["name"], "Namespace name");
+        for kind in ["ServiceAccount", "ConfigMap", "DaemonSet"] {
+            assert_eq!(
+                v.one(kind)["metadata"]["namespace"].as_str(),
+                Some(ns),
+                "{kind}"
+            );
+        }
+        let ds = v.one("DaemonSet");
+        let pod = &ds["spec"]["template"]["spec"];
+        let sa = v.one("ServiceAccount");
+        assert_eq!(pod["serviceAccountName"], sa["metadata"]["name"]);
+        // No other pod using the account ever gets its token.
+        assert_eq!(sa["automountServiceAccountToken"].as_bool(), Some(false));
+        let labels = &ds["spec"]["template"]["metadata"]["labels"];
+        let selector = ds["spec"]["selector"]["matchLabels"]
+            .as_mapping()
+            .expect("matchLabels");
+        for (k, val) in selector {
+            assert_eq!(
+                &labels[k], val,
+                "selector label {k:?} not on the pod template"
+            );
+        }
     }
-    let ds = one("DaemonSet");
-    let pod = &ds["spec"]["template"]["spec"];
-    let sa = one("ServiceAccount");
-    assert_eq!(pod["serviceAccountName"], sa["metadata"]["name"]);
-    // The daemon never calls the API server: no token in the pod.
-    assert_eq!(pod["automountServiceAccountToken"].as_bool(), Some(false));
-    assert_eq!(sa["automountServiceAccountToken"].as_bool(), Some(false));
-    let labels = &ds["spec"]["template"]["metadata"]["labels"];
-    let selector = ds["spec"]["selector"]["matchLabels"]
-        .as_mapping()
-        .expect("matchLabels");
-    for (k, v) in selector {
-        assert_eq!(
-            &labels[k], v,
-            "selector label {k:?} not on the pod template"
-        );
+}
+
+/// The ConfigMap variant never talks to the API server: no role, no token.
+#[test]
+fn the_configmap_variant_has_no_role_and_no_token() {
+    let v = Rendered {
+        name: "configmap",
+        docs: render("overlays/configmap"),
+    };
+    assert!(v.of_kind("ClusterRole").is_empty() && v.of_kind("ClusterRoleBinding").is_empty());
+    assert!(v.of_kind("Role").is_empty() && v.of_kind("RoleBinding").is_empty());
+    let ds = v.one("DaemonSet");
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["automountServiceAccountToken"].as_bool(),
+        Some(false)
+    );
+    assert!(!v.config().kubernetes.api_server);
+}
+
+/// The API server variant: read-only access to exactly what the daemon reads, bound to the
+/// daemon's account, the token in its pod, and the node and pod from the downward API.
+#[test]
+fn the_api_server_variant_reads_only_what_it_needs() {
+    let v = Rendered {
+        name: "apiserver",
+        docs: render("overlays/apiserver"),
+    };
+    let role = v.one("ClusterRole");
+    let mut granted = BTreeSet::new();
+    for rule in seq(&role["rules"], "rules") {
+        assert!(rule["resourceNames"].is_null() && rule["nonResourceURLs"].is_null());
+        let verbs: BTreeSet<&str> = seq(&rule["verbs"], "verbs")
+            .iter()
+            .map(|x| s(x, "verb"))
+            .collect();
+        assert_eq!(verbs, BTreeSet::from(["get", "list", "watch"]), "read-only");
+        for g in seq(&rule["apiGroups"], "apiGroups") {
+            for r in seq(&rule["resources"], "resources") {
+                granted.insert((s(g, "group").to_owned(), s(r, "resource").to_owned()));
+            }
+        }
     }
+    let want: BTreeSet<(String, String)> = [
+        ("networking.istio.io", "serviceentries"),
+        ("networking.istio.io", "sidecars"),
+        ("", "pods"),
+    ]
+    .iter()
+    .map(|(g, r)| ((*g).to_owned(), (*r).to_owned()))
+    .collect();
+    assert_eq!(granted, want);
+    assert!(v.of_kind("Role").is_empty() && v.of_kind("RoleBinding").is_empty());
+
+    let binding = v.one("ClusterRoleBinding");
+    assert_eq!(binding["roleRef"]["kind"], "ClusterRole");
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    let sa = v.one("ServiceAccount");
+    let subjects = seq(&binding["subjects"], "subjects");
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0]["kind"], "ServiceAccount");
+    assert_eq!(subjects[0]["name"], sa["metadata"]["name"]);
+    assert_eq!(subjects[0]["namespace"], sa["metadata"]["namespace"]);
+
+    let ds = v.one("DaemonSet");
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["automountServiceAccountToken"].as_bool(),
+        Some(true),
+        "the in-cluster client needs the token"
+    );
+    let container = v.container();
+    let env = seq(&container["env"], "env");
+    let field = |name: &str| {
+        env.iter()
+            .find(|e| e["name"].as_str() == Some(name))
+            .map(|e| s(&e["valueFrom"]["fieldRef"]["fieldPath"], name).to_owned())
+    };
+    assert_eq!(field("NODE_NAME").as_deref(), Some("spec.nodeName"));
+    assert_eq!(field("POD_UID").as_deref(), Some("metadata.uid"));
+
+    let cfg = v.config();
+    assert!(cfg.kubernetes.api_server);
+    assert!(cfg.kubernetes.kubeconfig().is_none(), "in-cluster config");
+    assert!(
+        cfg.service_entries.is_empty(),
+        "ServiceEntries come from the API server"
+    );
 }
 
 #[test]
 fn security_context_is_the_smallest_that_works() {
-    let ds = one("DaemonSet");
+    for v in variants() {
+        security_context(&v);
+    }
+}
+
+fn security_context(v: &Rendered) {
+    let ds = v.one("DaemonSet");
     let pod = &ds["spec"]["template"]["spec"];
     for host in ["hostNetwork", "hostPID", "hostIPC"] {
         assert_ne!(pod[host].as_bool(), Some(true), "{host} is not needed");
     }
-    let c = container();
+    let c = v.container();
     let sc = &c["securityContext"];
     assert_ne!(sc["privileged"].as_bool(), Some(true), "not privileged");
     assert_eq!(sc["allowPrivilegeEscalation"].as_bool(), Some(false));
@@ -195,10 +345,16 @@ fn security_context_is_the_smallest_that_works() {
 
 #[test]
 fn host_mounts_match_the_config_and_keep_pins_on_the_host() {
-    let cfg = shipped_config();
+    for v in variants() {
+        host_mounts(&v);
+    }
+}
+
+fn host_mounts(v: &Rendered) {
+    let cfg = v.config();
     // bpffs: the host's own, so pins (and enforcement) outlive the pod.
-    let bpf_mount = mount_of("bpffs");
-    let bpf_volume = volume("bpffs");
+    let bpf_mount = v.mount_of("bpffs");
+    let bpf_volume = v.volume("bpffs");
     assert_eq!(
         s(&bpf_volume["hostPath"]["path"], "bpffs hostPath"),
         "/sys/fs/bpf"
@@ -220,8 +376,8 @@ fn host_mounts_match_the_config_and_keep_pins_on_the_host() {
 
     // cgroup2: the host's hierarchy, read-only (attaching only opens the directory), at the
     // path the daemon finds in mountinfo.
-    let cg_mount = mount_of("cgroup");
-    let cg_volume = volume("cgroup");
+    let cg_mount = v.mount_of("cgroup");
+    let cg_volume = v.volume("cgroup");
     assert_eq!(
         s(&cg_volume["hostPath"]["path"], "cgroup hostPath"),
         "/sys/fs/cgroup"
@@ -244,20 +400,26 @@ fn host_mounts_match_the_config_and_keep_pins_on_the_host() {
 
     // The rule sources and DNS answers need a writable directory on a read-only root, and
     // the answers must outlive the pod (the next pod carries them over).
-    let run = mount_of("run");
+    let run = v.mount_of("run");
     assert_eq!(s(&run["mountPath"], "run mountPath"), STATE_DIR);
-    let host = &volume("run")["hostPath"];
+    let host = &v.volume("run")["hostPath"];
     assert_eq!(s(&host["path"], "run hostPath"), STATE_DIR);
     assert_eq!(s(&host["type"], "run hostPath type"), "DirectoryOrCreate");
 }
 
 #[test]
 fn configmap_keys_are_what_the_config_and_args_expect() {
-    let cm = one("ConfigMap");
-    let c = container();
-    let cfg_volume = volume("config");
+    for v in variants() {
+        configmap_keys(&v);
+    }
+}
+
+fn configmap_keys(v: &Rendered) {
+    let cm = v.one("ConfigMap");
+    let c = v.container();
+    let cfg_volume = v.volume("config");
     assert_eq!(cfg_volume["configMap"]["name"], cm["metadata"]["name"]);
-    let mount = PathBuf::from(s(&mount_of("config")["mountPath"], "config mountPath"));
+    let mount = PathBuf::from(s(&v.mount_of("config")["mountPath"], "config mountPath"));
 
     // The container's args are a valid command line for this very binary: `run` with the
     // config file the ConfigMap provides.
@@ -289,8 +451,12 @@ fn configmap_keys_are_what_the_config_and_args_expect() {
         rel.to_string_lossy().into_owned()
     };
     let mut used = BTreeSet::from([key_of(&config_path)]);
-    let cfg = shipped_config();
-    assert!(!cfg.service_entries.is_empty());
+    let cfg = v.config();
+    assert!(
+        !cfg.service_entries.is_empty() || cfg.kubernetes.api_server,
+        "{}: no ServiceEntries from anywhere",
+        v.name
+    );
     for p in &cfg.service_entries {
         used.insert(key_of(p));
     }
@@ -299,7 +465,7 @@ fn configmap_keys_are_what_the_config_and_args_expect() {
     // Each ServiceEntry key is valid as the daemon (and Istio) would judge it.
     for key in keys.iter().filter(|k| **k != key_of(&config_path)) {
         let mut report = enforcer::serviceentry::LoadReport::default();
-        load_text(&configmap_text(key), Path::new(key), &mut report);
+        load_text(&v.configmap_text(key), Path::new(key), &mut report);
         assert_eq!(report.error_count(), 0, "ConfigMap {key}: {report:#?}");
         assert!(
             !report.entries.is_empty(),
@@ -310,7 +476,13 @@ fn configmap_keys_are_what_the_config_and_args_expect() {
 
 #[test]
 fn probes_and_ports_match_http_listen() {
-    let cfg = shipped_config();
+    for v in variants() {
+        probes_and_ports(&v);
+    }
+}
+
+fn probes_and_ports(v: &Rendered) {
+    let cfg = v.config();
     let listen = cfg
         .http
         .listen_addr()
@@ -320,7 +492,7 @@ fn probes_and_ports_match_http_listen() {
         listen.ip().is_unspecified(),
         "http.listen {listen} is unreachable from the kubelet"
     );
-    let c = container();
+    let c = v.container();
     let ports = seq(&c["ports"], "ports");
     let http = ports
         .iter()
@@ -342,7 +514,7 @@ fn probes_and_ports_match_http_listen() {
     probe("readinessProbe", "/readyz");
     probe("livenessProbe", "/healthz");
     probe("startupProbe", "/healthz");
-    let ds = one("DaemonSet");
+    let ds = v.one("DaemonSet");
     let ann = &ds["spec"]["template"]["metadata"]["annotations"];
     assert_eq!(
         ann["prometheus.io/port"].as_str(),
@@ -371,13 +543,19 @@ fn quantity(v: &Value) -> f64 {
 
 #[test]
 fn resources_rollout_and_scheduling() {
-    let c = container();
+    for v in variants() {
+        resources_rollout(&v);
+    }
+}
+
+fn resources_rollout(v: &Rendered) {
+    let c = v.container();
     for res in ["cpu", "memory"] {
         let req = quantity(&c["resources"]["requests"][res]);
         let lim = quantity(&c["resources"]["limits"][res]);
         assert!(req > 0.0 && lim >= req, "{res}: request {req} limit {lim}");
     }
-    let ds = one("DaemonSet");
+    let ds = v.one("DaemonSet");
     let strategy = &ds["spec"]["updateStrategy"];
     assert_eq!(strategy["type"].as_str(), Some("RollingUpdate"));
     // Old pod out before the new one starts: two daemons on one pin directory are refused.

@@ -5,6 +5,7 @@
 //! The tests need root and a BPF-capable kernel; without them they fail (never skip).
 
 pub mod dnsworld;
+pub mod fake_apiserver;
 pub mod sys;
 
 use std::{

@@ -15,17 +15,26 @@ use std::{
 use e2e::{Env, cgroup2_mount, enforcer_bin, http_get, only_capabilities, spawn_daemon};
 use serde_yaml_ng::Value;
 
-fn manifest(file: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../config/kubernetes")
-        .join(file);
-    let text = std::fs::read_to_string(&path).expect("manifest");
-    serde_yaml_ng::from_str(&text).expect("manifest YAML")
+/// The object of `kind` in the ConfigMap variant, as `kubectl kustomize` renders it (this
+/// test reproduces a ConfigMap volume; the API server variant is tested in apiserver.rs).
+fn manifest(kind: &str) -> Value {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/kubernetes/overlays/configmap");
+    let out = e2e::run(Command::new("kubectl").arg("kustomize").arg(&dir));
+    assert!(
+        out.status.success(),
+        "kubectl kustomize: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("rendered YAML"))
+        .find(|v: &Value| v["kind"].as_str() == Some(kind))
+        .unwrap_or_else(|| panic!("no {kind} in the rendered manifests"))
 }
 
 /// The capabilities the DaemonSet adds, as setpriv names them.
 fn daemonset_caps() -> Vec<String> {
-    let ds = manifest("daemonset.yaml");
+    let ds = manifest("DaemonSet");
     let c = &ds["spec"]["template"]["spec"]["containers"][0];
     let add = c["securityContext"]["capabilities"]["add"]
         .as_sequence()
@@ -124,7 +133,7 @@ impl ConfigMapVolume {
 /// The ConfigMap's config.yaml, with only what must differ in a test changed: this test's
 /// cgroup, pins, ServiceEntry path, enforce mode, a free loopback port, and no host resolver.
 fn shipped_config_for(env: &Env, cm_dir: &Path) -> String {
-    let cm = manifest("configmap.yaml");
+    let cm = manifest("ConfigMap");
     let text = cm["data"]["config.yaml"].as_str().expect("config.yaml key");
     let mut cfg: Value = serde_yaml_ng::from_str(text).expect("config YAML");
     let set = |v: &mut Value, key: &str, value: Value| {

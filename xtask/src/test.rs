@@ -47,7 +47,17 @@ pub fn test(unit_only: bool) -> anyhow::Result<()> {
             );
         }
     }
+    // The manifests are rendered as users render them (`kubectl kustomize`), and the fake API
+    // server is checked against kubectl: the machine image provides kubectl.
+    if Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .map_or(true, |o| !o.status.success())
+    {
+        bail!("kubectl is missing: the manifest and fake API server tests use it");
+    }
     step("fmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
+    dependency_policy()?;
     step(
         "clippy",
         cargo().args([
@@ -123,6 +133,29 @@ pub fn test(unit_only: bool) -> anyhow::Result<()> {
     smoke
         .map(drop)
         .context("benchmark smoke test (cargo xtask bench --quick)")
+}
+
+/// Crates the daemon must never link: OpenSSL and aws-lc (kube and rustls use ring here),
+/// and h2 (the API client and the endpoint speak HTTP/1.1 only).
+fn dependency_policy() -> anyhow::Result<()> {
+    eprintln!("==> dependency policy");
+    for banned in ["openssl-sys", "aws-lc-rs", "aws-lc-sys", "h2"] {
+        let out = cargo()
+            .args(["tree", "--workspace", "-e", "normal,build", "--invert", banned])
+            .output()
+            .context("cargo tree")?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            bail!(
+                "{banned} is in the dependency tree:\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        if !stderr.contains("did not match any packages") {
+            bail!("cargo tree failed for {banned}: {stderr}");
+        }
+    }
+    Ok(())
 }
 
 /// Runs each fuzz target for a bounded time (`EE_FUZZ_SECS` each, default 30): ServiceEntry

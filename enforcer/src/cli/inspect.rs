@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use super::{Failure, OrFailure as _};
 use crate::{
+    cluster::status::ResourceReport,
     config::Config,
     dataplane::{
         links::{self, LinkRow},
@@ -21,6 +22,8 @@ pub enum What {
     Links,
     /// Which ways out (raw, packet, ping sockets...) are closed.
     Protections,
+    /// The Kubernetes API server source: sync state and refused objects.
+    Cluster,
 }
 
 #[derive(Debug, clap::Args)]
@@ -48,6 +51,9 @@ struct Report {
     root_links: Option<Vec<LinkRow>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     protections: Option<Protections>,
+    /// Absent when the daemon does not watch an API server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<Vec<ResourceReport>>,
 }
 
 pub fn inspect(config: Option<&Path>, args: Args) -> Result<(), Failure> {
@@ -95,6 +101,11 @@ pub fn inspect(config: Option<&Path>, args: Args) -> Result<(), Failure> {
             _ => None,
         },
         root_links: want(What::Links).then(|| links::list_host(&layout)),
+        cluster: if want(What::Cluster) {
+            cluster_status(&layout, args.what == Some(What::Cluster)).runtime()?
+        } else {
+            None
+        },
         links: link_rows.filter(|_| want(What::Links)),
     };
     if args.json {
@@ -104,6 +115,23 @@ pub fn inspect(config: Option<&Path>, args: Args) -> Result<(), Failure> {
         print!("{}", render(&report));
     }
     Ok(())
+}
+
+/// The daemon's last word on the API server source. Asked for by name, a daemon that does
+/// not watch one is an error; as part of everything, the section is left out.
+fn cluster_status(layout: &PinLayout, asked: bool) -> anyhow::Result<Option<Vec<ResourceReport>>> {
+    let path =
+        crate::dataplane::sources::state_file(&layout.root, crate::daemon::CLUSTER_STATUS_KIND);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("{}: unreadable: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !asked => Ok(None),
+        Err(e) => Err(anyhow::anyhow!(
+            "{}: {e} (is the daemon running with kubernetes.apiServer?)",
+            path.display()
+        )),
+    }
 }
 
 /// DNS-aware mode's learned rules, with the names that allowed each address (from the
@@ -204,6 +232,9 @@ fn render(r: &Report) -> String {
             let _ = writeln!(out, "  {what:<16} {how}");
         }
     }
+    if let Some(c) = &r.cluster {
+        render_cluster(&mut out, c);
+    }
     let all_links = r.links.as_ref().map(|l| {
         let mut all = l.clone();
         all.extend(r.root_links.iter().flatten().cloned());
@@ -242,4 +273,41 @@ fn render(r: &Report) -> String {
         }
     }
     out
+}
+
+fn render_cluster(out: &mut String, resources: &[ResourceReport]) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "\nAPI server:");
+    for r in resources {
+        let state = match (&r.last_error, r.synced) {
+            (None, true) => "in sync".to_owned(),
+            (None, false) => "not listed yet".to_owned(),
+            (Some(e), _) => format!(
+                "OUT OF SYNC for {:.0} s (the last policy stays in force): {e}",
+                r.sync_age_seconds
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<16} {:<9} {} objects, {} refused; {state}",
+            r.resource,
+            r.version.as_deref().unwrap_or("-"),
+            r.objects,
+            r.rejected.len()
+        );
+        for x in &r.rejected {
+            let older = if x.older_in_force {
+                "an older version stays in force"
+            } else {
+                "nothing of it is in force"
+            };
+            let _ = writeln!(
+                out,
+                "    refused {} (resourceVersion {}; {older}): {}",
+                x.object,
+                x.rejected.resource_version,
+                x.rejected.errors.join("; ")
+            );
+        }
+    }
 }

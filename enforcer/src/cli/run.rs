@@ -17,6 +17,10 @@ pub struct Args {
     /// Serve /healthz, /readyz and /metrics on IP:PORT instead of `http.listen`; "" = none
     #[arg(long, value_name = "IP:PORT")]
     pub listen: Option<String>,
+    /// Watch ServiceEntries in the Kubernetes API server this kubeconfig points to (sets
+    /// kubernetes.apiServer and kubernetes.kubeconfig)
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<std::path::PathBuf>,
 }
 
 pub fn run(config: Option<&Path>, args: Args) -> Result<(), Failure> {
@@ -25,5 +29,6 @@ pub fn run(config: Option<&Path>, args: Args) -> Result<(), Failure> {
         allow: args.allow,
         once: args.once,
         listen: args.listen,
+        kubeconfig: args.kubeconfig,
     })
 }

@@ -1,7 +1,8 @@
 //! The health and metrics endpoint (`http.listen`): `GET /healthz`, `/readyz` and `/metrics`
-//! over plain HTTP/1.1, one request per connection. Three fixed GET routes do not need an HTTP
-//! framework; what they need is bounds — the request head is read with a size limit and a
-//! deadline, so a slow or hostile client cannot hold memory or a task for long.
+//! over plain HTTP/1.1 (hyper), one request per connection, with bounds: the request head
+//! has a size limit and a deadline, each connection a deadline, and at most
+//! [`MAX_CONNECTIONS`] are served at once, so a slow or hostile client cannot hold memory or
+//! a task for long.
 
 use std::{
     net::SocketAddr,
@@ -10,17 +11,20 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
-};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use super::metrics::{DaemonMetrics, render};
 use crate::dataplane::{links, maps::Maps, pins::PinLayout};
 
+/// The request head's size limit (hyper's smallest buffer; larger heads get 431).
 const MAX_HEAD: usize = 8 * 1024;
 const READ_DEADLINE: Duration = Duration::from_secs(5);
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
 
 /// What the endpoint reads: the pins (for health and kernel counters) and the daemon's own
 /// counters.
@@ -181,73 +185,64 @@ fn scrape(state: &State) -> Result<String, String> {
     Ok(render(&stats, &state.metrics, Instant::now()))
 }
 
-/// Reads the request head; `None` if it is too large or malformed.
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<(String, String)>> {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        if buf.len() > MAX_HEAD {
-            return Ok(None);
-        }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let head = String::from_utf8_lossy(&buf);
-    let mut parts = head.lines().next().unwrap_or_default().split(' ');
-    match (parts.next(), parts.next()) {
-        (Some(m), Some(p)) => Ok(Some((m.to_owned(), p.to_owned()))),
-        _ => Ok(None),
-    }
+/// Answers one request; the scrape reads the pinned counters on the blocking pool.
+async fn answer(state: Arc<State>, method: &str, path: &str) -> Response {
+    let scraped = if path.starts_with("/metrics") {
+        let s = Arc::clone(&state);
+        Some(
+            tokio::task::spawn_blocking(move || scrape(&s))
+                .await
+                .unwrap_or_else(|e| Err(format!("scrape failed: {e}"))),
+        )
+    } else {
+        None
+    };
+    route(
+        method,
+        path,
+        || state.health(),
+        state.metrics.readiness(),
+        || scraped.unwrap_or_else(|| Err("no scrape".to_owned())),
+    )
 }
 
-async fn handle(mut stream: TcpStream, state: Arc<State>) -> std::io::Result<()> {
-    let head = tokio::time::timeout(READ_DEADLINE, read_head(&mut stream)).await;
-    let response = match head {
-        Ok(Ok(Some((method, path)))) => {
-            // A scrape reads the pinned counters: on the blocking pool, not the runtime.
-            let scraped = if path.starts_with("/metrics") {
-                let s = Arc::clone(&state);
-                Some(
-                    tokio::task::spawn_blocking(move || scrape(&s))
-                        .await
-                        .unwrap_or_else(|e| Err(format!("scrape failed: {e}"))),
-                )
-            } else {
-                None
-            };
-            route(
-                &method,
-                &path,
-                || state.health(),
-                state.metrics.readiness(),
-                || scraped.unwrap_or_else(|| Err("no scrape".to_owned())),
-            )
-        }
-        Ok(Ok(None)) => Response::text(400, "bad request\n"),
-        Ok(Err(e)) => return Err(e),
-        Err(_) => Response::text(408, "request timeout\n"),
-    };
-    let reason = match response.status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        503 => "Service Unavailable",
-        _ => "Internal Server Error",
-    };
-    let out = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-        response.status,
-        response.content_type,
-        response.body.len(),
-        response.body
+fn to_hyper(r: Response) -> hyper::Response<Full<Bytes>> {
+    let mut out = hyper::Response::new(Full::new(Bytes::from(r.body)));
+    *out.status_mut() =
+        hyper::StatusCode::from_u16(r.status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    out.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(r.content_type),
     );
-    stream.write_all(out.as_bytes()).await?;
-    stream.shutdown().await
+    out
+}
+
+/// One connection, one request: the head must arrive within [`READ_DEADLINE`] and fit in
+/// [`MAX_HEAD`] (hyper closes the connection, or answers 431), and the whole exchange ends
+/// within [`CONNECTION_DEADLINE`], so a slow reader cannot hold a slot either.
+async fn handle(stream: TcpStream, state: Arc<State>) -> anyhow::Result<()> {
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let state = Arc::clone(&state);
+        async move {
+            let path = req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned();
+            let r = answer(state, req.method().as_str(), &path).await;
+            Ok::<_, std::convert::Infallible>(to_hyper(r))
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(READ_DEADLINE)
+        .max_buf_size(MAX_HEAD)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::time::timeout(CONNECTION_DEADLINE, conn)
+        .await
+        .context("connection took too long")?
+        .context("serving")
 }
 
 /// Binds the endpoint; done before anything else at start-up, so a taken port is reported
@@ -282,7 +277,7 @@ async fn serve_at_most(listener: TcpListener, state: Arc<State>, max: usize) {
         let state = Arc::clone(&state);
         tokio::spawn(async move {
             if let Err(e) = handle(stream, state).await {
-                debug!(%peer, "http: {e}");
+                debug!(%peer, "http: {e:#}");
             }
             drop(slot);
         });
@@ -291,7 +286,66 @@ async fn serve_at_most(listener: TcpListener, state: Arc<State>, max: usize) {
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
     use super::*;
+
+    fn nowhere() -> Arc<State> {
+        Arc::new(State::new(
+            PinLayout::new(std::path::Path::new("/nonexistent-bpffs")),
+            Arc::new(DaemonMetrics::default()),
+            Expected::default(),
+        ))
+    }
+
+    async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// A head over the limit is refused with 431 and never buffered whole; a normal request
+    /// on the same server is still answered.
+    #[tokio::test]
+    async fn oversized_heads_are_refused() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, nowhere()));
+        let mut big = b"GET /healthz HTTP/1.1\r\nX-Pad: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', 4 * MAX_HEAD));
+        big.extend_from_slice(b"\r\n\r\n");
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        // The server may close before it has read everything: a reset is fine too.
+        let _ = s.write_all(&big).await;
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+        let got = String::from_utf8_lossy(&buf);
+        assert!(
+            got.is_empty() || got.starts_with("HTTP/1.1 431"),
+            "an oversized head got: {got}"
+        );
+        let ok = exchange(addr, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(ok.starts_with("HTTP/1.1 503"), "{ok}");
+        assert!(ok.contains("content-type: text/plain"), "{ok}");
+    }
+
+    /// A client that never finishes its head loses the connection at the deadline, with no
+    /// answer (time is paused: the deadline passes as soon as the runtime is idle).
+    #[tokio::test(start_paused = true)]
+    async fn unfinished_heads_time_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, nowhere()));
+        let before = tokio::time::Instant::now();
+        let got = exchange(addr, b"GET /healthz HTTP/1.1\r\nHost:").await;
+        assert!(got.is_empty(), "answered an unfinished head: {got}");
+        assert!(
+            before.elapsed() >= READ_DEADLINE,
+            "closed before the deadline"
+        );
+    }
 
     fn get(path: &str, healthy: bool, ready: bool) -> Response {
         let ready = if ready {
@@ -355,12 +409,7 @@ mod tests {
     async fn connections_beyond_the_cap_wait_for_a_slot() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(State::new(
-            PinLayout::new(std::path::Path::new("/nonexistent-bpffs")),
-            Arc::new(DaemonMetrics::default()),
-            Expected::default(),
-        ));
-        tokio::spawn(serve_at_most(listener, state, 1));
+        tokio::spawn(serve_at_most(listener, nowhere(), 1));
         // Accepted first (the backlog is in order), it holds the slot without a request.
         let idle = TcpStream::connect(addr).await.unwrap();
         let mut waiting = TcpStream::connect(addr).await.unwrap();

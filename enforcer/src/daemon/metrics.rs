@@ -45,6 +45,8 @@ pub struct DaemonMetrics {
     last_apply: Mutex<Option<Instant>>,
     /// DNS-aware mode's proxy, once it runs.
     pub dns_proxy: std::sync::OnceLock<std::sync::Arc<crate::dnsproxy::server::ProxyMetrics>>,
+    /// The API server source, when watched.
+    pub cluster: std::sync::OnceLock<std::sync::Arc<crate::cluster::status::Status>>,
 }
 
 impl DaemonMetrics {
@@ -72,10 +74,14 @@ impl DaemonMetrics {
         }
     }
 
-    /// `Ok` once ready; otherwise why not.
+    /// `Ok` once ready and, with the API server watched, listed and in sync with it;
+    /// otherwise why not.
     pub fn readiness(&self) -> Result<(), String> {
         if self.is_ready() {
-            return Ok(());
+            return match self.cluster.get() {
+                Some(c) => c.readiness(Instant::now()),
+                None => Ok(()),
+            };
         }
         Err(self
             .not_ready
@@ -115,6 +121,11 @@ impl DaemonMetrics {
                 .ok()
                 .and_then(|l| *l)
                 .map(|t| now.saturating_duration_since(t).as_secs_f64()),
+            cluster: self
+                .cluster
+                .get()
+                .map(|c| c.report(now))
+                .unwrap_or_default(),
         }
     }
 }
@@ -142,6 +153,7 @@ struct Values {
     ready: bool,
     proxy: Option<ProxyValues>,
     apply_age_secs: Option<f64>,
+    cluster: Vec<crate::cluster::status::ResourceReport>,
 }
 
 /// One scrape's data, encoded by prometheus-client.
@@ -258,6 +270,9 @@ impl Collector for Scrape {
         if let Some(p) = &self.values.proxy {
             encode_proxy(&mut enc, p)?;
         }
+        if !self.values.cluster.is_empty() {
+            encode_cluster(&mut enc, &self.values.cluster)?;
+        }
         let ready = ConstGauge::new(i64::from(self.values.ready));
         ready.encode(enc.encode_descriptor(
             "egress_enforcer_ready",
@@ -277,6 +292,58 @@ impl Collector for Scrape {
         }
         Ok(())
     }
+}
+
+/// One gauge of a watched resource.
+type Gauge = fn(&crate::cluster::status::ResourceReport) -> f64;
+
+/// The API server source's series, one per watched resource.
+fn encode_cluster(
+    enc: &mut DescriptorEncoder<'_>,
+    resources: &[crate::cluster::status::ResourceReport],
+) -> Result<(), std::fmt::Error> {
+    let gauges: [(&str, &str, Gauge); 4] = [
+        (
+            "egress_enforcer_kube_synced",
+            "1 once the resource has been listed completely from the API server",
+            |r| f64::from(u8::from(r.synced)),
+        ),
+        (
+            "egress_enforcer_kube_sync_age_seconds",
+            "0 while the watch is healthy; else seconds since the daemon was last in sync with \
+             the API server (the last policy stays in force meanwhile)",
+            |r| r.sync_age_seconds,
+        ),
+        (
+            "egress_enforcer_kube_objects",
+            "Objects of the resource the daemon holds",
+            |r| r.objects as f64,
+        ),
+        (
+            "egress_enforcer_kube_rejected_objects",
+            "Objects whose newest version failed validation (an older valid one stays in force)",
+            |r| r.rejected.len() as f64,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let mut family =
+            enc.encode_descriptor(name, help, None, ConstGauge::new(0.0).metric_type())?;
+        for r in resources {
+            ConstGauge::new(value(r))
+                .encode(family.encode_family(&[("resource", r.resource.as_str())])?)?;
+        }
+    }
+    let mut family = enc.encode_descriptor(
+        "egress_enforcer_kube_watch_errors",
+        "Failed lists, watches and discoveries (each retried with backoff)",
+        None,
+        ConstCounter::new(0u64).metric_type(),
+    )?;
+    for r in resources {
+        ConstCounter::new(r.errors)
+            .encode(family.encode_family(&[("resource", r.resource.as_str())])?)?;
+    }
+    Ok(())
 }
 
 /// DNS-aware mode's series: queries by verdict, latency, learned rules.

@@ -4,6 +4,7 @@
 
 mod carry;
 mod cgroup_names;
+mod cluster;
 mod dns_proxy;
 mod events;
 pub mod http;
@@ -45,12 +46,30 @@ use crate::{
     },
 };
 
+/// The state file `inspect cluster` reads.
+pub use cluster::STATUS_KIND as CLUSTER_STATUS_KIND;
+
 pub struct RunOptions {
     pub config: Option<PathBuf>,
     pub allow: Vec<AllowSpec>,
     pub once: bool,
     /// `--listen`: overrides `http.listen` ("" = no endpoint).
     pub listen: Option<String>,
+    /// `--kubeconfig`: watch the API server with this file (`kubernetes.*`).
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl RunOptions {
+    /// The inputs of a policy load, with what the API server holds (if watched).
+    fn inputs<'a>(&'a self, cluster: Option<&'a cluster::Cluster>) -> policy::Inputs<'a> {
+        policy::Inputs {
+            config: self.config.as_deref(),
+            allow: &self.allow,
+            kubeconfig: self.kubeconfig.as_deref(),
+            cluster: cluster.map_or(&[][..], |c| c.current.entries.as_slice()),
+            api_server: cluster.map_or(&[][..], |c| c.addresses.as_slice()),
+        }
+    }
 }
 
 /// Counts DNS lookups and failures for `/metrics` around the real resolver.
@@ -268,8 +287,7 @@ impl Retry {
 pub fn run(opts: RunOptions) -> Result<(), Failure> {
     // The config is read once before logging starts, for its log format; errors in it are
     // reported on stderr like every other user error.
-    let first =
-        policy::load(opts.config.as_deref(), &opts.allow).map_err(|e| Failure::User(e.into()))?;
+    let first = policy::load(&opts.inputs(None)).map_err(|e| Failure::User(e.into()))?;
     logging::init(first.config.log.format);
     // Before any thread exists: this unsets the activation variables.
     let inherited = sd_listen::take();
@@ -297,12 +315,14 @@ struct Daemon {
     retry: Retry,
     /// DNS-aware mode's proxy.
     proxy: Option<Arc<crate::dnsproxy::server::Proxy>>,
+    /// The API server source, when `kubernetes.apiServer` is on.
+    cluster: Option<cluster::Cluster>,
 }
 
 impl Daemon {
     async fn serve(
         opts: RunOptions,
-        first: LoadedPolicy,
+        mut first: LoadedPolicy,
         inherited: Vec<sd_listen::Inherited>,
     ) -> Result<(), Failure> {
         // Handlers first: a SIGHUP (e.g. systemd's reload) during start-up must not kill us.
@@ -328,6 +348,19 @@ impl Daemon {
         };
         let proxy_sockets = if dns_proxy::enabled(&first.config) {
             Some(dns_proxy::bind(&first.config, inherited).user()?)
+        } else {
+            None
+        };
+        // The previous run's objects from the API server are compiled in at once: a restart
+        // loses no rule while the API server is away.
+        let cluster = if first.config.kubernetes.api_server {
+            let pins = crate::dataplane::pins::PinLayout::new(&first.config.bpffs);
+            let c = cluster::Cluster::start(first.config.kubernetes.kubeconfig(), &pins.root)
+                .await
+                .user()?;
+            first = policy::load(&opts.inputs(Some(&c))).map_err(|e| Failure::User(e.into()))?;
+            info!(server = %c.server, recorded = c.current.entries.len(), "watching ServiceEntries in the API server");
+            Some(c)
         } else {
             None
         };
@@ -364,6 +397,13 @@ impl Daemon {
         );
         dp.attach(&cgroups).runtime()?;
         let metrics = Arc::new(metrics::DaemonMetrics::default());
+        if let Some(c) = &cluster {
+            let _ = metrics.cluster.set(Arc::clone(&c.status));
+            tokio::spawn(cluster::publish_status(
+                Arc::clone(&c.status),
+                dp.layout().root.clone(),
+            ));
+        }
         let proxy = match proxy_sockets {
             Some(s) => Some(dns_proxy::start(&first, s, dp.layout(), &metrics).runtime()?),
             None => None,
@@ -454,6 +494,7 @@ impl Daemon {
             ready: false,
             retry: Retry::default(),
             proxy,
+            cluster,
         };
         let (fs_tx, mut fs_rx) = mpsc::channel(1);
         let mut watcher = d.watch(fs_tx.clone());
@@ -503,6 +544,14 @@ impl Daemon {
                         watcher = d.watch(fs_tx.clone());
                     }
                 }
+                Some(snapshot) = cluster::next(&mut d.cluster) => {
+                    if let Some(c) = &mut d.cluster {
+                        c.current = snapshot;
+                    }
+                    if block_in_place(|| d.reload()) {
+                        watcher = d.watch(fs_tx.clone());
+                    }
+                }
                 changed = resolved_rx.changed() => {
                     if changed.is_err() {
                         return Err(Failure::Runtime(anyhow::anyhow!("the DNS resolver stopped")));
@@ -523,9 +572,12 @@ impl Daemon {
         Ok(())
     }
 
-    /// Not ready, every name has had a lookup, and no retry is pending.
+    /// Not ready, every name has had a lookup, and no retry is pending. `--once` also
+    /// waits for the API server's first complete list.
     fn wants_full_apply(&self) -> bool {
+        let listed = !self.opts.once || self.cluster.as_ref().is_none_or(|c| c.current.synced);
         !self.ready
+            && listed
             && self.resolved.complete
             && self.resolved.addrs.len() == names(&self.current).len()
             && self.retry.due()

@@ -9,13 +9,15 @@ use crate::{
         allow_spec::AllowSpec,
         compile::{CompiledPolicy, ConfigAllows, compile},
     },
-    serviceentry::{LoadReport, Severity, load_paths},
+    serviceentry::{LoadReport, Loaded, Severity, load_paths},
 };
 
 pub struct LoadedPolicy {
     pub config: Config,
     pub compiled: CompiledPolicy,
     pub entries: usize,
+    /// Of `entries`, how many come from files (the rest from the API server).
+    pub from_files: usize,
     /// Warnings and notices, formatted for the log.
     pub remarks: Vec<String>,
 }
@@ -72,16 +74,43 @@ fn entry_paths(cfg: &Config) -> Vec<PathBuf> {
         .collect()
 }
 
-pub fn load(config_path: Option<&Path>, allow: &[AllowSpec]) -> Result<LoadedPolicy, LoadError> {
-    let cfg = Config::load(config_path).map_err(|e| LoadError(vec![format!("{e:#}")]))?;
-    let report = load_paths(&entry_paths(&cfg), cfg.limits.max_file_bytes);
+/// What one load reads besides the files the config names.
+#[derive(Default)]
+pub struct Inputs<'a> {
+    pub config: Option<&'a Path>,
+    /// `--allow` flags.
+    pub allow: &'a [AllowSpec],
+    /// `--kubeconfig`: watch the API server with this file.
+    pub kubeconfig: Option<&'a Path>,
+    /// The valid ServiceEntries from the API server (each one validated already).
+    pub cluster: &'a [Loaded],
+    /// The API server's addresses: always allowed.
+    pub api_server: &'a [std::net::SocketAddr],
+}
+
+pub fn load(inputs: &Inputs<'_>) -> Result<LoadedPolicy, LoadError> {
+    let mut cfg = Config::load(inputs.config).map_err(|e| LoadError(vec![format!("{e:#}")]))?;
+    if let Some(k) = inputs.kubeconfig {
+        cfg.kubernetes.api_server = true;
+        cfg.kubernetes.kubeconfig = k.to_path_buf();
+    }
+    let mut report = load_paths(&entry_paths(&cfg), cfg.limits.max_file_bytes);
     let errors = describe(&report, Severity::Error);
     if !errors.is_empty() {
         return Err(LoadError(errors));
     }
     let dns_aware = cfg.dns.mode == config::DnsMode::Proxy;
+    let files = report.entries.len();
+    if cfg.kubernetes.api_server {
+        report.entries.extend(inputs.cluster.iter().cloned());
+    }
     let allows = ConfigAllows {
-        specs: allow.to_vec(),
+        api_server: if cfg.kubernetes.api_server {
+            inputs.api_server.to_vec()
+        } else {
+            Vec::new()
+        },
+        specs: inputs.allow.to_vec(),
         cidrs: cfg.allowed_cidrs(),
         // In DNS-aware mode every query goes to the proxy: no resolver is reachable directly.
         dns_servers: if dns_aware {
@@ -103,6 +132,7 @@ pub fn load(config_path: Option<&Path>, allow: &[AllowSpec]) -> Result<LoadedPol
     }));
     Ok(LoadedPolicy {
         entries: report.entries.len(),
+        from_files: files,
         config: cfg,
         compiled,
         remarks,

@@ -26,7 +26,7 @@ impl Daemon {
     /// Re-reads everything; a bad config or any invalid ServiceEntry changes nothing.
     /// Returns whether the watched paths may have changed.
     pub(super) fn reload(&mut self) -> bool {
-        let next = match policy::load(self.opts.config.as_deref(), &self.opts.allow) {
+        let next = match policy::load(&self.opts.inputs(self.cluster.as_ref())) {
             Ok(p) => p,
             Err(e) => {
                 error!("reload failed, keeping the policy in force: {e}");
@@ -83,7 +83,16 @@ impl Daemon {
             );
         }
         self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
-        info!(mode = ?mode, entries = self.current.entries, hostnames = self.current.compiled.hostnames.len(), "reloaded");
+        if let Some(c) = &self.cluster {
+            c.record(&self.dp.layout().root);
+        }
+        info!(
+            mode = ?mode,
+            entries = self.current.entries,
+            from_files = self.current.from_files,
+            hostnames = self.current.compiled.hostnames.len(),
+            "reloaded"
+        );
         paths_changed
     }
 

@@ -34,6 +34,9 @@ pub struct ConfigAllows {
     pub dns_aware: bool,
     /// `allow.ping`: every registered address (ServiceEntries, `allow.cidrs`) may be pinged.
     pub ping: bool,
+    /// The Kubernetes API server the daemon watches: TCP to it stays allowed, so that the
+    /// policy can never lock out its own source (docs/kubernetes.md).
+    pub api_server: Vec<std::net::SocketAddr>,
 }
 
 /// Something that does not make an entry invalid but that the user should know.
@@ -372,6 +375,15 @@ pub fn compile(config: &ConfigAllows, entries: &[Loaded]) -> CompiledPolicy {
         for proto in [Proto::Tcp, Proto::Udp] {
             b.static_rule(net, (53, proto), id);
         }
+    }
+    for addr in &config.api_server {
+        let id = new_id(&mut b, format!("Kubernetes API server {addr}"));
+        let ip = addr.ip();
+        let net = Net::new(ip, if ip.is_ipv4() { 32 } else { 128 }).unwrap_or(Net {
+            addr: ip,
+            prefix: 0,
+        });
+        b.static_rule(net, (addr.port(), Proto::Tcp), id);
     }
     for loaded in entries.iter().filter(|e| e.is_valid()) {
         let id = new_id(

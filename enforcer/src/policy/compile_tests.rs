@@ -197,22 +197,24 @@ fn invalid_entries_are_skipped_and_ids_follow_config_sources() {
         dns_servers: vec!["192.0.2.53".parse().unwrap()],
         dns_aware: false,
         ping: false,
+        api_server: vec!["203.0.113.9:6443".parse().unwrap()],
     };
     let p = compile(&cfg, &load(&yaml));
     let sources: Vec<&str> = p.sources.values().map(String::as_str).collect();
     assert_eq!(
-        sources[..3],
+        sources[..4],
         [
             "--allow 198.18.0.1:80/tcp",
             "allow.cidrs 10.96.0.0/12",
-            "DNS server 192.0.2.53"
+            "DNS server 192.0.2.53",
+            "Kubernetes API server 203.0.113.9:6443"
         ]
     );
     assert!(
-        sources[3].starts_with("ServiceEntry default/good (se.yaml:"),
+        sources[4].starts_with("ServiceEntry default/good (se.yaml:"),
         "{sources:?}"
     );
-    assert_eq!(sources.len(), 4, "the invalid entry gets no rules");
+    assert_eq!(sources.len(), 5, "the invalid entry gets no rules");
     assert_eq!(
         statics(&p),
         [
@@ -221,7 +223,8 @@ fn invalid_entries_are_skipped_and_ids_follow_config_sources() {
             "192.0.2.1:1/tcp",
             "192.0.2.53:53/tcp",
             "192.0.2.53:53/udp",
-            "198.18.0.1:80/tcp"
+            "198.18.0.1:80/tcp",
+            "203.0.113.9:6443/tcp"
         ]
     );
     assert_eq!(
@@ -229,7 +232,7 @@ fn invalid_entries_are_skipped_and_ids_follow_config_sources() {
             .iter()
             .find(|(s, _)| s.port == 1)
             .map(|(_, ids)| ids.iter().copied().collect::<Vec<_>>()),
-        Some(vec![4])
+        Some(vec![5])
     );
 }
 

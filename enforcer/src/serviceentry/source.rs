@@ -32,6 +32,11 @@ pub struct Origin {
 }
 
 impl Origin {
+    /// An object that is not from a file, e.g. `apiserver:serviceentries/payments/api`.
+    pub fn named(name: impl Into<PathBuf>) -> Self {
+        Self::file(&name.into())
+    }
+
     fn file(file: &Path) -> Self {
         Self {
             file: file.to_path_buf(),
@@ -266,6 +271,14 @@ fn resource(v: &Value, origin: Origin, report: &mut LoadReport) {
             ),
         )),
     }
+}
+
+/// One resource that is already a value (an object from the API server), with the same
+/// decoding and validation as a file's.
+pub fn load_value(v: &Value, origin: Origin) -> LoadReport {
+    let mut report = LoadReport::default();
+    resource(v, origin, &mut report);
+    report
 }
 
 /// Parses one file's text: every document, every List item. YAML is read the way Kubernetes

@@ -1,0 +1,129 @@
+//! API server objects → ServiceEntries, through the same decoding and validation as files
+//! (the object's JSON is YAML).
+
+use kube::api::DynamicObject;
+
+use super::store::{Key, Rejected};
+use crate::serviceentry::{Loaded, Origin, Severity, source::load_value};
+
+/// The object's `namespace/name`.
+pub fn key(obj: &DynamicObject) -> Key {
+    (
+        obj.metadata.namespace.clone().unwrap_or_default(),
+        obj.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Where an object came from, as messages and `inspect` name it.
+pub fn origin(resource: &str, key: &Key) -> Origin {
+    Origin::named(format!("apiserver:{resource}/{}/{}", key.0, key.1))
+}
+
+/// Decodes one ServiceEntry object. `api_version` fills a list item that lacks its type
+/// (the API server sends it for custom resources, but nothing requires it).
+pub fn service_entry(obj: &DynamicObject, api_version: &str) -> (Key, Result<Loaded, Rejected>) {
+    let key = key(obj);
+    let rv = obj.metadata.resource_version.clone().unwrap_or_default();
+    let rejected = |errors: Vec<String>| Rejected {
+        resource_version: rv.clone(),
+        errors,
+    };
+    let mut value = match serde_yaml_ng::to_value(obj) {
+        Ok(v) => v,
+        Err(e) => return (key, Err(rejected(vec![format!("unreadable object: {e}")]))),
+    };
+    if let serde_yaml_ng::Value::Mapping(m) = &mut value {
+        for (field, fill) in [("apiVersion", api_version), ("kind", "ServiceEntry")] {
+            let k = serde_yaml_ng::Value::from(field);
+            if !m.contains_key(&k) {
+                m.insert(k, serde_yaml_ng::Value::from(fill));
+            }
+        }
+    }
+    let report = load_value(&value, origin("serviceentries", &key));
+    let mut errors: Vec<String> = report
+        .problems
+        .iter()
+        .filter(|(_, i)| i.severity == Severity::Error)
+        .map(|(_, i)| format!("{}: {} [{}]", i.path, i.message, i.rule))
+        .collect();
+    let mut entries = report.entries;
+    let Some(loaded) = entries.pop() else {
+        errors.push("not a ServiceEntry".to_owned());
+        return (key, Err(rejected(errors)));
+    };
+    errors.extend(
+        loaded
+            .issues
+            .iter()
+            .filter(|i| i.severity == Severity::Error)
+            .map(|i| {
+                let at = if i.path.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}: ", i.path)
+                };
+                format!("{at}{} [{}]", i.message, i.rule)
+            }),
+    );
+    if errors.is_empty() {
+        (key, Ok(loaded))
+    } else {
+        (key, Err(rejected(errors)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(spec: serde_json::Value, with_type: bool) -> DynamicObject {
+        let mut v = serde_json::json!({
+            "metadata": {"name": "api", "namespace": "payments", "resourceVersion": "17"},
+            "spec": spec,
+        });
+        if with_type {
+            v["apiVersion"] = "networking.istio.io/v1".into();
+            v["kind"] = "ServiceEntry".into();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_valid_object_decodes_like_a_file() {
+        let spec = serde_json::json!({
+            "hosts": ["api.example.com"],
+            "ports": [{"number": 443, "name": "https", "protocol": "TLS"}],
+            "resolution": "DNS",
+        });
+        for with_type in [true, false] {
+            let (key, got) =
+                service_entry(&object(spec.clone(), with_type), "networking.istio.io/v1");
+            assert_eq!(key, ("payments".to_owned(), "api".to_owned()));
+            let loaded = got.unwrap();
+            assert_eq!(loaded.id(), "payments/api");
+            assert_eq!(
+                loaded.origin.to_string(),
+                "apiserver:serviceentries/payments/api"
+            );
+        }
+    }
+
+    #[test]
+    fn an_invalid_object_names_its_field_and_version() {
+        let spec = serde_json::json!({"hosts": [], "ports": [{"number": 70000, "name": "x", "protocol": "TCP"}]});
+        let (_, got) = service_entry(&object(spec, true), "networking.istio.io/v1");
+        let r = got.unwrap_err();
+        assert_eq!(r.resource_version, "17");
+        assert!(
+            r.errors.iter().any(|e| e.starts_with("spec.hosts")),
+            "{:?}",
+            r.errors
+        );
+        assert!(
+            r.errors.iter().any(|e| e.contains("spec.ports[0]")),
+            "{:?}",
+            r.errors
+        );
+    }
+}

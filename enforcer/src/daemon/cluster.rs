@@ -1,0 +1,82 @@
+//! Wiring for the API server source: its snapshots trigger reloads, its status feeds
+//! `/readyz`, `/metrics` and `inspect cluster`, and its objects are recorded for the next
+//! start (docs/kubernetes.md).
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use tokio::sync::watch;
+use tracing::warn;
+
+use crate::{
+    cluster::{self, Snapshot, status::Status},
+    dataplane::sources::{state_file, write_state},
+};
+
+/// The state file `inspect cluster` reads.
+pub const STATUS_KIND: &str = "cluster-status";
+
+pub struct Cluster {
+    snapshots: watch::Receiver<Snapshot>,
+    /// The snapshot the policy in force was compiled from.
+    pub current: Snapshot,
+    pub status: Arc<Status>,
+    pub addresses: Vec<std::net::SocketAddr>,
+    pub server: String,
+}
+
+impl Cluster {
+    /// Connects and starts watching; the previous run's objects are the first snapshot.
+    pub async fn start(kubeconfig: Option<&Path>, pin_root: &Path) -> anyhow::Result<Self> {
+        let initial = cluster::record::read(pin_root);
+        let source = cluster::start(kubeconfig, initial.clone()).await?;
+        Ok(Self {
+            snapshots: source.snapshots,
+            current: initial,
+            status: source.status,
+            addresses: source.connected.addresses,
+            server: source.connected.server,
+        })
+    }
+
+    /// Waits for a new snapshot; a burst of changes within [`SETTLE`] is taken as one.
+    pub async fn changed(&mut self) -> Option<Snapshot> {
+        self.snapshots.changed().await.ok()?;
+        tokio::time::sleep(SETTLE).await;
+        Some(self.snapshots.borrow_and_update().clone())
+    }
+
+    /// Records what is in force now, for the next start.
+    pub fn record(&self, pin_root: &Path) {
+        if let Err(e) = cluster::record::write(pin_root, &self.current) {
+            warn!("cannot record the API server's objects for the next start: {e:#}");
+        }
+    }
+}
+
+/// How long a change waits for the ones right behind it.
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// Waits for `cluster`'s next snapshot; never, without a cluster.
+pub async fn next(cluster: &mut Option<Cluster>) -> Option<Snapshot> {
+    match cluster {
+        Some(c) => c.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Keeps the status file for `inspect cluster` current (written when it changes).
+pub async fn publish_status(status: Arc<Status>, pin_root: std::path::PathBuf) {
+    let path = state_file(&pin_root, STATUS_KIND);
+    let mut last = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let report = status.report(std::time::Instant::now());
+        if last.as_ref() != Some(&report) {
+            if let Err(e) = write_state(&path, &report) {
+                warn!("cannot write the API server status for `inspect`: {e:#}");
+            }
+            last = Some(report);
+        }
+    }
+}
