@@ -141,7 +141,14 @@ fn dependency_policy() -> anyhow::Result<()> {
     eprintln!("==> dependency policy");
     for banned in ["openssl-sys", "aws-lc-rs", "aws-lc-sys", "h2"] {
         let out = cargo()
-            .args(["tree", "--workspace", "-e", "normal,build", "--invert", banned])
+            .args([
+                "tree",
+                "--workspace",
+                "-e",
+                "normal,build",
+                "--invert",
+                banned,
+            ])
             .output()
             .context("cargo tree")?;
         let stderr = String::from_utf8_lossy(&out.stderr);
