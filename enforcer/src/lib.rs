@@ -10,6 +10,7 @@ pub mod dnsproxy;
 pub mod duration;
 pub mod k8syaml;
 pub mod policy;
+pub mod scope;
 pub mod serviceentry;
 
 #[cfg(feature = "runtime")]
