@@ -7,11 +7,15 @@
 
 /// Stored in the config map; a daemon that finds pinned maps of another ABI version refuses to
 /// reuse them instead of misreading them.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Names of the maps, as declared in the eBPF object and as pinned under `<pin dir>/maps/`.
 pub mod map_names {
     pub const RULES_EXACT: &str = "RULES_EXACT";
+    /// Visibility sets: which policies may use a rule ([`super::PolicyBits`]).
+    pub const VSETS: &str = "VSETS";
+    /// cgroup id → policy id (pods, their containers, host units).
+    pub const CGROUP_POLICY: &str = "CGROUP_POLICY";
     pub const RULES_PREFIX: &str = "RULES_PREFIX";
     pub const CONFIG: &str = "CONFIG";
     pub const COUNTERS: &str = "COUNTERS";
@@ -38,7 +42,7 @@ pub mod map_names {
     /// The generation of `ENFORCED_ROOTS`, which tags `TASK_CGROUPS` entries.
     pub const ROOTS_GEN: &str = "ROOTS_GEN";
     /// All maps that are pinned (and so survive a daemon restart).
-    pub const PINNED: [&str; 15] = [
+    pub const PINNED: [&str; 17] = [
         RULES_EXACT,
         RULES_PREFIX,
         CONFIG,
@@ -54,6 +58,8 @@ pub mod map_names {
         TASK_CGROUPS,
         NATIVE_SOCKETS,
         ROOTS_GEN,
+        VSETS,
+        CGROUP_POLICY,
     ];
 }
 
@@ -128,8 +134,24 @@ pub const SOCK_STREAM: u32 = 1;
 pub const SOCK_DGRAM: u32 = 2;
 pub const SOCK_RAW: u32 = 3;
 
-/// The node-wide policy. Per-workload scoping will add others without changing the key layout.
+/// [`RuleKey::policy`]: always 0. Scoping does not copy rules per policy: a rule's value
+/// names the set of policies that may use it ([`RuleValue::vset`]).
 pub const POLICY_NODE: u32 = 0;
+
+/// Policies a visibility set can hold: one bit each in [`PolicyBits`].
+pub const MAX_POLICIES: u32 = 1024;
+/// Words of one visibility set in `VSETS`.
+pub const POLICY_WORDS: u32 = MAX_POLICIES / 64;
+/// One visibility set: bit `p` is set when policy `p` may use the rules that name the set.
+pub type PolicyBits = [u64; POLICY_WORDS as usize];
+/// [`RuleValue::vset`] of a rule every workload may use (config allows, unscoped entries):
+/// no lookup at all.
+pub const VSET_EVERYONE: u32 = 0;
+/// The policy of a cgroup the daemon has not mapped, when the config says deny: it is in no
+/// visibility set, so only rules for everyone apply to it.
+pub const POLICY_UNMAPPED: u32 = 0;
+/// How deep the programs look for a mapped ancestor of the calling task's cgroup.
+pub const MAX_CGROUP_DEPTH: u32 = 16;
 
 /// Key of the exact-rule hash map, and the data part of the prefix trie's key (which the
 /// kernel prefixes with a `u32` prefix length).
@@ -165,6 +187,9 @@ pub struct LearnedValue {
     pub rule_id: u32,
     pub flags: u32,
     pub expires_ns: u64,
+    /// Like [`RuleValue::vset`].
+    pub vset: u32,
+    pub pad: u32,
 }
 
 /// What the kernel knows about a socket it redirected to the DNS proxy.
@@ -204,6 +229,9 @@ pub struct ClientKey {
 pub struct RuleValue {
     pub rule_id: u32,
     pub flags: u32,
+    /// Index into `VSETS` of the policies that may use this rule; [`VSET_EVERYONE`]: all.
+    pub vset: u32,
+    pub pad: u32,
 }
 
 /// Enforcement mode stored in [`Config::mode`].
@@ -236,6 +264,10 @@ pub struct Config {
     pub sockets: u32,
     /// The daemon's network namespace (`SO_NETNS_COOKIE`), for `DNS_LOCAL_PROXY*`.
     pub netns_cookie: u64,
+    /// The policy of a calling cgroup with no mapped ancestor ([`POLICY_UNMAPPED`]: only
+    /// rules for everyone).
+    pub default_policy: u32,
+    pub pad2: u32,
 }
 
 /// [`Config::dns`]: DNS-aware mode, every query to port 53 goes to the proxy.
@@ -364,9 +396,9 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<RuleKey>(), 24);
-        assert_eq!(size_of::<RuleValue>(), 8);
-        assert_eq!(size_of::<Config>(), 56);
-        assert_eq!(size_of::<LearnedValue>(), 16);
+        assert_eq!(size_of::<RuleValue>(), 16);
+        assert_eq!(size_of::<Config>(), 64);
+        assert_eq!(size_of::<LearnedValue>(), 24);
         assert_eq!(size_of::<DnsSocket>(), 56);
         assert_eq!(size_of::<ClientKey>(), 24);
         assert_eq!(size_of::<Event>(), 64);

@@ -15,6 +15,7 @@ use crate::{
     dns,
     maps::CONFIG,
     programs::{ALLOW, DENY, Dest, MAPPED, count, is_loopback, report, rule_matches},
+    scope::Caller,
 };
 
 const ICMP_ECHO: u8 = 8;
@@ -61,7 +62,7 @@ fn check_v4(ctx: &SkBuffContext, head: &[u8; 20]) -> Option<u8> {
         return None;
     }
     let ty: u8 = ctx.load(ihl * 4).ok()?;
-    (ty == ICMP_ECHO).then(|| check_echo(&dest))
+    (ty == ICMP_ECHO).then(|| check_echo(ctx, &dest))
 }
 
 #[inline(always)]
@@ -96,7 +97,7 @@ fn check_v6(ctx: &SkBuffContext, head: &[u8; 20]) -> Option<u8> {
         words: ctx.load(24).ok()?,
         port: 0,
     };
-    Some(check_echo(&dest))
+    Some(check_echo(ctx, &dest))
 }
 
 const MAX_EXT_HEADERS: u32 = 4;
@@ -120,7 +121,8 @@ fn refuse_source_route(proto: u8, dest: &Dest) -> u8 {
 }
 
 #[inline(always)]
-fn check_echo(dest: &Dest) -> u8 {
+fn check_echo(ctx: &SkBuffContext, dest: &Dest) -> u8 {
+    let skb = ctx.skb.skb;
     let Some(cfg) = CONFIG.get(0) else {
         count(counter_index(
             Hook::Egress as u32,
@@ -131,7 +133,13 @@ fn check_echo(dest: &Dest) -> u8 {
     };
     let verdict = if cfg.allow_loopback != 0 && is_loopback(&dest.words) {
         VERDICT_ALLOW_LOOPBACK
-    } else if rule_matches(IPPROTO_ICMP, dest, cfg.skip, cfg.dns & DNS_REDIRECT != 0) {
+    } else if rule_matches(
+        IPPROTO_ICMP,
+        dest,
+        cfg.skip,
+        cfg.dns & DNS_REDIRECT != 0,
+        &mut Caller::packet(cfg.default_policy, skb),
+    ) {
         VERDICT_ALLOW
     } else if cfg.mode == MODE_AUDIT {
         VERDICT_AUDIT

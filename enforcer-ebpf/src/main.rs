@@ -17,6 +17,8 @@ mod guard;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod programs;
+#[cfg(target_arch = "bpf")]
+mod scope;
 
 // The host build of this crate (e.g. `cargo clippy --workspace`) only needs to type-check.
 #[cfg(not(target_arch = "bpf"))]

@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SockMap},
 };
 use enforcer_common::{
-    ClientKey, Config, DnsSocket, LearnedValue, NUM_COUNTERS, RuleKey, RuleValue,
+    ClientKey, Config, DnsSocket, LearnedValue, NUM_COUNTERS, POLICY_WORDS, RuleKey, RuleValue,
 };
 
 #[map]
@@ -21,6 +21,16 @@ pub(crate) static RULES_LEARNED: HashMap<RuleKey, LearnedValue> =
 
 #[map]
 pub(crate) static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Visibility sets (docs/architecture.md, "Scoping"), [`POLICY_WORDS`] words each: set `s`
+/// is entries `s * POLICY_WORDS ..`. Set 0 is never read (everyone). Words rather than one
+/// array value per set: the kernel bounds-checks each index, whatever the compiler proves.
+#[map]
+pub(crate) static VSETS: Array<u64> = Array::with_max_entries(4096 * POLICY_WORDS, 0);
+
+/// cgroup id → policy id: pods and their containers, host units.
+#[map]
+pub(crate) static CGROUP_POLICY: HashMap<u64, u32> = HashMap::with_max_entries(16384, 0);
 
 #[map]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);

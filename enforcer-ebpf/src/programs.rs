@@ -21,6 +21,7 @@ use enforcer_common::{
 use crate::{
     dns,
     maps::{CONFIG, COUNTERS, EVENTS, RULES_EXACT, RULES_LEARNED, RULES_PREFIX},
+    scope::Caller,
 };
 
 pub(crate) const ALLOW: i32 = 1;
@@ -120,8 +121,15 @@ pub(crate) fn is_loopback(w: &[u32; 4]) -> bool {
 /// Exact rule for this port first (the common case: one hash lookup), then only the lookups
 /// that can match: userspace sets `skip` bits for the kinds of rule that do not exist, which
 /// saves the trie walks on a denied destination when there are no CIDR or any-port rules.
+/// A rule the caller's policy may not use does not match: the next stage is tried.
 #[inline(always)]
-pub(crate) fn rule_matches(proto: u8, dest: &Dest, skip: u32, learned: bool) -> bool {
+pub(crate) fn rule_matches(
+    proto: u8,
+    dest: &Dest,
+    skip: u32,
+    learned: bool,
+    caller: &mut Caller,
+) -> bool {
     let mut key = RuleKey {
         policy: POLICY_NODE,
         port: dest.port,
@@ -129,29 +137,40 @@ pub(crate) fn rule_matches(proto: u8, dest: &Dest, skip: u32, learned: bool) -> 
         pad: 0,
         addr: dest.addr(),
     };
-    if RULES_EXACT.get_ptr(key).is_some() {
+    // SAFETY (every dereference below): a map value pointer is valid for the program run.
+    if let Some(v) = RULES_EXACT.get_ptr(key)
+        && caller.sees(unsafe { (*v).vset })
+    {
         return true;
     }
     // Learned rules (DNS-aware mode only) always name a port: they come from ServiceEntry
     // ports.
     if learned && let Some(v) = RULES_LEARNED.get_ptr(key) {
-        // SAFETY: a map value pointer is valid for the program run.
-        let expires = unsafe { (*v).expires_ns };
+        let (expires, vset) = unsafe { ((*v).expires_ns, (*v).vset) };
         // SAFETY: helper without preconditions.
-        if expires == 0 || unsafe { bpf_ktime_get_ns() } <= expires {
+        if (expires == 0 || unsafe { bpf_ktime_get_ns() } <= expires) && caller.sees(vset) {
             return true;
         }
     }
     let full = RULE_KEY_FIXED_BITS + 128;
-    if skip & SKIP_PREFIX_PORT == 0 && RULES_PREFIX.get(Key::new(full, key)).is_some() {
+    if skip & SKIP_PREFIX_PORT == 0
+        && let Some(v) = RULES_PREFIX.get(Key::new(full, key))
+        && caller.sees(v.vset)
+    {
         return true;
     }
     // Port 0 in a rule means any port.
     key.port = 0;
-    if skip & SKIP_EXACT_ANY_PORT == 0 && RULES_EXACT.get_ptr(key).is_some() {
+    if skip & SKIP_EXACT_ANY_PORT == 0
+        && let Some(v) = RULES_EXACT.get_ptr(key)
+        && caller.sees(unsafe { (*v).vset })
+    {
         return true;
     }
-    skip & SKIP_PREFIX_ANY_PORT == 0 && RULES_PREFIX.get(Key::new(full, key)).is_some()
+    skip & SKIP_PREFIX_ANY_PORT == 0
+        && RULES_PREFIX
+            .get(Key::new(full, key))
+            .is_some_and(|v| caller.sees(v.vset))
 }
 
 #[inline(always)]
@@ -212,7 +231,13 @@ pub(crate) fn decide_as(ctx: &SockAddrContext, hook: Hook, mut dest: Dest, nativ
 
     let verdict = if allow_loopback && is_loopback(&dest.words) {
         VERDICT_ALLOW_LOOPBACK
-    } else if rule_matches(proto, &dest, skip, cfg.dns & DNS_REDIRECT != 0) {
+    } else if rule_matches(
+        proto,
+        &dest,
+        skip,
+        cfg.dns & DNS_REDIRECT != 0,
+        &mut Caller::task(cfg.default_policy),
+    ) {
         VERDICT_ALLOW
     } else if audit {
         VERDICT_AUDIT

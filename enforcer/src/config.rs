@@ -304,6 +304,10 @@ pub struct MapSizes {
     /// Sockets made in enforced cgroups that the kernel remembers as such (least recently
     /// used go first; one forgotten is checked twice, by the same rules).
     pub native_sockets: u32,
+    /// Distinct visibility sets (which policies may use a rule): scoping only.
+    pub visibility_sets: u32,
+    /// cgroups mapped to a policy (pods, their containers, host units): scoping only.
+    pub cgroup_policies: u32,
 }
 
 /// The health and metrics endpoint.
@@ -379,6 +383,8 @@ impl Default for MapSizes {
             learned_rules: 65_536,
             dns_sockets: 65_536,
             native_sockets: 65_536,
+            visibility_sets: 4096,
+            cgroup_policies: 16_384,
         }
     }
 }
@@ -500,6 +506,11 @@ impl Config {
         }
         if m.native_sockets < 64 {
             bail!("maps.nativeSockets: must be at least 64");
+        }
+        if !(2..=1 << 20).contains(&m.visibility_sets) || m.cgroup_policies == 0 {
+            bail!(
+                "maps.visibilitySets must be within 2..=1048576 and maps.cgroupPolicies at least 1"
+            );
         }
         if !m.event_buffer.is_power_of_two() || m.event_buffer < 4096 {
             bail!("maps.eventBuffer: must be a power of two of at least 4096 bytes");

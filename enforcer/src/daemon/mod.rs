@@ -147,6 +147,8 @@ fn kernel_config(cfg: &Config) -> enforcer_common::Config {
             0
         },
         netns_cookie: crate::dnsproxy::server::own_netns_cookie(),
+        default_policy: enforcer_common::POLICY_UNMAPPED,
+        pad2: 0,
     }
 }
 

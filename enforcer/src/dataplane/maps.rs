@@ -8,8 +8,8 @@ use aya::maps::{
     Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapType, PerCpuArray, lpm_trie::Key,
 };
 use enforcer_common::{
-    ABI_VERSION, ClientKey, Config, DnsSocket, LearnedValue, NUM_COUNTERS, RuleKey, RuleValue,
-    map_names,
+    ABI_VERSION, ClientKey, Config, DnsSocket, LearnedValue, NUM_COUNTERS, POLICY_WORDS, RuleKey,
+    RuleValue, map_names,
 };
 use serde::Serialize;
 
@@ -73,7 +73,7 @@ pub struct Shape {
     pub max_entries: u32,
 }
 
-pub fn expected_shapes(sizes: &MapSizes) -> [Shape; 15] {
+pub fn expected_shapes(sizes: &MapSizes) -> [Shape; 17] {
     let lru = |name, key_size, max_entries| Shape {
         name,
         map_type: MapType::LruHash,
@@ -178,6 +178,20 @@ pub fn expected_shapes(sizes: &MapSizes) -> [Shape; 15] {
             key_size: 8,
             value_size: 1,
             max_entries: sizes.native_sockets,
+        },
+        Shape {
+            name: map_names::VSETS,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: 8,
+            max_entries: sizes.visibility_sets * POLICY_WORDS,
+        },
+        Shape {
+            name: map_names::CGROUP_POLICY,
+            map_type: MapType::Hash,
+            key_size: 8,
+            value_size: 4,
+            max_entries: sizes.cgroup_policies,
         },
     ]
 }
@@ -619,6 +633,8 @@ mod tests {
         RuleValue {
             rule_id: id,
             flags: 0,
+            vset: 0,
+            pad: 0,
         }
     }
 

@@ -187,6 +187,11 @@ impl Dataplane {
             .map_max_entries(map_names::DNS_SOCKETS, sizes.dns_sockets)
             .map_max_entries(map_names::DNS_CLIENTS, sizes.dns_sockets)
             .map_max_entries(map_names::NATIVE_SOCKETS, sizes.native_sockets)
+            .map_max_entries(
+                map_names::VSETS,
+                sizes.visibility_sets * enforcer_common::POLICY_WORDS,
+            )
+            .map_max_entries(map_names::CGROUP_POLICY, sizes.cgroup_policies)
             .map_max_entries(map_names::TASK_CGROUPS, maps::TASK_CGROUP_ENTRIES)
             .override_global("AYA_LOG_LEVEL", &log_level, false);
         let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;

@@ -105,6 +105,9 @@ fn widen(
                 } else {
                     cur.expires_ns
                 },
+                // Sets are never widened here: the daemon writes one per key.
+                vset: v.vset,
+                pad: 0,
             };
             (grown != *cur).then(|| {
                 *cur = grown;
@@ -200,6 +203,8 @@ impl LearnedTable {
                     rule_id,
                     flags: RULE_FLAG_DNS,
                     expires_ns: expires,
+                    vset: enforcer_common::VSET_EVERYONE,
+                    pad: 0,
                 };
                 if let Some(written) = widen(self.keys.entry(key), v, self.slack_ns) {
                     out.puts.push((key, written));
@@ -262,6 +267,8 @@ impl LearnedTable {
                         rule_id,
                         flags: RULE_FLAG_DNS,
                         expires_ns: *expires,
+                        vset: enforcer_common::VSET_EVERYONE,
+                        pad: 0,
                     };
                     widen(want.entry(key), v, 0);
                 }

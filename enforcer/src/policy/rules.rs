@@ -28,7 +28,12 @@ impl DesiredRules {
     /// Like [`DesiredRules::add`], with [`RuleValue::flags`] (e.g. `RULE_FLAG_DNS`); flags of
     /// two sources of one key are combined.
     pub fn add_flagged(&mut self, spec: &AllowSpec, rule_id: u32, flags: u32) {
-        let value = RuleValue { rule_id, flags };
+        let value = RuleValue {
+            rule_id,
+            flags,
+            vset: enforcer_common::VSET_EVERYONE,
+            pad: 0,
+        };
         for (addr, addr_prefix) in spec.net.kernel_prefixes() {
             let key = RuleKey {
                 policy: POLICY_NODE,
