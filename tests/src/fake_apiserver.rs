@@ -76,6 +76,9 @@ struct World {
 struct Shared {
     world: Mutex<World>,
     changed: Notify,
+    /// Set while [`FakeApiServer::expire`] makes its changes: watches are not woken, so none
+    /// can replay them before the history is compacted.
+    quiet: std::sync::atomic::AtomicBool,
     tls: tokio_rustls::TlsAcceptor,
 }
 
@@ -143,6 +146,7 @@ impl FakeApiServer {
                 requests: Vec::new(),
             }),
             changed: Notify::new(),
+            quiet: std::sync::atomic::AtomicBool::new(false),
         });
         let mut s = Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -221,8 +225,14 @@ impl FakeApiServer {
         objects.live.insert(key, object.clone());
         objects.log.push((rv, kind, object));
         drop(w);
-        self.shared.changed.notify_waiters();
+        self.wake();
         rv
+    }
+
+    fn wake(&self) {
+        if !self.shared.quiet.load(std::sync::atomic::Ordering::SeqCst) {
+            self.shared.changed.notify_waiters();
+        }
     }
 
     /// Deletes an object (`DELETED`); false if there was none.
@@ -240,14 +250,17 @@ impl FakeApiServer {
         gone["metadata"]["resourceVersion"] = json!(rv.to_string());
         objects.log.push((rv, "DELETED", gone));
         drop(w);
-        self.shared.changed.notify_waiters();
+        self.wake();
         true
     }
 
     /// Makes `changes` while the history is compacted past every open watch: each one gets
     /// an ERROR 410 frame and its client must list again to see the changes.
     pub fn expire(&self, changes: impl FnOnce(&Self)) {
+        let quiet = &self.shared.quiet;
+        quiet.store(true, std::sync::atomic::Ordering::SeqCst);
         changes(self);
+        quiet.store(false, std::sync::atomic::Ordering::SeqCst);
         let mut w = self.shared.world();
         w.floor = w.rv;
         for o in w.objects.values_mut() {

@@ -621,7 +621,146 @@ struct KernelCell {
     denied: bool,
     /// Run by a task outside every enforced cgroup.
     outside: bool,
+    /// `Some(false)`: the scoping block before its sets were written; `Some(true)`: after.
+    scoped: Option<bool>,
     ns: Vec<f64>,
+}
+
+/// The allowed destinations' cases, measured with every rule for everyone and then with the
+/// allowed rules scoped to the caller's policy (a daemon of its own).
+const SCOPED_CASES: [KernelCase; 4] = [
+    ("connect4", "udp-connect", ALLOWED, false, false),
+    ("sendmsg4", "sendto", ALLOWED, false, false),
+    ("connect6", "udp-connect", ALLOWED6, false, false),
+    ("sendmsg6", "sendto", ALLOWED6, false, false),
+];
+
+/// cgroups mapped to a policy and policies in the scoping block (the 1k pods and
+/// 100 policies).
+const SCOPED_CGROUPS: u64 = 1_000;
+const SCOPED_POLICIES: u64 = 100;
+/// The workload's policy in the scoping block.
+const CASE_POLICY: u64 = 5;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The exact-rule key of `addr:port/proto` as the daemon writes it.
+fn rule_key(addr: &str, port: u16, proto: u8) -> anyhow::Result<Vec<u8>> {
+    let ip: std::net::IpAddr = addr.parse()?;
+    let v6 = match ip {
+        std::net::IpAddr::V4(a) => a.to_ipv6_mapped(),
+        std::net::IpAddr::V6(a) => a,
+    };
+    let mut k = vec![0u8; 4];
+    k.extend(port.to_le_bytes());
+    k.extend([proto, 0]);
+    k.extend(v6.octets());
+    Ok(k)
+}
+
+/// Scopes the allowed rules the way the daemon will for pods (docs/architecture.md,
+/// "Scoping"), with bpftool on the pinned maps: 100 visibility sets, 1,000 cgroups mapped
+/// to policies, the workload's cgroup among them, and the allowed rules naming a set that
+/// holds its policy. The rules stay allowed for the workload: the cases check it.
+fn scope_allowed(fx: &Fixture, l: &Loaded) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let maps = l.dir.join("bpffs/egress-enforcer/maps");
+    let map = |name: &str| maps.join(name).display().to_string();
+    let mut batch = String::new();
+    for s in 1..=SCOPED_POLICIES {
+        let mut word = 1u64 << (s % 64);
+        if s == 1 {
+            word |= 1 << CASE_POLICY;
+        }
+        let index = u32::try_from(s * u64::from(enforcer_common_words()))?;
+        let _ = writeln!(
+            batch,
+            "map update pinned {} key hex {} value hex {}",
+            map("VSETS"),
+            hex(&index.to_le_bytes()),
+            hex(&word.to_le_bytes())
+        );
+    }
+    let case_id = std::fs::metadata(fx.cgroup("case"))?.ino();
+    let ids = (1..SCOPED_CGROUPS).map(|i| (1_000_000_000 + i, 1 + i % SCOPED_POLICIES));
+    for (id, policy) in ids.chain([(case_id, CASE_POLICY)]) {
+        let _ = writeln!(
+            batch,
+            "map update pinned {} key hex {} value hex {}",
+            map("CGROUP_POLICY"),
+            hex(&id.to_le_bytes()),
+            hex(&u32::try_from(policy)?.to_le_bytes())
+        );
+    }
+    for (addr, port, proto) in [
+        (ALLOWED, UDP_PORT, 17u8),
+        (ALLOWED6, UDP_PORT, 17),
+        (ALLOWED, TCP_PORT, 6),
+        (ALLOWED6, TCP_PORT, 6),
+    ] {
+        let key = rule_key(addr, port, proto)?;
+        let out = Command::new("bpftool")
+            .args([
+                "-j",
+                "map",
+                "lookup",
+                "pinned",
+                &map("RULES_EXACT"),
+                "key",
+                "hex",
+            ])
+            .args(hex(&key).split(' '))
+            .output()
+            .context("bpftool map lookup")?;
+        let v: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "bpftool lookup of {addr}:{port}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+        let mut value: Vec<u8> = v["value"]
+            .as_array()
+            .context("value bytes")?
+            .iter()
+            .filter_map(|b| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok())
+            .collect();
+        if value.len() != 16 {
+            bail!(
+                "rule value of {addr}:{port} is {} bytes, not 16",
+                value.len()
+            );
+        }
+        value[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let _ = writeln!(
+            batch,
+            "map update pinned {} key hex {} value hex {}",
+            map("RULES_EXACT"),
+            hex(&key),
+            hex(&value)
+        );
+    }
+    let file = l.dir.join("scope.batch");
+    std::fs::write(&file, batch)?;
+    let out = Command::new("bpftool")
+        .args(["batch", "file"])
+        .arg(&file)
+        .output()
+        .context("bpftool batch")?;
+    if !out.status.success() {
+        bail!("bpftool batch: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// Words per visibility set (the ABI's `POLICY_WORDS`).
+const fn enforcer_common_words() -> u32 {
+    1024 / 64
 }
 
 /// (run count, run time ns) of the program behind each pinned link, via `inspect links`.
@@ -682,6 +821,7 @@ fn measure_kernel(
             program,
             denied,
             outside,
+            scoped: None,
             ns: Vec::new(),
         })
         .collect();
@@ -742,6 +882,7 @@ fn measure_noop(
         program: "noop",
         denied: false,
         outside: false,
+        scoped: None,
         ns,
     })
 }
@@ -800,6 +941,22 @@ pub fn run(plan: &Plan, bin: &Path, worker: PathBuf) -> anyhow::Result<KernelRes
                     l.rules
                 ),
             });
+        }
+        l.daemon.stop();
+        cleanup(&l.dir);
+    }
+    {
+        eprintln!("==> bench: egress-enforcer, allowed rules scoped to the caller's policy");
+        let l = start_enforcer(bin, max, 0, false)?;
+        for scoped in [false, true] {
+            if scoped {
+                scope_allowed(&fx, &l)?;
+            }
+            let mut cells = measure_kernel(&fx, plan, bin, &l, &SCOPED_CASES)?;
+            for c in &mut cells {
+                c.scoped = Some(scoped);
+            }
+            kernel.extend(cells);
         }
         l.daemon.stop();
         cleanup(&l.dir);
@@ -953,7 +1110,9 @@ fn report(
             for denied in [false, true] {
                 let v = kernel
                     .iter()
-                    .find(|k| k.rules == *n && k.program == p && k.denied == denied)
+                    .find(|k| {
+                        k.rules == *n && k.program == p && k.denied == denied && k.scoped.is_none()
+                    })
                     .map_or(f64::NAN, |k| median(k.ns.clone()));
                 let _ = write!(md, " {v:.1} ns |");
             }
@@ -997,6 +1156,7 @@ fn report(
             "exact_rules": k.rules, "cidr_rules": CIDR_RULES, "program": k.program,
             "destination": if k.denied { "denied" } else { "allowed" },
             "caller": if k.outside { "outside every enforced cgroup" } else { "enforced" },
+            "scoping": match k.scoped { None => "no", Some(false) => "rules for everyone", Some(true) => "rules scoped to the caller's policy" },
             "median_ns_per_run": median(k.ns.clone()), "runs_ns": k.ns,
         })).collect::<Vec<_>>(),
         "loading": loads.iter().map(|l| json!({
@@ -1008,6 +1168,40 @@ fn report(
         sections,
         json,
     }
+}
+
+/// What scoping adds to an allowed call: the same daemon, rules and workload, before and
+/// after the allowed rules name a visibility set (1,000 cgroups mapped, 100 policies).
+/// Target: at most 15 ns.
+fn scoping_rows(kernel: &[KernelCell]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for (program, ..) in SCOPED_CASES {
+        let cell = |scoped| {
+            kernel
+                .iter()
+                .find(|k| k.program == program && k.scoped == Some(scoped))
+        };
+        let (Some(off), Some(on)) = (cell(false), cell(true)) else {
+            continue;
+        };
+        let (a, b) = (median(off.ns.clone()), median(on.ns.clone()));
+        rows.push(Row {
+            case: format!(
+                "in-kernel cost added by scoping: allowed {program} ({SCOPED_CGROUPS} cgroups mapped, {SCOPED_POLICIES} policies)"
+            ),
+            median: b - a,
+            unit: "ns",
+            target: Some(15.0),
+            detail: format!(
+                "run_time_ns / run_cnt with the rule for everyone {} and scoped {}, {} runs each, {} exact rules",
+                fmt_ns(a),
+                fmt_ns(b),
+                on.ns.len(),
+                on.rules
+            ),
+        });
+    }
+    rows
 }
 
 /// The targets, each as a row with a verdict.
@@ -1049,10 +1243,9 @@ fn escape_rows(kernel: &[KernelCell], max: usize, noop_ns: Option<f64>) -> Vec<R
     ];
     let mut rows = Vec::new();
     for (program, outside, what) in cases {
-        let Some(k) = kernel
-            .iter()
-            .find(|k| k.rules == max && k.program == program && k.outside == outside)
-        else {
+        let Some(k) = kernel.iter().find(|k| {
+            k.rules == max && k.program == program && k.outside == outside && k.scoped.is_none()
+        }) else {
             continue;
         };
         let ns = median(k.ns.clone());
@@ -1143,6 +1336,7 @@ fn targets(plan: &Plan, cells: &[Cell], kernel: &[KernelCell], max: usize) -> Ve
         }
     }
     rows.extend(escape_rows(kernel, max, noop_ns));
+    rows.extend(scoping_rows(kernel));
     let mut sizes: Vec<usize> = plan.enforcer_sizes.clone();
     sizes.sort_unstable();
     for n in sizes {

@@ -120,8 +120,10 @@ pub fn inspect(config: Option<&Path>, args: Args) -> Result<(), Failure> {
 /// The daemon's last word on the API server source. Asked for by name, a daemon that does
 /// not watch one is an error; as part of everything, the section is left out.
 fn cluster_status(layout: &PinLayout, asked: bool) -> anyhow::Result<Option<Vec<ResourceReport>>> {
-    let path =
-        crate::dataplane::sources::state_file(&layout.root, crate::daemon::CLUSTER_STATUS_KIND);
+    let path = crate::dataplane::sources::state_file(
+        &layout.root,
+        crate::dataplane::sources::CLUSTER_STATUS,
+    );
     match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)

@@ -51,13 +51,22 @@ pub async fn connect(
         .to_owned();
     let https = url.scheme_str() != Some("http");
     let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
+    // A name that does not resolve now is not fatal: the client resolves it per connection,
+    // and only the allow rule for the daemon's own way out needs the addresses.
     let addresses = match host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => tokio::task::spawn_blocking(move || (host.as_str(), port).to_socket_addrs())
-            .await
-            .context("resolving the API server")?
-            .with_context(|| format!("resolving the API server in {server}"))?
-            .collect(),
+        Err(_) => {
+            let name = host.clone();
+            match tokio::task::spawn_blocking(move || (name.as_str(), port).to_socket_addrs()).await
+            {
+                Ok(Ok(a)) => a.collect(),
+                Ok(Err(e)) => {
+                    tracing::warn!(server = %server, "the API server's name does not resolve now ({e}): no allow rule for it");
+                    Vec::new()
+                }
+                Err(e) => return Err(e).context("resolving the API server"),
+            }
+        }
     };
     let client = kube::client::ClientBuilder::try_from(config)
         .context("building the API client")?

@@ -66,11 +66,33 @@ pub fn service_entry(obj: &DynamicObject, api_version: &str) -> (Key, Result<Loa
                 format!("{at}{} [{}]", i.message, i.rule)
             }),
     );
+    let rules = rule_estimate(&loaded);
+    if rules > MAX_RULES_PER_OBJECT {
+        errors.push(format!(
+            "spec: would make about {rules} kernel rules (addresses × ports), over the \
+             {MAX_RULES_PER_OBJECT} one object from the API server may add [rules-per-object]"
+        ));
+    }
     if errors.is_empty() {
         (key, Ok(loaded))
     } else {
         (key, Err(rejected(errors)))
     }
+}
+
+/// One object may not fill the maps on its own: whoever may create a ServiceEntry in some
+/// namespace could otherwise make every reload fail for lack of room (and so hold every
+/// later revocation). Istio's own limits allow 256 addresses × 256 ports.
+pub const MAX_RULES_PER_OBJECT: usize = 4096;
+
+/// An upper bound of the kernel rules an entry compiles to: each address, endpoint or host
+/// on each port and its targetPort.
+fn rule_estimate(loaded: &Loaded) -> usize {
+    let spec = &loaded.entry.spec;
+    let places = (spec.addresses.len() + spec.endpoints().len()).max(spec.hosts.len());
+    places
+        .saturating_mul(spec.ports.len().max(1))
+        .saturating_mul(2)
 }
 
 #[cfg(test)]
@@ -107,6 +129,20 @@ mod tests {
                 "apiserver:serviceentries/payments/api"
             );
         }
+    }
+
+    #[test]
+    fn an_object_too_large_for_the_maps_is_refused() {
+        let cidrs: Vec<String> = (0..256).map(|i| format!("10.{i}.0.0/24")).collect();
+        let ports: Vec<serde_json::Value> = (1..=256)
+            .map(|p| serde_json::json!({"number": p, "name": format!("p{p}"), "protocol": "TCP"}))
+            .collect();
+        let spec = serde_json::json!({
+            "hosts": ["big.example.com"], "addresses": cidrs, "ports": ports, "resolution": "NONE",
+        });
+        let (_, got) = service_entry(&object(spec, true), "networking.istio.io/v1");
+        let r = got.unwrap_err();
+        assert!(r.errors[0].contains("rules-per-object"), "{:?}", r.errors);
     }
 
     #[test]

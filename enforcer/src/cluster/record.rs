@@ -7,9 +7,7 @@ use std::{path::Path, sync::Arc};
 use tracing::warn;
 
 use super::{Snapshot, decode::service_entry, watch::VERSIONS};
-use crate::dataplane::sources::{state_file, write_state};
-
-const KIND: &str = "cluster";
+use crate::dataplane::sources::{CLUSTER as KIND, state_file, write_state};
 
 pub fn write(pin_root: &Path, snapshot: &Snapshot) -> anyhow::Result<()> {
     write_state(&state_file(pin_root, KIND), &*snapshot.raw)

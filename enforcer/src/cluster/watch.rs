@@ -8,7 +8,7 @@ use futures::StreamExt as _;
 use kube::{
     api::{Api, DynamicObject},
     discovery::ApiResource,
-    runtime::{WatchStreamExt as _, watcher},
+    runtime::watcher,
 };
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -69,7 +69,7 @@ async fn discover(client: &kube::Client, kind: &str) -> anyhow::Result<ApiResour
 
 /// Discovery, retried with backoff until it succeeds.
 async fn discover_until_found(client: &kube::Client, kind: &str, status: &Status) -> ApiResource {
-    let mut wait = Duration::from_millis(800);
+    let mut backoff = Backoff::default();
     loop {
         match discover(client, kind).await {
             Ok(ar) => {
@@ -82,10 +82,31 @@ async fn discover_until_found(client: &kube::Client, kind: &str, status: &Status
                 if status.failed(SERVICEENTRIES, msg.clone(), std::time::Instant::now()) {
                     warn!("{msg} (retrying with backoff; the policy in force stays)");
                 }
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(30));
+                tokio::time::sleep(backoff.wait()).await;
             }
         }
+    }
+}
+
+/// Waits between failed attempts: 0.8 s doubling to 30 s, each stretched by up to a quarter
+/// so that the nodes of a cluster do not retry in step.
+#[derive(Debug)]
+pub struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(Duration::from_millis(800))
+    }
+}
+
+impl Backoff {
+    pub fn wait(&mut self) -> Duration {
+        let base = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(30));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        base + base.mul_f64(f64::from(nanos % 1000) / 4000.0)
     }
 }
 
@@ -152,31 +173,37 @@ fn apply(store: &mut Store<Valid>, obj: &DynamicObject, api_version: &str) -> Ch
 pub async fn run(client: kube::Client, status: Arc<Status>, tx: watch::Sender<Snapshot>) {
     let ar = discover_until_found(&client, "ServiceEntry", &status).await;
     let api: Api<DynamicObject> = Api::all_with(client, &ar);
-    let mut events = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
+    // kube's own backoff resets on any item, and `Init` comes before every list attempt: a
+    // failing relist would be retried at the shortest interval forever. Only real progress
+    // (objects or a complete list) resets this one.
+    let mut events = watcher(api, watcher::Config::default()).boxed();
+    let mut backoff = Backoff::default();
     let mut store: Store<Valid> = Store::default();
     while let Some(event) = events.next().await {
         let now = std::time::Instant::now();
         let event = match event {
+            Ok(watcher::Event::Init) => {
+                store.begin_relist();
+                continue;
+            }
             Ok(e) => e,
             Err(e) => {
                 let msg = format!("{e}");
+                let wait = backoff.wait();
                 if status.failed(SERVICEENTRIES, msg.clone(), now) {
                     warn!(
                         resource = SERVICEENTRIES,
                         "watch failed, retrying with backoff (the policy in force stays): {msg}"
                     );
                 }
+                tokio::time::sleep(wait).await;
                 continue;
             }
         };
+        backoff = Backoff::default();
         status.ok(SERVICEENTRIES, now);
         let changed = match event {
-            watcher::Event::Init => {
-                store.begin_relist();
-                continue;
-            }
+            watcher::Event::Init => continue,
             watcher::Event::InitApply(o) => {
                 apply(&mut store, &o, &ar.api_version);
                 continue;
@@ -189,5 +216,40 @@ pub async fn run(client: kube::Client, status: Arc<Status>, tx: watch::Sender<Sn
             watcher::Event::Delete(o) => store.delete(&super::decode::key(&o)) == Change::Changed,
         };
         publish(&store, &status, &tx, changed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_preferred_version_serving_the_kind() {
+        let served = |list: &[(&'static str, &[&str])]| {
+            list.iter()
+                .map(|(v, kinds)| (*v, kinds.iter().map(|k| (*k).to_owned()).collect()))
+                .collect::<Vec<(&str, Vec<String>)>>()
+        };
+        let all = served(&[
+            ("v1alpha3", &["ServiceEntry", "Sidecar"]),
+            ("v1", &["ServiceEntry"]),
+        ]);
+        assert_eq!(pick_version(all, "ServiceEntry"), Some("v1"));
+        let old = served(&[("v1alpha3", &["ServiceEntry"]), ("v1beta1", &["Gateway"])]);
+        assert_eq!(pick_version(old, "ServiceEntry"), Some("v1alpha3"));
+        assert_eq!(
+            pick_version(served(&[("v2", &["ServiceEntry"])]), "ServiceEntry"),
+            None
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_bounded_jitter() {
+        let mut b = Backoff::default();
+        let waits: Vec<Duration> = (0..10).map(|_| b.wait()).collect();
+        assert!(waits[0] >= Duration::from_millis(800) && waits[0] <= Duration::from_millis(1000));
+        assert!(waits[1] >= Duration::from_millis(1600));
+        assert!(waits.iter().all(|w| *w <= Duration::from_millis(37_500)));
+        assert!(waits[9] >= Duration::from_secs(30));
     }
 }

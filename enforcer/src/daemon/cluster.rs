@@ -9,11 +9,8 @@ use tracing::warn;
 
 use crate::{
     cluster::{self, Snapshot, status::Status},
-    dataplane::sources::{state_file, write_state},
+    dataplane::sources::{CLUSTER_STATUS, state_file, write_state},
 };
-
-/// The state file `inspect cluster` reads.
-pub const STATUS_KIND: &str = "cluster-status";
 
 pub struct Cluster {
     snapshots: watch::Receiver<Snapshot>,
@@ -22,11 +19,20 @@ pub struct Cluster {
     pub status: Arc<Status>,
     pub addresses: Vec<std::net::SocketAddr>,
     pub server: String,
+    /// A snapshot newer than the policy in force is waiting for a successful reload.
+    pub pending: bool,
+    /// The daemon runs inside an enforced cgroup (or cannot tell, in a cgroup namespace),
+    /// so its way to the API server needs a rule.
+    pub self_enforced: bool,
 }
 
 impl Cluster {
     /// Connects and starts watching; the previous run's objects are the first snapshot.
-    pub async fn start(kubeconfig: Option<&Path>, pin_root: &Path) -> anyhow::Result<Self> {
+    pub async fn start(
+        kubeconfig: Option<&Path>,
+        pin_root: &Path,
+        enforced: &[String],
+    ) -> anyhow::Result<Self> {
         let initial = cluster::record::read(pin_root);
         let source = cluster::start(kubeconfig, initial.clone()).await?;
         Ok(Self {
@@ -35,6 +41,11 @@ impl Cluster {
             status: source.status,
             addresses: source.connected.addresses,
             server: source.connected.server,
+            pending: false,
+            self_enforced: self_enforced(
+                &std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
+                enforced,
+            ),
         })
     }
 
@@ -53,6 +64,20 @@ impl Cluster {
     }
 }
 
+/// Whether the cgroup in `/proc/self/cgroup` text is inside one of `enforced` (relative to
+/// the cgroup2 mount). In a cgroup namespace the path is `/` and says nothing: assume so.
+fn self_enforced(proc_cgroup: &str, enforced: &[String]) -> bool {
+    let Some(path) = proc_cgroup.lines().find_map(|l| l.strip_prefix("0::")) else {
+        return true;
+    };
+    let path = path.trim().trim_matches('/');
+    path.is_empty()
+        || enforced.iter().any(|c| {
+            let c = c.trim_matches('/');
+            c.is_empty() || path == c || path.starts_with(&format!("{c}/"))
+        })
+}
+
 /// How long a change waits for the ones right behind it.
 const SETTLE: Duration = Duration::from_millis(100);
 
@@ -66,7 +91,7 @@ pub async fn next(cluster: &mut Option<Cluster>) -> Option<Snapshot> {
 
 /// Keeps the status file for `inspect cluster` current (written when it changes).
 pub async fn publish_status(status: Arc<Status>, pin_root: std::path::PathBuf) {
-    let path = state_file(&pin_root, STATUS_KIND);
+    let path = state_file(&pin_root, CLUSTER_STATUS);
     let mut last = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -78,5 +103,24 @@ pub async fn publish_status(status: Arc<Status>, pin_root: std::path::PathBuf) {
             }
             last = Some(report);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn self_enforced_by_path() {
+        let e = ["kubepods.slice".to_owned(), "egress-enforcer".to_owned()];
+        assert!(super::self_enforced("0::/kubepods.slice/x/y\n", &e));
+        assert!(
+            super::self_enforced("0::/\n", &e),
+            "a cgroup namespace hides it"
+        );
+        assert!(!super::self_enforced(
+            "0::/system.slice/egress-enforcer.service\n",
+            &e
+        ));
+        assert!(!super::self_enforced("0::/egress-enforcer-other\n", &e));
+        assert!(super::self_enforced("0::/a\n", &["/".to_owned()]));
     }
 }

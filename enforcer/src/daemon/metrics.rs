@@ -42,6 +42,8 @@ pub struct DaemonMetrics {
     ready: AtomicBool,
     /// Why the daemon is not ready yet, for `/readyz`.
     not_ready: Mutex<Option<String>>,
+    /// Why the API server's latest objects are not in force (a reload of them failed).
+    behind: Mutex<Option<String>>,
     last_apply: Mutex<Option<Instant>>,
     /// DNS-aware mode's proxy, once it runs.
     pub dns_proxy: std::sync::OnceLock<std::sync::Arc<crate::dnsproxy::server::ProxyMetrics>>,
@@ -74,10 +76,22 @@ impl DaemonMetrics {
         }
     }
 
-    /// `Ok` once ready and, with the API server watched, listed and in sync with it;
-    /// otherwise why not.
+    /// The API server's latest objects could not be put in force (`Some(why)`), or now are.
+    pub fn set_behind(&self, why: Option<String>) {
+        if let Ok(mut b) = self.behind.lock() {
+            *b = why;
+        }
+    }
+
+    /// `Ok` once ready and, with the API server watched, listed, in sync with it and with
+    /// its latest objects in force; otherwise why not.
     pub fn readiness(&self) -> Result<(), String> {
         if self.is_ready() {
+            if let Some(why) = self.behind.lock().ok().and_then(|b| b.clone()) {
+                return Err(format!(
+                    "the API server's latest ServiceEntries are not in force (the previous policy stays): {why}"
+                ));
+            }
             return match self.cluster.get() {
                 Some(c) => c.readiness(Instant::now()),
                 None => Ok(()),

@@ -46,9 +46,6 @@ use crate::{
     },
 };
 
-/// The state file `inspect cluster` reads.
-pub use cluster::STATUS_KIND as CLUSTER_STATUS_KIND;
-
 pub struct RunOptions {
     pub config: Option<PathBuf>,
     pub allow: Vec<AllowSpec>,
@@ -67,7 +64,9 @@ impl RunOptions {
             allow: &self.allow,
             kubeconfig: self.kubeconfig.as_deref(),
             cluster: cluster.map_or(&[][..], |c| c.current.entries.as_slice()),
-            api_server: cluster.map_or(&[][..], |c| c.addresses.as_slice()),
+            api_server: cluster
+                .filter(|c| c.self_enforced)
+                .map_or(&[][..], |c| c.addresses.as_slice()),
         }
     }
 }
@@ -357,9 +356,13 @@ impl Daemon {
         // loses no rule while the API server is away.
         let cluster = if first.config.kubernetes.api_server {
             let pins = crate::dataplane::pins::PinLayout::new(&first.config.bpffs);
-            let c = cluster::Cluster::start(first.config.kubernetes.kubeconfig(), &pins.root)
-                .await
-                .user()?;
+            let c = cluster::Cluster::start(
+                first.config.kubernetes.kubeconfig(),
+                &pins.root,
+                &first.config.cgroups,
+            )
+            .await
+            .user()?;
             first = policy::load(&opts.inputs(Some(&c))).map_err(|e| Failure::User(e.into()))?;
             info!(server = %c.server, recorded = c.current.entries.len(), "watching ServiceEntries in the API server");
             Some(c)
@@ -549,6 +552,7 @@ impl Daemon {
                 Some(snapshot) = cluster::next(&mut d.cluster) => {
                     if let Some(c) = &mut d.cluster {
                         c.current = snapshot;
+                        c.pending = true;
                     }
                     if block_in_place(|| d.reload()) {
                         watcher = d.watch(fs_tx.clone());

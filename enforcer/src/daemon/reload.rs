@@ -24,8 +24,30 @@ struct Prepared {
 
 impl Daemon {
     /// Re-reads everything; a bad config or any invalid ServiceEntry changes nothing.
-    /// Returns whether the watched paths may have changed.
+    /// Returns whether the watched paths may have changed. While the API server's latest
+    /// objects wait for a reload that failed, `/readyz` says so.
     pub(super) fn reload(&mut self) -> bool {
+        let before = self.metrics.reload_failures.load(Ordering::Relaxed)
+            + self.metrics.rollback_failures.load(Ordering::Relaxed);
+        let paths_changed = self.reload_once();
+        let failed = self.metrics.reload_failures.load(Ordering::Relaxed)
+            + self.metrics.rollback_failures.load(Ordering::Relaxed)
+            > before;
+        if let Some(c) = &mut self.cluster {
+            if failed && c.pending {
+                self.metrics.set_behind(Some(
+                    "the last reload failed (see the log and egress_enforcer_reload_failures_total)"
+                        .to_owned(),
+                ));
+            } else if !failed {
+                c.pending = false;
+                self.metrics.set_behind(None);
+            }
+        }
+        paths_changed
+    }
+
+    fn reload_once(&mut self) -> bool {
         let next = match policy::load(&self.opts.inputs(self.cluster.as_ref())) {
             Ok(p) => p,
             Err(e) => {
@@ -42,9 +64,10 @@ impl Daemon {
         if new.dns.mode != old.dns.mode
             || (op.address4(), op.address6(), op.port) != (np.address4(), np.address6(), np.port)
             || new.foreign_sockets != old.foreign_sockets
+            || new.kubernetes != old.kubernetes
         {
             error!(
-                "reload refused, keeping the policy in force: dns.mode, dns.proxy.{{address, address6, port}} and foreignSockets take effect only at a restart"
+                "reload refused, keeping the policy in force: dns.mode, dns.proxy.{{address, address6, port}}, foreignSockets and kubernetes take effect only at a restart"
             );
             self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
             return false;

@@ -16,6 +16,12 @@ pub const ANSWERS: &str = "answers";
 /// DNS-aware mode's learned addresses (see `dnsproxy::journal`).
 pub const LEARNED: &str = "learned";
 
+/// The API server's objects in force, for the next start (see `cluster::record`).
+pub const CLUSTER: &str = "cluster";
+
+/// The API server source's sync state, for `inspect cluster`.
+pub const CLUSTER_STATUS: &str = "cluster-status";
+
 /// The table's file for the pins under `pin_root`.
 pub fn path_for(pin_root: &Path) -> PathBuf {
     state_file(pin_root, "sources")
@@ -64,8 +70,9 @@ pub fn read(pin_root: &Path) -> BTreeMap<u32, String> {
 
 pub fn remove(pin_root: &Path) {
     let _ignored = std::fs::remove_file(path_for(pin_root));
-    let _ignored = std::fs::remove_file(state_file(pin_root, ANSWERS));
-    let _ignored = std::fs::remove_file(state_file(pin_root, LEARNED));
+    for kind in [ANSWERS, LEARNED, CLUSTER, CLUSTER_STATUS] {
+        let _ignored = std::fs::remove_file(state_file(pin_root, kind));
+    }
 }
 
 #[cfg(test)]
