@@ -424,10 +424,20 @@ fn nothing_holds_the_api_servers_changes_back_unseen() {
     w.env.wait_probe("tcp:198.18.0.1:8080", "EPERM", WAIT);
     w.wait_readyz(200, "ready");
 
-    // A config the daemon cannot read: reloads fail; the next change from the API server
-    // waits, and readiness says it does.
+    // An invalid ServiceEntry file: reloads fail; the next change from the API server waits,
+    // and readiness says it does.
+    w.env
+        .write_se("bad.yaml", &e2e::service_entry("bad", "hosts: []"));
     let good = std::fs::read_to_string(&w.env.config).expect("config");
-    std::fs::write(&w.env.config, format!("{good}\nnot: [valid\n")).expect("break the config");
+    let se_dir = w.env.dir.join("se");
+    std::fs::write(
+        &w.env.config,
+        good.replace(
+            "serviceEntries: []",
+            &format!("serviceEntries: [{}]", se_dir.display()),
+        ),
+    )
+    .expect("point at the files");
     w.server.delete("serviceentries", "shop", "second");
     w.wait_readyz(503, "not in force");
     assert_eq!(
@@ -437,7 +447,7 @@ fn nothing_holds_the_api_servers_changes_back_unseen() {
         "ok",
         "the policy in force stays while reloads fail"
     );
-    std::fs::write(&w.env.config, good).expect("fix the config");
+    w.env.remove_se("bad.yaml");
     w.env.wait_probe("tcp:198.18.0.2:8080", "EPERM", WAIT);
     w.wait_readyz(200, "ready");
 }

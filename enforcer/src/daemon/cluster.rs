@@ -42,10 +42,13 @@ impl Cluster {
             addresses: source.connected.addresses,
             server: source.connected.server,
             pending: false,
-            self_enforced: self_enforced(
-                &std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
-                enforced,
-            ),
+            // The DaemonSet's pod (POD_UID from the downward API) runs under kubepods, which
+            // it enforces; elsewhere the daemon's cgroup path says.
+            self_enforced: std::env::var_os("POD_UID").is_some()
+                || self_enforced(
+                    &std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
+                    enforced,
+                ),
         })
     }
 
@@ -65,17 +68,16 @@ impl Cluster {
 }
 
 /// Whether the cgroup in `/proc/self/cgroup` text is inside one of `enforced` (relative to
-/// the cgroup2 mount). In a cgroup namespace the path is `/` and says nothing: assume so.
+/// the cgroup2 mount). Without a cgroup2 line it cannot tell: assume so.
 fn self_enforced(proc_cgroup: &str, enforced: &[String]) -> bool {
     let Some(path) = proc_cgroup.lines().find_map(|l| l.strip_prefix("0::")) else {
         return true;
     };
     let path = path.trim().trim_matches('/');
-    path.is_empty()
-        || enforced.iter().any(|c| {
-            let c = c.trim_matches('/');
-            c.is_empty() || path == c || path.starts_with(&format!("{c}/"))
-        })
+    enforced.iter().any(|c| {
+        let c = c.trim_matches('/');
+        c.is_empty() || path == c || path.starts_with(&format!("{c}/"))
+    })
 }
 
 /// How long a change waits for the ones right behind it.
@@ -113,8 +115,12 @@ mod tests {
         let e = ["kubepods.slice".to_owned(), "egress-enforcer".to_owned()];
         assert!(super::self_enforced("0::/kubepods.slice/x/y\n", &e));
         assert!(
-            super::self_enforced("0::/\n", &e),
-            "a cgroup namespace hides it"
+            !super::self_enforced("0::/\n", &e),
+            "the root is not under kubepods"
+        );
+        assert!(
+            super::self_enforced("1:name=systemd:/\n", &e),
+            "no cgroup2 line: assume so"
         );
         assert!(!super::self_enforced(
             "0::/system.slice/egress-enforcer.service\n",

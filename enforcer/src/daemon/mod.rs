@@ -636,11 +636,17 @@ impl Daemon {
             .config
             .clone()
             .or_else(|| Some(PathBuf::from(crate::config::DEFAULT_PATH)));
-        match watch::FileWatch::start(
-            config_file.as_deref(),
-            &self.current.config.service_entries,
-            tx,
-        ) {
+        // The paths of the config on disk too: after a reload refused for a bad file in a
+        // newly named directory, fixing that file must be noticed.
+        let mut paths = self.current.config.service_entries.clone();
+        if let Ok(on_disk) = crate::config::Config::load(self.opts.config.as_deref()) {
+            for p in on_disk.service_entries {
+                if !paths.contains(&p) {
+                    paths.push(p);
+                }
+            }
+        }
+        match watch::FileWatch::start(config_file.as_deref(), &paths, tx) {
             Ok(w) => Some(w),
             Err(e) => {
                 warn!("watching files failed, only SIGHUP reloads: {e:#}");

@@ -24,8 +24,9 @@ struct Prepared {
 
 impl Daemon {
     /// Re-reads everything; a bad config or any invalid ServiceEntry changes nothing.
-    /// Returns whether the watched paths may have changed. While the API server's latest
-    /// objects wait for a reload that failed, `/readyz` says so.
+    /// Returns whether the watched paths may have changed (after a failure they may: the
+    /// config on disk may name new ones). While the API server's latest objects wait for a
+    /// reload that failed, `/readyz` says so.
     pub(super) fn reload(&mut self) -> bool {
         let before = self.metrics.reload_failures.load(Ordering::Relaxed)
             + self.metrics.rollback_failures.load(Ordering::Relaxed);
@@ -44,7 +45,7 @@ impl Daemon {
                 self.metrics.set_behind(None);
             }
         }
-        paths_changed
+        paths_changed || failed
     }
 
     fn reload_once(&mut self) -> bool {
