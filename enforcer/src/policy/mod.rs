@@ -3,3 +3,4 @@
 pub mod allow_spec;
 pub mod compile;
 pub mod rules;
+pub mod visibility;

@@ -1,0 +1,255 @@
+//! Which policies may use a kernel rule (docs/architecture.md, "Scoping"): sets of policy
+//! ids, their stable ids in the `VSETS` map across applies, and the closure that keeps the
+//! longest-prefix match honest. Pure.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use enforcer_common::{MAX_POLICIES, POLICY_WORDS, PolicyBits, RuleKey, VSET_EVERYONE};
+
+/// Who may use a rule.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Visibility {
+    Everyone,
+    /// Policy ids below [`MAX_POLICIES`]; empty: nobody (the rule is not written).
+    Only(BTreeSet<u32>),
+}
+
+impl Visibility {
+    /// Both together: a rule allowed by two sources is usable by either's policies.
+    #[must_use]
+    pub fn union(&self, other: &Self) -> Self {
+        match (self, other) {
+            (Self::Everyone, _) | (_, Self::Everyone) => Self::Everyone,
+            (Self::Only(a), Self::Only(b)) => Self::Only(a.union(b).copied().collect()),
+        }
+    }
+
+    /// Whether every policy that may use `other` may use this one too.
+    pub fn covers(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Everyone, _) => true,
+            (Self::Only(_), Self::Everyone) => false,
+            (Self::Only(a), Self::Only(b)) => b.is_subset(a),
+        }
+    }
+
+    /// The bitmap the kernel reads; `None` for everyone.
+    pub fn bits(&self) -> Option<PolicyBits> {
+        let Self::Only(ids) = self else {
+            return None;
+        };
+        let mut bits = [0u64; POLICY_WORDS as usize];
+        for p in ids.iter().filter(|p| **p < MAX_POLICIES) {
+            bits[(p / 64) as usize] |= 1 << (p % 64);
+        }
+        Some(bits)
+    }
+}
+
+/// The `VSETS` ids of the sets in the maps. An id keeps its set for as long as it is in use,
+/// so a rule's visibility changes only by pointing the rule at another id; a new set never
+/// reuses an id freed in the same apply, so no rule that still names an old id sees another
+/// set through it.
+#[derive(Debug, Clone)]
+pub struct Interner {
+    ids: HashMap<PolicyBits, u32>,
+    capacity: u32,
+}
+
+/// What an apply does to `VSETS`: write `new` before any rule names them, drop `freed` once
+/// no rule does.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct VsetPlan {
+    pub new: Vec<(u32, PolicyBits)>,
+    pub freed: Vec<u32>,
+}
+
+/// More distinct sets than `maps.visibilitySets` holds.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{wanted} distinct visibility sets do not fit in VSETS (maps.visibilitySets: {capacity})")]
+pub struct VsetsFull {
+    pub wanted: usize,
+    pub capacity: u32,
+}
+
+impl Interner {
+    /// `capacity`: `maps.visibilitySets` (id 0 is everyone and never stored).
+    pub fn new(capacity: u32) -> Self {
+        Self {
+            ids: HashMap::new(),
+            capacity,
+        }
+    }
+
+    /// The id of each wanted set: kept where the set is already in the map, new otherwise.
+    /// Call [`Interner::commit`] once the maps hold the result.
+    pub fn plan(
+        &self,
+        wanted: &BTreeSet<PolicyBits>,
+    ) -> Result<(HashMap<PolicyBits, u32>, VsetPlan), VsetsFull> {
+        let full = || VsetsFull {
+            wanted: wanted.len(),
+            capacity: self.capacity,
+        };
+        let used: BTreeSet<u32> = self.ids.values().copied().collect();
+        let mut free = (1..self.capacity).filter(|id| !used.contains(id));
+        let mut ids = HashMap::new();
+        let mut plan = VsetPlan::default();
+        for bits in wanted {
+            let id = match self.ids.get(bits) {
+                Some(id) => *id,
+                None => {
+                    let id = free.next().ok_or_else(full)?;
+                    plan.new.push((id, *bits));
+                    id
+                }
+            };
+            ids.insert(*bits, id);
+        }
+        plan.freed = self
+            .ids
+            .iter()
+            .filter(|(bits, _)| !wanted.contains(*bits))
+            .map(|(_, id)| *id)
+            .collect();
+        plan.freed.sort_unstable();
+        Ok((ids, plan))
+    }
+
+    /// The maps now hold `ids` (and nothing that was freed).
+    pub fn commit(&mut self, ids: HashMap<PolicyBits, u32>) {
+        self.ids = ids;
+    }
+
+    /// The vset id of a visibility under `ids` (from [`Interner::plan`]).
+    pub fn id_of(ids: &HashMap<PolicyBits, u32>, v: &Visibility) -> u32 {
+        v.bits()
+            .and_then(|b| ids.get(&b).copied())
+            .unwrap_or(VSET_EVERYONE)
+    }
+}
+
+/// The trie answers with the longest matching prefix only: a longer prefix visible to fewer
+/// policies would hide a shorter one that allows the destination to others. Each prefix rule
+/// therefore gets the union of its visibility with that of every shorter prefix of the same
+/// port and protocol that covers it. `prefixes` is keyed like `DesiredRules::prefix` (LPM
+/// length over the whole key, key with host bits cleared).
+pub fn close_prefixes(prefixes: &mut BTreeMap<(u32, RuleKey), Visibility>) {
+    let fixed = enforcer_common::RULE_KEY_FIXED_BITS;
+    let lens: BTreeSet<u32> = prefixes.keys().map(|(l, _)| *l).collect();
+    let snapshot = prefixes.clone();
+    for ((len, key), vis) in prefixes.iter_mut() {
+        for shorter in lens.iter().filter(|l| **l < *len) {
+            let mut k = *key;
+            k.addr = mask(k.addr, shorter - fixed);
+            if let Some(wider) = snapshot.get(&(*shorter, k)) {
+                *vis = vis.union(wider);
+            }
+        }
+    }
+}
+
+fn mask(addr: [u8; 16], len: u32) -> [u8; 16] {
+    let bits = u128::from_be_bytes(addr);
+    let m = if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - len)
+    };
+    (bits & m).to_be_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn only(ids: &[u32]) -> Visibility {
+        Visibility::Only(ids.iter().copied().collect())
+    }
+
+    #[test]
+    fn unions_and_covering() {
+        assert_eq!(only(&[1]).union(&only(&[2])), only(&[1, 2]));
+        assert_eq!(
+            only(&[1]).union(&Visibility::Everyone),
+            Visibility::Everyone
+        );
+        assert!(Visibility::Everyone.covers(&only(&[3])));
+        assert!(only(&[1, 2]).covers(&only(&[2])));
+        assert!(!only(&[1]).covers(&only(&[2])));
+        assert!(!only(&[1]).covers(&Visibility::Everyone));
+        let b = only(&[0, 63, 64, 1023]).bits().unwrap();
+        assert_eq!(b[0], 1 | 1 << 63);
+        assert_eq!(b[1], 1);
+        assert_eq!(b[15], 1 << 63);
+        assert_eq!(Visibility::Everyone.bits(), None);
+    }
+
+    #[test]
+    fn ids_are_stable_and_never_reused_within_an_apply() {
+        let mut i = Interner::new(4);
+        let a = only(&[1]).bits().unwrap();
+        let b = only(&[2]).bits().unwrap();
+        let c = only(&[3]).bits().unwrap();
+        let (ids, plan) = i.plan(&[a, b].into()).unwrap();
+        assert_eq!(plan.new.len(), 2);
+        assert!(plan.freed.is_empty());
+        let (ida, idb) = (ids[&a], ids[&b]);
+        assert!(ida != 0 && idb != 0 && ida != idb);
+        i.commit(ids);
+        // b goes, c comes: a keeps its id, c does not take b's while b may still be named.
+        let (ids, plan) = i.plan(&[a, c].into()).unwrap();
+        assert_eq!(ids[&a], ida);
+        assert_ne!(ids[&c], idb);
+        assert_eq!(plan.freed, [idb]);
+        assert_eq!(plan.new, [(ids[&c], c)]);
+        i.commit(ids);
+        // Capacity 4 holds ids 1..=3.
+        let d = only(&[4]).bits().unwrap();
+        let e = only(&[5]).bits().unwrap();
+        assert_eq!(
+            i.plan(&[a, c, d, e].into()).unwrap_err(),
+            VsetsFull {
+                wanted: 4,
+                capacity: 4
+            }
+        );
+    }
+
+    fn key(addr: [u8; 4], port: u16) -> RuleKey {
+        let mut a = [0u8; 16];
+        a[10] = 0xff;
+        a[11] = 0xff;
+        a[12..].copy_from_slice(&addr);
+        RuleKey {
+            policy: 0,
+            port,
+            proto: 6,
+            pad: 0,
+            addr: a,
+        }
+    }
+
+    #[test]
+    fn a_longer_prefix_carries_the_shorter_ones_visibility() {
+        let fixed = enforcer_common::RULE_KEY_FIXED_BITS;
+        let mut p = BTreeMap::new();
+        // 10.0.0.0/8 for policy 1, 10.1.0.0/16 for policy 2, 10.1.2.0/24 any port for 3.
+        p.insert((fixed + 104, key([10, 0, 0, 0], 443)), only(&[1]));
+        p.insert((fixed + 112, key([10, 1, 0, 0], 443)), only(&[2]));
+        p.insert((fixed + 120, key([10, 1, 2, 0], 0)), only(&[3]));
+        p.insert((fixed + 112, key([10, 2, 0, 0], 443)), Visibility::Everyone);
+        close_prefixes(&mut p);
+        assert_eq!(p[&(fixed + 112, key([10, 1, 0, 0], 443))], only(&[1, 2]));
+        assert_eq!(
+            p[&(fixed + 120, key([10, 1, 2, 0], 0))],
+            only(&[3]),
+            "another port is another trie entry"
+        );
+        assert_eq!(p[&(fixed + 104, key([10, 0, 0, 0], 443))], only(&[1]));
+        assert_eq!(
+            p[&(fixed + 112, key([10, 2, 0, 0], 443))],
+            Visibility::Everyone
+        );
+    }
+}
