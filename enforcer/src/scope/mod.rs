@@ -3,6 +3,7 @@
 //! workloads with the same view. Pure: no I/O.
 
 pub mod export;
+pub mod kubelet;
 pub mod policy;
 pub mod select;
 pub mod sidecar;
