@@ -1,4 +1,5 @@
-//! tracing setup: text or JSON lines on stderr, level from `RUST_LOG` (default info).
+//! tracing setup: text or JSON lines on stderr, level from `RUST_LOG` (default info, kube's
+//! client quieter).
 //! The `log` records of aya and aya-log are forwarded into tracing.
 
 use tracing_subscriber::{EnvFilter, util::SubscriberInitExt as _};
@@ -6,7 +7,10 @@ use tracing_subscriber::{EnvFilter, util::SubscriberInitExt as _};
 use crate::config::LogFormat;
 
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // kube's client logs a whole response body at WARN when it cannot parse one (which can
+    // be a list of megabytes, on every retry); the daemon reports the error itself.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,kube_client::client=error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
