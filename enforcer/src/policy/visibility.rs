@@ -121,11 +121,13 @@ impl Interner {
         self.ids = ids;
     }
 
-    /// The vset id of a visibility under `ids` (from [`Interner::plan`]).
-    pub fn id_of(ids: &HashMap<PolicyBits, u32>, v: &Visibility) -> u32 {
-        v.bits()
-            .and_then(|b| ids.get(&b).copied())
-            .unwrap_or(VSET_EVERYONE)
+    /// The vset id of a visibility under `ids` (from [`Interner::plan`]); `None` for a set
+    /// the plan does not hold, which must never be written as everyone's.
+    pub fn id_of(ids: &HashMap<PolicyBits, u32>, v: &Visibility) -> Option<u32> {
+        match v.bits() {
+            None => Some(VSET_EVERYONE),
+            Some(b) => ids.get(&b).copied(),
+        }
     }
 }
 
@@ -203,6 +205,12 @@ mod tests {
         assert_ne!(ids[&c], idb);
         assert_eq!(plan.freed, [idb]);
         assert_eq!(plan.new, [(ids[&c], c)]);
+        assert_eq!(Interner::id_of(&ids, &only(&[3])), Some(ids[&c]));
+        assert_eq!(
+            Interner::id_of(&ids, &Visibility::Everyone),
+            Some(VSET_EVERYONE)
+        );
+        assert_eq!(Interner::id_of(&ids, &only(&[9])), None, "never everyone's");
         i.commit(ids);
         // Capacity 4 holds ids 1..=3.
         let d = only(&[4]).bits().unwrap();

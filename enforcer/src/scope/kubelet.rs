@@ -28,28 +28,27 @@ pub struct PodCgroup {
 }
 
 /// The pod a cgroup path (relative to the cgroup2 mount) belongs to, if it is inside one.
-pub fn pod_of(path: &str) -> Option<PodCgroup> {
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (at, uid) = parts
-        .iter()
-        .enumerate()
-        .find_map(|(i, p)| uid_of(p).map(|u| (i, u)))?;
-    // The pod's directory sits under a kubepods directory, possibly behind a QoS level.
-    let above = &parts[..at];
-    let qos_dir = above.last()?;
-    let (qos, kubepods) = if is_qos(qos_dir, "burstable") {
-        (Qos::Burstable, above.len().checked_sub(2).map(|i| above[i]))
-    } else if is_qos(qos_dir, "besteffort") {
-        (
-            Qos::BestEffort,
-            above.len().checked_sub(2).map(|i| above[i]),
-        )
+/// `root` is where the kubelet's `kubepods` directory lives (`""` on a node, the node
+/// container's `…/kubelet.slice` for kind): only the exact chain `root/kubepods[/qos]/pod`
+/// counts, so a look-alike directory elsewhere (a user's delegated subtree) names no pod.
+pub fn pod_of(root: &str, path: &str) -> Option<PodCgroup> {
+    let root = root.trim_matches('/');
+    let path = path.trim_matches('/');
+    let rest = if root.is_empty() {
+        path
     } else {
-        (Qos::Guaranteed, Some(*qos_dir))
+        path.strip_prefix(root)?.strip_prefix('/')?
     };
-    if !kubepods.is_some_and(is_kubepods) {
+    let parts: Vec<&str> = rest.split('/').collect();
+    if !is_kubepods(parts.first()?) {
         return None;
     }
+    let (qos, at) = match parts.get(1) {
+        Some(d) if is_qos(d, "burstable") => (Qos::Burstable, 2),
+        Some(d) if is_qos(d, "besteffort") => (Qos::BestEffort, 2),
+        _ => (Qos::Guaranteed, 1),
+    };
+    let uid = uid_of(parts.get(at)?)?;
     Some(PodCgroup {
         uid,
         qos,
@@ -128,7 +127,7 @@ mod tests {
         let burst = format!(
             "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{SYSTEMD_UID}.slice"
         );
-        assert_eq!(pod_of(&burst), pod(UID, Qos::Burstable, true));
+        assert_eq!(pod_of("", &burst), pod(UID, Qos::Burstable, true));
         for leaf in [
             format!("cri-containerd-{CID}.scope"),
             format!("crio-{CID}.scope"),
@@ -137,7 +136,7 @@ mod tests {
             format!("docker-{CID}.scope"),
         ] {
             assert_eq!(
-                pod_of(&format!("{burst}/{leaf}")),
+                pod_of("", &format!("{burst}/{leaf}")),
                 pod(UID, Qos::Burstable, false),
                 "{leaf}"
             );
@@ -145,23 +144,23 @@ mod tests {
         let best = format!(
             "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{SYSTEMD_UID}.slice"
         );
-        assert_eq!(pod_of(&best), pod(UID, Qos::BestEffort, true));
+        assert_eq!(pod_of("", &best), pod(UID, Qos::BestEffort, true));
         let guaranteed = format!("kubepods.slice/kubepods-pod{SYSTEMD_UID}.slice");
-        assert_eq!(pod_of(&guaranteed), pod(UID, Qos::Guaranteed, true));
+        assert_eq!(pod_of("", &guaranteed), pod(UID, Qos::Guaranteed, true));
     }
 
     #[test]
     fn cgroupfs_driver() {
         assert_eq!(
-            pod_of(&format!("kubepods/burstable/pod{UID}")),
+            pod_of("", &format!("kubepods/burstable/pod{UID}")),
             pod(UID, Qos::Burstable, true)
         );
         assert_eq!(
-            pod_of(&format!("kubepods/besteffort/pod{UID}/{CID}")),
+            pod_of("", &format!("kubepods/besteffort/pod{UID}/{CID}")),
             pod(UID, Qos::BestEffort, false)
         );
         assert_eq!(
-            pod_of(&format!("kubepods/pod{UID}/crio-{CID}")),
+            pod_of("", &format!("kubepods/pod{UID}/crio-{CID}")),
             pod(UID, Qos::Guaranteed, false)
         );
     }
@@ -173,12 +172,17 @@ mod tests {
         let kind = format!(
             "system.slice/docker-{CID}.scope/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-burstable.slice/kubelet-kubepods-burstable-pod{SYSTEMD_UID}.slice/cri-containerd-{CID}.scope"
         );
-        assert_eq!(pod_of(&kind), pod(UID, Qos::Burstable, false));
+        let node = format!("system.slice/docker-{CID}.scope/kubelet.slice");
+        assert_eq!(pod_of(&node, &kind), pod(UID, Qos::Burstable, false));
+        assert_eq!(pod_of("", &kind), None, "not under the kubelet's root");
         let hash = "6f0d1b1e6c3f4a5bb0c1d2e3f4a5b6c7";
         assert_eq!(
-            pod_of(&format!(
-                "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{hash}.slice"
-            )),
+            pod_of(
+                "",
+                &format!(
+                    "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{hash}.slice"
+                )
+            ),
             pod(hash, Qos::Burstable, true)
         );
     }
@@ -195,8 +199,12 @@ mod tests {
             // Not a UID.
             "kubepods/burstable/podcast",
             "kubepods/burstable/pod1234",
+            // A look-alike in a user's delegated subtree.
+            &format!("user.slice/user-1000.slice/user@1000.service/app.slice/kubepods/pod{UID}"),
+            // Deeper than the kubelet makes it.
+            &format!("kubepods/burstable/extra/pod{UID}"),
         ] {
-            assert_eq!(pod_of(p), None, "{p}");
+            assert_eq!(pod_of("", p), None, "{p}");
         }
     }
 }

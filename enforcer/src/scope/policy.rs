@@ -56,10 +56,14 @@ impl<'a> Scope<'a> {
     /// Sidecar. A host imported from several namespaces is taken from the workload's own
     /// namespace when it is among them (as Istio does); otherwise from all of them.
     pub fn visible(&self, key: &PolicyKey) -> BTreeSet<HostRef> {
-        let sidecar = key
-            .sidecar
-            .as_ref()
-            .and_then(|id| self.sidecars.all().find(|s| &s.id() == id));
+        let sidecar = match &key.sidecar {
+            None => None,
+            Some(id) => match self.sidecars.all().find(|s| &s.id() == id) {
+                Some(s) => Some(s),
+                // A key naming a Sidecar that is gone sees nothing, not everything.
+                None => return BTreeSet::new(),
+            },
+        };
         let ns = key.namespace.as_str();
         let mut by_host: BTreeMap<&str, Vec<(HostRef, bool)>> = BTreeMap::new();
         for (i, loaded) in self.entries.iter().enumerate() {

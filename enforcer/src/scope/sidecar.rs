@@ -135,7 +135,8 @@ pub fn parse_host(s: &str) -> Result<HostImport, String> {
         n => return Err(format!("namespace {n:?} is not *, . or a DNS-1123 label")),
     };
     if host != "*" {
-        let checked = if host.starts_with("*.") {
+        // Istio accepts a partial wildcard in the first label (`*x.example.com`) too.
+        let checked = if host.starts_with('*') {
             names::validate_wildcard_domain(host)
         } else {
             names::validate_fqdn(host)
@@ -149,8 +150,11 @@ pub fn parse_host(s: &str) -> Result<HostImport, String> {
     })
 }
 
-/// Decodes and validates a Sidecar object. Errors make it invalid (it is then not used);
-/// notices are for fields that have no meaning for egress enforcement.
+/// Decodes and validates a Sidecar object; notices are for fields that have no meaning for
+/// egress enforcement. An invalid Sidecar still claims the workloads it selects (all of its
+/// namespace's, if its selector cannot be read), and imports nothing for them: dropping it
+/// would give them the next Sidecar's view, or everything (fail closed). `None` only when the
+/// object has no name or namespace.
 pub fn decode(v: &Value) -> (Option<Sidecar>, Vec<Issue>) {
     let mut issues = Vec::new();
     let meta = |k: &str| {
@@ -161,11 +165,29 @@ pub fn decode(v: &Value) -> (Option<Sidecar>, Vec<Issue>) {
             .to_owned()
     };
     let (namespace, name) = (meta("namespace"), meta("name"));
+    if namespace.is_empty() || name.is_empty() {
+        issues.push(Issue::error(
+            "metadata",
+            "sidecar-metadata",
+            "a Sidecar needs a name and a namespace",
+        ));
+        return (None, issues);
+    }
+    let claim_nothing = |selector, issues| {
+        let s = Sidecar {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            created: meta("creationTimestamp"),
+            selector,
+            egress: Some(Vec::new()),
+        };
+        (Some(s), issues)
+    };
     let spec: Spec = match v.get("spec").cloned().map(serde_yaml_ng::from_value) {
         Some(Ok(s)) => s,
         Some(Err(e)) => {
             issues.push(Issue::error("spec", "sidecar-decode", e.to_string()));
-            return (None, issues);
+            return claim_nothing(None, issues);
         }
         None => Spec::default(),
     };
@@ -248,7 +270,7 @@ pub fn decode(v: &Value) -> (Option<Sidecar>, Vec<Issue>) {
         .iter()
         .any(|i| i.severity == crate::serviceentry::Severity::Error)
     {
-        return (None, issues);
+        return claim_nothing(spec.workload_selector.map(|s| s.labels), issues);
     }
     let sidecar = Sidecar {
         namespace,

@@ -82,7 +82,12 @@ fn no_egress_imports_everything_and_selectors_decode() {
 fn invalid_sidecars_are_refused_with_the_field() {
     let bad = |spec: &str| {
         let (s, issues) = sidecar(&format!("{HEAD}spec:\n{spec}"));
-        assert!(s.is_none(), "{spec} was accepted");
+        // Still claims its workloads, importing nothing.
+        let s = s.expect("an invalid Sidecar still claims its workloads");
+        assert!(
+            !s.imports("prod-us1", "prod-us1", "a.example.com"),
+            "{spec}"
+        );
         errors(&issues)
             .into_iter()
             .map(str::to_owned)
@@ -103,4 +108,18 @@ fn invalid_sidecars_are_refused_with_the_field() {
         ["sidecar-catch-all-last"]
     );
     assert_eq!(bad("  egress: 7\n"), ["sidecar-decode"]);
+    let (none, issues) = sidecar("spec: {egress: [{hosts: ['*/*']}]}\n");
+    assert!(none.is_none());
+    assert_eq!(errors(&issues), ["sidecar-metadata"]);
+}
+
+#[test]
+fn partial_wildcards_in_the_first_label() {
+    let (s, issues) = sidecar(&format!(
+        "{HEAD}spec:\n  egress:\n  - hosts: ['prod/*x.example.com']\n"
+    ));
+    assert!(errors(&issues).is_empty(), "{issues:?}");
+    let s = s.unwrap();
+    assert!(s.imports("a", "prod", "ax.example.com"));
+    assert!(!s.imports("a", "prod", "ay.example.com"));
 }
