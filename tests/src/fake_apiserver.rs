@@ -566,7 +566,13 @@ fn collection(
             "the server could not find the requested resource",
         );
     };
-    if let Some(code) = shared.world().faults.get(*resource).copied() {
+    // The fault and the watch generations are read together: a watch admitted before a
+    // fault is set is cut with the generation that fault bumps, never missed by it.
+    let (fault, generations) = {
+        let w = shared.world();
+        (w.faults.get(*resource).copied(), (w.cut, w.bookmarks))
+    };
+    if let Some(code) = fault {
         return match code {
             403 => failure(
                 403,
@@ -600,7 +606,7 @@ fn collection(
         return failure(400, "BadRequest", "unsupported field selector");
     }
     if matches!(q.get("watch").map(String::as_str), Some("true" | "1")) {
-        watch(shared, resource, view, &q)
+        watch(shared, resource, view, &q, generations)
     } else {
         list(shared, resource, &view, &q)
     }
@@ -688,6 +694,7 @@ fn watch(
     resource: &'static str,
     view: View,
     q: &BTreeMap<String, String>,
+    generations: (u64, u64),
 ) -> Response<Body> {
     let from = q
         .get("resourceVersion")
@@ -697,15 +704,18 @@ fn watch(
         .get("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
         .map_or(Duration::from_secs(1800), Duration::from_secs);
-    let bookmarks = q.get("allowWatchBookmarks").is_some_and(|b| b == "true");
+    let params = WatchParams {
+        from,
+        timeout,
+        bookmarks: q.get("allowWatchBookmarks").is_some_and(|b| b == "true"),
+        generations,
+    };
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(stream_events(
         Arc::clone(shared),
         resource,
         view,
-        from,
-        timeout,
-        bookmarks,
+        params,
         tx,
     ));
     let mut r = Response::new(BoxBody::new(Stream(rx)));
@@ -781,21 +791,25 @@ fn step(
     Step::Frames(frames, last)
 }
 
+/// One watch request's parameters, and the cut and bookmark generations when it was admitted.
+struct WatchParams {
+    from: Option<u64>,
+    timeout: Duration,
+    bookmarks: bool,
+    generations: (u64, u64),
+}
+
 async fn stream_events(
     shared: Arc<Shared>,
     resource: &'static str,
     view: View,
-    from: Option<u64>,
-    timeout: Duration,
-    bookmarks: bool,
+    params: WatchParams,
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let (cut, mut seen) = {
-        let w = shared.world();
-        (w.cut, w.bookmarks)
-    };
-    let mut cursor = from;
+    let deadline = tokio::time::Instant::now() + params.timeout;
+    let bookmarks = params.bookmarks;
+    let (cut, mut seen) = params.generations;
+    let mut cursor = params.from;
     loop {
         let notified = shared.changed.notified();
         tokio::pin!(notified);

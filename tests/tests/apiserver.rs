@@ -70,7 +70,13 @@ impl World {
             }
             assert!(
                 start.elapsed() < WAIT,
-                "/readyz is {code} {body:?}, want {want} with {containing:?}"
+                "/readyz is {code} {body:?}, want {want} with {containing:?}; daemon log:\n{}\nrequests: {:?}",
+                self.daemon.lines().join("\n"),
+                self.server
+                    .requests()
+                    .iter()
+                    .map(|r| format!("{} {}", r.status, r.uri))
+                    .collect::<Vec<_>>()
             );
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -189,14 +189,16 @@ pub async fn run(client: kube::Client, status: Arc<Status>, tx: watch::Sender<Sn
             Ok(e) => e,
             Err(e) => {
                 let msg = format!("{e}");
-                let wait = backoff.wait();
+                // A new failing spell (a request succeeded since the last failure, which
+                // the client layer records) starts again from the shortest wait.
                 if status.failed(SERVICEENTRIES, msg.clone(), now) {
+                    backoff = Backoff::default();
                     warn!(
                         resource = SERVICEENTRIES,
                         "watch failed, retrying with backoff (the policy in force stays): {msg}"
                     );
                 }
-                tokio::time::sleep(wait).await;
+                tokio::time::sleep(backoff.wait()).await;
                 continue;
             }
         };
