@@ -475,11 +475,7 @@ fn route(shared: &Arc<Shared>, uri: &hyper::Uri, accept: &str) -> Response<Body>
         ["api", "v1", "namespaces", ns, "pods"] => {
             collection(shared, "pods", "v1", Some(ns), uri, accept)
         }
-        _ => failure(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-        ),
+        _ => not_found(),
     }
 }
 
@@ -519,6 +515,22 @@ impl View {
     }
 }
 
+/// A resource the fake serves: its plural and kind.
+fn served(plural: &str) -> Option<(&'static str, &'static str)> {
+    RESOURCES
+        .iter()
+        .find(|(r, _, _)| *r == plural)
+        .map(|(r, k, _)| (*r, *k))
+}
+
+fn not_found() -> Response<Body> {
+    failure(
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
+    )
+}
+
 /// GET of one object by name.
 fn one(
     shared: &Arc<Shared>,
@@ -527,12 +539,8 @@ fn one(
     namespace: &str,
     name: &str,
 ) -> Response<Body> {
-    let Some((resource, kind, _)) = RESOURCES.iter().find(|(r, _, _)| *r == plural) else {
-        return failure(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-        );
+    let Some((resource, kind)) = served(plural) else {
+        return not_found();
     };
     let view = View {
         api_version: api_version.to_owned(),
@@ -542,7 +550,7 @@ fn one(
         node: None,
     };
     let w = shared.world();
-    match w.objects[*resource]
+    match w.objects[resource]
         .live
         .get(&(namespace.to_owned(), name.to_owned()))
     {
@@ -559,18 +567,14 @@ fn collection(
     uri: &hyper::Uri,
     accept: &str,
 ) -> Response<Body> {
-    let Some((resource, kind, _)) = RESOURCES.iter().find(|(r, _, _)| *r == plural) else {
-        return failure(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-        );
+    let Some((resource, kind)) = served(plural) else {
+        return not_found();
     };
     // The fault and the watch generations are read together: a watch admitted before a
     // fault is set is cut with the generation that fault bumps, never missed by it.
     let (fault, generations) = {
         let w = shared.world();
-        (w.faults.get(*resource).copied(), (w.cut, w.bookmarks))
+        (w.faults.get(resource).copied(), (w.cut, w.bookmarks))
     };
     if let Some(code) = fault {
         return match code {

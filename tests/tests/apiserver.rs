@@ -82,6 +82,11 @@ impl World {
         }
     }
 
+    /// The result of one probe operation in the enforced cgroup.
+    fn probe(&self, op: &str) -> String {
+        self.env.probe_in_cgroup(&[op]).result(op).to_owned()
+    }
+
     fn metric(&self, series: &str) -> Option<f64> {
         metric(&http_get(self.http, "/metrics").1, series)
     }
@@ -261,12 +266,7 @@ fn a_410_relists_and_a_cut_watch_resumes() {
     w.env.wait_probe("tcp:198.18.0.3:8080", "ok", WAIT);
     w.env.wait_probe("tcp:198.18.0.1:8080", "EPERM", WAIT);
     assert_eq!(lists(&w.server), 2, "the 410 made the daemon list again");
-    assert_eq!(
-        w.env
-            .probe_in_cgroup(&["tcp:198.18.0.2:8080"])
-            .result("tcp:198.18.0.2:8080"),
-        "ok"
-    );
+    assert_eq!(w.probe("tcp:198.18.0.2:8080"), "ok");
 }
 
 #[test]
@@ -282,9 +282,7 @@ fn the_policy_stays_while_the_api_server_refuses_or_is_gone() {
         w.server.fail("serviceentries", code);
         w.wait_readyz(503, says);
         assert_eq!(
-            w.env
-                .probe_in_cgroup(&["tcp:198.18.0.1:8080"])
-                .result("tcp:198.18.0.1:8080"),
+            w.probe("tcp:198.18.0.1:8080"),
             "ok",
             "the policy stays while the API server answers {code}"
         );
@@ -294,9 +292,7 @@ fn the_policy_stays_while_the_api_server_refuses_or_is_gone() {
     w.server.stop();
     w.wait_readyz(503, "out of sync");
     assert_eq!(
-        w.env
-            .probe_in_cgroup(&["tcp:198.18.0.1:8080"])
-            .result("tcp:198.18.0.1:8080"),
+        w.probe("tcp:198.18.0.1:8080"),
         "ok",
         "the policy stays while the API server is gone"
     );
@@ -447,9 +443,7 @@ fn nothing_holds_the_api_servers_changes_back_unseen() {
     w.server.delete("serviceentries", "shop", "second");
     w.wait_readyz(503, "not in force");
     assert_eq!(
-        w.env
-            .probe_in_cgroup(&["tcp:198.18.0.2:8080"])
-            .result("tcp:198.18.0.2:8080"),
+        w.probe("tcp:198.18.0.2:8080"),
         "ok",
         "the policy in force stays while reloads fail"
     );

@@ -45,7 +45,7 @@ pub fn service_entry(obj: &DynamicObject, api_version: &str) -> (Key, Result<Loa
         .problems
         .iter()
         .filter(|(_, i)| i.severity == Severity::Error)
-        .map(|(_, i)| format!("{}: {} [{}]", i.path, i.message, i.rule))
+        .map(|(_, i)| i.to_string())
         .collect();
     let mut entries = report.entries;
     let Some(loaded) = entries.pop() else {
@@ -57,14 +57,7 @@ pub fn service_entry(obj: &DynamicObject, api_version: &str) -> (Key, Result<Loa
             .issues
             .iter()
             .filter(|i| i.severity == Severity::Error)
-            .map(|i| {
-                let at = if i.path.is_empty() {
-                    String::new()
-                } else {
-                    format!("{}: ", i.path)
-                };
-                format!("{at}{} [{}]", i.message, i.rule)
-            }),
+            .map(ToString::to_string),
     );
     let rules = rule_estimate(&loaded);
     if rules > MAX_RULES_PER_OBJECT {

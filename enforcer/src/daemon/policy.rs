@@ -47,18 +47,7 @@ fn describe(report: &LoadReport, severity: Severity) -> Vec<String> {
         .collect();
     for e in &report.entries {
         for i in e.issues.iter().filter(|i| i.severity == severity) {
-            let path = if i.path.is_empty() {
-                String::new()
-            } else {
-                format!("{}: ", i.path)
-            };
-            out.push(format!(
-                "{}: ServiceEntry {}: {path}{} [{}]",
-                e.origin,
-                e.id(),
-                i.message,
-                i.rule
-            ));
+            out.push(format!("{}: ServiceEntry {}: {i}", e.origin, e.id()));
         }
     }
     out

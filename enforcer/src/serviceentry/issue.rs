@@ -62,6 +62,16 @@ impl Issue {
     }
 }
 
+/// `path: message [rule]`, without the path when the issue is about the whole resource.
+impl fmt::Display for Issue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        write!(f, "{} [{}]", self.message, self.rule)
+    }
+}
+
 /// `parent.field`, `parent[3]`, or `parent["odd/key"]` for keys that are not identifiers.
 pub fn join(parent: &str, field: &str) -> String {
     if parent.is_empty() {
