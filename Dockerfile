@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The egress-enforcer container image (config/kubernetes/daemonset.yaml runs it):
+# The egress-enforcer container image (config/kubernetes/base/daemonset.yaml runs it):
 #   docker build -t ghcr.io/egress-enforcer/egress-enforcer:0.1.0 .
 # Stage 1 builds with the project's own recipe (`cargo xtask setup --build-only`: nightly
 # rust-src and bpf-linker against nightly's LLVM); stage 2 holds the binary and nothing else.
