@@ -76,16 +76,23 @@ impl Caller {
         // SAFETY: a map value pointer is valid for the program run.
         let mut found = CGROUP_POLICY.get_ptr(id).map(|p| unsafe { *p });
         if found.is_none() {
-            for level in 1..MAX_CGROUP_DEPTH {
+            // The walk must reach the caller's own level: a mapped ancestor found below a
+            // cut-short walk may not be the deepest one, so such a caller gets the default.
+            let mut reached = false;
+            for level in 1..=MAX_CGROUP_DEPTH {
                 // 0 past the cgroup's own level.
                 let a = self.ancestor(level as i32);
                 if a == 0 || a == id {
+                    reached = true;
                     break;
                 }
                 if let Some(p) = CGROUP_POLICY.get_ptr(a) {
                     // SAFETY: as above.
                     found = Some(unsafe { *p });
                 }
+            }
+            if !reached {
+                found = None;
             }
         }
         let p = found.unwrap_or(self.default);

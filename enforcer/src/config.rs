@@ -66,6 +66,55 @@ pub struct Config {
     pub log: Log,
     pub http: Http,
     pub kubernetes: Kubernetes,
+    pub policies: Policies,
+}
+
+/// One allowlist per unit on a host (docs/architecture.md, "Scoping"). Without units every
+/// enforced cgroup shares one policy, as before.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Policies {
+    /// What an enforced cgroup outside every unit may use.
+    pub default: DefaultPolicy,
+    /// The mesh default for entries without `exportTo` (Istio's meshConfig
+    /// `defaultServiceExportTo`).
+    pub default_export_to: Vec<String>,
+    pub units: Vec<Unit>,
+}
+
+impl Default for Policies {
+    fn default() -> Self {
+        Self {
+            default: DefaultPolicy::All,
+            default_export_to: vec!["*".to_owned()],
+            units: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultPolicy {
+    /// Every ServiceEntry of `serviceEntries` and the API server, whatever its `exportTo`.
+    #[default]
+    All,
+    /// Only `allow.*` and `--allow`: no ServiceEntry.
+    Deny,
+}
+
+/// A cgroup (a systemd unit, or any cgroup below `cgroups`) with its own allowlist.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Unit {
+    /// Relative to the cgroup2 mount, e.g. `system.slice/nginx.service`; its descendants
+    /// share its policy.
+    pub cgroup: String,
+    /// The ServiceEntries (of `serviceEntries` and the API server) exported to these
+    /// namespaces.
+    pub namespaces: Vec<String>,
+    /// Files and directories whose ServiceEntries are this unit's (and no one else's, unless
+    /// they are also under `serviceEntries`).
+    pub service_entries: Vec<PathBuf>,
 }
 
 /// ServiceEntries from the Kubernetes API server (docs/kubernetes.md).
@@ -358,6 +407,7 @@ impl Default for Config {
             log: Log::default(),
             http: Http::default(),
             kubernetes: Kubernetes::default(),
+            policies: Policies::default(),
         }
     }
 }
@@ -515,7 +565,25 @@ impl Config {
         if !m.event_buffer.is_power_of_two() || m.event_buffer < 4096 {
             bail!("maps.eventBuffer: must be a power of two of at least 4096 bytes");
         }
-        Ok(())
+        if !self.policies.units.is_empty() && self.dns.mode == DnsMode::Proxy {
+            bail!(
+                "policies.units: needs dns.mode: resolve for now (in DNS-aware mode the addresses \
+                 learned from answers are not scoped per unit yet; docs/architecture.md, \
+                 \"Scoping\")"
+            );
+        }
+        self.policies.validate(&self.cgroups)
+    }
+
+    /// Every path ServiceEntries are read from: `serviceEntries`, then the units' own.
+    pub fn all_entry_paths(&self) -> Vec<PathBuf> {
+        let mut out = self.service_entries.clone();
+        for p in self.policies.units.iter().flat_map(|u| &u.service_entries) {
+            if !out.contains(p) {
+                out.push(p.clone());
+            }
+        }
+        out
     }
 
     /// The daemon's resolvers from `dns.servers` (validated in `parse`).
@@ -543,6 +611,66 @@ impl Config {
             .cidrs
             .iter()
             .filter_map(|c| crate::policy::allow_spec::parse_cidr(c).ok())
+            .collect()
+    }
+}
+
+impl Policies {
+    /// Units name distinct cgroups below an enforced one, and valid namespaces.
+    fn validate(&self, enforced: &[String]) -> anyhow::Result<()> {
+        for e in &self.default_export_to {
+            if e != "*" && e != "." && e != "~" && !crate::serviceentry::names::is_dns1123_label(e)
+            {
+                bail!("policies.defaultExportTo: {e:?} is not \"*\", \".\", \"~\" or a namespace");
+            }
+        }
+        if self.default_export_to.len() > 1
+            && self.default_export_to.iter().any(|e| e == "*" || e == "~")
+        {
+            bail!("policies.defaultExportTo: \"*\" and \"~\" stand alone");
+        }
+        let max = (enforcer_common::MAX_POLICIES - 2) as usize;
+        if self.units.len() > max {
+            bail!("policies.units: {} units, at most {max}", self.units.len());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, u) in self.units.iter().enumerate() {
+            let at = format!("policies.units[{i}]");
+            let cg = cgroup_relative(&u.cgroup)
+                .with_context(|| format!("{at}.cgroup: {:?}", u.cgroup))?;
+            if cg.is_empty() {
+                bail!("{at}.cgroup: required (a cgroup below one of `cgroups`)");
+            }
+            let under = |root: &String| {
+                root.is_empty() || cg == *root || cg.starts_with(&format!("{root}/"))
+            };
+            if !enforced
+                .iter()
+                .map(|c| cgroup_relative(c).unwrap_or_default())
+                .any(|r| under(&r))
+            {
+                bail!(
+                    "{at}.cgroup: {cg:?} is not below any of `cgroups` ({}), so nothing would enforce it",
+                    enforced.join(", ")
+                );
+            }
+            if !seen.insert(cg.clone()) {
+                bail!("{at}.cgroup: {cg:?} is named by another unit");
+            }
+            for n in &u.namespaces {
+                if !crate::serviceentry::names::is_dns1123_label(n) {
+                    bail!("{at}.namespaces: {n:?} is not a namespace name (a DNS-1123 label)");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The units' cgroups, normalised like `cgroups` (validated in `parse`).
+    pub fn unit_cgroups(&self) -> Vec<String> {
+        self.units
+            .iter()
+            .map(|u| cgroup_relative(&u.cgroup).unwrap_or_default())
             .collect()
     }
 }

@@ -625,13 +625,24 @@ impl Env {
 
     /// Starts a looping probe in the cgroup, returning once it is running.
     pub fn probe_loop(&self, ops: &[&str]) -> LoopProbe {
-        let stop = self.dir.join(format!("stop-{}", ops.len()));
+        self.probe_loop_in(&self.cgroup, ops, true)
+    }
+
+    /// Starts a looping probe in another enforced cgroup. Only one probe in the namespace
+    /// can `serve` (listen on the test addresses); the others connect to it.
+    pub fn probe_loop_in(&self, cgroup: &str, ops: &[&str], serve: bool) -> LoopProbe {
+        let stop = self
+            .dir
+            .join(format!("stop-{}-{}", cgroup.replace('/', "_"), ops.len()));
         let _ignored = std::fs::remove_file(&stop);
         let mut args = self.probe_args(ops);
+        if !serve {
+            args.retain(|a| a != "--serve");
+        }
         args.extend(["--until".to_owned(), stop.display().to_string()]);
         let mut child = self
             .cmd()
-            .args(["exec", "--cgroup", &self.cgroup, "--"])
+            .args(["exec", "--cgroup", cgroup, "--"])
             .arg(probe_bin())
             .args(args)
             .stdout(Stdio::piped())
@@ -774,12 +785,24 @@ impl Drop for Env {
         let _ignored = std::fs::remove_dir_all(&self.dir);
         // The cgroup can only go once its processes have exited.
         for _ in 0..50 {
-            if std::fs::remove_dir(&self.cgroup_path).is_ok() || !self.cgroup_path.exists() {
+            if remove_cgroup_tree(&self.cgroup_path).is_ok() || !self.cgroup_path.exists() {
                 break;
             }
             thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Removes a cgroup and the cgroups below it, deepest first (a cgroup directory holds only
+/// the kernel's files and its children).
+pub fn remove_cgroup_tree(path: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            remove_cgroup_tree(&entry.path())?;
+        }
+    }
+    std::fs::remove_dir(path)
 }
 
 /// A ServiceEntry document in namespace `shop` with the given spec (YAML, unindented).

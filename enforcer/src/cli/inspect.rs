@@ -2,7 +2,11 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use self::policies::PoliciesReport;
 use super::{Failure, OrFailure as _};
+
+#[path = "inspect_policies.rs"]
+mod policies;
 use crate::{
     cluster::status::ResourceReport,
     config::Config,
@@ -24,6 +28,8 @@ pub enum What {
     Protections,
     /// The Kubernetes API server source: sync state and refused objects.
     Cluster,
+    /// Scoping: each policy (unit, namespace and Sidecar, default) and the cgroups mapped to it.
+    Policies,
 }
 
 #[derive(Debug, clap::Args)]
@@ -33,6 +39,9 @@ pub struct Args {
     /// Machine-readable output
     #[arg(long)]
     pub json: bool,
+    /// Only the rules this policy may use (see `inspect policies`)
+    #[arg(long, value_name = "ID")]
+    pub policy: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -54,13 +63,20 @@ struct Report {
     /// Absent when the daemon does not watch an API server.
     #[serde(skip_serializing_if = "Option::is_none")]
     cluster: Option<Vec<ResourceReport>>,
+    /// Absent without scoping.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policies: Option<PoliciesReport>,
 }
 
 pub fn inspect(config: Option<&Path>, args: Args) -> Result<(), Failure> {
     let cfg = Config::load(config).user()?;
     let layout = PinLayout::new(&cfg.bpffs);
     let want = |w: What| args.what.is_none_or(|x| x == w);
-    let maps = if want(What::Rules) || want(What::Stats) || want(What::Protections) {
+    let maps = if want(What::Rules)
+        || want(What::Stats)
+        || want(What::Protections)
+        || want(What::Policies)
+    {
         Some(Maps::from_pins(&layout).runtime()?)
     } else {
         None
@@ -85,6 +101,10 @@ pub fn inspect(config: Option<&Path>, args: Args) -> Result<(), Failure> {
                 for r in &mut rows {
                     r.source = names.get(&r.rule_id).cloned();
                 }
+                policies::name_policies(m, &mut rows).runtime()?;
+                if let Some(p) = args.policy {
+                    rows.retain(|r| r.policies.as_ref().is_none_or(|ids| ids.contains(&p)));
+                }
                 Some(rows)
             }
             _ => None,
@@ -107,6 +127,12 @@ pub fn inspect(config: Option<&Path>, args: Args) -> Result<(), Failure> {
             None
         },
         links: link_rows.filter(|_| want(What::Links)),
+        policies: match (&maps, &kernel_cfg, want(What::Policies)) {
+            (Some(m), Some(c), true) => {
+                policies::report(&layout, m, c, args.what == Some(What::Policies)).runtime()?
+            }
+            _ => None,
+        },
     };
     if args.json {
         let text = serde_json::to_string_pretty(&report).runtime()?;
@@ -168,6 +194,8 @@ fn learned_rows(layout: &PinLayout) -> anyhow::Result<Vec<RuleRow>> {
                 source: None,
                 names,
                 expires_in_secs: Some(v.expires_ns.saturating_sub(now) / 1_000_000_000),
+                policies: None,
+                vset: v.vset,
             }
         })
         .collect())
@@ -188,10 +216,14 @@ fn render(r: &Report) -> String {
             "DESTINATION", "KIND", "RULE ID"
         );
         for row in rules {
-            let learned = match row.expires_in_secs {
+            let mut learned = match row.expires_in_secs {
                 Some(s) => format!(" (names: {}; {s}s left)", row.names.join(", ")),
                 None => String::new(),
             };
+            if let Some(ids) = &row.policies {
+                let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
+                let _ = write!(learned, " [policies {}]", ids.join(","));
+            }
             let _ = writeln!(
                 out,
                 "  {:<44} {:<7} {:>8}  {}{learned}",
@@ -236,6 +268,9 @@ fn render(r: &Report) -> String {
     }
     if let Some(c) = &r.cluster {
         render_cluster(&mut out, c);
+    }
+    if let Some(p) = &r.policies {
+        policies::render(&mut out, p);
     }
     let all_links = r.links.as_ref().map(|l| {
         let mut all = l.clone();

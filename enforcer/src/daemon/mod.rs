@@ -11,6 +11,7 @@ pub mod http;
 pub mod metrics;
 mod policy;
 mod reload;
+mod scoping;
 mod sd_listen;
 mod sd_notify;
 mod watch;
@@ -44,6 +45,7 @@ use crate::{
         self, Family, HickoryLookup, Lookup, Resolved,
         state::{Answer, Timing},
     },
+    scope::table::{PolicyTable, Subject},
 };
 
 pub struct RunOptions {
@@ -58,7 +60,11 @@ pub struct RunOptions {
 
 impl RunOptions {
     /// The inputs of a policy load, with what the API server holds (if watched).
-    fn inputs<'a>(&'a self, cluster: Option<&'a cluster::Cluster>) -> policy::Inputs<'a> {
+    fn inputs<'a>(
+        &'a self,
+        cluster: Option<&'a cluster::Cluster>,
+        policies: Option<&'a crate::scope::table::PolicyTable>,
+    ) -> policy::Inputs<'a> {
         policy::Inputs {
             config: self.config.as_deref(),
             allow: &self.allow,
@@ -67,6 +73,7 @@ impl RunOptions {
             api_server: cluster
                 .filter(|c| c.self_enforced)
                 .map_or(&[][..], |c| c.addresses.as_slice()),
+            policies,
         }
     }
 }
@@ -100,7 +107,7 @@ impl<L: Lookup> Lookup for CountingLookup<L> {
 const DEBOUNCE: Duration = Duration::from_millis(25);
 
 /// The kernel's config entry for `cfg` (the dataplane adds the ABI version and skip bits).
-fn kernel_config(cfg: &Config) -> enforcer_common::Config {
+fn kernel_config(cfg: &Config, table: &PolicyTable) -> enforcer_common::Config {
     let proxy = &cfg.dns.proxy;
     let words = |o: [u8; 16]| {
         [0, 4, 8, 12].map(|i| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]))
@@ -146,7 +153,10 @@ fn kernel_config(cfg: &Config) -> enforcer_common::Config {
             0
         },
         netns_cookie: crate::dnsproxy::server::own_netns_cookie(),
-        default_policy: enforcer_common::POLICY_UNMAPPED,
+        // A cgroup in no unit: the default's policy, or none (only rules for everyone).
+        default_policy: table
+            .id(&Subject::Default)
+            .unwrap_or(enforcer_common::POLICY_UNMAPPED),
         pad2: 0,
     }
 }
@@ -154,7 +164,7 @@ fn kernel_config(cfg: &Config) -> enforcer_common::Config {
 /// Which ways out are closed; a warning when one that should be is not.
 fn log_protections(dp: &Dataplane, cfg: &Config) {
     let p = crate::dataplane::protections::describe(
-        kernel_config(cfg).sockets,
+        kernel_config(cfg, &PolicyTable::default()).sockets,
         dp.lsm.as_ref().map(|_| ()).map_err(String::as_str),
     );
     info!(
@@ -288,7 +298,7 @@ impl Retry {
 pub fn run(opts: RunOptions) -> Result<(), Failure> {
     // The config is read once before logging starts, for its log format; errors in it are
     // reported on stderr like every other user error.
-    let first = policy::load(&opts.inputs(None)).map_err(|e| Failure::User(e.into()))?;
+    let first = policy::load(&opts.inputs(None, None)).map_err(|e| Failure::User(e.into()))?;
     logging::init(first.config.log.format);
     // Before any thread exists: this unsets the activation variables.
     let inherited = sd_listen::take();
@@ -318,6 +328,10 @@ struct Daemon {
     proxy: Option<Arc<crate::dnsproxy::server::Proxy>>,
     /// The API server source, when `kubernetes.apiServer` is on.
     cluster: Option<cluster::Cluster>,
+    scoping: scoping::Scoping,
+    /// Reports unit cgroups appearing and going (with `policies.units`).
+    unit_watch: Option<scoping::units::UnitWatch>,
+    units_tx: mpsc::Sender<()>,
 }
 
 impl Daemon {
@@ -363,12 +377,20 @@ impl Daemon {
             )
             .await
             .user()?;
-            first = policy::load(&opts.inputs(Some(&c))).map_err(|e| Failure::User(e.into()))?;
+            first =
+                policy::load(&opts.inputs(Some(&c), None)).map_err(|e| Failure::User(e.into()))?;
             info!(server = %c.server, recorded = c.current.entries.len(), "watching ServiceEntries in the API server");
             Some(c)
         } else {
             None
         };
+        // Policy ids as the previous run left them: every subject keeps its id.
+        let recorded =
+            scoping::recorded(&crate::dataplane::pins::PinLayout::new(&first.config.bpffs).root);
+        if !recorded.is_empty() {
+            first = policy::load(&opts.inputs(cluster.as_ref(), Some(&recorded)))
+                .map_err(|e| Failure::User(e.into()))?;
+        }
         let (mount, cgroups) = resolve_cgroups(&first.config).runtime()?;
         let mut dp = Dataplane::load(
             &first.config.bpffs,
@@ -381,17 +403,30 @@ impl Daemon {
         // run allowed for names still configured; everything else goes now (docs/architecture.md,
         // "Restart and migration").
         let seeds = carried_answers(&first, &mut dp);
-        let desired = first.compiled.desired_rules(|h| {
+        let mut desired = first.compiled.desired_rules(|h| {
             seeds
                 .get(h)
                 .map(|v| v.iter().map(|(a, _)| *a).collect())
                 .unwrap_or_default()
         });
+        let mut scope = scoping::Scoping::start(
+            &dp.maps,
+            first.config.maps.visibility_sets,
+            &mount,
+            &dp.layout().root,
+        )
+        .runtime()?;
         let started = std::time::Instant::now();
+        let staged = scope
+            .stage(&mut dp.maps, &mut desired)
+            .map_err(apply_failure)?;
         let applied = dp.maps.apply(&desired).map_err(apply_failure)?;
+        scope
+            .finish(&mut dp.maps, staged, &first.table)
+            .map_err(apply_failure)?;
         let apply_ms = started.elapsed().as_secs_f64() * 1000.0;
         dp.maps
-            .write_config(kernel_config(&first.config))
+            .write_config(kernel_config(&first.config, &first.table))
             .runtime()?;
         let extras = crate::dataplane::Extras {
             dns_aware: proxy_sockets.is_some(),
@@ -488,6 +523,7 @@ impl Daemon {
             }
         }
 
+        let (units_tx, mut units_rx) = mpsc::channel(1);
         let mut d = Self {
             opts,
             current: first,
@@ -500,7 +536,12 @@ impl Daemon {
             retry: Retry::default(),
             proxy,
             cluster,
+            scoping: scope,
+            unit_watch: None,
+            units_tx,
         };
+        d.watch_units();
+        let mut rescan = tokio::time::interval(UNIT_RESCAN);
         let (fs_tx, mut fs_rx) = mpsc::channel(1);
         let mut watcher = d.watch(fs_tx.clone());
         let mut ever_ready = false;
@@ -549,6 +590,8 @@ impl Daemon {
                         watcher = d.watch(fs_tx.clone());
                     }
                 }
+                Some(()) = units_rx.recv() => d.remap_units(),
+                _ = rescan.tick(), if d.unit_watch.is_some() => d.remap_units(),
                 Some(snapshot) = cluster::next(&mut d.cluster) => {
                     if let Some(c) = &mut d.cluster {
                         c.current = snapshot;
@@ -616,7 +659,9 @@ impl Daemon {
     fn apply_everything(&mut self) -> anyhow::Result<()> {
         self.apply()?;
         let cfg = &self.current.config;
-        self.dp.maps.write_config(kernel_config(cfg))?;
+        self.dp
+            .maps
+            .write_config(kernel_config(cfg, &self.current.table))?;
         let (_, cgroups) = resolve_cgroups(cfg)?;
         self.dp.detach_except(&cgroups)
     }
@@ -666,10 +711,14 @@ impl Daemon {
     /// Makes the maps equal to the policy and the current DNS answers (which include what a
     /// previous run allowed for names not answered yet, within the grace).
     fn apply(&mut self) -> anyhow::Result<()> {
-        let desired = self.desired();
-        let resolved = &self.resolved;
+        let mut desired = self.desired();
         let started = std::time::Instant::now();
+        let staged = self.scoping.stage(&mut self.dp.maps, &mut desired)?;
         let stats = self.dp.maps.apply(&desired)?;
+        self.scoping
+            .finish(&mut self.dp.maps, staged, &self.current.table)?;
+        self.watch_units();
+        let resolved = &self.resolved;
         let apply_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.metrics.applied(
             desired.exact.len(),
@@ -697,6 +746,51 @@ impl Daemon {
             );
         }
         Ok(())
+    }
+}
+
+/// How often unit cgroups are looked at even without an inotify report (a missed event
+/// must not leave a restarted unit on the default policy for long).
+const UNIT_RESCAN: Duration = Duration::from_secs(10);
+
+impl Daemon {
+    /// Watches where the units' cgroups appear, when the places changed (a parent slice
+    /// created, units added by a reload).
+    fn watch_units(&mut self) {
+        let mount = match cgroup::cgroup2_mount() {
+            Ok(m) => m,
+            Err(e) => {
+                warn!("cannot watch unit cgroups: {e:#}");
+                return;
+            }
+        };
+        let targets = scoping::units::targets(&mount, &self.current.table);
+        if self.unit_watch.as_ref().map(|w| &w.targets) == Some(&targets) {
+            return;
+        }
+        self.unit_watch = None;
+        if targets.is_empty() {
+            return;
+        }
+        match scoping::units::UnitWatch::start(targets, self.units_tx.clone()) {
+            Ok(w) => self.unit_watch = Some(w),
+            Err(e) => warn!(
+                "watching unit cgroups failed, they are looked at every {UNIT_RESCAN:?}: {e:#}"
+            ),
+        }
+    }
+
+    /// Maps unit cgroups that appeared, forgets the ones that went.
+    fn remap_units(&mut self) {
+        match self
+            .scoping
+            .map_units(&mut self.dp.maps, &self.current.table)
+        {
+            Ok(0) => {}
+            Ok(n) => info!(changed = n, "unit cgroups mapped to their policies"),
+            Err(e) => error!("mapping unit cgroups failed (retried at the next change): {e:#}"),
+        }
+        self.watch_units();
     }
 }
 

@@ -7,7 +7,13 @@ use crate::{
     config::{self, Config},
     policy::{
         allow_spec::AllowSpec,
-        compile::{CompiledPolicy, ConfigAllows, compile},
+        compile::{CompiledPolicy, ConfigAllows, compile_scoped},
+        visibility::EntryScope,
+    },
+    scope::{
+        policy::{Scope, UnitScope},
+        select::Sidecars,
+        table::{PolicyTable, Subject},
     },
     serviceentry::{LoadReport, Loaded, Severity, load_paths},
 };
@@ -15,6 +21,8 @@ use crate::{
 pub struct LoadedPolicy {
     pub config: Config,
     pub compiled: CompiledPolicy,
+    /// Policy ids (scoping; empty without units).
+    pub table: PolicyTable,
     pub entries: usize,
     /// Of `entries`, how many come from files (the rest from the API server).
     pub from_files: usize,
@@ -56,7 +64,7 @@ fn describe(report: &LoadReport, severity: Severity) -> Vec<String> {
 /// The ServiceEntry paths to read; the default directory may be absent (no entries yet),
 /// any path the config names explicitly must exist.
 fn entry_paths(cfg: &Config) -> Vec<PathBuf> {
-    cfg.service_entries
+    cfg.all_entry_paths()
         .iter()
         .filter(|p| p.as_path() != Path::new(config::DEFAULT_SERVICEENTRIES) || p.exists())
         .cloned()
@@ -75,6 +83,57 @@ pub struct Inputs<'a> {
     pub cluster: &'a [Loaded],
     /// The API server's addresses: always allowed.
     pub api_server: &'a [std::net::SocketAddr],
+    /// The policy ids in force: subjects keep theirs.
+    pub policies: Option<&'a PolicyTable>,
+}
+
+/// Policy ids and who may use each entry, when units are configured.
+fn scoping(
+    cfg: &Config,
+    entries: &[Loaded],
+    files: usize,
+    previous: &PolicyTable,
+) -> Result<(PolicyTable, Option<Vec<EntryScope>>), LoadError> {
+    let p = &cfg.policies;
+    if p.units.is_empty() {
+        return Ok((PolicyTable::default(), None));
+    }
+    let units: Vec<UnitScope> = p
+        .units
+        .iter()
+        .zip(p.unit_cgroups())
+        .map(|(u, cgroup)| UnitScope {
+            cgroup,
+            namespaces: u.namespaces.clone(),
+            paths: u.service_entries.clone(),
+        })
+        .collect();
+    let mut subjects: Vec<Subject> = units
+        .iter()
+        .map(|u| Subject::Unit(u.cgroup.clone()))
+        .collect();
+    if p.default == config::DefaultPolicy::All {
+        subjects.push(Subject::Default);
+    }
+    let table = PolicyTable::assign(previous, subjects)
+        .map_err(|e| LoadError(vec![format!("policies: {e}")]))?;
+    let sidecars = Sidecars::default();
+    // Entries from the API server (after the files) and from `serviceEntries` are seen by
+    // namespace; those only under a unit's own paths are that unit's.
+    let shared = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            i >= files
+                || cfg
+                    .service_entries
+                    .iter()
+                    .any(|g| e.origin.file.starts_with(g))
+        })
+        .collect();
+    let scope = Scope::new(entries, &p.default_export_to, &sidecars).with_units(&units, shared);
+    let scopes = table.entry_scopes(&scope);
+    Ok((table, Some(scopes)))
 }
 
 pub fn load(inputs: &Inputs<'_>) -> Result<LoadedPolicy, LoadError> {
@@ -110,7 +169,9 @@ pub fn load(inputs: &Inputs<'_>) -> Result<LoadedPolicy, LoadError> {
         dns_aware,
         ping: cfg.allow.ping,
     };
-    let compiled = compile(&allows, &report.entries);
+    let previous = inputs.policies.cloned().unwrap_or_default();
+    let (table, scopes) = scoping(&cfg, &report.entries, files, &previous)?;
+    let compiled = compile_scoped(&allows, &report.entries, scopes.as_deref());
     let mut remarks = describe(&report, Severity::Warning);
     remarks.extend(describe(&report, Severity::Notice));
     remarks.extend(compiled.notices.iter().map(|n| {
@@ -124,6 +185,7 @@ pub fn load(inputs: &Inputs<'_>) -> Result<LoadedPolicy, LoadError> {
         from_files: files,
         config: cfg,
         compiled,
+        table,
         remarks,
     })
 }

@@ -49,7 +49,11 @@ impl Daemon {
     }
 
     fn reload_once(&mut self) -> bool {
-        let next = match policy::load(&self.opts.inputs(self.cluster.as_ref())) {
+        let next = match policy::load(
+            &self
+                .opts
+                .inputs(self.cluster.as_ref(), Some(&self.current.table)),
+        ) {
             Ok(p) => p,
             Err(e) => {
                 error!("reload failed, keeping the policy in force: {e}");
@@ -165,7 +169,7 @@ impl Daemon {
         self.apply()?;
         self.dp
             .maps
-            .write_config(kernel_config(&self.current.config))
+            .write_config(kernel_config(&self.current.config, &self.current.table))
     }
 
     /// Puts back what a failed reload may have changed: links of added cgroups, the mode and

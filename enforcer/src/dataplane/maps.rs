@@ -26,6 +26,10 @@ pub struct Maps {
     pub prefix: LpmTrie<MapData, RuleKey, RuleValue>,
     pub config: Array<MapData, Config>,
     pub counters: PerCpuArray<MapData, u64>,
+    /// Scoping (docs/architecture.md, "Scoping"): visibility sets, one word per entry.
+    pub vsets: Array<MapData, u64>,
+    /// Scoping: cgroup id → policy id.
+    pub cgroup_policy: HashMap<MapData, u64, u32>,
     mirror: Mirror,
 }
 
@@ -62,6 +66,12 @@ pub struct RuleRow {
     /// Learned rules: seconds until the kernel stops matching it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_in_secs: Option<u64>,
+    /// Scoping: the policies that may use it; absent: every policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policies: Option<Vec<u32>>,
+    /// Its visibility set in `VSETS` (0: everyone's).
+    #[serde(skip)]
+    pub vset: u32,
 }
 
 /// The expected shape of each pinned map; a pinned map of another shape is not reused.
@@ -283,6 +293,11 @@ impl Maps {
             )?,
             config: take(ebpf.take_map(map_names::CONFIG), map_names::CONFIG)?,
             counters: take(ebpf.take_map(map_names::COUNTERS), map_names::COUNTERS)?,
+            vsets: take(ebpf.take_map(map_names::VSETS), map_names::VSETS)?,
+            cgroup_policy: take(
+                ebpf.take_map(map_names::CGROUP_POLICY),
+                map_names::CGROUP_POLICY,
+            )?,
             mirror: Mirror::default(),
         })
     }
@@ -305,6 +320,8 @@ impl Maps {
             prefix: take(open(map_names::RULES_PREFIX)?, map_names::RULES_PREFIX)?,
             config: take(open(map_names::CONFIG)?, map_names::CONFIG)?,
             counters: take(open(map_names::COUNTERS)?, map_names::COUNTERS)?,
+            vsets: take(open(map_names::VSETS)?, map_names::VSETS)?,
+            cgroup_policy: take(open(map_names::CGROUP_POLICY)?, map_names::CGROUP_POLICY)?,
             mirror: Mirror::default(),
         })
     }
@@ -420,6 +437,8 @@ impl Maps {
                 source: None,
                 names: Vec::new(),
                 expires_in_secs: None,
+                policies: None,
+                vset: v.vset,
             });
         }
         for ((len, k), v) in self.prefix.live()? {
@@ -430,6 +449,8 @@ impl Maps {
                 source: None,
                 names: Vec::new(),
                 expires_in_secs: None,
+                policies: None,
+                vset: v.vset,
             });
         }
         Ok(rows)

@@ -22,6 +22,9 @@ pub const CLUSTER: &str = "cluster";
 /// The API server source's sync state, for `inspect cluster`.
 pub const CLUSTER_STATUS: &str = "cluster-status";
 
+/// Policy ids and the cgroups mapped to them (see `daemon::scoping`), for restarts and `inspect`.
+pub const POLICIES: &str = "policies";
+
 /// The table's file for the pins under `pin_root`.
 pub fn path_for(pin_root: &Path) -> PathBuf {
     state_file(pin_root, "sources")

@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::{
     allow_spec::{AllowSpec, Net, Proto},
     rules::DesiredRules,
+    visibility::{EntryScope, Visibility},
 };
 use crate::serviceentry::{
     Issue, Loaded,
@@ -62,6 +63,10 @@ pub struct CompiledPolicy {
     /// answers, whether or not their answers create rules.
     pub registered: BTreeSet<String>,
     pub notices: Vec<Notice>,
+    /// Scoping: who may use each rule id's addresses and endpoints (absent: everyone) ...
+    pub scoped: BTreeMap<u32, Visibility>,
+    /// ... and each of its hosts' answers, where that differs (keyed by rule id and host).
+    pub scoped_hosts: BTreeMap<(u32, String), Visibility>,
 }
 
 /// Port targets of one ServiceEntry port: its number and targetPort, as TCP unless the
@@ -107,6 +112,8 @@ struct Builder {
     policy: CompiledPolicy,
     dns_aware: bool,
     ping: bool,
+    /// Scoping is on: `exportTo` is applied.
+    scoped: bool,
 }
 
 /// A host as the tables key it: lowercase, without a trailing dot.
@@ -208,12 +215,14 @@ impl Builder {
                 "no ports: this entry allows nothing".to_owned(),
             );
         }
-        if !spec.export_to.is_empty() {
+        if !spec.export_to.is_empty() && !self.scoped {
             self.notice(
                 &name,
                 "spec.exportTo",
                 "scoping",
-                "exportTo is not applied yet: the entry is allowed node-wide".to_owned(),
+                "exportTo applies to units (policies.units) and pods: without them the entry is \
+                 allowed to every enforced cgroup"
+                    .to_owned(),
             );
         }
         if spec.workload_selector.is_some() {
@@ -221,7 +230,9 @@ impl Builder {
                 &name,
                 "spec.workloadSelector",
                 "scoping",
-                "workloadSelector is not applied yet: the entry is allowed node-wide".to_owned(),
+                "workloadSelector selects the entry's endpoints, not its clients: it does not \
+                 narrow who may reach the entry"
+                    .to_owned(),
             );
         }
         self.policy
@@ -293,8 +304,28 @@ impl Builder {
         }
     }
 
+    /// Who may use the rules of these ids: each id's policies.
+    fn usable_by(&self, ids: &BTreeSet<u32>) -> Visibility {
+        self.policy.usable_by(ids)
+    }
+
+    /// Records who may use entry `id`'s rules.
+    fn scope(&mut self, loaded: &Loaded, id: u32, scope: &EntryScope) {
+        if scope.entry != Visibility::Everyone {
+            self.policy.scoped.insert(id, scope.entry.clone());
+        }
+        for (h, vis) in loaded.entry.spec.hosts.iter().zip(&scope.hosts) {
+            if *vis != scope.entry {
+                self.policy
+                    .scoped_hosts
+                    .insert((id, host_key(h)), vis.clone());
+            }
+        }
+    }
+
     /// Drops static rules covered by a broader one (a containing network on the same port, or
-    /// on any port, same protocol), folding their rule ids into the broader rule.
+    /// on any port, same protocol) that everyone who may use them may use too, folding their
+    /// rule ids into the broader rule.
     fn merge(&mut self) {
         let all: Vec<AllowSpec> = self.policy.statics.keys().copied().collect();
         let mut lens: Vec<u8> = all
@@ -320,7 +351,13 @@ impl Builder {
                 })
                 // An IPv6 network never covers IPv4 (Net::kernel_prefixes), nor the reverse.
                 .filter(|c| c.net.addr.is_ipv4() == spec.net.addr.is_ipv4())
-                .find(|c| *c != spec && self.policy.statics.contains_key(c));
+                .find(|c| {
+                    *c != spec
+                        && self.policy.statics.get(c).is_some_and(|cover| {
+                            let own = &self.policy.statics[&spec];
+                            self.usable_by(cover).covers(&self.usable_by(own))
+                        })
+                });
             if let Some(cover) = covering
                 && let Some(ids) = self.policy.statics.remove(&spec)
             {
@@ -343,10 +380,21 @@ fn mask128(addr: [u8; 16], len: u8) -> [u8; 16] {
 /// Compiles the config's allows and every valid entry (invalid ones are the caller's to
 /// report; they are skipped here). Rule ids: config sources first, then entries in order.
 pub fn compile(config: &ConfigAllows, entries: &[Loaded]) -> CompiledPolicy {
+    compile_scoped(config, entries, None)
+}
+
+/// [`compile`], with who may use each entry (`scopes[i]` for `entries[i]`; `None`: everyone,
+/// no scoping). The config's allows are everyone's.
+pub fn compile_scoped(
+    config: &ConfigAllows,
+    entries: &[Loaded],
+    scopes: Option<&[EntryScope]>,
+) -> CompiledPolicy {
     let mut b = Builder {
         policy: CompiledPolicy::default(),
         dns_aware: config.dns_aware,
         ping: config.ping,
+        scoped: scopes.is_some(),
     };
     let mut next_id = 1u32;
     let mut new_id = |b: &mut Builder, source: String| {
@@ -385,11 +433,14 @@ pub fn compile(config: &ConfigAllows, entries: &[Loaded]) -> CompiledPolicy {
         });
         b.static_rule(net, (addr.port(), Proto::Tcp), id);
     }
-    for loaded in entries.iter().filter(|e| e.is_valid()) {
+    for (i, loaded) in entries.iter().enumerate().filter(|(_, e)| e.is_valid()) {
         let id = new_id(
             &mut b,
             format!("ServiceEntry {} ({})", loaded.id(), loaded.origin.short()),
         );
+        if let Some(scope) = scopes.and_then(|s| s.get(i)) {
+            b.scope(loaded, id, scope);
+        }
         b.entry(loaded, id);
     }
     b.merge();
@@ -397,6 +448,25 @@ pub fn compile(config: &ConfigAllows, entries: &[Loaded]) -> CompiledPolicy {
 }
 
 impl CompiledPolicy {
+    /// Who may use the rules of these ids: each id's policies.
+    pub fn usable_by(&self, ids: &BTreeSet<u32>) -> Visibility {
+        ids.iter()
+            .map(|id| self.scoped.get(id).unwrap_or(&Visibility::Everyone))
+            .fold(Visibility::Only(BTreeSet::new()), |acc, v| acc.union(v))
+    }
+
+    /// Who may use the answers for `host` allowed by these ids.
+    pub fn host_usable_by(&self, host: &str, ids: &BTreeSet<u32>) -> Visibility {
+        ids.iter()
+            .map(|id| {
+                self.scoped_hosts
+                    .get(&(*id, host.to_owned()))
+                    .or_else(|| self.scoped.get(id))
+                    .unwrap_or(&Visibility::Everyone)
+            })
+            .fold(Visibility::Only(BTreeSet::new()), |acc, v| acc.union(v))
+    }
+
     /// The kernel rules once hostnames are resolved; `resolve` gives the addresses currently
     /// allowed for a name (none: nothing is allowed for it yet).
     pub fn desired_rules(&self, resolve: impl Fn(&str) -> Vec<IpAddr>) -> DesiredRules {
@@ -405,7 +475,8 @@ impl CompiledPolicy {
             ..DesiredRules::default()
         };
         for (spec, ids) in &self.statics {
-            rules.add(spec, ids.first().copied().unwrap_or(0));
+            let id = ids.first().copied().unwrap_or(0);
+            rules.add_scoped(spec, id, 0, &self.usable_by(ids));
         }
         for (host, targets) in &self.hostnames {
             for ip in resolve(host) {
@@ -419,7 +490,8 @@ impl CompiledPolicy {
                         proto: *proto,
                     };
                     let id = ids.first().copied().unwrap_or(0);
-                    rules.add_flagged(&spec, id, enforcer_common::RULE_FLAG_DNS);
+                    let vis = self.host_usable_by(host, ids);
+                    rules.add_scoped(&spec, id, enforcer_common::RULE_FLAG_DNS, &vis);
                 }
             }
         }

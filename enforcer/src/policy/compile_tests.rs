@@ -478,3 +478,76 @@ fn ping_gives_every_registered_address_an_icmp_rule() {
     );
     assert_eq!(host_targets(&p, "n.example.com"), ["53/udp"]);
 }
+
+fn only(ids: &[u32]) -> Visibility {
+    Visibility::Only(ids.iter().copied().collect())
+}
+
+#[test]
+fn scoped_rules_keep_their_policies_and_never_fold_into_a_wider_visibility() {
+    let es = load(
+        &(entry(
+            "host",
+            "hosts: [one.example.com]\naddresses: [198.18.0.1]\nports: [{number: 443, name: https, protocol: TLS}]\nresolution: NONE",
+        ) + &entry(
+            "net",
+            "hosts: [net.example.com]\naddresses: [198.18.0.0/24]\nports: [{number: 443, name: https, protocol: TLS}]\nresolution: NONE",
+        ) + &entry(
+            "names",
+            "hosts: [a.example.com, b.example.com]\nports: [{number: 443, name: https, protocol: TLS}]\nresolution: DNS",
+        )),
+    );
+    let scopes = [
+        EntryScope {
+            entry: only(&[1]),
+            hosts: vec![only(&[1])],
+        },
+        EntryScope {
+            entry: only(&[2]),
+            hosts: vec![only(&[2])],
+        },
+        EntryScope {
+            entry: only(&[3, 4]),
+            hosts: vec![only(&[3]), only(&[4])],
+        },
+    ];
+    let p = compile_scoped(&ConfigAllows::default(), &es, Some(&scopes));
+    assert_eq!(
+        statics(&p),
+        ["198.18.0.0/24:443/tcp", "198.18.0.1:443/tcp"],
+        "the /32 is policy 1's only: folded into the /24 it would open that to policy 1"
+    );
+    assert!(notice_rules(&p).is_empty(), "exportTo is applied");
+    // Both names answer with the same address: the rule is usable by each name's policy.
+    let shared: IpAddr = "198.18.1.1".parse().unwrap();
+    let rules = p.desired_rules(|_| vec![shared]);
+    let by_spec = |s: &str| {
+        let spec: AllowSpec = s.parse().unwrap();
+        let mut one = DesiredRules::default();
+        one.add(&spec, 1);
+        *one.exact.keys().next().unwrap()
+    };
+    assert_eq!(rules.scoped[&by_spec("198.18.1.1:443/tcp")], only(&[3, 4]));
+    assert_eq!(rules.scoped[&by_spec("198.18.0.1:443/tcp")], only(&[1]));
+    let a_only = p.desired_rules(|h| {
+        if h == "a.example.com" {
+            vec![shared]
+        } else {
+            vec![]
+        }
+    });
+    assert_eq!(a_only.scoped[&by_spec("198.18.1.1:443/tcp")], only(&[3]));
+    // Nobody may use an entry visible to no policy: no rule at all.
+    let nobody = [
+        EntryScope {
+            entry: only(&[]),
+            hosts: vec![only(&[])],
+        },
+        scopes[1].clone(),
+        scopes[2].clone(),
+    ];
+    let p = compile_scoped(&ConfigAllows::default(), &es, Some(&nobody));
+    let rules = p.desired_rules(|_| vec![]);
+    assert_eq!(rules.exact.len(), 0, "{rules:?}");
+    assert_eq!(rules.prefix.len(), 1);
+}

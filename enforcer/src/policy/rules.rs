@@ -7,7 +7,10 @@ use enforcer_common::{
     SKIP_PREFIX_ANY_PORT, SKIP_PREFIX_PORT,
 };
 
-use super::allow_spec::{AllowSpec, Net, Proto};
+use super::{
+    allow_spec::{AllowSpec, Net, Proto},
+    visibility::Visibility,
+};
 
 /// Desired content of the two rule maps plus the names of the rule ids used in them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -16,6 +19,10 @@ pub struct DesiredRules {
     /// Keyed by (LPM prefix length over the whole key, key with host bits cleared).
     pub prefix: BTreeMap<(u32, RuleKey), RuleValue>,
     pub sources: BTreeMap<u32, String>,
+    /// Scoping: who may use each rule not everyone may (docs/architecture.md, "Scoping");
+    /// their `vset` is set by `visibility::intern`.
+    pub scoped: BTreeMap<RuleKey, Visibility>,
+    pub scoped_prefix: BTreeMap<(u32, RuleKey), Visibility>,
 }
 
 impl DesiredRules {
@@ -28,6 +35,15 @@ impl DesiredRules {
     /// Like [`DesiredRules::add`], with [`RuleValue::flags`] (e.g. `RULE_FLAG_DNS`); flags of
     /// two sources of one key are combined.
     pub fn add_flagged(&mut self, spec: &AllowSpec, rule_id: u32, flags: u32) {
+        self.add_scoped(spec, rule_id, flags, &Visibility::Everyone);
+    }
+
+    /// Like [`DesiredRules::add_flagged`], for the policies in `vis` only; a key allowed by
+    /// several sources may be used by the policies of each. A rule nobody may use is left out.
+    pub fn add_scoped(&mut self, spec: &AllowSpec, rule_id: u32, flags: u32, vis: &Visibility) {
+        if matches!(vis, Visibility::Only(ids) if ids.is_empty()) {
+            return;
+        }
         let value = RuleValue {
             rule_id,
             flags,
@@ -43,10 +59,14 @@ impl DesiredRules {
                 addr,
             };
             if addr_prefix == 128 {
+                let new = !self.exact.contains_key(&key);
                 keep_lowest(self.exact.entry(key), value);
+                widen(&mut self.scoped, key, vis, new);
             } else {
                 let len = RULE_KEY_FIXED_BITS + u32::from(addr_prefix);
+                let new = !self.prefix.contains_key(&(len, key));
                 keep_lowest(self.prefix.entry((len, key)), value);
+                widen(&mut self.scoped_prefix, (len, key), vis, new);
             }
         }
     }
@@ -98,6 +118,24 @@ fn keep_lowest<K: Ord>(slot: Entry<'_, K, RuleValue>, value: RuleValue) {
             let kept = o.get_mut();
             kept.flags |= value.flags;
             kept.rule_id = kept.rule_id.min(value.rule_id);
+        }
+    }
+}
+
+/// A key's visibility after one more source allows it: absent means everyone's.
+fn widen<K: Ord>(scoped: &mut BTreeMap<K, Visibility>, key: K, vis: &Visibility, new: bool) {
+    if new {
+        if *vis != Visibility::Everyone {
+            scoped.insert(key, vis.clone());
+        }
+        return;
+    }
+    if let Some(old) = scoped.get(&key) {
+        let both = old.union(vis);
+        if both == Visibility::Everyone {
+            scoped.remove(&key);
+        } else {
+            scoped.insert(key, both);
         }
     }
 }

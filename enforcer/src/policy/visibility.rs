@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use enforcer_common::{MAX_POLICIES, POLICY_WORDS, PolicyBits, RuleKey, VSET_EVERYONE};
 
+use super::rules::DesiredRules;
+
 /// Who may use a rule.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Visibility {
@@ -44,6 +46,56 @@ impl Visibility {
         }
         Some(bits)
     }
+}
+
+/// Who may use one ServiceEntry's rules: each host's answers, and the entry's addresses and
+/// endpoints (the policies of any of its hosts, as Istio allows an entry's addresses to
+/// whoever imports one of its hosts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryScope {
+    pub entry: Visibility,
+    pub hosts: Vec<Visibility>,
+}
+
+/// Gives each scoped rule of `rules` its `VSETS` id: prefix rules first take the visibility
+/// of the shorter prefixes that cover them ([`close_prefixes`]). `extra`: sets in use
+/// elsewhere (learned rules) that must keep their ids. Returns the ids and what the maps
+/// must do.
+pub fn intern(
+    rules: &mut DesiredRules,
+    interner: &Interner,
+    extra: &BTreeSet<PolicyBits>,
+) -> Result<(HashMap<PolicyBits, u32>, VsetPlan), VsetsFull> {
+    if !rules.scoped_prefix.is_empty() {
+        let mut all: BTreeMap<(u32, RuleKey), Visibility> = rules
+            .prefix
+            .keys()
+            .map(|k| {
+                let v = rules.scoped_prefix.get(k).cloned();
+                (*k, v.unwrap_or(Visibility::Everyone))
+            })
+            .collect();
+        close_prefixes(&mut all);
+        rules.scoped_prefix = all
+            .into_iter()
+            .filter(|(_, v)| *v != Visibility::Everyone)
+            .collect();
+    }
+    let mut wanted: BTreeSet<PolicyBits> = extra.clone();
+    wanted.extend(rules.scoped.values().filter_map(Visibility::bits));
+    wanted.extend(rules.scoped_prefix.values().filter_map(Visibility::bits));
+    let (ids, plan) = interner.plan(&wanted)?;
+    for (k, v) in &rules.scoped {
+        if let (Some(value), Some(id)) = (rules.exact.get_mut(k), Interner::id_of(&ids, v)) {
+            value.vset = id;
+        }
+    }
+    for (k, v) in &rules.scoped_prefix {
+        if let (Some(value), Some(id)) = (rules.prefix.get_mut(k), Interner::id_of(&ids, v)) {
+            value.vset = id;
+        }
+    }
+    Ok((ids, plan))
 }
 
 /// The `VSETS` ids of the sets in the maps. An id keeps its set for as long as it is in use,
@@ -116,9 +168,29 @@ impl Interner {
         Ok((ids, plan))
     }
 
+    /// The maps hold the plan's new sets; until [`Interner::commit`] their ids stay taken
+    /// (with the old ones), even if the apply fails midway and a rule names one.
+    pub fn reserve(&mut self, plan: &VsetPlan) {
+        for (id, bits) in &plan.new {
+            self.ids.entry(*bits).or_insert(*id);
+        }
+    }
+
     /// The maps now hold `ids` (and nothing that was freed).
     pub fn commit(&mut self, ids: HashMap<PolicyBits, u32>) {
         self.ids = ids;
+    }
+
+    /// Seeded from the sets a previous run left in the map (`(id, bits)`, empty sets
+    /// skipped), so that a restart keeps every rule's id.
+    pub fn seeded(capacity: u32, sets: impl IntoIterator<Item = (u32, PolicyBits)>) -> Self {
+        let mut i = Self::new(capacity);
+        for (id, bits) in sets {
+            if id != VSET_EVERYONE && id < capacity && bits.iter().any(|w| *w != 0) {
+                i.ids.entry(bits).or_insert(id);
+            }
+        }
+        i
     }
 
     /// The vset id of a visibility under `ids` (from [`Interner::plan`]); `None` for a set
@@ -259,5 +331,30 @@ mod tests {
             p[&(fixed + 112, key([10, 2, 0, 0], 443))],
             Visibility::Everyone
         );
+    }
+
+    #[test]
+    fn interning_sets_each_scoped_rule_and_closes_prefixes_first() {
+        let fixed = enforcer_common::RULE_KEY_FIXED_BITS;
+        let mut r = DesiredRules::default();
+        r.add_scoped(&"198.18.0.0/16:443/tcp".parse().unwrap(), 1, 0, &only(&[1]));
+        r.add_scoped(&"198.18.1.0/24:443/tcp".parse().unwrap(), 2, 0, &only(&[2]));
+        r.add_scoped(&"198.18.9.9:443/tcp".parse().unwrap(), 3, 0, &only(&[2]));
+        r.add(&"198.18.7.7:443/tcp".parse().unwrap(), 4);
+        let mut i = Interner::new(16);
+        let (ids, plan) = intern(&mut r, &i, &BTreeSet::new()).unwrap();
+        // {1} for the /16, {1, 2} for the /24 (closed over the /16), {2} for the host.
+        assert_eq!(plan.new.len(), 3, "{plan:?}");
+        i.reserve(&plan);
+        let vset = |len: u32, a: [u8; 4]| r.prefix[&(fixed + len, key(a, 443))].vset;
+        assert_eq!(
+            ids[&only(&[1, 2]).bits().unwrap()],
+            vset(120, [198, 18, 1, 0])
+        );
+        assert_ne!(vset(112, [198, 18, 0, 0]), 0);
+        let exact = |a: [u8; 4]| r.exact[&key(a, 443)].vset;
+        assert_eq!(exact([198, 18, 7, 7]), VSET_EVERYONE);
+        assert_ne!(exact([198, 18, 9, 9]), VSET_EVERYONE);
+        i.commit(ids);
     }
 }

@@ -7,3 +7,4 @@ pub mod kubelet;
 pub mod policy;
 pub mod select;
 pub mod sidecar;
+pub mod table;

@@ -2,15 +2,18 @@
 //! namespace (`exportTo`) and the Sidecar that applies to it (`egress[].hosts`); workloads
 //! with the same view share a policy id (docs/kubernetes.md, "Policies").
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::{export::ExportTo, select::Sidecars};
+use super::{export::ExportTo, select::Sidecars, table::Subject};
 use crate::serviceentry::Loaded;
 
 /// What decides a workload's view.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PolicyKey {
     pub namespace: String,
     /// The Sidecar that applies (`namespace/name`), if any.
@@ -25,6 +28,20 @@ pub struct Scope<'a> {
     entries: &'a [Loaded],
     exports: Vec<ExportTo>,
     sidecars: &'a Sidecars,
+    /// Per entry: from `serviceEntries` or the API server (seen by namespace), not only from
+    /// units' own paths.
+    shared: Vec<bool>,
+    /// Per entry: the units whose own paths hold it.
+    claimed_by: Vec<BTreeSet<String>>,
+    /// Unit cgroup → the namespaces whose exported entries it sees.
+    units: BTreeMap<String, Vec<String>>,
+}
+
+/// A host unit as scoping sees it.
+pub struct UnitScope {
+    pub cgroup: String,
+    pub namespaces: Vec<String>,
+    pub paths: Vec<PathBuf>,
 }
 
 impl<'a> Scope<'a> {
@@ -38,7 +55,67 @@ impl<'a> Scope<'a> {
             entries,
             exports,
             sidecars,
+            shared: vec![true; entries.len()],
+            claimed_by: vec![BTreeSet::new(); entries.len()],
+            units: BTreeMap::new(),
         }
+    }
+
+    /// With host units: `shared` tells, per entry, whether it comes from `serviceEntries` or
+    /// the API server; a unit's own paths give it their entries whatever their `exportTo`.
+    pub fn with_units(mut self, units: &[UnitScope], shared: Vec<bool>) -> Self {
+        self.shared = shared;
+        self.shared.resize(self.entries.len(), true);
+        for (i, e) in self.entries.iter().enumerate() {
+            for u in units {
+                if u.paths.iter().any(|p| e.origin.file.starts_with(p)) {
+                    self.claimed_by[i].insert(u.cgroup.clone());
+                }
+            }
+        }
+        self.units = units
+            .iter()
+            .map(|u| (u.cgroup.clone(), u.namespaces.clone()))
+            .collect();
+        self
+    }
+
+    pub fn entries(&self) -> &[Loaded] {
+        self.entries
+    }
+
+    /// Every host a subject may use.
+    pub fn visible_to(&self, subject: &Subject) -> BTreeSet<HostRef> {
+        match subject {
+            Subject::Default => self
+                .valid()
+                .filter(|i| self.shared[*i])
+                .flat_map(|i| self.hosts_of(i))
+                .collect(),
+            Subject::Workload(key) => self.visible(key),
+            Subject::Unit(cgroup) => {
+                let mut out: BTreeSet<HostRef> = self
+                    .valid()
+                    .filter(|i| self.claimed_by[*i].contains(cgroup))
+                    .flat_map(|i| self.hosts_of(i))
+                    .collect();
+                for ns in self.units.get(cgroup).into_iter().flatten() {
+                    out.extend(self.visible(&PolicyKey {
+                        namespace: ns.clone(),
+                        sidecar: None,
+                    }));
+                }
+                out
+            }
+        }
+    }
+
+    fn valid(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.entries.len()).filter(|i| self.entries[*i].is_valid())
+    }
+
+    fn hosts_of(&self, i: usize) -> impl Iterator<Item = HostRef> + '_ {
+        (0..self.entries[i].entry.spec.hosts.len()).map(move |j| (i, j))
     }
 
     /// The key of a workload in `namespace` with `labels`.
@@ -67,7 +144,7 @@ impl<'a> Scope<'a> {
         let ns = key.namespace.as_str();
         let mut by_host: BTreeMap<&str, Vec<(HostRef, bool)>> = BTreeMap::new();
         for (i, loaded) in self.entries.iter().enumerate() {
-            if !loaded.is_valid() {
+            if !loaded.is_valid() || !self.shared[i] {
                 continue;
             }
             let entry_ns = loaded.entry.metadata.namespace();
@@ -93,46 +170,6 @@ impl<'a> Scope<'a> {
             );
         }
         out
-    }
-}
-
-/// Policy ids for a set of keys: one id per distinct view.
-#[derive(Debug, Clone, Default)]
-pub struct Policies {
-    pub ids: BTreeMap<PolicyKey, u32>,
-    /// The view of each id, at `id - FIRST`.
-    pub views: Vec<BTreeSet<HostRef>>,
-}
-
-impl Policies {
-    /// Ids below this are reserved (0: unmapped, denied everything a ServiceEntry allows).
-    pub const FIRST: u32 = 1;
-
-    pub fn assign(scope: &Scope<'_>, keys: impl IntoIterator<Item = PolicyKey>) -> Self {
-        let mut p = Self::default();
-        let mut by_view: BTreeMap<BTreeSet<HostRef>, u32> = BTreeMap::new();
-        for key in keys {
-            if p.ids.contains_key(&key) {
-                continue;
-            }
-            let view = scope.visible(&key);
-            let next = Self::FIRST + p.views.len() as u32;
-            let id = *by_view.entry(view.clone()).or_insert_with(|| {
-                p.views.push(view);
-                next
-            });
-            p.ids.insert(key, id);
-        }
-        p
-    }
-
-    /// The policies whose view includes `r`.
-    pub fn using(&self, r: HostRef) -> impl Iterator<Item = u32> + '_ {
-        self.views
-            .iter()
-            .enumerate()
-            .filter(move |(_, v)| v.contains(&r))
-            .map(|(i, _)| Self::FIRST + i as u32)
     }
 }
 

@@ -2,6 +2,10 @@ use std::path::Path;
 
 use super::*;
 use crate::{
+    policy::visibility::Visibility,
+    scope::table::{PolicyTable, Subject},
+};
+use crate::{
     scope::sidecar::{Sidecar, decode},
     serviceentry::{LoadReport, source::load_text},
 };
@@ -156,25 +160,19 @@ fn sidecars_narrow_a_view_and_policies_share_ids() {
         names(&es, &scope.visible(&shop)),
         ["shop/shop.example.com", "mesh/telemetry.example.com"]
     );
-    // Two namespaces with the same view (nothing of their own) share one id.
-    let p = Policies::assign(
-        &scope,
-        [
-            web.clone(),
-            db.clone(),
-            shop,
-            key("a", Some("istio-system/default")),
-            key("b", Some("istio-system/default")),
-        ],
-    );
-    assert_eq!(p.views.len(), 4);
+    // Per host, the policies that may use it; the default is not among the subjects, so
+    // nothing is everyone's.
+    let table = PolicyTable::assign(
+        &PolicyTable::default(),
+        [web.clone(), db.clone(), shop].map(Subject::Workload),
+    )
+    .unwrap();
+    let scopes = table.entry_scopes(&scope);
+    let id = |k: &PolicyKey| table.id(&Subject::Workload(k.clone())).unwrap();
     assert_eq!(
-        p.ids[&key("a", Some("istio-system/default"))],
-        p.ids[&key("b", Some("istio-system/default"))]
+        scopes[0].hosts[0],
+        Visibility::Only([id(&web), id(&db)].into())
     );
-    assert_ne!(p.ids[&web], p.ids[&db]);
-    let users: Vec<u32> = p.using((0, 0)).collect();
-    assert_eq!(users, [p.ids[&web], p.ids[&db]]);
 }
 
 #[test]
@@ -194,4 +192,78 @@ fn a_host_in_several_namespaces_comes_from_the_workloads_own() {
         ["local/api.example.com", "global/api.example.com"],
         "from neither: both (Istio picks one arbitrarily)"
     );
+}
+
+#[test]
+fn units_see_their_own_paths_and_their_namespaces_exports() {
+    let text = se("web", "site", "[site.example.com]", "  exportTo: [\".\"]\n")
+        + &se("api", "partner", "[partner.example.com]", "")
+        + &se("ops", "metrics", "[metrics.example.com]", "");
+    let mut es = entries(&text);
+    // The third entry sits in the ops unit's own directory.
+    es[2].origin.file = "/etc/ops/m.yaml".into();
+    let sidecars = Sidecars::default();
+    let units = [
+        UnitScope {
+            cgroup: "system.slice/web.service".into(),
+            namespaces: vec!["web".into()],
+            paths: vec![],
+        },
+        UnitScope {
+            cgroup: "system.slice/ops.service".into(),
+            namespaces: vec![],
+            paths: vec!["/etc/ops".into()],
+        },
+    ];
+    let scope =
+        Scope::new(&es, &["*".to_owned()], &sidecars).with_units(&units, vec![true, true, false]);
+    let unit = |c: &str| Subject::Unit(c.to_owned());
+    let seen = |s: &Subject| names(&es, &scope.visible_to(s));
+    assert_eq!(
+        seen(&unit("system.slice/web.service")),
+        ["site/site.example.com", "partner/partner.example.com"]
+    );
+    assert_eq!(
+        seen(&unit("system.slice/ops.service")),
+        ["metrics/metrics.example.com"],
+        "its own path only: it names no namespace"
+    );
+    assert_eq!(
+        seen(&Subject::Default),
+        ["site/site.example.com", "partner/partner.example.com"],
+        "the default ignores exportTo but not units' own paths"
+    );
+    let table = PolicyTable::assign(
+        &PolicyTable::default(),
+        [
+            Subject::Default,
+            unit("system.slice/web.service"),
+            unit("system.slice/ops.service"),
+        ],
+    )
+    .unwrap();
+    let scopes = table.entry_scopes(&scope);
+    let id = |s: &Subject| table.id(s).unwrap();
+    let web_and_default =
+        Visibility::Only([id(&Subject::Default), id(&unit("system.slice/web.service"))].into());
+    assert_eq!(scopes[0].entry, web_and_default);
+    assert_eq!(scopes[1].entry, web_and_default);
+    assert_eq!(
+        scopes[2].entry,
+        Visibility::Only([id(&unit("system.slice/ops.service"))].into())
+    );
+    // Seen by all three: everyone's, no policy lookup in the kernel.
+    es[2].origin.file = "/etc/shared/m.yaml".into();
+    let units = [UnitScope {
+        cgroup: "system.slice/web.service".into(),
+        namespaces: vec!["ops".into()],
+        paths: vec![],
+    }];
+    let scope = Scope::new(&es, &["*".to_owned()], &sidecars).with_units(&units, vec![true; 3]);
+    let table = PolicyTable::assign(
+        &PolicyTable::default(),
+        [Subject::Default, unit("system.slice/web.service")],
+    )
+    .unwrap();
+    assert_eq!(table.entry_scopes(&scope)[2].entry, Visibility::Everyone);
 }

@@ -191,7 +191,10 @@ pub fn collect_files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<(Origin, Issue)>) 
             ));
         }
     }
-    files.dedup();
+    // Paths may overlap (a unit's directory inside `serviceEntries`): each file once, first
+    // place kept, so that rule ids do not depend on the overlap.
+    let mut seen = std::collections::HashSet::new();
+    files.retain(|f| seen.insert(f.clone()));
     (files, problems)
 }
 

@@ -1,0 +1,106 @@
+//! Scoping in the daemon (docs/architecture.md, "Scoping"): each scoped rule gets its
+//! visibility set, unit cgroups are mapped to their policy, and the table is recorded in
+//! /run so that a restart keeps every id (and `inspect` can name them).
+
+pub mod units;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+};
+
+use enforcer_common::PolicyBits;
+use tracing::warn;
+
+use crate::{
+    dataplane::{
+        maps::Maps,
+        policy_record::{self as record, Record},
+    },
+    policy::{
+        rules::DesiredRules,
+        visibility::{Interner, VsetPlan, intern},
+    },
+    scope::table::PolicyTable,
+};
+
+pub struct Scoping {
+    interner: Interner,
+    /// CGROUP_POLICY as last written; `None` after a failed write (then read back).
+    mapped: Option<BTreeMap<u64, u32>>,
+    mount: PathBuf,
+    pin_root: PathBuf,
+}
+
+/// Sets written for an apply in progress.
+pub struct Staged {
+    ids: HashMap<PolicyBits, u32>,
+    plan: VsetPlan,
+}
+
+impl Scoping {
+    /// Takes over the sets and mappings in the maps (a previous run's after a restart).
+    pub fn start(
+        maps: &Maps,
+        capacity: u32,
+        mount: &Path,
+        pin_root: &Path,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            interner: Interner::seeded(capacity, maps.visibility_sets()?),
+            mapped: Some(maps.cgroup_policies()?),
+            mount: mount.to_path_buf(),
+            pin_root: pin_root.to_path_buf(),
+        })
+    }
+
+    /// Gives every scoped rule of `desired` its set id, writing new sets now: before any rule
+    /// names them.
+    pub fn stage(&mut self, maps: &mut Maps, desired: &mut DesiredRules) -> anyhow::Result<Staged> {
+        let (ids, plan) = intern(desired, &self.interner, &Default::default())?;
+        self.interner.reserve(&plan);
+        maps.write_sets(&plan.new)?;
+        Ok(Staged { ids, plan })
+    }
+
+    /// After the rules: cgroups get their policies, then the sets no rule names are emptied.
+    /// Returns how many mappings changed.
+    pub fn finish(
+        &mut self,
+        maps: &mut Maps,
+        staged: Staged,
+        table: &PolicyTable,
+    ) -> anyhow::Result<usize> {
+        let changed = self.map_units(maps, table)?;
+        maps.clear_sets(&staged.plan.freed)?;
+        self.interner.commit(staged.ids);
+        Ok(changed)
+    }
+
+    /// Maps each unit's cgroup that exists to its policy and forgets the ones that are gone;
+    /// the kernel gives their descendants the same policy.
+    pub fn map_units(&mut self, maps: &mut Maps, table: &PolicyTable) -> anyhow::Result<usize> {
+        let desired = units::present(&self.mount, table);
+        let live = match self.mapped.take() {
+            Some(m) => m,
+            None => maps.cgroup_policies()?,
+        };
+        let changed = maps.sync_cgroup_policies(&live, &desired)?;
+        self.record(table, &desired);
+        self.mapped = Some(desired);
+        Ok(changed)
+    }
+
+    fn record(&self, table: &PolicyTable, mapped: &BTreeMap<u64, u32>) {
+        let paths = units::paths_by_id(&self.mount, table);
+        let rec = Record::new(table, mapped, &paths);
+        if let Err(e) = record::write(&self.pin_root, &rec) {
+            warn!("cannot record the policy ids for restarts and `inspect`: {e:#}");
+        }
+    }
+}
+
+/// The policy ids a previous run recorded (none: a fresh table).
+pub fn recorded(pin_root: &Path) -> PolicyTable {
+    record::read(pin_root).map(|r| r.table).unwrap_or_default()
+}
