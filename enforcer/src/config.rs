@@ -74,8 +74,9 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Policies {
-    /// What an enforced cgroup outside every unit may use.
-    pub default: DefaultPolicy,
+    /// What an enforced cgroup outside every unit (and pod) may use; unset: `deny` with
+    /// `kubernetes.pods`, else `all`.
+    pub default: Option<DefaultPolicy>,
     /// The mesh default for entries without `exportTo` (Istio's meshConfig
     /// `defaultServiceExportTo`).
     pub default_export_to: Vec<String>,
@@ -85,7 +86,7 @@ pub struct Policies {
 impl Default for Policies {
     fn default() -> Self {
         Self {
-            default: DefaultPolicy::All,
+            default: None,
             default_export_to: vec!["*".to_owned()],
             units: Vec::new(),
         }
@@ -118,7 +119,7 @@ pub struct Unit {
 }
 
 /// ServiceEntries from the Kubernetes API server (docs/kubernetes.md).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Kubernetes {
     /// Watch `serviceentries.networking.istio.io` in every namespace, in addition to the
@@ -126,6 +127,25 @@ pub struct Kubernetes {
     pub api_server: bool,
     /// A kubeconfig file; empty: the pod's service account (in-cluster).
     pub kubeconfig: PathBuf,
+    /// Scope every pod on this node as Istio would: the entries exported to its namespace,
+    /// narrowed by its Sidecar (watches Sidecars and this node's pods).
+    pub pods: bool,
+    /// This node's name; empty: `$NODE_NAME` (the downward API).
+    pub node_name: String,
+    /// Istio's `rootNamespace`: its selector-less Sidecar applies mesh-wide.
+    pub root_namespace: String,
+}
+
+impl Default for Kubernetes {
+    fn default() -> Self {
+        Self {
+            api_server: false,
+            kubeconfig: PathBuf::new(),
+            pods: false,
+            node_name: String::new(),
+            root_namespace: "istio-system".to_owned(),
+        }
+    }
 }
 
 impl Kubernetes {
@@ -565,14 +585,64 @@ impl Config {
         if !m.event_buffer.is_power_of_two() || m.event_buffer < 4096 {
             bail!("maps.eventBuffer: must be a power of two of at least 4096 bytes");
         }
-        if !self.policies.units.is_empty() && self.dns.mode == DnsMode::Proxy {
+        if self.scoping() && self.dns.mode == DnsMode::Proxy {
             bail!(
-                "policies.units: needs dns.mode: resolve for now (in DNS-aware mode the addresses \
-                 learned from answers are not scoped per unit yet; docs/architecture.md, \
-                 \"Scoping\")"
+                "policies.units and kubernetes.pods need dns.mode: resolve for now (in DNS-aware \
+                 mode the addresses learned from answers are not scoped yet; \
+                 docs/architecture.md, \"Scoping\")"
             );
         }
+        if self.kubernetes.pods {
+            if !self.kubernetes.api_server {
+                bail!(
+                    "kubernetes.pods: needs kubernetes.apiServer (pods and Sidecars come from it)"
+                );
+            }
+            if self.kubepods_cgroups().is_empty() {
+                bail!(
+                    "kubernetes.pods: none of `cgroups` is the kubelet's kubepods cgroup \
+                     (kubepods.slice with the systemd driver, kubepods with cgroupfs)"
+                );
+            }
+            if !crate::serviceentry::names::is_dns1123_label(&self.kubernetes.root_namespace) {
+                bail!(
+                    "kubernetes.rootNamespace: {:?} is not a namespace name",
+                    self.kubernetes.root_namespace
+                );
+            }
+        }
         self.policies.validate(&self.cgroups)
+    }
+
+    /// Policies per unit or per pod are in use.
+    pub fn scoping(&self) -> bool {
+        !self.policies.units.is_empty() || self.kubernetes.pods
+    }
+
+    /// What a cgroup in no unit and no pod may use.
+    pub fn default_policy(&self) -> DefaultPolicy {
+        self.policies.default.unwrap_or(if self.kubernetes.pods {
+            DefaultPolicy::Deny
+        } else {
+            DefaultPolicy::All
+        })
+    }
+
+    /// The enforced cgroups that are the kubelet's `kubepods`, each with its parent (where
+    /// the kubelet's tree starts), relative to the cgroup2 mount.
+    pub fn kubepods_cgroups(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .cgroups
+            .iter()
+            .filter_map(|c| cgroup_relative(c).ok())
+            .filter_map(|c| {
+                let (root, last) = c.rsplit_once('/').unwrap_or(("", c.as_str()));
+                crate::scope::kubelet::is_kubepods(last).then(|| (root.to_owned(), c.clone()))
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Every path ServiceEntries are read from: `serviceEntries`, then the units' own.

@@ -1,16 +1,40 @@
-//! The ServiceEntries from the API server that were in force, kept in /run for the next
-//! start: a restarted daemon compiles them at once, so no rule is lost while it waits for
-//! the API server (which may be unreachable for a while).
+//! The API server's objects that were in force (ServiceEntries, Sidecars, this node's pods),
+//! kept in /run for the next start: a restarted daemon compiles them at once, so no rule and
+//! no pod's policy is lost while it waits for the API server (which may be unreachable).
 
 use std::{path::Path, sync::Arc};
 
+use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use super::{Snapshot, decode::service_entry, watch::VERSIONS};
+use super::{
+    Snapshot, decode::service_entry, feeds::decode_sidecar, pods::PodMeta, watch::VERSIONS,
+};
 use crate::dataplane::sources::{CLUSTER as KIND, state_file, write_state};
 
+#[derive(Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct Record {
+    service_entries: Vec<serde_json::Value>,
+    sidecars: Vec<serde_json::Value>,
+    pods: Vec<PodMeta>,
+}
+
+/// Before Sidecars and pods, the record was the list of ServiceEntries.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum AnyRecord {
+    Current(Record),
+    Entries(Vec<serde_json::Value>),
+}
+
 pub fn write(pin_root: &Path, snapshot: &Snapshot) -> anyhow::Result<()> {
-    write_state(&state_file(pin_root, KIND), &*snapshot.raw)
+    let record = Record {
+        service_entries: (*snapshot.raw).clone(),
+        sidecars: (*snapshot.sidecars_raw).clone(),
+        pods: (*snapshot.pods).clone(),
+    };
+    write_state(&state_file(pin_root, KIND), &record)
 }
 
 /// The previous run's objects, decoded again (one that no longer validates is dropped, with
@@ -20,13 +44,42 @@ pub fn read(pin_root: &Path) -> Snapshot {
     let Ok(bytes) = std::fs::read(&path) else {
         return Snapshot::default();
     };
-    let raw: Vec<serde_json::Value> = match serde_json::from_slice(&bytes) {
-        Ok(r) => r,
+    let record = match serde_json::from_slice(&bytes) {
+        Ok(AnyRecord::Current(r)) => r,
+        Ok(AnyRecord::Entries(e)) => Record {
+            service_entries: e,
+            ..Record::default()
+        },
         Err(e) => {
             warn!(path = %path.display(), "the record of the API server's objects is unreadable: {e}");
             return Snapshot::default();
         }
     };
+    let (entries, raw) = service_entries(record.service_entries);
+    let (sidecars, sidecars_raw): (Vec<_>, Vec<_>) = record
+        .sidecars
+        .into_iter()
+        .filter_map(|v| match decode_sidecar(&v) {
+            (Some(s), errors) if errors.is_empty() => Some((s, v)),
+            _ => None,
+        })
+        .unzip();
+    Snapshot {
+        entries: Arc::new(entries),
+        raw: Arc::new(raw),
+        synced: false,
+        sidecars: Arc::new(sidecars),
+        sidecars_raw: Arc::new(sidecars_raw),
+        sidecars_synced: false,
+        pods: Arc::new(record.pods),
+        pods_synced: false,
+        generation: 0,
+    }
+}
+
+fn service_entries(
+    raw: Vec<serde_json::Value>,
+) -> (Vec<crate::serviceentry::Loaded>, Vec<serde_json::Value>) {
     let mut entries = Vec::new();
     let mut kept = Vec::new();
     for v in raw {
@@ -49,9 +102,5 @@ pub fn read(pin_root: &Path) -> Snapshot {
             ),
         }
     }
-    Snapshot {
-        entries: Arc::new(entries),
-        raw: Arc::new(kept),
-        synced: false,
-    }
+    (entries, kept)
 }

@@ -40,6 +40,10 @@ pub struct RejectedRow {
 #[derive(Debug, Default)]
 pub struct Status {
     resources: Mutex<Vec<(&'static str, ResourceStatus)>>,
+    /// Snapshots published, and the last one the policy in force was compiled from: until
+    /// they meet, the API server's latest objects are not enforced yet.
+    published: std::sync::atomic::AtomicU64,
+    in_force: std::sync::atomic::AtomicU64,
 }
 
 /// The JSON `inspect cluster` reads.
@@ -65,7 +69,21 @@ impl Status {
                     .map(|r| (*r, ResourceStatus::default()))
                     .collect(),
             ),
+            ..Self::default()
         }
+    }
+
+    /// A new snapshot is out; returns its generation.
+    pub fn published(&self) -> u64 {
+        self.published
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1
+    }
+
+    /// The policy in force was compiled from the snapshot of `generation`.
+    pub fn in_force(&self, generation: u64) {
+        self.in_force
+            .fetch_max(generation, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Changes one resource's state.
@@ -116,6 +134,8 @@ impl Status {
     /// Ready once every resource has been listed completely and none is failing; the
     /// reason otherwise names the resource, how long ago it was in sync, and the error.
     pub fn readiness(&self, now: Instant) -> Result<(), String> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let behind = self.published.load(SeqCst) > self.in_force.load(SeqCst);
         for (r, s) in self.all() {
             if !s.synced {
                 let why = s
@@ -131,6 +151,9 @@ impl Status {
                     sync_age(&s, now).as_secs_f64()
                 ));
             }
+        }
+        if behind {
+            return Err("the API server's latest objects are not in force yet".to_owned());
         }
         Ok(())
     }

@@ -1,30 +1,24 @@
 //! One resource from the API server: discovery of the served version, then list and watch
-//! (kube's watcher, with its default backoff) into a [`Store`] of last valid versions. A
-//! relist (after `410 Gone`, or a failed list) is buffered and swapped in whole.
+//! (kube's watcher, with the daemon's own backoff) into a [`Store`] of last valid versions.
+//! A relist (after `410 Gone`, or a failed list) is buffered and swapped in whole.
 
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt as _;
-use kube::{
-    api::{Api, DynamicObject},
-    discovery::ApiResource,
-    runtime::watcher,
-};
-use tokio::sync::watch;
+use kube::{api::Api, discovery::ApiResource, runtime::watcher};
 use tracing::{info, warn};
 
 use super::{
-    Snapshot,
-    decode::service_entry,
     status::{RejectedRow, Status},
-    store::{Change, Store},
+    store::{Change, Key, Rejected, Store},
 };
-use crate::serviceentry::Loaded;
 
 pub const GROUP: &str = "networking.istio.io";
 /// In order of preference: the first one the server serves is used.
 pub const VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
 pub const SERVICEENTRIES: &str = "serviceentries";
+pub const SIDECARS: &str = "sidecars";
+pub const PODS: &str = "pods";
 
 /// The first of [`VERSIONS`] whose resources include `kind`.
 pub fn pick_version<'a>(
@@ -68,18 +62,23 @@ async fn discover(client: &kube::Client, kind: &str) -> anyhow::Result<ApiResour
 }
 
 /// Discovery, retried with backoff until it succeeds.
-async fn discover_until_found(client: &kube::Client, kind: &str, status: &Status) -> ApiResource {
+pub async fn discover_until_found(
+    client: &kube::Client,
+    kind: &str,
+    resource: &'static str,
+    status: &Status,
+) -> ApiResource {
     let mut backoff = Backoff::default();
     loop {
         match discover(client, kind).await {
             Ok(ar) => {
-                status.update(SERVICEENTRIES, |s| s.version = Some(ar.version.clone()));
-                info!(resource = SERVICEENTRIES, version = %ar.version, "watching the API server");
+                status.update(resource, |s| s.version = Some(ar.version.clone()));
+                info!(resource, version = %ar.version, "watching the API server");
                 return ar;
             }
             Err(e) => {
                 let msg = format!("discovery: {e:#}");
-                if status.failed(SERVICEENTRIES, msg.clone(), std::time::Instant::now()) {
+                if status.failed(resource, msg.clone(), std::time::Instant::now()) {
                     warn!("{msg} (retrying with backoff; the policy in force stays)");
                 }
                 tokio::time::sleep(backoff.wait()).await;
@@ -110,75 +109,26 @@ impl Backoff {
     }
 }
 
-/// A valid object: what it compiles from, and its JSON for the next start's record.
-#[derive(Debug, Clone)]
-pub struct Valid {
-    pub resource_version: String,
-    pub loaded: Loaded,
-    pub raw: Arc<serde_json::Value>,
-}
-
-impl PartialEq for Valid {
-    fn eq(&self, other: &Self) -> bool {
-        self.resource_version == other.resource_version
-    }
-}
-
-/// Updates the status; sends a new snapshot only when the set in force `changed`.
-fn publish(store: &Store<Valid>, status: &Status, tx: &watch::Sender<Snapshot>, changed: bool) {
-    let rejected: Vec<RejectedRow> = store
-        .rejected()
-        .map(|(k, r, older)| RejectedRow {
-            object: format!("{}/{}", k.0, k.1),
-            rejected: r.clone(),
-            older_in_force: older,
-        })
-        .collect();
-    status.update(SERVICEENTRIES, |s| {
-        s.synced = store.synced();
-        s.objects = store.len();
-        s.rejected = rejected;
-    });
-    if !changed {
-        return;
-    }
-    let valid: Vec<&Valid> = store.valid().map(|(_, v)| v).collect();
-    tx.send_replace(Snapshot {
-        entries: Arc::new(valid.iter().map(|v| v.loaded.clone()).collect()),
-        raw: Arc::new(valid.iter().map(|v| (*v.raw).clone()).collect()),
-        synced: store.synced(),
-    });
-}
-
-fn apply(store: &mut Store<Valid>, obj: &DynamicObject, api_version: &str) -> Change {
-    let (key, decoded) = service_entry(obj, api_version);
-    let rv = obj.metadata.resource_version.clone().unwrap_or_default();
-    let decoded = decoded.map(|loaded| Valid {
-        resource_version: rv,
-        loaded,
-        raw: Arc::new(serde_json::to_value(obj).unwrap_or_default()),
-    });
-    if let Err(r) = &decoded {
-        warn!(
-            object = %format!("{}/{}", key.0, key.1),
-            resource_version = %r.resource_version,
-            "ServiceEntry from the API server refused, its last valid version stays in force: {}",
-            r.errors.join("; ")
-        );
-    }
-    store.apply(key, decoded)
-}
-
-/// Runs until the daemon stops: every change to the set in force is published.
-pub async fn run(client: kube::Client, status: Arc<Status>, tx: watch::Sender<Snapshot>) {
-    let ar = discover_until_found(&client, "ServiceEntry", &status).await;
-    let api: Api<DynamicObject> = Api::all_with(client, &ar);
+/// Lists and watches one resource until the daemon stops, keeping the last valid version of
+/// each object in a store; `publish` sees the store after every event (`true`: the set in
+/// force changed). A relist is buffered and swapped in whole.
+pub async fn follow<K, T>(
+    api: Api<K>,
+    config: watcher::Config,
+    resource: &'static str,
+    status: Arc<Status>,
+    mut decode: impl FnMut(&K) -> (Key, Result<T, Rejected>),
+    mut publish: impl FnMut(&Store<T>, bool),
+) where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    T: Clone + PartialEq,
+{
     // kube's own backoff resets on any item, and `Init` comes before every list attempt: a
     // failing relist would be retried at the shortest interval forever. Only real progress
     // (objects or a complete list) resets this one.
-    let mut events = watcher(api, watcher::Config::default()).boxed();
+    let mut events = watcher(api, config).boxed();
     let mut backoff = Backoff::default();
-    let mut store: Store<Valid> = Store::default();
+    let mut store: Store<T> = Store::default();
     while let Some(event) = events.next().await {
         let now = std::time::Instant::now();
         let event = match event {
@@ -191,10 +141,10 @@ pub async fn run(client: kube::Client, status: Arc<Status>, tx: watch::Sender<Sn
                 let msg = format!("{e}");
                 // A new failing spell (a request succeeded since the last failure, which
                 // the client layer records) starts again from the shortest wait.
-                if status.failed(SERVICEENTRIES, msg.clone(), now) {
+                if status.failed(resource, msg.clone(), now) {
                     backoff = Backoff::default();
                     warn!(
-                        resource = SERVICEENTRIES,
+                        resource,
                         "watch failed, retrying with backoff (the policy in force stays): {msg}"
                     );
                 }
@@ -203,22 +153,47 @@ pub async fn run(client: kube::Client, status: Arc<Status>, tx: watch::Sender<Sn
             }
         };
         backoff = Backoff::default();
-        status.ok(SERVICEENTRIES, now);
+        status.ok(resource, now);
         let changed = match event {
             watcher::Event::Init => continue,
             watcher::Event::InitApply(o) => {
-                apply(&mut store, &o, &ar.api_version);
+                let (key, decoded) = decode(&o);
+                store.apply(key, decoded);
                 continue;
             }
             watcher::Event::InitDone => {
                 let first = !store.synced();
                 store.finish_relist() || first
             }
-            watcher::Event::Apply(o) => apply(&mut store, &o, &ar.api_version) != Change::Same,
-            watcher::Event::Delete(o) => store.delete(&super::decode::key(&o)) == Change::Changed,
+            watcher::Event::Apply(o) => {
+                let (key, decoded) = decode(&o);
+                store.apply(key, decoded) != Change::Same
+            }
+            watcher::Event::Delete(o) => store.delete(&object_key(&o)) == Change::Changed,
         };
-        publish(&store, &status, &tx, changed);
+        publish(&store, changed);
     }
+}
+
+/// `namespace/name` of any object.
+pub fn object_key(obj: &impl kube::Resource) -> Key {
+    let m = obj.meta();
+    (
+        m.namespace.clone().unwrap_or_default(),
+        m.name.clone().unwrap_or_default(),
+    )
+}
+
+/// The store's refused objects, for the status.
+pub fn rejected_rows<T: Clone + PartialEq>(store: &Store<T>) -> Vec<RejectedRow> {
+    store
+        .rejected()
+        .map(|(k, r, older)| RejectedRow {
+            object: format!("{}/{}", k.0, k.1),
+            rejected: r.clone(),
+            older_in_force: older,
+        })
+        .collect()
 }
 
 #[cfg(test)]

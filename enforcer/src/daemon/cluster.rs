@@ -9,6 +9,7 @@ use tracing::warn;
 
 use crate::{
     cluster::{self, Snapshot, status::Status},
+    config::Config,
     dataplane::sources::{CLUSTER_STATUS, state_file, write_state},
 };
 
@@ -21,6 +22,8 @@ pub struct Cluster {
     pub server: String,
     /// A snapshot newer than the policy in force is waiting for a successful reload.
     pub pending: bool,
+    /// When a change was seen that no reload has taken yet.
+    arrived: Option<tokio::time::Instant>,
     /// The daemon runs inside an enforced cgroup (or cannot tell, in a cgroup namespace),
     /// so its way to the API server needs a rule.
     pub self_enforced: bool,
@@ -28,13 +31,15 @@ pub struct Cluster {
 
 impl Cluster {
     /// Connects and starts watching; the previous run's objects are the first snapshot.
-    pub async fn start(
-        kubeconfig: Option<&Path>,
-        pin_root: &Path,
-        enforced: &[String],
-    ) -> anyhow::Result<Self> {
+    pub async fn start(cfg: &Config, pin_root: &Path) -> anyhow::Result<Self> {
+        let node = if cfg.kubernetes.pods {
+            Some(node_name(cfg)?)
+        } else {
+            None
+        };
+        let enforced = &cfg.cgroups;
         let initial = cluster::record::read(pin_root);
-        let source = cluster::start(kubeconfig, initial.clone()).await?;
+        let source = cluster::start(cfg.kubernetes.kubeconfig(), node, initial.clone()).await?;
         Ok(Self {
             snapshots: source.snapshots,
             current: initial,
@@ -42,6 +47,7 @@ impl Cluster {
             addresses: source.connected.addresses,
             server: source.connected.server,
             pending: false,
+            arrived: None,
             // The DaemonSet's pod (POD_UID from the downward API) runs under kubepods, which
             // it enforces; elsewhere the daemon's cgroup path says.
             self_enforced: std::env::var_os("POD_UID").is_some()
@@ -53,9 +59,18 @@ impl Cluster {
     }
 
     /// Waits for a new snapshot; a burst of changes within [`SETTLE`] is taken as one.
+    /// Cancel-safe (it runs in the daemon's `select!`): a change seen before the wait was cut
+    /// short is remembered, and the next call finishes the wait.
     pub async fn changed(&mut self) -> Option<Snapshot> {
-        self.snapshots.changed().await.ok()?;
-        tokio::time::sleep(SETTLE).await;
+        let since = match self.arrived {
+            Some(t) => t,
+            None => {
+                self.snapshots.changed().await.ok()?;
+                *self.arrived.insert(tokio::time::Instant::now())
+            }
+        };
+        tokio::time::sleep_until(since + SETTLE).await;
+        self.arrived = None;
         Some(self.snapshots.borrow_and_update().clone())
     }
 
@@ -65,6 +80,22 @@ impl Cluster {
             warn!("cannot record the API server's objects for the next start: {e:#}");
         }
     }
+}
+
+/// `kubernetes.nodeName`, else `$NODE_NAME` (the DaemonSet sets it from `spec.nodeName`).
+fn node_name(cfg: &Config) -> anyhow::Result<String> {
+    let n = if cfg.kubernetes.node_name.is_empty() {
+        std::env::var("NODE_NAME").unwrap_or_default()
+    } else {
+        cfg.kubernetes.node_name.clone()
+    };
+    if n.is_empty() {
+        anyhow::bail!(
+            "kubernetes.pods: this node's name is unknown: set kubernetes.nodeName, or NODE_NAME \
+             from the downward API (spec.nodeName)"
+        );
+    }
+    Ok(n)
 }
 
 /// Whether the cgroup in `/proc/self/cgroup` text is inside one of `enforced` (relative to

@@ -74,6 +74,8 @@ impl RunOptions {
                 .filter(|c| c.self_enforced)
                 .map_or(&[][..], |c| c.addresses.as_slice()),
             policies,
+            sidecars: cluster.map_or(&[][..], |c| c.current.sidecars.as_slice()),
+            pods: cluster.map_or(&[][..], |c| c.current.pods.as_slice()),
         }
     }
 }
@@ -329,9 +331,9 @@ struct Daemon {
     /// The API server source, when `kubernetes.apiServer` is on.
     cluster: Option<cluster::Cluster>,
     scoping: scoping::Scoping,
-    /// Reports unit cgroups appearing and going (with `policies.units`).
-    unit_watch: Option<scoping::units::UnitWatch>,
-    units_tx: mpsc::Sender<()>,
+    /// Reports unit and pod cgroups appearing and going (scoping only).
+    cgroup_watch: Option<scoping::watch::CgroupWatch>,
+    cgroups_tx: mpsc::Sender<()>,
 }
 
 impl Daemon {
@@ -370,13 +372,9 @@ impl Daemon {
         // loses no rule while the API server is away.
         let cluster = if first.config.kubernetes.api_server {
             let pins = crate::dataplane::pins::PinLayout::new(&first.config.bpffs);
-            let c = cluster::Cluster::start(
-                first.config.kubernetes.kubeconfig(),
-                &pins.root,
-                &first.config.cgroups,
-            )
-            .await
-            .user()?;
+            let c = cluster::Cluster::start(&first.config, &pins.root)
+                .await
+                .user()?;
             first =
                 policy::load(&opts.inputs(Some(&c), None)).map_err(|e| Failure::User(e.into()))?;
             info!(server = %c.server, recorded = c.current.entries.len(), "watching ServiceEntries in the API server");
@@ -422,7 +420,7 @@ impl Daemon {
             .map_err(apply_failure)?;
         let applied = dp.maps.apply(&desired).map_err(apply_failure)?;
         scope
-            .finish(&mut dp.maps, staged, &first.table)
+            .finish(&mut dp.maps, staged, &placement(&first))
             .map_err(apply_failure)?;
         let apply_ms = started.elapsed().as_secs_f64() * 1000.0;
         dp.maps
@@ -523,7 +521,7 @@ impl Daemon {
             }
         }
 
-        let (units_tx, mut units_rx) = mpsc::channel(1);
+        let (cgroups_tx, mut cgroups_rx) = mpsc::channel(1);
         let mut d = Self {
             opts,
             current: first,
@@ -537,10 +535,10 @@ impl Daemon {
             proxy,
             cluster,
             scoping: scope,
-            unit_watch: None,
-            units_tx,
+            cgroup_watch: None,
+            cgroups_tx,
         };
-        d.watch_units();
+        d.watch_cgroups();
         let mut rescan = tokio::time::interval(UNIT_RESCAN);
         let (fs_tx, mut fs_rx) = mpsc::channel(1);
         let mut watcher = d.watch(fs_tx.clone());
@@ -590,8 +588,8 @@ impl Daemon {
                         watcher = d.watch(fs_tx.clone());
                     }
                 }
-                Some(()) = units_rx.recv() => d.remap_units(),
-                _ = rescan.tick(), if d.unit_watch.is_some() => d.remap_units(),
+                Some(()) = cgroups_rx.recv() => d.remap(),
+                _ = rescan.tick(), if d.cgroup_watch.is_some() => d.remap(),
                 Some(snapshot) = cluster::next(&mut d.cluster) => {
                     if let Some(c) = &mut d.cluster {
                         c.current = snapshot;
@@ -716,8 +714,8 @@ impl Daemon {
         let staged = self.scoping.stage(&mut self.dp.maps, &mut desired)?;
         let stats = self.dp.maps.apply(&desired)?;
         self.scoping
-            .finish(&mut self.dp.maps, staged, &self.current.table)?;
-        self.watch_units();
+            .finish(&mut self.dp.maps, staged, &placement(&self.current))?;
+        self.watch_cgroups();
         let resolved = &self.resolved;
         let apply_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.metrics.applied(
@@ -749,48 +747,55 @@ impl Daemon {
     }
 }
 
-/// How often unit cgroups are looked at even without an inotify report (a missed event
-/// must not leave a restarted unit on the default policy for long).
+/// How often unit and pod cgroups are looked at even without an inotify report (a missed
+/// event must not leave a new cgroup on the default policy for long).
 const UNIT_RESCAN: Duration = Duration::from_secs(10);
 
+/// Where the policy in force puts each policy: units by path, pods under kubepods.
+fn placement(p: &LoadedPolicy) -> scoping::Placement<'_> {
+    scoping::Placement {
+        table: &p.table,
+        pods: &p.pods,
+        kubepods: &p.kubepods,
+    }
+}
+
 impl Daemon {
-    /// Watches where the units' cgroups appear, when the places changed (a parent slice
-    /// created, units added by a reload).
-    fn watch_units(&mut self) {
-        let mount = match cgroup::cgroup2_mount() {
-            Ok(m) => m,
-            Err(e) => {
-                warn!("cannot watch unit cgroups: {e:#}");
-                return;
+    /// Watches where unit and pod cgroups appear (scoping only).
+    fn watch_cgroups(&mut self) {
+        let targets = self.scoping.watch_targets();
+        if targets.is_empty() && self.cgroup_watch.is_none() {
+            return;
+        }
+        if self.cgroup_watch.is_none() {
+            match scoping::watch::CgroupWatch::start(self.cgroups_tx.clone()) {
+                Ok(w) => self.cgroup_watch = Some(w),
+                Err(e) => {
+                    warn!(
+                        "watching unit and pod cgroups failed, they are looked at every {UNIT_RESCAN:?}: {e:#}"
+                    );
+                    return;
+                }
             }
-        };
-        let targets = scoping::units::targets(&mount, &self.current.table);
-        if self.unit_watch.as_ref().map(|w| &w.targets) == Some(&targets) {
-            return;
         }
-        self.unit_watch = None;
-        if targets.is_empty() {
-            return;
-        }
-        match scoping::units::UnitWatch::start(targets, self.units_tx.clone()) {
-            Ok(w) => self.unit_watch = Some(w),
-            Err(e) => warn!(
-                "watching unit cgroups failed, they are looked at every {UNIT_RESCAN:?}: {e:#}"
-            ),
+        if let Some(w) = &mut self.cgroup_watch {
+            w.set_targets(targets);
         }
     }
 
-    /// Maps unit cgroups that appeared, forgets the ones that went.
-    fn remap_units(&mut self) {
+    /// Maps unit and pod cgroups that appeared, forgets the ones that went.
+    fn remap(&mut self) {
         match self
             .scoping
-            .map_units(&mut self.dp.maps, &self.current.table)
+            .map_cgroups(&mut self.dp.maps, &placement(&self.current))
         {
             Ok(0) => {}
-            Ok(n) => info!(changed = n, "unit cgroups mapped to their policies"),
-            Err(e) => error!("mapping unit cgroups failed (retried at the next change): {e:#}"),
+            Ok(n) => info!(changed = n, "cgroups mapped to their policies"),
+            Err(e) => {
+                error!("mapping cgroups to policies failed (retried at the next change): {e:#}")
+            }
         }
-        self.watch_units();
+        self.watch_cgroups();
     }
 }
 

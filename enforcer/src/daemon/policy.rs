@@ -1,10 +1,15 @@
 //! One complete policy load: config file, every ServiceEntry, compiled. Either all of it is
 //! good or none of it is applied.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use crate::{
+    cluster::pods::PodMeta,
     config::{self, Config},
+    daemon::scoping::pods::PodPolicy,
     policy::{
         allow_spec::AllowSpec,
         compile::{CompiledPolicy, ConfigAllows, compile_scoped},
@@ -13,6 +18,7 @@ use crate::{
     scope::{
         policy::{Scope, UnitScope},
         select::Sidecars,
+        sidecar::Sidecar,
         table::{PolicyTable, Subject},
     },
     serviceentry::{LoadReport, Loaded, Severity, load_paths},
@@ -21,8 +27,12 @@ use crate::{
 pub struct LoadedPolicy {
     pub config: Config,
     pub compiled: CompiledPolicy,
-    /// Policy ids (scoping; empty without units).
+    /// Policy ids (scoping; empty without units or pods).
     pub table: PolicyTable,
+    /// Pod UID (as its cgroup names it) → policy id.
+    pub pods: BTreeMap<String, PodPolicy>,
+    /// `(kubelet root, kubepods cgroup)` pairs where pods are found (pod scoping).
+    pub kubepods: Vec<(String, String)>,
     pub entries: usize,
     /// Of `entries`, how many come from files (the rest from the API server).
     pub from_files: usize,
@@ -85,19 +95,33 @@ pub struct Inputs<'a> {
     pub api_server: &'a [std::net::SocketAddr],
     /// The policy ids in force: subjects keep theirs.
     pub policies: Option<&'a PolicyTable>,
+    /// Every Sidecar, and this node's pods (pod scoping).
+    pub sidecars: &'a [Sidecar],
+    pub pods: &'a [PodMeta],
 }
 
-/// Policy ids and who may use each entry, when units are configured.
+/// The scoping half of a load: policy ids, who may use each entry, and each pod's policy.
+struct Scoped {
+    table: PolicyTable,
+    scopes: Option<Vec<EntryScope>>,
+    pods: BTreeMap<String, PodPolicy>,
+}
+
+/// Policy ids and who may use each entry, with units or pods.
 fn scoping(
     cfg: &Config,
+    inputs: &Inputs<'_>,
     entries: &[Loaded],
     files: usize,
-    previous: &PolicyTable,
-) -> Result<(PolicyTable, Option<Vec<EntryScope>>), LoadError> {
-    let p = &cfg.policies;
-    if p.units.is_empty() {
-        return Ok((PolicyTable::default(), None));
+) -> Result<Scoped, LoadError> {
+    if !cfg.scoping() {
+        return Ok(Scoped {
+            table: PolicyTable::default(),
+            scopes: None,
+            pods: BTreeMap::new(),
+        });
     }
+    let p = &cfg.policies;
     let units: Vec<UnitScope> = p
         .units
         .iter()
@@ -108,16 +132,10 @@ fn scoping(
             paths: u.service_entries.clone(),
         })
         .collect();
-    let mut subjects: Vec<Subject> = units
-        .iter()
-        .map(|u| Subject::Unit(u.cgroup.clone()))
-        .collect();
-    if p.default == config::DefaultPolicy::All {
-        subjects.push(Subject::Default);
-    }
-    let table = PolicyTable::assign(previous, subjects)
-        .map_err(|e| LoadError(vec![format!("policies: {e}")]))?;
-    let sidecars = Sidecars::default();
+    let sidecars = Sidecars::new(
+        inputs.sidecars.iter().cloned(),
+        &cfg.kubernetes.root_namespace,
+    );
     // Entries from the API server (after the files) and from `serviceEntries` are seen by
     // namespace; those only under a unit's own paths are that unit's.
     let shared = entries
@@ -132,8 +150,41 @@ fn scoping(
         })
         .collect();
     let scope = Scope::new(entries, &p.default_export_to, &sidecars).with_units(&units, shared);
+    let pod_subjects: Vec<(&PodMeta, Subject)> = inputs
+        .pods
+        .iter()
+        .map(|pod| {
+            (
+                pod,
+                Subject::Workload(scope.key(&pod.namespace, &pod.labels)),
+            )
+        })
+        .collect();
+    let mut subjects: Vec<Subject> = units
+        .iter()
+        .map(|u| Subject::Unit(u.cgroup.clone()))
+        .collect();
+    subjects.extend(pod_subjects.iter().map(|(_, s)| s.clone()));
+    if cfg.default_policy() == config::DefaultPolicy::All {
+        subjects.push(Subject::Default);
+    }
+    let previous = inputs.policies.cloned().unwrap_or_default();
+    let table = PolicyTable::assign(&previous, subjects)
+        .map_err(|e| LoadError(vec![format!("policies: {e}")]))?;
     let scopes = table.entry_scopes(&scope);
-    Ok((table, Some(scopes)))
+    let pods = pod_subjects
+        .into_iter()
+        .filter_map(|(pod, s)| {
+            let policy = table.id(&s)?;
+            let name = format!("{}/{}", pod.namespace, pod.name);
+            Some((pod.uid.clone(), PodPolicy { policy, pod: name }))
+        })
+        .collect();
+    Ok(Scoped {
+        table,
+        scopes: Some(scopes),
+        pods,
+    })
 }
 
 pub fn load(inputs: &Inputs<'_>) -> Result<LoadedPolicy, LoadError> {
@@ -169,9 +220,8 @@ pub fn load(inputs: &Inputs<'_>) -> Result<LoadedPolicy, LoadError> {
         dns_aware,
         ping: cfg.allow.ping,
     };
-    let previous = inputs.policies.cloned().unwrap_or_default();
-    let (table, scopes) = scoping(&cfg, &report.entries, files, &previous)?;
-    let compiled = compile_scoped(&allows, &report.entries, scopes.as_deref());
+    let scoped = scoping(&cfg, inputs, &report.entries, files)?;
+    let compiled = compile_scoped(&allows, &report.entries, scoped.scopes.as_deref());
     let mut remarks = describe(&report, Severity::Warning);
     remarks.extend(describe(&report, Severity::Notice));
     remarks.extend(compiled.notices.iter().map(|n| {
@@ -180,12 +230,19 @@ pub fn load(inputs: &Inputs<'_>) -> Result<LoadedPolicy, LoadError> {
             n.entry, n.issue.path, n.issue.message, n.issue.rule
         )
     }));
+    let kubepods = if cfg.kubernetes.pods {
+        cfg.kubepods_cgroups()
+    } else {
+        Vec::new()
+    };
     Ok(LoadedPolicy {
+        kubepods,
         entries: report.entries.len(),
         from_files: files,
         config: cfg,
         compiled,
-        table,
+        table: scoped.table,
+        pods: scoped.pods,
         remarks,
     })
 }

@@ -42,6 +42,7 @@ impl Daemon {
                 ));
             } else if !failed {
                 c.pending = false;
+                c.status.in_force(c.current.generation);
                 self.metrics.set_behind(None);
             }
         }
@@ -119,6 +120,8 @@ impl Daemon {
             entries = self.current.entries,
             from_files = self.current.from_files,
             hostnames = self.current.compiled.hostnames.len(),
+            policies = self.current.table.policies.len(),
+            pods = self.current.pods.len(),
             "reloaded"
         );
         paths_changed

@@ -21,14 +21,17 @@ pub struct Mapped {
     pub policy: u32,
     /// Relative to the cgroup2 mount, when the daemon knows it.
     pub path: Option<String>,
+    /// The pod (`namespace/name`) it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
 }
 
 impl Record {
-    /// `paths`: cgroup id → path, where known.
+    /// `names`: cgroup id → path and pod, where known.
     pub fn new(
         table: &PolicyTable,
         mapped: &BTreeMap<u64, u32>,
-        paths: &BTreeMap<u64, String>,
+        names: &BTreeMap<u64, (String, Option<String>)>,
     ) -> Self {
         Self {
             table: table.clone(),
@@ -37,7 +40,8 @@ impl Record {
                 .map(|(id, policy)| Mapped {
                     cgroup_id: *id,
                     policy: *policy,
-                    path: paths.get(id).cloned(),
+                    path: names.get(id).map(|n| n.0.clone()),
+                    pod: names.get(id).and_then(|n| n.1.clone()),
                 })
                 .collect(),
         }

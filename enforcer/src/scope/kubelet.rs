@@ -57,7 +57,7 @@ pub fn pod_of(root: &str, path: &str) -> Option<PodCgroup> {
 }
 
 /// `kubepods`, `kubepods.slice`, or with a `cgroupRoot` prefix (`kubelet-kubepods.slice`).
-fn is_kubepods(dir: &str) -> bool {
+pub fn is_kubepods(dir: &str) -> bool {
     let d = dir.strip_suffix(".slice").unwrap_or(dir);
     d == "kubepods" || d.ends_with("-kubepods")
 }

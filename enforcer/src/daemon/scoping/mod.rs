@@ -2,7 +2,9 @@
 //! visibility set, unit cgroups are mapped to their policy, and the table is recorded in
 //! /run so that a restart keeps every id (and `inspect` can name them).
 
+pub mod pods;
 pub mod units;
+pub mod watch;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -30,6 +32,15 @@ pub struct Scoping {
     mapped: Option<BTreeMap<u64, u32>>,
     mount: PathBuf,
     pin_root: PathBuf,
+    watch: Vec<PathBuf>,
+}
+
+/// Where policies go: units by path, pods by UID under the enforced kubepods cgroups.
+pub struct Placement<'a> {
+    pub table: &'a PolicyTable,
+    pub pods: &'a BTreeMap<String, pods::PodPolicy>,
+    /// `(kubelet root, kubepods cgroup)`, relative to the mount; empty without pod scoping.
+    pub kubepods: &'a [(String, String)],
 }
 
 /// Sets written for an apply in progress.
@@ -51,6 +62,7 @@ impl Scoping {
             mapped: Some(maps.cgroup_policies()?),
             mount: mount.to_path_buf(),
             pin_root: pin_root.to_path_buf(),
+            watch: Vec::new(),
         })
     }
 
@@ -69,31 +81,78 @@ impl Scoping {
         &mut self,
         maps: &mut Maps,
         staged: Staged,
-        table: &PolicyTable,
+        placement: &Placement<'_>,
     ) -> anyhow::Result<usize> {
-        let changed = self.map_units(maps, table)?;
+        let changed = self.map_cgroups(maps, placement)?;
         maps.clear_sets(&staged.plan.freed)?;
         self.interner.commit(staged.ids);
         Ok(changed)
     }
 
-    /// Maps each unit's cgroup that exists to its policy and forgets the ones that are gone;
-    /// the kernel gives their descendants the same policy.
-    pub fn map_units(&mut self, maps: &mut Maps, table: &PolicyTable) -> anyhow::Result<usize> {
-        let desired = units::present(&self.mount, table);
+    /// Maps each unit's and pod's cgroup that exists to its policy and forgets the ones that
+    /// are gone; the kernel gives their descendants the same policy. Returns how many
+    /// mappings changed, and the directories to watch for new ones.
+    pub fn map_cgroups(
+        &mut self,
+        maps: &mut Maps,
+        placement: &Placement<'_>,
+    ) -> anyhow::Result<usize> {
+        let (desired, names, watch) = self.desired(placement);
         let live = match self.mapped.take() {
             Some(m) => m,
             None => maps.cgroup_policies()?,
         };
         let changed = maps.sync_cgroup_policies(&live, &desired)?;
-        self.record(table, &desired);
+        self.record(placement.table, &desired, &names);
         self.mapped = Some(desired);
+        self.watch = watch;
         Ok(changed)
     }
 
-    fn record(&self, table: &PolicyTable, mapped: &BTreeMap<u64, u32>) {
-        let paths = units::paths_by_id(&self.mount, table);
-        let rec = Record::new(table, mapped, &paths);
+    /// Where new unit and pod cgroups appear, as of the last mapping.
+    pub fn watch_targets(&self) -> &[PathBuf] {
+        &self.watch
+    }
+
+    #[expect(clippy::type_complexity, reason = "three views of one scan")]
+    fn desired(
+        &self,
+        p: &Placement<'_>,
+    ) -> (
+        BTreeMap<u64, u32>,
+        BTreeMap<u64, (String, Option<String>)>,
+        Vec<PathBuf>,
+    ) {
+        let mut mapped = units::present(&self.mount, p.table);
+        let mut names: BTreeMap<u64, (String, Option<String>)> =
+            units::paths_by_id(&self.mount, p.table)
+                .into_iter()
+                .map(|(id, path)| (id, (path, None)))
+                .collect();
+        let mut watch = units::targets(&self.mount, p.table);
+        if !p.kubepods.is_empty() {
+            let found = pods::scan(&self.mount, p.kubepods, p.pods);
+            mapped.extend(found.mapped);
+            names.extend(
+                found
+                    .names
+                    .into_iter()
+                    .map(|(id, (path, pod))| (id, (path, Some(pod)))),
+            );
+            watch.extend(found.watch);
+        }
+        watch.sort();
+        watch.dedup();
+        (mapped, names, watch)
+    }
+
+    fn record(
+        &self,
+        table: &PolicyTable,
+        mapped: &BTreeMap<u64, u32>,
+        names: &BTreeMap<u64, (String, Option<String>)>,
+    ) {
+        let rec = Record::new(table, mapped, names);
         if let Err(e) = record::write(&self.pin_root, &rec) {
             warn!("cannot record the policy ids for restarts and `inspect`: {e:#}");
         }

@@ -1,14 +1,11 @@
 //! Host units' cgroups: which exist now (their ids are inode numbers, new each time systemd
-//! creates the cgroup), and an inotify watch that reports them appearing and going.
+//! creates the cgroup), and where to watch for them.
 
 use std::{
     collections::BTreeMap,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
-
-use notify::{RecursiveMode, Watcher as _};
-use tokio::sync::mpsc;
 
 use crate::scope::table::{PolicyTable, Subject};
 
@@ -48,34 +45,4 @@ pub fn targets(mount: &Path, table: &PolicyTable) -> Vec<PathBuf> {
     out.sort();
     out.dedup();
     out
-}
-
-/// Reports (without detail) every directory created or removed in the watched directories;
-/// the daemon then maps what exists. Dropped, it stops.
-pub struct UnitWatch {
-    _watcher: notify::RecommendedWatcher,
-    pub targets: Vec<PathBuf>,
-}
-
-impl UnitWatch {
-    pub fn start(targets: Vec<PathBuf>, tx: mpsc::Sender<()>) -> anyhow::Result<Self> {
-        let mut watcher =
-            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                let wanted = match &res {
-                    Ok(e) => e.kind.is_create() || e.kind.is_remove() || e.need_rescan(),
-                    Err(_) => true,
-                };
-                if wanted {
-                    // Full: a remap is already due, and it maps everything.
-                    let _ = tx.try_send(());
-                }
-            })?;
-        for t in &targets {
-            watcher.watch(t, RecursiveMode::NonRecursive)?;
-        }
-        Ok(Self {
-            _watcher: watcher,
-            targets,
-        })
-    }
 }
