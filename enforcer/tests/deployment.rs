@@ -291,6 +291,20 @@ fn the_api_server_variant_reads_only_what_it_needs() {
     let cfg = v.config();
     assert!(cfg.kubernetes.api_server);
     assert!(cfg.kubernetes.kubeconfig().is_none(), "in-cluster config");
+    assert!(cfg.kubernetes.pods, "pods are scoped by namespace and Sidecar");
+    assert!(
+        cfg.kubernetes.node_name.is_empty(),
+        "the node comes from NODE_NAME"
+    );
+    assert_eq!(
+        cfg.default_policy(),
+        enforcer::config::DefaultPolicy::Deny,
+        "a pod not placed yet is denied"
+    );
+    assert!(
+        !cfg.kubepods_cgroups().is_empty(),
+        "the enforced cgroup is the kubelet's kubepods"
+    );
     assert!(
         cfg.service_entries.is_empty(),
         "ServiceEntries come from the API server"
