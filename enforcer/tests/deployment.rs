@@ -291,7 +291,10 @@ fn the_api_server_variant_reads_only_what_it_needs() {
     let cfg = v.config();
     assert!(cfg.kubernetes.api_server);
     assert!(cfg.kubernetes.kubeconfig().is_none(), "in-cluster config");
-    assert!(cfg.kubernetes.pods, "pods are scoped by namespace and Sidecar");
+    assert!(
+        cfg.kubernetes.pods,
+        "pods are scoped by namespace and Sidecar"
+    );
     assert!(
         cfg.kubernetes.node_name.is_empty(),
         "the node comes from NODE_NAME"

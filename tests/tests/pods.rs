@@ -111,6 +111,30 @@ impl World {
         self.daemon = Some(d);
     }
 
+    fn explain(&self, dest: &str, who: &[&str]) -> Value {
+        let out = e2e::run(self.env.cmd().args(["explain", dest, "--json"]).args(who));
+        assert!(
+            out.status.success(),
+            "explain {dest} {who:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("explain JSON")
+    }
+
+    /// `explain` must say what the kernel does, for every destination of OPS.
+    fn explain_agrees(&self, cgroup: &str) {
+        let kernel = self.verdicts(cgroup);
+        for (op, got) in OPS.iter().zip(kernel) {
+            let dest = format!("{}/tcp", op.trim_start_matches("tcp:"));
+            let e = self.explain(&dest, &["--cgroup", cgroup]);
+            assert_eq!(
+                e["allowed"],
+                got == "ok",
+                "explain {dest} for {cgroup}: {e:#}"
+            );
+        }
+    }
+
     fn mkdir(&self, dir: &PodDir) {
         let mount = e2e::cgroup2_mount();
         std::fs::create_dir_all(mount.join(&self.base).join(&dir.container)).expect("pod cgroup");
@@ -278,6 +302,45 @@ fn pods_see_what_istio_shows_their_namespace_and_sidecar() {
         &format!("{}/kubepods.slice", w.base),
         NOTHING,
         "kubepods itself: default deny",
+    );
+
+    // `explain` replays the kernel's decision, and says why a rule does not apply.
+    for d in [
+        systemd_pod("burstable", WEB, 1),
+        cgroupfs_pod("", BATCH, 2),
+        systemd_pod("besteffort", FRONT, 3),
+    ] {
+        w.explain_agrees(&w.in_container(&d));
+    }
+    let e = w.explain("198.18.0.1:8080/tcp", &["--pod", "payments/web-0"]);
+    assert_eq!(e["allowed"], true, "{e:#}");
+    assert!(
+        e["rule"]["source"]
+            .as_str()
+            .is_some_and(|s| s.contains("ServiceEntry payments/api")),
+        "{e:#}"
+    );
+    let e = w.explain("198.18.0.1:8080/tcp", &["--pod", "shop/front-0"]);
+    assert_eq!(e["allowed"], false, "{e:#}");
+    assert!(
+        e["not_for_caller"][0]["why_not"]
+            .as_str()
+            .is_some_and(|s| s.contains("exportTo")),
+        "{e:#}"
+    );
+    let e = w.explain("198.18.0.2:8080/tcp", &["--pod", "payments/batch-0"]);
+    assert!(
+        e["not_for_caller"][0]["why_not"]
+            .as_str()
+            .is_some_and(|s| s.contains("Sidecar payments/batch-only-own")),
+        "{e:#}"
+    );
+    let e = w.explain("198.18.0.1:9999/tcp", &["--pod", "payments/web-0"]);
+    assert!(
+        e["other_ports"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|r| r["rule"] == "198.18.0.1:8080/tcp")),
+        "{e:#}"
     );
 
     // A pod known to the API server before its cgroup exists (the usual order).

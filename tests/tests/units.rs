@@ -98,6 +98,34 @@ fn each_unit_reaches_what_is_its_own_and_the_rest_get_the_default() {
         &["EPERM", "EPERM", "EPERM", "EPERM", "EPERM", "EPERM", "ok"],
         "outside every unit, default deny: only what is everyone's",
     );
+    // `explain` replays the kernel: the ops entry is not for web.service, and says why.
+    let out = e2e::run(u.env.cmd().args([
+        "explain",
+        "198.18.0.3:8080/tcp",
+        "--json",
+        "--cgroup",
+        &u.web,
+    ]));
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).expect("explain JSON");
+    assert_eq!(e["allowed"], false, "{e:#}");
+    assert!(
+        e["not_for_caller"][0]["why_not"]
+            .as_str()
+            .is_some_and(|w| w.contains("unit")),
+        "{e:#}"
+    );
+    let out = e2e::run(u.env.cmd().args([
+        "explain",
+        "198.18.1.7:9090/tcp",
+        "--json",
+        "--cgroup",
+        &child,
+    ]));
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).expect("explain JSON");
+    assert_eq!(
+        e["allowed"], true,
+        "a cgroup below the unit, through the /16: {e:#}"
+    );
     // The kernel holds one rule per destination, not one per unit.
     let rules = u.env.inspect("rules");
     let n = rules["rules"].as_array().map_or(0, Vec::len);

@@ -3,6 +3,7 @@
 
 mod check;
 mod exec;
+mod explain;
 pub mod generate;
 mod inspect;
 mod run;
@@ -52,6 +53,9 @@ pub enum Command {
     Exec(exec::Args),
     /// Show the pinned rules, counters or links (works with or without a running daemon)
     Inspect(inspect::Args),
+    /// Why a destination is allowed or denied to a pod or cgroup: the rule that decides, or
+    /// the rules that would allow it and why they do not apply (read from the live maps)
+    Explain(explain::Args),
     /// Detach every program and remove the pinned state
     ///
     /// Refused while a daemon holds the pins, unless --force.
@@ -93,6 +97,7 @@ pub fn main() -> ExitCode {
         }),
         Command::Exec(a) => exec::exec(config, a),
         Command::Inspect(a) => inspect::inspect(config, a).map(|()| ExitCode::SUCCESS),
+        Command::Explain(a) => explain::explain(config, a).map(|()| ExitCode::SUCCESS),
         Command::Uninstall(a) => uninstall::uninstall(config, a).map(|()| ExitCode::SUCCESS),
         Command::Generate(a) => generate::generate(a).map(|()| ExitCode::SUCCESS),
     };

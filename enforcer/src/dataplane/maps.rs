@@ -395,6 +395,11 @@ impl Maps {
         self.exact.live()
     }
 
+    /// Every prefix rule (LPM length over the whole key, key), sorted.
+    pub fn prefix_entries(&self) -> anyhow::Result<Vec<((u32, RuleKey), RuleValue)>> {
+        self.prefix.live()
+    }
+
     /// The learned rules (DNS-aware mode) still in force at `now_ns` (CLOCK_MONOTONIC), from
     /// the pinned map; empty if there is none.
     pub fn learned_rules(

@@ -2,5 +2,6 @@
 
 pub mod allow_spec;
 pub mod compile;
+pub mod decide;
 pub mod rules;
 pub mod visibility;
