@@ -304,6 +304,19 @@ fn pods_see_what_istio_shows_their_namespace_and_sidecar() {
         "kubepods itself: default deny",
     );
 
+    // Deny events name the pod.
+    w.daemon
+        .as_mut()
+        .expect("daemon")
+        .wait_for("a denial naming the pod", WAIT, |r| {
+            r.iter().any(|l| {
+                l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("connection denied"))
+                    && l["pod"] == "shop/front-0"
+                    && l["dst"] == "198.18.0.1"
+            })
+        });
     // `explain` replays the kernel's decision, and says why a rule does not apply.
     for d in [
         systemd_pod("burstable", WEB, 1),

@@ -49,6 +49,9 @@ pub struct EventIndex {
         std::sync::Arc<crate::dnsproxy::server::Proxy>,
         std::collections::BTreeMap<u32, String>,
     )>,
+    /// Pod scoping: pod UID → `namespace/name`, and where the kubelet's trees start.
+    pods: std::collections::BTreeMap<String, String>,
+    kubelet_roots: Vec<String>,
 }
 
 /// What the index says about one destination.
@@ -115,6 +118,28 @@ impl EventIndex {
     ) -> Self {
         self.learned = proxy.map(|p| (p, compiled.sources.clone()));
         self
+    }
+
+    /// With pod scoping: events name the pod of the cgroup.
+    pub fn with_pods(
+        mut self,
+        pods: &std::collections::BTreeMap<String, super::scoping::pods::PodPolicy>,
+        kubepods: &[(String, String)],
+    ) -> Self {
+        self.pods = pods
+            .iter()
+            .map(|(uid, p)| (uid.clone(), p.pod.clone()))
+            .collect();
+        self.kubelet_roots = kubepods.iter().map(|(root, _)| root.clone()).collect();
+        self
+    }
+
+    /// The pod (`namespace/name`) a cgroup path belongs to, if the daemon knows it.
+    pub fn pod_of(&self, cgroup: &str) -> Option<&str> {
+        self.kubelet_roots.iter().find_map(|root| {
+            let pc = crate::scope::kubelet::pod_of(root, cgroup)?;
+            self.pods.get(&pc.uid).map(String::as_str)
+        })
     }
 
     /// The owners of `addr` through names a workload resolved to it.
@@ -276,7 +301,7 @@ const WINDOW: Duration = Duration::from_secs(1);
 /// How often the ring buffer is drained when the kernel has not woken us.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
 
-fn log_socket_event(ev: &EventRecord, socket: &str, count: u64, cgroup: &str) {
+fn log_socket_event(ev: &EventRecord, socket: &str, count: u64, cgroup: &str, pod: &str) {
     let msg = match (ev.verdict == "deny", count) {
         (true, 1) => "socket refused",
         (true, _) => "socket refused (repeated)",
@@ -291,6 +316,7 @@ fn log_socket_event(ev: &EventRecord, socket: &str, count: u64, cgroup: &str) {
         tid = ev.tid,
         comm = %ev.comm,
         cgroup = %cgroup,
+        pod,
         hook = ev.hook,
         socket,
         proto = %ev.proto,
@@ -299,8 +325,9 @@ fn log_socket_event(ev: &EventRecord, socket: &str, count: u64, cgroup: &str) {
 }
 
 fn log_event(ev: &EventRecord, count: u64, cgroup: &str, index: &EventIndex) {
+    let pod = index.pod_of(cgroup).unwrap_or_default();
     if let Some(socket) = &ev.socket {
-        return log_socket_event(ev, socket, count, cgroup);
+        return log_socket_event(ev, socket, count, cgroup, pod);
     }
     let denied = ev.verdict == "deny";
     let x = index.explain(ev.addr, denied);
@@ -318,6 +345,7 @@ fn log_event(ev: &EventRecord, count: u64, cgroup: &str, index: &EventIndex) {
         tid = ev.tid,
         comm = %ev.comm,
         cgroup = %cgroup,
+        pod,
         hook = ev.hook,
         proto = %ev.proto,
         dst = %ev.addr,

@@ -732,7 +732,8 @@ impl Daemon {
         }
         if let Ok(mut idx) = self.index.write() {
             *idx = EventIndex::build(&self.current.compiled, resolved)
-                .with_learned(self.proxy.clone(), &self.current.compiled);
+                .with_learned(self.proxy.clone(), &self.current.compiled)
+                .with_pods(&self.current.pods, &self.current.kubepods);
         }
         if stats.added + stats.removed > 0 {
             info!(
