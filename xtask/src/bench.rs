@@ -227,7 +227,7 @@ fn write_results(
 pub enum Group {
     /// ServiceEntry parse + validate + compile
     Engine,
-    /// Reload latency, DNS resolution, RSS of the running daemon
+    /// Reload latency, DNS resolution, RSS of the running daemon, scoping's kernel memory
     Daemon,
     /// Per-call cost against nftables and iptables, in-kernel cost, rule loading
     Kernel,
@@ -281,6 +281,7 @@ pub fn bench(quick: bool, only: Option<Group>) -> anyhow::Result<()> {
     }
     if wanted(Group::Daemon) {
         rows.extend(crate::bench_daemon::daemon_rows(&bin, quick)?);
+        rows.extend(crate::bench_scoping::memory_rows(&bin, quick)?);
     }
     if wanted(Group::Dns) {
         rows.extend(crate::bench_dns::dns_rows(&release, quick)?);

@@ -5,6 +5,7 @@ mod bench_daemon;
 mod bench_dns;
 mod bench_kernel;
 mod bench_noop;
+mod bench_scoping;
 mod bench_yaml;
 mod docs;
 mod install;

@@ -163,9 +163,26 @@ impl<'a> Scope<'a> {
         let mut out = BTreeSet::new();
         for refs in by_host.values() {
             let own = refs.iter().any(|(_, mine)| *mine);
+            // Not the workload's own: Istio keeps one namespace's, the oldest entry's (by
+            // creation time, then name, then namespace), so that a newer entry elsewhere
+            // cannot take the host over.
+            let keep_ns = if own {
+                ns
+            } else {
+                refs.iter()
+                    .map(|((i, _), _)| &self.entries[*i].entry.metadata)
+                    .min_by(|a, b| {
+                        (a.created.as_deref().unwrap_or(""), &a.name, a.namespace()).cmp(&(
+                            b.created.as_deref().unwrap_or(""),
+                            &b.name,
+                            b.namespace(),
+                        ))
+                    })
+                    .map_or(ns, |m| m.namespace())
+            };
             out.extend(
                 refs.iter()
-                    .filter(|(_, mine)| *mine || !own)
+                    .filter(|((i, _), _)| self.entries[*i].entry.metadata.namespace() == keep_ns)
                     .map(|(r, _)| *r),
             );
         }

@@ -189,8 +189,23 @@ fn a_host_in_several_namespaces_comes_from_the_workloads_own() {
     );
     assert_eq!(
         names(&es, &scope.visible(&key("web", None))),
-        ["local/api.example.com", "global/api.example.com"],
-        "from neither: both (Istio picks one arbitrarily)"
+        ["global/api.example.com"],
+        "from neither: the oldest entry's namespace (no timestamps here: by name)"
+    );
+    let dated = entries(
+        &(se("payments", "local", "[api.example.com]", "").replace(
+            "namespace: payments}",
+            "namespace: payments, creationTimestamp: '2026-01-01T00:00:00Z'}",
+        ) + &se("shared", "global", "[api.example.com]", "").replace(
+            "namespace: shared}",
+            "namespace: shared, creationTimestamp: '2026-02-01T00:00:00Z'}",
+        )),
+    );
+    let scope = Scope::new(&dated, &["*".to_owned()], &sidecars);
+    assert_eq!(
+        names(&dated, &scope.visible(&key("web", None))),
+        ["local/api.example.com"],
+        "the older entry keeps the host: a newer one elsewhere cannot take it over"
     );
 }
 

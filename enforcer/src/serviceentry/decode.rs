@@ -18,7 +18,6 @@ const METADATA_IGNORED: &[&str] = &[
     "uid",
     "resourceVersion",
     "generation",
-    "creationTimestamp",
     "deletionTimestamp",
     "deletionGracePeriodSeconds",
     "managedFields",
@@ -190,7 +189,13 @@ impl Decoder {
 
     fn metadata(&mut self, v: &Value) -> Metadata {
         let path = "metadata";
-        let known = ["name", "namespace", "labels", "annotations"];
+        let known = [
+            "name",
+            "namespace",
+            "labels",
+            "annotations",
+            "creationTimestamp",
+        ];
         let Some(f) = self.fields(v, path, &known, METADATA_IGNORED) else {
             return Metadata::default();
         };
@@ -210,6 +215,10 @@ impl Decoder {
                 .get("annotations")
                 .map(|v| self.string_map(v, "metadata.annotations"))
                 .unwrap_or_default(),
+            created: f
+                .get("creationTimestamp")
+                .filter(|v| !v.is_null())
+                .and_then(|v| self.string(v, "metadata.creationTimestamp")),
         }
     }
 

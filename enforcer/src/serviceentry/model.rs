@@ -15,6 +15,8 @@ pub struct Metadata {
     pub namespace: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    /// RFC 3339 as the API server writes it (compared as text); absent in most files.
+    pub created: Option<String>,
 }
 
 impl Metadata {
