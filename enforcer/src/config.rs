@@ -924,6 +924,75 @@ mod tests {
     }
 
     #[test]
+    fn policies_are_checked_against_the_enforced_cgroups() {
+        let base = "cgroups: [system.slice]\ndns: {mode: resolve}\n";
+        let ok = parse(&format!(
+            "{base}policies:\n  units:\n  - {{cgroup: /system.slice/a.service, namespaces: [web]}}\n  - {{cgroup: system.slice/b.service, serviceEntries: [/etc/b]}}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            ok.policies.unit_cgroups(),
+            ["system.slice/a.service", "system.slice/b.service"]
+        );
+        assert_eq!(ok.default_policy(), DefaultPolicy::All);
+        assert!(ok.all_entry_paths().contains(&PathBuf::from("/etc/b")));
+        for (bad, want) in [
+            (
+                "  - {cgroup: user.slice/x.service}\n",
+                "not below any of `cgroups`",
+            ),
+            (
+                "  - {cgroup: system.slice/a}\n  - {cgroup: system.slice/a/}\n",
+                "named by another unit",
+            ),
+            (
+                "  - {cgroup: system.slice/a, namespaces: [Web_1]}\n",
+                "not a namespace name",
+            ),
+            ("  - {cgroup: ''}\n", "required"),
+        ] {
+            let e = format!(
+                "{:#}",
+                parse(&format!("{base}policies:\n  units:\n{bad}")).unwrap_err()
+            );
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+        let e = format!(
+            "{:#}",
+            parse("cgroups: [system.slice]\npolicies: {units: [{cgroup: system.slice/a}]}\n")
+                .unwrap_err()
+        );
+        assert!(
+            e.contains("dns.mode: resolve"),
+            "DNS-aware mode is the default: {e}"
+        );
+        let e = format!(
+            "{:#}",
+            parse("cgroups: [kubepods.slice]\ndns: {mode: resolve}\nkubernetes: {pods: true}\n")
+                .unwrap_err()
+        );
+        assert!(e.contains("needs kubernetes.apiServer"), "{e}");
+        let e = format!("{:#}", parse("cgroups: [system.slice]\ndns: {mode: resolve}\nkubernetes: {apiServer: true, pods: true}\n").unwrap_err());
+        assert!(e.contains("kubepods"), "{e}");
+        let k = parse("cgroups: [kind/kubelet.slice/kubelet-kubepods.slice, kubepods]\ndns: {mode: resolve}\nkubernetes: {apiServer: true, pods: true}\n").unwrap();
+        assert_eq!(
+            k.default_policy(),
+            DefaultPolicy::Deny,
+            "fail closed for pods"
+        );
+        assert_eq!(
+            k.kubepods_cgroups(),
+            [
+                (String::new(), "kubepods".to_owned()),
+                (
+                    "kind/kubelet.slice".to_owned(),
+                    "kind/kubelet.slice/kubelet-kubepods.slice".to_owned()
+                )
+            ]
+        );
+    }
+
+    #[test]
     fn the_shipped_example_is_the_defaults() {
         let text = include_str!("../../config/config.yaml");
         assert_eq!(parse(text).unwrap(), Config::default());
