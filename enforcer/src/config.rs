@@ -585,13 +585,6 @@ impl Config {
         if !m.event_buffer.is_power_of_two() || m.event_buffer < 4096 {
             bail!("maps.eventBuffer: must be a power of two of at least 4096 bytes");
         }
-        if self.scoping() && self.dns.mode == DnsMode::Proxy {
-            bail!(
-                "policies.units and kubernetes.pods need dns.mode: resolve for now (in DNS-aware \
-                 mode the addresses learned from answers are not scoped yet; \
-                 docs/architecture.md, \"Scoping\")"
-            );
-        }
         if self.kubernetes.pods {
             if !self.kubernetes.api_server {
                 bail!(
@@ -957,14 +950,10 @@ mod tests {
             );
             assert!(e.contains(want), "{bad}: {e}");
         }
-        let e = format!(
-            "{:#}",
-            parse("cgroups: [system.slice]\npolicies: {units: [{cgroup: system.slice/a}]}\n")
-                .unwrap_err()
-        );
         assert!(
-            e.contains("dns.mode: resolve"),
-            "DNS-aware mode is the default: {e}"
+            parse("cgroups: [system.slice]\npolicies: {units: [{cgroup: system.slice/a}]}\n")
+                .is_ok(),
+            "DNS-aware mode (the default) scopes learned rules too"
         );
         let e = format!(
             "{:#}",

@@ -410,19 +410,15 @@ impl DnsWorld {
 
     /// Runs `argv` in the enforced cgroup, in namespace `ns` (with its resolv.conf).
     pub fn run_in(&self, ns: &str, argv: &[&str]) -> Output {
+        self.run_in_cgroup(&self.env.cgroup.clone(), ns, argv)
+    }
+
+    /// Runs `argv` in another enforced cgroup (a unit below the test's), in namespace `ns`.
+    pub fn run_in_cgroup(&self, cgroup: &str, ns: &str, argv: &[&str]) -> Output {
         run(self
             .env
             .cmd()
-            .args([
-                "exec",
-                "--cgroup",
-                &self.env.cgroup,
-                "--",
-                "ip",
-                "netns",
-                "exec",
-                ns,
-            ])
+            .args(["exec", "--cgroup", cgroup, "--", "ip", "netns", "exec", ns])
             .args(argv))
     }
 

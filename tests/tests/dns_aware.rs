@@ -820,3 +820,95 @@ fn a_socket_forgotten_as_native_still_gets_its_answers() {
         .sum();
     assert_eq!(root_denials, 0, "{c:?}");
 }
+
+/// A ServiceEntry for `host` in namespace `ns`, exported to its own namespace only when
+/// `own` (else everywhere).
+fn scoped_entry(ns: &str, host: &str, own: bool) -> String {
+    let export = if own { "\n  exportTo: [\".\"]" } else { "" };
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {}, namespace: {ns}}}\nspec:\n  hosts: [{host}]\n  ports: [{{number: 8080, name: http, protocol: HTTP}}]\n  resolution: DNS{export}\n",
+        host.replace('.', "-")
+    )
+}
+
+#[test]
+fn each_unit_may_use_only_the_answers_for_its_own_names() {
+    let test = "dnsaware-units";
+    let cg = format!("ee-e2e/ee-{test}-{}", std::process::id());
+    let (web, ops) = (format!("{cg}/web.service"), format!("{cg}/ops.service"));
+    let extra = format!(
+        "policies:\n  default: deny\n  units:\n  - {{cgroup: {web}, namespaces: [web]}}\n  - {{cgroup: {ops}, namespaces: [ops]}}\n"
+    );
+    let w = DnsWorld::new(test, "enforce", DNS_TIMING, "", &extra);
+    for c in [&web, &ops] {
+        std::fs::create_dir_all(e2e::cgroup2_mount().join(c)).expect("unit cgroup");
+    }
+    // site is web's, api is ops's, and both shares site's address and is everyone's.
+    w.upstream.set(&[
+        ("site.ee.test", "198.18.0.1"),
+        ("api.ee.test", "198.18.0.2"),
+        ("both.ee.test", "198.18.0.1"),
+    ]);
+    w.env.write_se(
+        "entries.yaml",
+        &(scoped_entry("web", "site.ee.test", true)
+            + "---\n"
+            + &scoped_entry("ops", "api.ee.test", true)
+            + "---\n"
+            + &scoped_entry("shared", "both.ee.test", false)),
+    );
+    let _d = w.start_daemon();
+    let ns = w.env.netns.name.clone();
+    let resolve = |cgroup: &str, name: &str| {
+        let out = w.run_in_cgroup(cgroup, &ns, &["getent", "ahostsv4", name]);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let connect = |cgroup: &str, op: &str| {
+        let probe = probe_bin();
+        let out = w.run_in_cgroup(
+            cgroup,
+            &ns,
+            &[probe.to_str().expect("utf-8"), "--serve", op],
+        );
+        assert!(
+            out.status.success(),
+            "probe: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        result(
+            &parse_probe(&String::from_utf8_lossy(&out.stdout)).results,
+            op,
+        )
+    };
+    assert!(resolve(&web, "site.ee.test").contains("198.18.0.1"));
+    assert_eq!(connect(&web, "tcp:198.18.0.1:8080"), "ok", "web's own name");
+    assert_eq!(
+        connect(&ops, "tcp:198.18.0.1:8080"),
+        "EPERM",
+        "the rule web's answer made is web's only"
+    );
+    // ops resolves its own name, and a name everyone may use that shares site's address.
+    assert!(resolve(&ops, "api.ee.test").contains("198.18.0.2"));
+    assert_eq!(connect(&ops, "tcp:198.18.0.2:8080"), "ok");
+    assert_eq!(connect(&web, "tcp:198.18.0.2:8080"), "EPERM", "ops's name");
+    assert!(resolve(&ops, "both.ee.test").contains("198.18.0.1"));
+    assert_eq!(
+        connect(&ops, "tcp:198.18.0.1:8080"),
+        "ok",
+        "through both.ee.test"
+    );
+    assert_eq!(connect(&web, "tcp:198.18.0.1:8080"), "ok", "still web's");
+    // Outside both units (default deny): none of the learned rules.
+    assert_eq!(connect(&w.env.cgroup, "tcp:198.18.0.1:8080"), "EPERM");
+    let rules = w.env.inspect("rules");
+    let learned: Vec<&serde_json::Value> = rules["rules"]
+        .as_array()
+        .map(|r| r.iter().filter(|r| r["kind"] == "learned").collect())
+        .unwrap_or_default();
+    assert!(
+        learned
+            .iter()
+            .all(|r| r["policies"].as_array().is_some_and(|p| !p.is_empty())),
+        "every learned rule names its policies: {rules:#}"
+    );
+}

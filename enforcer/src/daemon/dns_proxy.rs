@@ -17,6 +17,7 @@ use super::{policy::LoadedPolicy, sd_listen::Inherited};
 use crate::{
     config::{Config, DnsMode, Mode, Unregistered},
     dataplane::{cgroup, pins::PinLayout, sources},
+    dnsproxy::sets::ProxySets,
     dnsproxy::{
         journal::Journal,
         kernel::KernelMaps,
@@ -132,11 +133,14 @@ pub fn start(
     learned.restore(&left, entries);
     warn_about_resolvers_outside();
     let settings = settings(policy);
+    let mut sets = ProxySets::open(layout, super::scoping::ranges(cfg).1)?;
     // Rules the record justifies under this policy are rewritten (their expiry in this
     // boot's clock), the others go now.
-    let (puts, deletes) = learned.retarget(&settings.table);
+    let (mut puts, deletes) = learned.retarget(&settings.table);
+    sets.assign(&mut puts, &learned)?;
     maps.put(&puts)?;
     maps.delete(&deletes)?;
+    sets.release(&learned)?;
     // The kernel redirects only while this socket is open: registering it is what turns
     // queries from failing at once into being answered.
     let first = sockets
@@ -149,6 +153,7 @@ pub fn start(
         learned,
         journal,
         maps,
+        sets,
     };
     let proxy = Arc::new(Proxy::new(settings, state));
     let _already = metrics.dns_proxy.set(Arc::clone(&proxy.metrics));

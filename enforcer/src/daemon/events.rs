@@ -154,7 +154,7 @@ impl EventIndex {
                 host: Some(name),
                 sources: targets
                     .values()
-                    .filter_map(|id| sources.get(id).cloned())
+                    .filter_map(|g| sources.get(&g.rule_id).cloned())
                     .collect::<std::collections::BTreeSet<_>>()
                     .into_iter()
                     .collect(),

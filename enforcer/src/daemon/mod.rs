@@ -407,13 +407,8 @@ impl Daemon {
                 .map(|v| v.iter().map(|(a, _)| *a).collect())
                 .unwrap_or_default()
         });
-        let mut scope = scoping::Scoping::start(
-            &dp.maps,
-            first.config.maps.visibility_sets,
-            &mount,
-            &dp.layout().root,
-        )
-        .runtime()?;
+        let mut scope = scoping::Scoping::start(&dp.maps, &first.config, &mount, &dp.layout().root)
+            .runtime()?;
         let started = std::time::Instant::now();
         let staged = scope
             .stage(&mut dp.maps, &mut desired)

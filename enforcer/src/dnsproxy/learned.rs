@@ -11,6 +11,7 @@ use std::{
 use enforcer_common::{LearnedValue, POLICY_NODE, RULE_FLAG_DNS, RuleKey};
 
 use super::names::{Class, NameTable, Targets};
+use crate::policy::visibility::Visibility;
 
 /// A kernel write the caller makes.
 pub type Put = (RuleKey, LearnedValue);
@@ -48,8 +49,10 @@ pub struct LearnedTable {
     /// address → the names it was learned for (for events, without a scan).
     by_addr: HashMap<IpAddr, BTreeSet<String>>,
     entries: usize,
-    /// What `RULES_LEARNED` holds.
+    /// What `RULES_LEARNED` holds (the caller fills in each value's `vset`).
     keys: HashMap<RuleKey, LearnedValue>,
+    /// Who may use each rule: the union over the names that allow it (scoping).
+    vis: HashMap<RuleKey, Visibility>,
     /// Caps on `keys` (the map's size) and on name/address pairs (many names may share one
     /// address, and each costs memory here).
     max_keys: usize,
@@ -81,10 +84,31 @@ pub fn rule_key(ip: IpAddr, port: u16, proto: u8) -> RuleKey {
     }
 }
 
-fn keys_of(ip: IpAddr, targets: &Targets) -> impl Iterator<Item = (RuleKey, u32)> + '_ {
+/// The rules an address makes on `targets`; none for a target nobody may use.
+fn keys_of(
+    ip: IpAddr,
+    targets: &Targets,
+) -> impl Iterator<Item = (RuleKey, u32, &Visibility)> + '_ {
     targets
         .iter()
-        .map(move |((port, proto), id)| (rule_key(ip, *port, proto.number()), *id))
+        .filter(|(_, g)| !matches!(&g.vis, Visibility::Only(ids) if ids.is_empty()))
+        .map(move |((port, proto), g)| (rule_key(ip, *port, proto.number()), g.rule_id, &g.vis))
+}
+
+/// `key`'s visibility once `v` also allows it; whether that changed it.
+fn widen_vis(vis: &mut HashMap<RuleKey, Visibility>, key: RuleKey, v: &Visibility) -> bool {
+    match vis.get_mut(&key) {
+        Some(old) => {
+            let both = old.union(v);
+            let changed = both != *old;
+            *old = both;
+            changed
+        }
+        None => {
+            vis.insert(key, v.clone());
+            true
+        }
+    }
 }
 
 /// Longer expiry wins (by more than `slack`); of equal rules the lower id.
@@ -171,8 +195,8 @@ impl LearnedTable {
         let new_keys = addrs
             .iter()
             .flat_map(|(ip, _)| keys_of(*ip, targets))
-            .filter(|(k, _)| !self.keys.contains_key(k))
-            .map(|(k, _)| k)
+            .filter(|(k, _, _)| !self.keys.contains_key(k))
+            .map(|(k, _, _)| k)
             .collect::<BTreeSet<_>>()
             .len();
         if self.keys.len() + new_keys > self.max_keys {
@@ -198,7 +222,7 @@ impl LearnedTable {
                 *e = expires;
                 out.record.push((ip, expires));
             }
-            for (key, rule_id) in keys_of(ip, targets) {
+            for (key, rule_id, vis) in keys_of(ip, targets) {
                 let v = LearnedValue {
                     rule_id,
                     flags: RULE_FLAG_DNS,
@@ -206,8 +230,15 @@ impl LearnedTable {
                     vset: enforcer_common::VSET_EVERYONE,
                     pad: 0,
                 };
-                if let Some(written) = widen(self.keys.entry(key), v, self.slack_ns) {
-                    out.puts.push((key, written));
+                let wider = widen_vis(&mut self.vis, key, vis);
+                match widen(self.keys.entry(key), v, self.slack_ns) {
+                    Some(written) => out.puts.push((key, written)),
+                    None if wider => {
+                        if let Some(cur) = self.keys.get(&key) {
+                            out.puts.push((key, *cur));
+                        }
+                    }
+                    None => {}
                 }
             }
         }
@@ -245,6 +276,7 @@ impl LearnedTable {
             .collect();
         for k in &dead {
             self.keys.remove(k);
+            self.vis.remove(k);
         }
         dead
     }
@@ -257,20 +289,22 @@ impl LearnedTable {
         );
         self.reindex();
         let mut want: HashMap<RuleKey, LearnedValue> = HashMap::new();
+        let mut vis: HashMap<RuleKey, Visibility> = HashMap::new();
         for (name, addrs) in &self.by_name {
             let Class::Registered(targets) = table.classify(name) else {
                 continue;
             };
             for (ip, expires) in addrs {
-                for (key, rule_id) in keys_of(*ip, &targets) {
-                    let v = LearnedValue {
+                for (key, rule_id, v) in keys_of(*ip, &targets) {
+                    let value = LearnedValue {
                         rule_id,
                         flags: RULE_FLAG_DNS,
                         expires_ns: *expires,
                         vset: enforcer_common::VSET_EVERYONE,
                         pad: 0,
                     };
-                    widen(want.entry(key), v, 0);
+                    widen(want.entry(key), value, 0);
+                    widen_vis(&mut vis, key, v);
                 }
             }
         }
@@ -282,10 +316,11 @@ impl LearnedTable {
             .collect();
         let puts = want
             .iter()
-            .filter(|(k, v)| self.keys.get(k) != Some(v))
+            .filter(|(k, v)| self.keys.get(k) != Some(v) || self.vis.get(k) != vis.get(k))
             .map(|(k, v)| (*k, *v))
             .collect();
         self.keys = want;
+        self.vis = vis;
         (puts, deletes)
     }
 
@@ -294,6 +329,8 @@ impl LearnedTable {
     /// entries justify and deletes the others.
     pub fn restore(&mut self, kernel: &[Put], entries: HashMap<String, HashMap<IpAddr, u64>>) {
         self.keys = kernel.iter().copied().collect();
+        // Unknown until `retarget`, which rewrites every rule with its names' visibility.
+        self.vis.clear();
         self.by_name = entries
             .into_iter()
             .map(|(n, a)| (n, a.into_iter().filter(|(ip, _)| usable(*ip)).collect()))
@@ -317,7 +354,18 @@ impl LearnedTable {
     pub fn forget(&mut self, keys: impl IntoIterator<Item = RuleKey>) {
         for k in keys {
             self.keys.remove(&k);
+            self.vis.remove(&k);
         }
+    }
+
+    /// Who may use the rule at `key` (everyone when unknown: only before `retarget`).
+    pub fn visibility(&self, key: &RuleKey) -> &Visibility {
+        self.vis.get(key).unwrap_or(&Visibility::Everyone)
+    }
+
+    /// Every set the rules use.
+    pub fn sets_in_use(&self) -> BTreeSet<enforcer_common::PolicyBits> {
+        self.vis.values().filter_map(Visibility::bits).collect()
     }
 
     /// Rules in the kernel.
@@ -356,7 +404,16 @@ mod tests {
     use crate::policy::{allow_spec::Proto, compile::CompiledPolicy};
 
     fn targets(ports: &[u16]) -> Targets {
-        ports.iter().map(|p| ((*p, Proto::Tcp), 1)).collect()
+        ports
+            .iter()
+            .map(|p| {
+                let g = crate::dnsproxy::names::Grant {
+                    rule_id: 1,
+                    vis: Visibility::Everyone,
+                };
+                ((*p, Proto::Tcp), g)
+            })
+            .collect()
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -542,5 +599,54 @@ mod tests {
         want.sort();
         assert_eq!(deletes, want);
         assert_eq!((t.len(), t.entries()), (1, 1));
+    }
+
+    fn scoped(port: u16, ids: &[u32]) -> Targets {
+        let g = crate::dnsproxy::names::Grant {
+            rule_id: 1,
+            vis: Visibility::Only(ids.iter().copied().collect()),
+        };
+        [((port, Proto::Tcp), g)].into()
+    }
+
+    #[test]
+    fn an_address_two_names_share_is_for_both_names_policies() {
+        let mut t = LearnedTable::new(100).with_grace(0);
+        let a = t
+            .learn(
+                "a.example.com",
+                &scoped(443, &[1]),
+                &[(ip("198.18.0.1"), 100)],
+            )
+            .unwrap();
+        let key = a.puts[0].0;
+        assert_eq!(t.visibility(&key), &Visibility::Only([1].into()));
+        // Same address, same expiry, another name for policy 2: the rule is rewritten for both.
+        let b = t
+            .learn(
+                "b.example.com",
+                &scoped(443, &[2]),
+                &[(ip("198.18.0.1"), 100)],
+            )
+            .unwrap();
+        assert_eq!(
+            b.puts.len(),
+            1,
+            "the value is the same, its visibility is not"
+        );
+        assert_eq!(t.visibility(&key), &Visibility::Only([1, 2].into()));
+        assert_eq!(t.sets_in_use().len(), 1);
+        // Nobody may use a target: no rule.
+        let none = t
+            .learn(
+                "c.example.com",
+                &scoped(8443, &[]),
+                &[(ip("198.18.0.9"), 100)],
+            )
+            .unwrap();
+        assert!(none.puts.is_empty());
+        // Expired: the rule and its set go.
+        t.sweep(1_000);
+        assert!(t.sets_in_use().is_empty());
     }
 }

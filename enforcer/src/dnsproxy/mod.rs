@@ -15,5 +15,6 @@ pub mod names;
 pub mod report_limit;
 #[cfg(feature = "runtime")]
 pub mod server;
+pub mod sets;
 #[cfg(feature = "runtime")]
 pub mod upstream;

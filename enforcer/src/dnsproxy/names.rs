@@ -5,7 +5,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use anyhow::bail;
 
-use crate::policy::compile::{CompiledPolicy, Target};
+use crate::policy::{
+    compile::{CompiledPolicy, Target},
+    visibility::Visibility,
+};
 
 /// Longest name in presentation form without the trailing dot (RFC 1035 §2.3.4).
 const MAX_NAME: usize = 253;
@@ -25,9 +28,16 @@ pub fn normalize(name: &str) -> anyhow::Result<String> {
     Ok(n)
 }
 
-/// Targets of a name and, for each, the rule id the learned rule carries (the lowest of the
-/// ServiceEntries that allow it).
-pub type Targets = BTreeMap<Target, u32>;
+/// What an answer for a name allows on one target: the rule id the learned rule carries (the
+/// lowest of the ServiceEntries that allow it) and who may use it (scoping).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub rule_id: u32,
+    pub vis: Visibility,
+}
+
+/// Targets of a name and what each allows.
+pub type Targets = BTreeMap<Target, Grant>;
 
 /// What the proxy does with a query for one name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,17 +67,28 @@ pub struct NameTable {
     passthrough: HashSet<String>,
 }
 
-fn lowest(t: &BTreeMap<Target, BTreeSet<u32>>) -> Targets {
+/// The grants of one registered host (`host` as written in the entries: `*.suffix` for
+/// wildcards), from its targets' rule ids.
+fn grants(policy: &CompiledPolicy, host: &str, t: &BTreeMap<Target, BTreeSet<u32>>) -> Targets {
     t.iter()
-        .map(|(k, ids)| (*k, ids.first().copied().unwrap_or(0)))
+        .map(|(k, ids)| {
+            let g = Grant {
+                rule_id: ids.first().copied().unwrap_or(0),
+                vis: policy.host_usable_by(host, ids),
+            };
+            (*k, g)
+        })
         .collect()
 }
 
 fn merge(into: &mut Targets, from: &Targets) {
-    for (t, id) in from {
+    for (t, g) in from {
         into.entry(*t)
-            .and_modify(|v| *v = (*v).min(*id))
-            .or_insert(*id);
+            .and_modify(|v| {
+                v.rule_id = v.rule_id.min(g.rule_id);
+                v.vis = v.vis.union(&g.vis);
+            })
+            .or_insert_with(|| g.clone());
     }
 }
 
@@ -76,18 +97,19 @@ impl NameTable {
     pub fn build(policy: &CompiledPolicy, passthrough: &[String]) -> Self {
         let mut t = Self::default();
         for (host, targets) in policy.hostnames.iter().chain(&policy.dynamic) {
-            merge(t.exact.entry(host.clone()).or_default(), &lowest(targets));
+            let g = grants(policy, host, targets);
+            merge(t.exact.entry(host.clone()).or_default(), &g);
         }
         for (suffix, targets) in &policy.wildcards {
             if suffix == "*" || suffix.is_empty() {
-                merge(t.any.get_or_insert_with(Targets::new), &lowest(targets));
+                let g = grants(policy, "*", targets);
+                merge(t.any.get_or_insert_with(Targets::new), &g);
             } else if let Some(rest) = suffix.strip_prefix('*') {
-                t.partial.push((rest.to_owned(), lowest(targets)));
+                t.partial
+                    .push((rest.to_owned(), grants(policy, suffix, targets)));
             } else {
-                merge(
-                    t.wildcard.entry(suffix.clone()).or_default(),
-                    &lowest(targets),
-                );
+                let g = grants(policy, &format!("*.{suffix}"), targets);
+                merge(t.wildcard.entry(suffix.clone()).or_default(), &g);
             }
         }
         for host in &policy.registered {
@@ -240,7 +262,9 @@ mod tests {
     fn the_lowest_rule_id_is_kept() {
         let t = table(&[("*.example.com", 443), ("a.example.com", 443)], &[], &[]);
         match t.classify("a.example.com") {
-            Class::Registered(m) => assert_eq!(m.values().copied().collect::<Vec<_>>(), [1]),
+            Class::Registered(m) => {
+                assert_eq!(m.values().map(|g| g.rule_id).collect::<Vec<_>>(), [1])
+            }
             c => panic!("{c:?}"),
         }
     }

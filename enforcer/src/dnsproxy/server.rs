@@ -144,6 +144,7 @@ pub struct State {
     pub learned: LearnedTable,
     pub journal: Journal,
     pub maps: KernelMaps,
+    pub sets: super::sets::ProxySets,
 }
 
 pub struct Proxy {
@@ -225,14 +226,20 @@ impl Proxy {
     /// A reload: the new names take effect for the next query, and learned rules that the
     /// new policy no longer justifies go now.
     pub fn update(&self, settings: Settings) -> anyhow::Result<()> {
-        let mut st = lock(&self.state);
-        let (puts, deletes) = st.learned.retarget(&settings.table);
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        let (mut puts, deletes) = st.learned.retarget(&settings.table);
         *self
             .settings
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(settings);
         // Revocations first: a failed write must not leave them undone.
-        let written = st.maps.delete(&deletes).and_then(|()| st.maps.put(&puts));
+        let written = st
+            .maps
+            .delete(&deletes)
+            .and_then(|()| st.sets.assign(&mut puts, &st.learned))
+            .and_then(|()| st.maps.put(&puts))
+            .and_then(|()| st.sets.release(&st.learned));
         if written.is_err() {
             st.learned.forget(puts.iter().map(|(k, _)| *k));
         }
@@ -250,6 +257,8 @@ impl Proxy {
             .learned_rules
             .store(st.learned.len() as u64, Ordering::Relaxed);
         st.maps.delete(&dead)?;
+        let State { learned, sets, .. } = &mut *st;
+        sets.release(learned)?;
         let State {
             learned, journal, ..
         } = &mut *st;
@@ -366,14 +375,21 @@ impl Proxy {
         };
         let targets = &targets;
         let learn = st.learned.learn(name, targets, &addrs)?;
-        let puts = learn.puts;
+        let mut puts = learn.puts;
+        let State {
+            learned,
+            journal,
+            maps,
+            sets,
+        } = &mut *st;
         // Recorded first: every rule in the kernel has its line (docs/architecture.md).
         let written = (if learn.record.is_empty() {
             Ok(())
         } else {
-            st.journal.append(name, &learn.record)
+            journal.append(name, &learn.record)
         })
-        .and_then(|()| st.maps.put(&puts));
+        .and_then(|()| sets.assign(&mut puts, learned))
+        .and_then(|()| maps.put(&puts));
         if written.is_err() {
             st.learned.forget(puts.iter().map(|(k, _)| *k));
         }

@@ -105,7 +105,9 @@ pub fn intern(
 #[derive(Debug, Clone)]
 pub struct Interner {
     ids: HashMap<PolicyBits, u32>,
-    capacity: u32,
+    /// The ids it may give: `first..end`.
+    first: u32,
+    end: u32,
 }
 
 /// What an apply does to `VSETS`: write `new` before any rule names them, drop `freed` once
@@ -127,9 +129,15 @@ pub struct VsetsFull {
 impl Interner {
     /// `capacity`: `maps.visibilitySets` (id 0 is everyone and never stored).
     pub fn new(capacity: u32) -> Self {
+        Self::with_range(1, capacity)
+    }
+
+    /// Gives ids in `first..end` only (DNS-aware mode's learned rules have the rest).
+    pub fn with_range(first: u32, end: u32) -> Self {
         Self {
             ids: HashMap::new(),
-            capacity,
+            first: first.max(1),
+            end,
         }
     }
 
@@ -141,10 +149,10 @@ impl Interner {
     ) -> Result<(HashMap<PolicyBits, u32>, VsetPlan), VsetsFull> {
         let full = || VsetsFull {
             wanted: wanted.len(),
-            capacity: self.capacity,
+            capacity: self.end - self.first + 1,
         };
         let used: BTreeSet<u32> = self.ids.values().copied().collect();
-        let mut free = (1..self.capacity).filter(|id| !used.contains(id));
+        let mut free = (self.first..self.end).filter(|id| !used.contains(id));
         let mut ids = HashMap::new();
         let mut plan = VsetPlan::default();
         for bits in wanted {
@@ -183,10 +191,13 @@ impl Interner {
 
     /// Seeded from the sets a previous run left in the map (`(id, bits)`, empty sets
     /// skipped), so that a restart keeps every rule's id.
-    pub fn seeded(capacity: u32, sets: impl IntoIterator<Item = (u32, PolicyBits)>) -> Self {
-        let mut i = Self::new(capacity);
+    pub fn seeded(
+        (first, end): (u32, u32),
+        sets: impl IntoIterator<Item = (u32, PolicyBits)>,
+    ) -> Self {
+        let mut i = Self::with_range(first, end);
         for (id, bits) in sets {
-            if id != VSET_EVERYONE && id < capacity && bits.iter().any(|w| *w != 0) {
+            if (i.first..i.end).contains(&id) && bits.iter().any(|w| *w != 0) {
                 i.ids.entry(bits).or_insert(id);
             }
         }
@@ -200,6 +211,60 @@ impl Interner {
             None => Some(VSET_EVERYONE),
             Some(b) => ids.get(&b).copied(),
         }
+    }
+}
+
+/// Sets for rules made one at a time (DNS-aware mode's learned rules): an id per distinct
+/// set, given on first use and taken back once no rule names it. Pure; the caller writes
+/// new sets to the map before a rule names them and empties freed ones after.
+#[derive(Debug, Default)]
+pub struct Pool {
+    ids: HashMap<PolicyBits, u32>,
+    first: u32,
+    end: u32,
+}
+
+impl Pool {
+    /// Ids in `first..end`; `sets`: what the map holds in that range now.
+    pub fn new(first: u32, end: u32, sets: impl IntoIterator<Item = (u32, PolicyBits)>) -> Self {
+        let ids = sets
+            .into_iter()
+            .filter(|(id, b)| (first..end).contains(id) && b.iter().any(|w| *w != 0))
+            .map(|(id, b)| (b, id))
+            .collect();
+        Self { ids, first, end }
+    }
+
+    /// The id of `v` (0 for everyone) and whether its set is new (to be written first).
+    pub fn id(&mut self, v: &Visibility) -> Result<(u32, bool), VsetsFull> {
+        let Some(bits) = v.bits() else {
+            return Ok((VSET_EVERYONE, false));
+        };
+        if let Some(id) = self.ids.get(&bits) {
+            return Ok((*id, false));
+        }
+        let used: BTreeSet<u32> = self.ids.values().copied().collect();
+        let id = (self.first..self.end)
+            .find(|id| !used.contains(id))
+            .ok_or(VsetsFull {
+                wanted: self.ids.len() + 1,
+                capacity: self.end.saturating_sub(self.first),
+            })?;
+        self.ids.insert(bits, id);
+        Ok((id, true))
+    }
+
+    /// Forgets every set not in `used`; returns their ids (to be emptied).
+    pub fn keep(&mut self, used: &BTreeSet<PolicyBits>) -> Vec<u32> {
+        let mut gone: Vec<u32> = self
+            .ids
+            .iter()
+            .filter(|(b, _)| !used.contains(*b))
+            .map(|(_, id)| *id)
+            .collect();
+        self.ids.retain(|b, _| used.contains(b));
+        gone.sort_unstable();
+        gone
     }
 }
 
@@ -356,5 +421,27 @@ mod tests {
         assert_eq!(exact([198, 18, 7, 7]), VSET_EVERYONE);
         assert_ne!(exact([198, 18, 9, 9]), VSET_EVERYONE);
         i.commit(ids);
+    }
+
+    #[test]
+    fn a_pool_gives_ids_in_its_range_and_takes_them_back() {
+        let mut p = Pool::new(
+            8,
+            10,
+            [
+                (9, only(&[7]).bits().unwrap()),
+                (3, only(&[1]).bits().unwrap()),
+            ],
+        );
+        assert_eq!(p.id(&only(&[7])).unwrap(), (9, false), "kept from the map");
+        assert_eq!(p.id(&Visibility::Everyone).unwrap(), (0, false));
+        assert_eq!(
+            p.id(&only(&[1])).unwrap(),
+            (8, true),
+            "id 3 is outside the range"
+        );
+        assert!(p.id(&only(&[2])).is_err(), "8 and 9 are taken");
+        assert_eq!(p.keep(&[only(&[1]).bits().unwrap()].into()), [9]);
+        assert_eq!(p.id(&only(&[2])).unwrap(), (9, true));
     }
 }

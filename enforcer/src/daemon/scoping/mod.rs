@@ -15,6 +15,7 @@ use enforcer_common::PolicyBits;
 use tracing::warn;
 
 use crate::{
+    config::Config,
     dataplane::{
         maps::Maps,
         policy_record::{self as record, Record},
@@ -51,14 +52,9 @@ pub struct Staged {
 
 impl Scoping {
     /// Takes over the sets and mappings in the maps (a previous run's after a restart).
-    pub fn start(
-        maps: &Maps,
-        capacity: u32,
-        mount: &Path,
-        pin_root: &Path,
-    ) -> anyhow::Result<Self> {
+    pub fn start(maps: &Maps, cfg: &Config, mount: &Path, pin_root: &Path) -> anyhow::Result<Self> {
         Ok(Self {
-            interner: Interner::seeded(capacity, maps.visibility_sets()?),
+            interner: Interner::seeded(ranges(cfg).0, maps.visibility_sets()?),
             mapped: Some(maps.cgroup_policies()?),
             mount: mount.to_path_buf(),
             pin_root: pin_root.to_path_buf(),
@@ -156,6 +152,17 @@ impl Scoping {
         if let Err(e) = record::write(&self.pin_root, &rec) {
             warn!("cannot record the policy ids for restarts and `inspect`: {e:#}");
         }
+    }
+}
+
+/// The `VSETS` ids of the daemon's rules and of DNS-aware mode's learned rules, which the
+/// proxy gives one at a time: halves of `maps.visibilitySets` in DNS-aware mode.
+pub fn ranges(cfg: &Config) -> ((u32, u32), (u32, u32)) {
+    let c = cfg.maps.visibility_sets;
+    if cfg.dns.mode == crate::config::DnsMode::Proxy {
+        ((1, c / 2), (c / 2, c))
+    } else {
+        ((1, c), (c, c))
     }
 }
 
