@@ -296,6 +296,9 @@ pub const SKIP_EXACT_ANY_PORT: u32 = 1;
 pub const SKIP_PREFIX_PORT: u32 = 2;
 /// No prefix rule has port 0: the second prefix lookup cannot match.
 pub const SKIP_PREFIX_ANY_PORT: u32 = 4;
+/// No rule names a visibility set and nothing scopes learned rules: the programs never look
+/// up the caller's policy (a rule that names one anyway is then usable by no one).
+pub const SKIP_SCOPING: u32 = 8;
 
 /// The hook a verdict came from (named in [`HOOK_NAMES`]); the first four are also the index
 /// of the program in [`PROGRAM_NAMES`].

@@ -12,10 +12,10 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use enforcer_common::{
     COUNTER_EVENTS_DROPPED, DNS_PORT, DNS_REDIRECT, Event, Hook, IPPROTO_ICMP, IPPROTO_ICMPV6,
-    IPPROTO_TCP, IPPROTO_UDP, MODE_AUDIT, POLICY_NODE, PROTO_CLASS_ICMP, PROTO_CLASS_OTHER,
-    PROTO_CLASS_TCP, PROTO_CLASS_UDP, RULE_KEY_FIXED_BITS, RuleKey, SKIP_EXACT_ANY_PORT,
-    SKIP_PREFIX_ANY_PORT, SKIP_PREFIX_PORT, VERDICT_ALLOW, VERDICT_ALLOW_LOOPBACK, VERDICT_AUDIT,
-    VERDICT_DENY, counter_index,
+    IPPROTO_TCP, IPPROTO_UDP, MODE_AUDIT, POLICY_NODE, POLICY_UNMAPPED, PROTO_CLASS_ICMP,
+    PROTO_CLASS_OTHER, PROTO_CLASS_TCP, PROTO_CLASS_UDP, RULE_KEY_FIXED_BITS, RuleKey,
+    SKIP_EXACT_ANY_PORT, SKIP_PREFIX_ANY_PORT, SKIP_PREFIX_PORT, SKIP_SCOPING, VERDICT_ALLOW,
+    VERDICT_ALLOW_LOOPBACK, VERDICT_AUDIT, VERDICT_DENY, VSET_EVERYONE, counter_index,
 };
 
 use crate::{
@@ -121,7 +121,10 @@ pub(crate) fn is_loopback(w: &[u32; 4]) -> bool {
 /// Exact rule for this port first (the common case: one hash lookup), then only the lookups
 /// that can match: userspace sets `skip` bits for the kinds of rule that do not exist, which
 /// saves the trie walks on a denied destination when there are no CIDR or any-port rules.
-/// A rule the caller's policy may not use does not match: the next stage is tried.
+/// A rule the caller's policy may not use does not match: the next stage is tried. An exact
+/// rule for everyone allows without the caller's policy; otherwise the policy is looked up
+/// once, in one place (the lookup's ancestor walk is large, and every inlined copy costs the
+/// verifier), unless `SKIP_SCOPING` says no rule needs it.
 #[inline(always)]
 pub(crate) fn rule_matches(
     proto: u8,
@@ -138,9 +141,17 @@ pub(crate) fn rule_matches(
         addr: dest.addr(),
     };
     // SAFETY (every dereference below): a map value pointer is valid for the program run.
-    if let Some(v) = RULES_EXACT.get_ptr(key)
-        && caller.sees(unsafe { (*v).vset })
-    {
+    let exact = RULES_EXACT.get_ptr(key).map(|v| unsafe { (*v).vset });
+    if exact == Some(VSET_EVERYONE) {
+        return true;
+    }
+    let policy = if skip & SKIP_SCOPING == 0 {
+        caller.policy()
+    } else {
+        POLICY_UNMAPPED
+    };
+    let sees = |vset: u32| vset == VSET_EVERYONE || Caller::in_set(vset, policy);
+    if exact.is_some_and(sees) {
         return true;
     }
     // Learned rules (DNS-aware mode only) always name a port: they come from ServiceEntry
@@ -148,14 +159,14 @@ pub(crate) fn rule_matches(
     if learned && let Some(v) = RULES_LEARNED.get_ptr(key) {
         let (expires, vset) = unsafe { ((*v).expires_ns, (*v).vset) };
         // SAFETY: helper without preconditions.
-        if (expires == 0 || unsafe { bpf_ktime_get_ns() } <= expires) && caller.sees(vset) {
+        if (expires == 0 || unsafe { bpf_ktime_get_ns() } <= expires) && sees(vset) {
             return true;
         }
     }
     let full = RULE_KEY_FIXED_BITS + 128;
     if skip & SKIP_PREFIX_PORT == 0
         && let Some(v) = RULES_PREFIX.get(Key::new(full, key))
-        && caller.sees(v.vset)
+        && sees(v.vset)
     {
         return true;
     }
@@ -163,14 +174,14 @@ pub(crate) fn rule_matches(
     key.port = 0;
     if skip & SKIP_EXACT_ANY_PORT == 0
         && let Some(v) = RULES_EXACT.get_ptr(key)
-        && caller.sees(unsafe { (*v).vset })
+        && sees(unsafe { (*v).vset })
     {
         return true;
     }
     skip & SKIP_PREFIX_ANY_PORT == 0
         && RULES_PREFIX
             .get(Key::new(full, key))
-            .is_some_and(|v| caller.sees(v.vset))
+            .is_some_and(|v| sees(v.vset))
 }
 
 #[inline(always)]

@@ -9,13 +9,12 @@ use aya_ebpf::{
         bpf_skb_cgroup_id,
     },
 };
-use enforcer_common::{MAX_CGROUP_DEPTH, MAX_POLICIES, POLICY_WORDS, VSET_EVERYONE};
+use enforcer_common::{MAX_CGROUP_DEPTH, MAX_POLICIES, POLICY_UNMAPPED, POLICY_WORDS};
 
 use crate::maps::{CGROUP_POLICY, VSETS};
 
-/// The caller's policy, looked up on first use.
+/// Who is calling: the policy comes from its cgroup.
 pub(crate) struct Caller {
-    policy: Option<u32>,
     default: u32,
     /// A packet's socket's cgroup instead of the calling task's (`cgroup_skb` programs, which
     /// may run outside the sender's context).
@@ -26,18 +25,13 @@ impl Caller {
     /// The calling task.
     #[inline(always)]
     pub(crate) fn task(default: u32) -> Self {
-        Self {
-            policy: None,
-            default,
-            skb: None,
-        }
+        Self { default, skb: None }
     }
 
     /// The socket that sent `skb`.
     #[inline(always)]
     pub(crate) fn packet(default: u32, skb: *mut __sk_buff) -> Self {
         Self {
-            policy: None,
             default,
             skb: Some(skb),
         }
@@ -68,45 +62,36 @@ impl Caller {
     /// The calling task's cgroup's policy, else its deepest mapped ancestor's, else the
     /// default.
     #[inline(always)]
-    fn policy(&mut self) -> u32 {
-        if let Some(p) = self.policy {
-            return p;
-        }
+    pub(crate) fn policy(&self) -> u32 {
         let id = self.cgroup();
-        // SAFETY: a map value pointer is valid for the program run.
-        let mut found = CGROUP_POLICY.get_ptr(id).map(|p| unsafe { *p });
-        if found.is_none() {
-            // The walk must reach the caller's own level: a mapped ancestor found below a
-            // cut-short walk may not be the deepest one, so such a caller gets the default.
-            let mut reached = false;
-            for level in 1..=MAX_CGROUP_DEPTH {
-                // 0 past the cgroup's own level.
-                let a = self.ancestor(level as i32);
-                if a == 0 || a == id {
-                    reached = true;
-                    break;
-                }
-                if let Some(p) = CGROUP_POLICY.get_ptr(a) {
-                    // SAFETY: as above.
-                    found = Some(unsafe { *p });
-                }
-            }
-            if !reached {
-                found = None;
-            }
+        if let Some(p) = CGROUP_POLICY.get_ptr(id) {
+            // SAFETY: a map value pointer is valid for the program run.
+            return unsafe { *p };
         }
-        let p = found.unwrap_or(self.default);
-        self.policy = Some(p);
-        p
+        // Deeper than the walk: the deepest mapped ancestor may be out of its reach, and
+        // the default may be wider than it. Such a caller gets no policy (fail closed).
+        if self.ancestor(MAX_CGROUP_DEPTH as i32 + 1) != 0 {
+            return POLICY_UNMAPPED;
+        }
+        // From the deepest level up: the first mapped ancestor is the deepest one. Past
+        // the cgroup's own level the helper answers 0.
+        let mut level = MAX_CGROUP_DEPTH as i32;
+        while level > 0 {
+            let a = self.ancestor(level);
+            if a != 0
+                && let Some(v) = CGROUP_POLICY.get_ptr(a)
+            {
+                // SAFETY: as above.
+                return unsafe { *v };
+            }
+            level -= 1;
+        }
+        self.default
     }
 
-    /// Whether the caller may use a rule naming `vset`.
+    /// Whether policy `p` is in set `vset`.
     #[inline(always)]
-    pub(crate) fn sees(&mut self, vset: u32) -> bool {
-        if vset == VSET_EVERYONE {
-            return true;
-        }
-        let p = self.policy();
+    pub(crate) fn in_set(vset: u32, p: u32) -> bool {
         if p >= MAX_POLICIES {
             return false;
         }

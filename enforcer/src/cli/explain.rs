@@ -201,8 +201,14 @@ pub fn explain(config: Option<&Path>, args: Args) -> Result<(), Failure> {
     let names = sources::read(&layout.root);
     let key = crate::dnsproxy::learned::rule_key(dest.net.addr, dest.port, dest.proto.number());
     let learned_on = kernel.dns & enforcer_common::DNS_REDIRECT != 0;
+    // As the kernel: without scoping, no policy is looked up and scoped rules are no one's.
+    let effective = if kernel.skip & enforcer_common::SKIP_SCOPING != 0 {
+        POLICY_UNMAPPED
+    } else {
+        policy
+    };
     let (allowed, seen) = decide(&live, key, kernel.skip, learned_on, |v| {
-        live.sees(policy, v)
+        live.sees(effective, v)
     });
     let info = |h: &Hit| RuleInfo {
         rule: describe(h.prefix_len, &h.key).to_string(),

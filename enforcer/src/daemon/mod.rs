@@ -407,6 +407,7 @@ impl Daemon {
                 .map(|v| v.iter().map(|(a, _)| *a).collect())
                 .unwrap_or_default()
         });
+        desired.scoping = first.config.scoping();
         let mut scope = scoping::Scoping::start(&dp.maps, &first.config, &mount, &dp.layout().root)
             .runtime()?;
         let started = std::time::Instant::now();
@@ -696,9 +697,12 @@ impl Daemon {
     /// The rules of the policy in force with the current answers.
     fn desired(&self) -> crate::policy::rules::DesiredRules {
         let resolved = &self.resolved;
-        self.current
+        let mut rules = self
+            .current
             .compiled
-            .desired_rules(|h| resolved.addrs.get(h).cloned().unwrap_or_default())
+            .desired_rules(|h| resolved.addrs.get(h).cloned().unwrap_or_default());
+        rules.scoping = self.current.config.scoping();
+        rules
     }
 
     /// Makes the maps equal to the policy and the current DNS answers (which include what a

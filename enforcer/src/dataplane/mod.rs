@@ -196,13 +196,14 @@ impl Dataplane {
             .map_max_entries(map_names::CGROUP_POLICY, sizes.cgroup_policies)
             .map_max_entries(map_names::TASK_CGROUPS, maps::TASK_CGROUP_ENTRIES)
             .override_global("AYA_LOG_LEVEL", &log_level, false);
+        let btf = std::thread::spawn(Btf::from_sys_fs);
         let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
 
         for name in ALL_PROGRAMS {
             load_program(&mut ebpf, name)
                 .with_context(|| format!("the kernel refused program {name} (verifier)"))?;
         }
-        let lsm = load_lsm(&mut ebpf).map_err(|e| format!("{e:#}"));
+        let lsm = load_lsm(&mut ebpf, btf).map_err(|e| format!("{e:#}"));
         let maps = Maps::from_ebpf(&mut ebpf)?;
         let root_maps = foreign::RootMaps::from_ebpf(&mut ebpf)?;
         // The exact rules in force until now, in the maps being replaced when migrating.
@@ -441,9 +442,17 @@ fn lsm_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut LsmCgroup> {
 }
 
 /// Loads the LSM program if this kernel runs BPF LSM programs and has per-cgroup ones (6.0).
-fn load_lsm(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+/// `btf`: the kernel's BTF, parsed meanwhile on another thread (it takes as long as loading
+/// every other program, and a restart's window for DNS answers waits on it).
+fn load_lsm(
+    ebpf: &mut Ebpf,
+    btf: std::thread::JoinHandle<Result<Btf, aya::BtfError>>,
+) -> anyhow::Result<()> {
     lsm::check_active()?;
-    let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
+    let btf = btf
+        .join()
+        .map_err(|_| anyhow::anyhow!("reading the kernel's BTF panicked"))?
+        .context("reading the kernel's BTF")?;
     lsm_program(ebpf)?.load("socket_create", &btf).context(
         "loading lsm_cgroup/socket_create (needs Linux 6.0 or later with BPF trampolines; \
              some kernels refuse every trampoline program)",

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, btree_map::Entry};
 
 use enforcer_common::{
     POLICY_NODE, RULE_KEY_FIXED_BITS, RuleKey, RuleValue, SKIP_EXACT_ANY_PORT,
-    SKIP_PREFIX_ANY_PORT, SKIP_PREFIX_PORT,
+    SKIP_PREFIX_ANY_PORT, SKIP_PREFIX_PORT, SKIP_SCOPING,
 };
 
 use super::{
@@ -23,6 +23,9 @@ pub struct DesiredRules {
     /// their `vset` is set by `visibility::intern`.
     pub scoped: BTreeMap<RuleKey, Visibility>,
     pub scoped_prefix: BTreeMap<(u32, RuleKey), Visibility>,
+    /// Scoping is configured (units or pods): learned rules may be scoped too, so the
+    /// programs must look the caller's policy up.
+    pub scoping: bool,
 }
 
 impl DesiredRules {
@@ -83,6 +86,9 @@ impl DesiredRules {
     /// no rule of that kind exists.
     pub fn lookup_skips(&self) -> u32 {
         let mut skip = SKIP_EXACT_ANY_PORT | SKIP_PREFIX_PORT | SKIP_PREFIX_ANY_PORT;
+        if !self.scoping && self.scoped.is_empty() && self.scoped_prefix.is_empty() {
+            skip |= SKIP_SCOPING;
+        }
         if self.exact.keys().any(|k| k.port == 0) {
             skip &= !SKIP_EXACT_ANY_PORT;
         }
@@ -161,8 +167,10 @@ mod tests {
 
     #[test]
     fn lookup_skips_name_only_the_kinds_that_are_absent() {
-        let all = SKIP_EXACT_ANY_PORT | SKIP_PREFIX_PORT | SKIP_PREFIX_ANY_PORT;
-        let skips = |s: &[&str]| DesiredRules::from_specs(&specs(s)).lookup_skips();
+        let all = SKIP_EXACT_ANY_PORT | SKIP_PREFIX_PORT | SKIP_PREFIX_ANY_PORT | SKIP_SCOPING;
+        // Without scoping the policy lookup is skipped too; the other bits are the same.
+        let skips = |s: &[&str]| DesiredRules::from_specs(&specs(s)).lookup_skips() & !SKIP_SCOPING;
+        let all = all & !SKIP_SCOPING;
         assert_eq!(skips(&[]), all);
         assert_eq!(skips(&["198.18.0.1:80/tcp"]), all);
         assert_eq!(
@@ -185,6 +193,18 @@ mod tests {
             ]),
             0
         );
+        let mut r = DesiredRules::from_specs(&specs(&["198.18.0.1:80/tcp"]));
+        assert_eq!(r.lookup_skips() & SKIP_SCOPING, SKIP_SCOPING, "no scoping");
+        r.scoping = true;
+        assert_eq!(
+            r.lookup_skips() & SKIP_SCOPING,
+            0,
+            "units or pods configured"
+        );
+        let mut r = DesiredRules::default();
+        let only = Visibility::Only([1].into());
+        r.add_scoped(&"198.18.0.1:80/tcp".parse().unwrap(), 1, 0, &only);
+        assert_eq!(r.lookup_skips() & SKIP_SCOPING, 0, "a scoped rule");
     }
 
     #[test]
