@@ -75,7 +75,7 @@ pub struct Config {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Policies {
     /// What an enforced cgroup outside every unit (and pod) may use; unset: `deny` with
-    /// `kubernetes.pods`, else `all`.
+    /// units or `kubernetes.pods`, else `all`.
     pub default: Option<DefaultPolicy>,
     /// The mesh default for entries without `exportTo` (Istio's meshConfig
     /// `defaultServiceExportTo`).
@@ -612,9 +612,10 @@ impl Config {
         !self.policies.units.is_empty() || self.kubernetes.pods
     }
 
-    /// What a cgroup in no unit and no pod may use.
+    /// What a cgroup in no unit and no pod may use: unset, `deny` as soon as units or pods
+    /// are scoped (a unit's new cgroup runs on the default until it is mapped), else `all`.
     pub fn default_policy(&self) -> DefaultPolicy {
-        self.policies.default.unwrap_or(if self.kubernetes.pods {
+        self.policies.default.unwrap_or(if self.scoping() {
             DefaultPolicy::Deny
         } else {
             DefaultPolicy::All
@@ -927,7 +928,11 @@ mod tests {
             ok.policies.unit_cgroups(),
             ["system.slice/a.service", "system.slice/b.service"]
         );
-        assert_eq!(ok.default_policy(), DefaultPolicy::All);
+        assert_eq!(
+            ok.default_policy(),
+            DefaultPolicy::Deny,
+            "a restarted unit's new cgroup must not get everything until it is mapped"
+        );
         assert!(ok.all_entry_paths().contains(&PathBuf::from("/etc/b")));
         for (bad, want) in [
             (

@@ -111,7 +111,7 @@ pub async fn sidecars(client: kube::Client, status: Arc<Status>, tx: watch::Send
     let api: Api<DynamicObject> = Api::all_with(client, &ar);
     // Filled by `decode`, read by `publish`: what a refused Sidecar with no valid version
     // stands for.
-    let fallback: Arc<Mutex<HashMap<Key, Sidecar>>> = Arc::default();
+    let fallback: Arc<Mutex<HashMap<Key, (Sidecar, serde_json::Value)>>> = Arc::default();
     let fill = Arc::clone(&fallback);
     let decode = move |o: &DynamicObject| {
         let key = super::watch::object_key(o);
@@ -126,7 +126,8 @@ pub async fn sidecars(client: kube::Client, status: Arc<Status>, tx: watch::Send
             }
             other => {
                 if let Some(s) = other {
-                    fb.insert(key.clone(), s);
+                    let raw = serde_json::to_value(o).unwrap_or_default();
+                    fb.insert(key.clone(), (s, raw));
                 }
                 Err(Rejected {
                     resource_version: o.metadata.resource_version.clone().unwrap_or_default(),
@@ -143,13 +144,16 @@ pub async fn sidecars(client: kube::Client, status: Arc<Status>, tx: watch::Send
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut all: Vec<Sidecar> = store.valid().map(|(_, v)| v.item.clone()).collect();
-            all.extend(
-                store
-                    .rejected()
-                    .filter(|(_, _, older)| !older)
-                    .filter_map(|(k, _, _)| fb.get(k).cloned()),
-            );
-            let raw = store.valid().map(|(_, v)| (*v.raw).clone()).collect();
+            let mut raw: Vec<serde_json::Value> =
+                store.valid().map(|(_, v)| (*v.raw).clone()).collect();
+            for (s, r) in store
+                .rejected()
+                .filter(|(_, _, older)| !older)
+                .filter_map(|(k, _, _)| fb.get(k))
+            {
+                all.push(s.clone());
+                raw.push(r.clone());
+            }
             tx.send_modify(|s| {
                 s.generation = status.published();
                 s.sidecars = Arc::new(all);

@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub sidecars: Arc<Vec<Sidecar>>,
     pub sidecars_raw: Arc<Vec<serde_json::Value>>,
     pub sidecars_synced: bool,
+    /// The Sidecars come from the previous run's record (complete as of then).
+    pub sidecars_recorded: bool,
     pub pods: Arc<Vec<pods::PodMeta>>,
     pub pods_synced: bool,
     /// `Status::published` when it went out (0: the previous run's record).

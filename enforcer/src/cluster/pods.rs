@@ -28,11 +28,13 @@ pub fn decode(obj: &PartialObjectMeta<Pod>) -> (Key, Result<PodMeta, Rejected>) 
         m.namespace.clone().unwrap_or_default(),
         m.name.clone().unwrap_or_default(),
     );
+    // Only the kubelet writes a real one (a manifest hash, 32 hex digits); anything else
+    // could name another pod's cgroup.
     let mirror = m
         .annotations
         .as_ref()
         .and_then(|a| a.get(MIRROR_ANNOTATION))
-        .filter(|h| !h.is_empty());
+        .filter(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()));
     let uid = mirror
         .cloned()
         .or_else(|| m.uid.clone())
@@ -75,5 +77,10 @@ mod tests {
             r#"{"apiVersion":"meta.k8s.io/v1","kind":"PartialObjectMetadata","metadata":{"name":"x","namespace":"y"}}"#,
         ));
         assert!(bad.is_err());
+        // Anything but a manifest hash would let a pod name another pod's cgroup.
+        let (_, forged) = decode(&meta(
+            r#"{"apiVersion":"meta.k8s.io/v1","kind":"PartialObjectMetadata","metadata":{"name":"x","namespace":"y","uid":"0b7c5c55-0000-4000-8000-000000000002","annotations":{"kubernetes.io/config.mirror":"11111111-1111-4111-8111-111111111111"}}}"#,
+        ));
+        assert_eq!(forged.unwrap().uid, "0b7c5c55-0000-4000-8000-000000000002");
     }
 }

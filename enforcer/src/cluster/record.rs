@@ -55,14 +55,13 @@ pub fn read(pin_root: &Path) -> Snapshot {
             return Snapshot::default();
         }
     };
+    let recorded_sidecars = has_sidecars_key(&bytes);
     let (entries, raw) = service_entries(record.service_entries);
     let (sidecars, sidecars_raw): (Vec<_>, Vec<_>) = record
         .sidecars
         .into_iter()
-        .filter_map(|v| match decode_sidecar(&v) {
-            (Some(s), errors) if errors.is_empty() => Some((s, v)),
-            _ => None,
-        })
+        // An invalid one decodes to its fail-closed form (it claims its pods, imports nothing).
+        .filter_map(|v| decode_sidecar(&v).0.map(|s| (s, v)))
         .unzip();
     Snapshot {
         entries: Arc::new(entries),
@@ -71,10 +70,19 @@ pub fn read(pin_root: &Path) -> Snapshot {
         sidecars: Arc::new(sidecars),
         sidecars_raw: Arc::new(sidecars_raw),
         sidecars_synced: false,
+        sidecars_recorded: recorded_sidecars,
         pods: Arc::new(record.pods),
         pods_synced: false,
         generation: 0,
     }
+}
+
+/// Whether the record is of the format that holds Sidecars (an older one does not: its
+/// pods would be scoped without them).
+fn has_sidecars_key(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .is_some_and(|v| v.get("sidecars").is_some())
 }
 
 fn service_entries(

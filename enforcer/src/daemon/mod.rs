@@ -75,6 +75,8 @@ impl RunOptions {
                 .map_or(&[][..], |c| c.addresses.as_slice()),
             policies,
             sidecars: cluster.map_or(&[][..], |c| c.current.sidecars.as_slice()),
+            sidecars_known: cluster
+                .is_some_and(|c| c.current.sidecars_synced || c.current.sidecars_recorded),
             pods: cluster.map_or(&[][..], |c| c.current.pods.as_slice()),
         }
     }
@@ -585,7 +587,7 @@ impl Daemon {
                     }
                 }
                 Some(()) = cgroups_rx.recv() => d.remap(),
-                _ = rescan.tick(), if d.cgroup_watch.is_some() => d.remap(),
+                _ = rescan.tick(), if d.current.config.scoping() => d.remap(),
                 Some(snapshot) = cluster::next(&mut d.cluster) => {
                     if let Some(c) = &mut d.cluster {
                         c.current = snapshot;
@@ -784,18 +786,29 @@ impl Daemon {
     }
 
     /// Maps unit and pod cgroups that appeared, forgets the ones that went.
+    ///
+    /// A directory that starts being watched may already hold a new cgroup (a slice and its
+    /// unit made together): the scan repeats until the watched set stops changing.
     fn remap(&mut self) {
-        match self
-            .scoping
-            .map_cgroups(&mut self.dp.maps, &placement(&self.current))
-        {
-            Ok(0) => {}
-            Ok(n) => info!(changed = n, "cgroups mapped to their policies"),
-            Err(e) => {
-                error!("mapping cgroups to policies failed (retried at the next change): {e:#}")
+        for _ in 0..4 {
+            let before = self.scoping.watch_targets().to_vec();
+            match self
+                .scoping
+                .map_cgroups(&mut self.dp.maps, &placement(&self.current))
+            {
+                Ok(0) => {}
+                Ok(n) => info!(changed = n, "cgroups mapped to their policies"),
+                Err(e) => {
+                    error!(
+                        "mapping cgroups to policies failed (retried at the next change): {e:#}"
+                    );
+                }
+            }
+            self.watch_cgroups();
+            if self.scoping.watch_targets() == before.as_slice() {
+                break;
             }
         }
-        self.watch_cgroups();
     }
 }
 

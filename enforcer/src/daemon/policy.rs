@@ -2,7 +2,7 @@
 //! good or none of it is applied.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
 };
 
@@ -97,6 +97,8 @@ pub struct Inputs<'a> {
     pub policies: Option<&'a PolicyTable>,
     /// Every Sidecar, and this node's pods (pod scoping).
     pub sidecars: &'a [Sidecar],
+    /// `sidecars` is complete: listed from the API server, or recorded by the previous run.
+    pub sidecars_known: bool,
     pub pods: &'a [PodMeta],
 }
 
@@ -150,8 +152,14 @@ fn scoping(
         })
         .collect();
     let scope = Scope::new(entries, &p.default_export_to, &sidecars).with_units(&units, shared);
-    let pod_subjects: Vec<(&PodMeta, Subject)> = inputs
-        .pods
+    // Until every Sidecar is known (listed, or recorded by the previous run), a pod's view
+    // could be wider than its Sidecar allows: pods stay unplaced (the default, deny).
+    let pods = if inputs.sidecars_known {
+        inputs.pods
+    } else {
+        &[]
+    };
+    let pod_subjects: Vec<(&PodMeta, Subject)> = pods
         .iter()
         .map(|pod| {
             (
@@ -172,14 +180,25 @@ fn scoping(
     let table = PolicyTable::assign(&previous, subjects)
         .map_err(|e| LoadError(vec![format!("policies: {e}")]))?;
     let scopes = table.entry_scopes(&scope);
-    let pods = pod_subjects
-        .into_iter()
-        .filter_map(|(pod, s)| {
-            let policy = table.id(&s)?;
-            let name = format!("{}/{}", pod.namespace, pod.name);
-            Some((pod.uid.clone(), PodPolicy { policy, pod: name }))
-        })
-        .collect();
+    let mut pods: BTreeMap<String, PodPolicy> = BTreeMap::new();
+    let mut claimed_twice = BTreeSet::new();
+    for (pod, s) in pod_subjects {
+        let Some(policy) = table.id(&s) else { continue };
+        let name = format!("{}/{}", pod.namespace, pod.name);
+        if let Some(first) = pods.insert(pod.uid.clone(), PodPolicy { policy, pod: name }) {
+            claimed_twice.insert((pod.uid.clone(), first.pod));
+        }
+    }
+    // Two pods naming one cgroup (a forged mirror annotation): neither policy is trusted.
+    for (uid, first) in claimed_twice {
+        if let Some(second) = pods.remove(&uid) {
+            tracing::warn!(
+                uid = %uid,
+                "pods {first} and {} name the same cgroup: it gets the default policy",
+                second.pod
+            );
+        }
+    }
     Ok(Scoped {
         table,
         scopes: Some(scopes),

@@ -4,13 +4,13 @@
 //! fall-through when a rule is not for the caller. Pure: the caller supplies map lookups.
 
 use enforcer_common::{
-    MAX_CGROUP_DEPTH, RuleKey, SKIP_EXACT_ANY_PORT, SKIP_PREFIX_ANY_PORT, SKIP_PREFIX_PORT,
-    VSET_EVERYONE,
+    MAX_CGROUP_DEPTH, POLICY_UNMAPPED, RuleKey, SKIP_EXACT_ANY_PORT, SKIP_PREFIX_ANY_PORT,
+    SKIP_PREFIX_PORT, VSET_EVERYONE,
 };
 
 /// The policy of a caller in cgroup `own`, whose ancestors from the hierarchy's level 1 down
 /// to its parent are `ancestors`: its own mapping, else the deepest mapped ancestor's, else
-/// `default`; a cgroup deeper than the kernel walks gets `default`.
+/// `default`; a cgroup deeper than the kernel walks gets no policy (`POLICY_UNMAPPED`).
 pub fn caller_policy(
     own: u64,
     ancestors: &[u64],
@@ -21,7 +21,7 @@ pub fn caller_policy(
         return p;
     }
     if ancestors.len() >= MAX_CGROUP_DEPTH as usize {
-        return default;
+        return POLICY_UNMAPPED;
     }
     ancestors
         .iter()
@@ -211,8 +211,8 @@ mod tests {
         let deep: Vec<u64> = (0..16).map(|i| if i == 0 { 10 } else { 100 + i }).collect();
         assert_eq!(
             caller_policy(999, &deep, mapped, 7),
-            7,
-            "deeper than the walk"
+            POLICY_UNMAPPED,
+            "deeper than the walk: not even the default"
         );
     }
 }

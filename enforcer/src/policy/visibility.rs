@@ -48,6 +48,10 @@ impl Visibility {
     }
 }
 
+/// A set id no set is ever written to (beyond every `maps.visibilitySets`): a rule naming
+/// it is usable by no one, since the kernel's lookup of its words fails.
+pub const NOBODY: u32 = u32::MAX / enforcer_common::POLICY_WORDS;
+
 /// Who may use one ServiceEntry's rules: each host's answers, and the entry's addresses and
 /// endpoints (the policies of any of its hosts, as Istio allows an entry's addresses to
 /// whoever imports one of its hosts).
@@ -85,14 +89,17 @@ pub fn intern(
     wanted.extend(rules.scoped.values().filter_map(Visibility::bits));
     wanted.extend(rules.scoped_prefix.values().filter_map(Visibility::bits));
     let (ids, plan) = interner.plan(&wanted)?;
+    // Every set is in the plan; were one missing, the rule must be no one's, never
+    // everyone's (the value it was created with).
+    let id = |v: &Visibility| Interner::id_of(&ids, v).unwrap_or(NOBODY);
     for (k, v) in &rules.scoped {
-        if let (Some(value), Some(id)) = (rules.exact.get_mut(k), Interner::id_of(&ids, v)) {
-            value.vset = id;
+        if let Some(value) = rules.exact.get_mut(k) {
+            value.vset = id(v);
         }
     }
     for (k, v) in &rules.scoped_prefix {
-        if let (Some(value), Some(id)) = (rules.prefix.get_mut(k), Interner::id_of(&ids, v)) {
-            value.vset = id;
+        if let Some(value) = rules.prefix.get_mut(k) {
+            value.vset = id(v);
         }
     }
     Ok((ids, plan))
