@@ -69,6 +69,12 @@ pub fn test(unit_only: bool) -> anyhow::Result<()> {
             "warnings",
         ]),
     )?;
+    // The fuzz targets build the library without the runtime (aya, tokio): a module that
+    // needs it must say so, and this finds out before the long stages do.
+    step(
+        "check the pure library (no runtime feature, as the fuzz targets build it)",
+        cargo().args(["check", "-p", "enforcer", "--no-default-features", "--lib"]),
+    )?;
     step(
         "clippy (eBPF programs, bpf target)",
         Command::new("cargo")

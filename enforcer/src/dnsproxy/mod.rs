@@ -3,7 +3,7 @@
 //! its addresses are allowed in the kernel, an unregistered name never leaves the node.
 //!
 //! `names`, `message` and `learned` are pure (unit-tested, fuzzed); `server` does the socket
-//! I/O and `kernel` the map writes.
+//! I/O, `kernel` the map writes and `sets` the learned rules' visibility sets.
 
 #[cfg(feature = "runtime")]
 pub mod journal;
@@ -15,6 +15,7 @@ pub mod names;
 pub mod report_limit;
 #[cfg(feature = "runtime")]
 pub mod server;
+#[cfg(feature = "runtime")]
 pub mod sets;
 #[cfg(feature = "runtime")]
 pub mod upstream;
