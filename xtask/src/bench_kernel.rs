@@ -664,6 +664,27 @@ fn rule_key(addr: &str, port: u16, proto: u8) -> anyhow::Result<Vec<u8>> {
     Ok(k)
 }
 
+/// One value of a pinned map, through bpftool.
+fn lookup(map: &str, key: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "lookup", "pinned", map, "key", "hex"])
+        .args(hex(key).split(' '))
+        .output()
+        .context("bpftool map lookup")?;
+    let v: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "bpftool lookup in {map}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    Ok(v["value"]
+        .as_array()
+        .context("value bytes")?
+        .iter()
+        .filter_map(|b| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok())
+        .collect())
+}
+
 /// Scopes the allowed rules the way the daemon will for pods (docs/architecture.md,
 /// "Scoping"), with bpftool on the pinned maps: 100 visibility sets, 1,000 cgroups mapped
 /// to policies, the workload's cgroup among them, and the allowed rules naming a set that
@@ -705,31 +726,8 @@ fn scope_allowed(fx: &Fixture, l: &Loaded) -> anyhow::Result<()> {
         (ALLOWED6, TCP_PORT, 6),
     ] {
         let key = rule_key(addr, port, proto)?;
-        let out = Command::new("bpftool")
-            .args([
-                "-j",
-                "map",
-                "lookup",
-                "pinned",
-                &map("RULES_EXACT"),
-                "key",
-                "hex",
-            ])
-            .args(hex(&key).split(' '))
-            .output()
-            .context("bpftool map lookup")?;
-        let v: Value = serde_json::from_slice(&out.stdout).with_context(|| {
-            format!(
-                "bpftool lookup of {addr}:{port}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })?;
-        let mut value: Vec<u8> = v["value"]
-            .as_array()
-            .context("value bytes")?
-            .iter()
-            .filter_map(|b| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok())
-            .collect();
+        let mut value = lookup(&map("RULES_EXACT"), &key)
+            .with_context(|| format!("the rule for {addr}:{port}"))?;
         if value.len() != 16 {
             bail!(
                 "rule value of {addr}:{port} is {} bytes, not 16",
@@ -745,6 +743,19 @@ fn scope_allowed(fx: &Fixture, l: &Loaded) -> anyhow::Result<()> {
             hex(&value)
         );
     }
+    // The daemon runs without units or pods, so it tells the programs to skip the policy
+    // lookup (`SKIP_SCOPING`, bit 3 of `Config.skip` at byte 12): clear it, as a daemon
+    // with scoping configured does.
+    let mut config = lookup(&map("CONFIG"), &0u32.to_le_bytes())?;
+    let skip = config.get_mut(12).context("CONFIG value too short")?;
+    *skip &= !8;
+    let _ = writeln!(
+        batch,
+        "map update pinned {} key hex {} value hex {}",
+        map("CONFIG"),
+        hex(&0u32.to_le_bytes()),
+        hex(&config)
+    );
     let file = l.dir.join("scope.batch");
     std::fs::write(&file, batch)?;
     let out = Command::new("bpftool")
