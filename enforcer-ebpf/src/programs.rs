@@ -27,6 +27,9 @@ use crate::{
 pub(crate) const ALLOW: i32 = 1;
 pub(crate) const DENY: i32 = 0;
 
+/// No exact rule for the destination (never a set id).
+const NO_RULE: u32 = u32::MAX;
+
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
     decide_as(&ctx, Hook::Connect4, dest_v4(&ctx), true)
@@ -141,8 +144,12 @@ pub(crate) fn rule_matches(
         addr: dest.addr(),
     };
     // SAFETY (every dereference below): a map value pointer is valid for the program run.
-    let exact = RULES_EXACT.get_ptr(key).map(|v| unsafe { (*v).vset });
-    if exact == Some(VSET_EVERYONE) {
+    // A sentinel rather than an Option: LLVM may copy a None's undefined payload into a
+    // register, which the verifier refuses to read.
+    let exact = RULES_EXACT
+        .get_ptr(key)
+        .map_or(NO_RULE, |v| unsafe { (*v).vset });
+    if exact == VSET_EVERYONE {
         return true;
     }
     let policy = if skip & SKIP_SCOPING == 0 {
@@ -151,7 +158,7 @@ pub(crate) fn rule_matches(
         POLICY_UNMAPPED
     };
     let sees = |vset: u32| vset == VSET_EVERYONE || Caller::in_set(vset, policy);
-    if exact.is_some_and(sees) {
+    if exact != NO_RULE && sees(exact) {
         return true;
     }
     // Learned rules (DNS-aware mode only) always name a port: they come from ServiceEntry

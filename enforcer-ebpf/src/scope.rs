@@ -17,33 +17,35 @@ use crate::maps::{CGROUP_POLICY, VSETS};
 pub(crate) struct Caller {
     default: u32,
     /// A packet's socket's cgroup instead of the calling task's (`cgroup_skb` programs, which
-    /// may run outside the sender's context).
-    skb: Option<*mut __sk_buff>,
+    /// may run outside the sender's context). Null for the calling task: a pointer rather
+    /// than an Option, whose None LLVM may carry as an undefined register the verifier refuses.
+    skb: *mut __sk_buff,
 }
 
 impl Caller {
     /// The calling task.
     #[inline(always)]
     pub(crate) fn task(default: u32) -> Self {
-        Self { default, skb: None }
+        Self {
+            default,
+            skb: core::ptr::null_mut(),
+        }
     }
 
     /// The socket that sent `skb`.
     #[inline(always)]
     pub(crate) fn packet(default: u32, skb: *mut __sk_buff) -> Self {
-        Self {
-            default,
-            skb: Some(skb),
-        }
+        Self { default, skb }
     }
 
     #[inline(always)]
     fn cgroup(&self) -> u64 {
         // SAFETY: helpers without preconditions; `skb` is the program's context.
         unsafe {
-            match self.skb {
-                Some(skb) => bpf_skb_cgroup_id(skb),
-                None => bpf_get_current_cgroup_id(),
+            if self.skb.is_null() {
+                bpf_get_current_cgroup_id()
+            } else {
+                bpf_skb_cgroup_id(self.skb)
             }
         }
     }
@@ -52,9 +54,10 @@ impl Caller {
     fn ancestor(&self, level: i32) -> u64 {
         // SAFETY: as above.
         unsafe {
-            match self.skb {
-                Some(skb) => bpf_skb_ancestor_cgroup_id(skb, level),
-                None => bpf_get_current_ancestor_cgroup_id(level),
+            if self.skb.is_null() {
+                bpf_get_current_ancestor_cgroup_id(level)
+            } else {
+                bpf_skb_ancestor_cgroup_id(self.skb, level)
             }
         }
     }

@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use crate::{
     bench::{Row, Section, median},
     bench_daemon::{Daemon, cleanup, fresh_dir},
+    bench_noop::{Calibration, Noop},
 };
 
 const ALLOWED: &str = "198.18.0.1";
@@ -870,7 +871,8 @@ fn measure_kernel(
 fn measure_noop(
     fx: &Fixture,
     plan: &Plan,
-    noop: &crate::bench_noop::Noop,
+    noop: &Noop,
+    program: &'static str,
 ) -> anyhow::Result<KernelCell> {
     let _stats = BpfStats::enable()?;
     let mut ns = Vec::new();
@@ -890,7 +892,7 @@ fn measure_noop(
     }
     Ok(KernelCell {
         rules: 0,
-        program: "noop",
+        program,
         denied: false,
         outside: false,
         scoped: None,
@@ -919,9 +921,14 @@ pub fn run(plan: &Plan, bin: &Path, worker: PathBuf) -> anyhow::Result<KernelRes
     let max = plan.enforcer_sizes.iter().copied().max().unwrap_or(0);
     {
         eprintln!("==> bench: calibration, a no-op cgroup/connect4 program");
-        let noop = crate::bench_noop::Noop::attach(&fx.cgroup("case"))?;
+        let noop = Noop::attach(&fx.cgroup("case"), Calibration::Noop)?;
         cells.extend(measure_block(&fx, plan, System::Noop, 0)?);
-        kernel.push(measure_noop(&fx, plan, &noop)?);
+        kernel.push(measure_noop(&fx, plan, &noop, "noop")?);
+    }
+    for (what, program, _) in HELPER_CALIBRATIONS {
+        eprintln!("==> bench: calibration, {program}");
+        let prog = Noop::attach(&fx.cgroup("case"), what)?;
+        kernel.push(measure_noop(&fx, plan, &prog, program)?);
     }
     for &n in &plan.enforcer_sizes {
         let diff = if n == max { plan.diff.min(n / 2) } else { 0 };
@@ -1111,7 +1118,7 @@ fn report(
     }
     let mut sizes: Vec<usize> = kernel
         .iter()
-        .filter(|k| k.program != "noop")
+        .filter(|k| k.program != "noop" && HELPER_CALIBRATIONS.iter().all(|c| c.1 != k.program))
         .map(|k| k.rules)
         .collect();
     sizes.dedup();
@@ -1181,11 +1188,33 @@ fn report(
     }
 }
 
+/// Programs that call one helper and allow, measured like the no-op one: the cost of learning
+/// who the caller is, which scoping cannot do without.
+const HELPER_CALIBRATIONS: [(Calibration, &str, &str); 2] = [
+    (
+        Calibration::CgroupId,
+        "bpf_get_current_cgroup_id",
+        "the caller's cgroup, where scoping's lookup starts: a scoped decision costs at least this",
+    ),
+    (
+        Calibration::NetnsCookie,
+        "bpf_get_netns_cookie",
+        "the socket's network namespace, the cheapest helper that tells one pod from another",
+    ),
+];
+
 /// What scoping adds to an allowed call: the same daemon, rules and workload, before and
 /// after the allowed rules name a visibility set (1,000 cgroups mapped, 100 policies).
-/// Target: at most 15 ns.
+/// Target: at most 15 ns. Then the floor under it: each helper alone, less the no-op.
 fn scoping_rows(kernel: &[KernelCell]) -> Vec<Row> {
     let mut rows = Vec::new();
+    let floor = |program: &str| {
+        kernel
+            .iter()
+            .find(|k| k.program == program)
+            .map(|k| median(k.ns.clone()))
+    };
+    let noop = floor("noop");
     for (program, ..) in SCOPED_CASES {
         let cell = |scoped| {
             kernel
@@ -1209,6 +1238,22 @@ fn scoping_rows(kernel: &[KernelCell]) -> Vec<Row> {
                 fmt_ns(b),
                 on.ns.len(),
                 on.rules
+            ),
+        });
+    }
+    for (_, helper, what) in HELPER_CALIBRATIONS {
+        let (Some(noop), Some(ns)) = (noop, floor(helper)) else {
+            continue;
+        };
+        rows.push(Row {
+            case: format!("floor under scoping: {helper}() alone, in a program that then allows"),
+            median: ns - noop,
+            unit: "ns",
+            target: None,
+            detail: format!(
+                "run_time_ns / run_cnt {} less the no-op program's {}; {what}",
+                fmt_ns(ns),
+                fmt_ns(noop)
             ),
         });
     }

@@ -1,8 +1,10 @@
-//! A calibration program for the kernel benchmarks: a `cgroup/connect4` program that allows
-//! everything and does nothing else (`r0 = 1; exit`). Attached to the workload's cgroup it
-//! shows what any cgroup sock_addr hook costs on this machine — the dispatch in the syscall and,
-//! with `kernel.bpf_stats_enabled`, the statistics' own overhead — which is the floor under
-//! egress-enforcer's numbers. Loaded with raw `bpf(2)` calls: two instructions need no toolchain.
+//! Calibration programs for the kernel benchmarks: `cgroup/connect4` programs that allow
+//! everything. The no-op one (`r0 = 1; exit`), attached to the workload's cgroup, shows what any
+//! cgroup sock_addr hook costs on this machine — the dispatch in the syscall and, with
+//! `kernel.bpf_stats_enabled`, the statistics' own overhead — which is the floor under
+//! egress-enforcer's numbers. The others call one helper first: what it costs on this kernel
+//! is the floor under any design that needs it (scoping must learn who the caller is).
+//! Loaded with raw `bpf(2)` calls: three instructions need no toolchain.
 
 use std::{
     fs::File,
@@ -56,32 +58,62 @@ fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// The loaded and attached no-op program; dropping it detaches it.
+/// What a calibration program does before it allows.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Calibration {
+    /// Nothing.
+    Noop,
+    /// `bpf_get_current_cgroup_id()`: the calling task's cgroup, which scoping looks up.
+    CgroupId,
+    /// `bpf_get_netns_cookie(ctx)`: the socket's network namespace, the cheapest helper that
+    /// tells one pod from another.
+    NetnsCookie,
+}
+
+impl Calibration {
+    /// The helper called first, if any (`BPF_FUNC_*`), and the program's name.
+    fn helper(self) -> (Option<i32>, &'static [u8]) {
+        match self {
+            Self::Noop => (None, b"ee_noop_4"),
+            Self::CgroupId => (Some(80), b"ee_cgid_4"),
+            Self::NetnsCookie => (Some(122), b"ee_netns_4"),
+        }
+    }
+}
+
+/// A loaded and attached calibration program; dropping it detaches it.
 pub struct Noop {
     prog: OwnedFd,
     _link: OwnedFd,
 }
 
 impl Noop {
-    pub fn attach(cgroup: &Path) -> anyhow::Result<Self> {
-        // mov64 r0, 1 ; exit
-        let insns: [u64; 2] = [
-            u64::from_le_bytes([0xb7, 0, 0, 0, 1, 0, 0, 0]),
-            u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
-        ];
+    pub fn attach(cgroup: &Path, what: Calibration) -> anyhow::Result<Self> {
+        let (helper, prog_name) = what.helper();
+        // [call helper (r1 is still the context)] ; mov64 r0, 1 ; exit
+        let mut insns: Vec<u64> = helper
+            .map(|id| {
+                let [a, b, c, d] = id.to_le_bytes();
+                u64::from_le_bytes([0x85, 0, 0, 0, a, b, c, d])
+            })
+            .into_iter()
+            .collect();
+        insns.push(u64::from_le_bytes([0xb7, 0, 0, 0, 1, 0, 0, 0]));
+        insns.push(u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]));
         let license = c"GPL";
         let mut name = [0u8; 16];
-        name[..9].copy_from_slice(b"ee_noop_4");
+        name[..prog_name.len()].copy_from_slice(prog_name);
         let mut load = ProgLoadAttr {
             prog_type: BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
-            insn_cnt: 2,
+            insn_cnt: u32::try_from(insns.len())?,
             insns: insns.as_ptr() as u64,
             license: license.as_ptr() as u64,
             prog_name: name,
             expected_attach_type: BPF_CGROUP_INET4_CONNECT,
             ..ProgLoadAttr::default()
         };
-        let prog = sys_bpf(BPF_PROG_LOAD, &mut load).context("loading the no-op program")?;
+        let prog = sys_bpf(BPF_PROG_LOAD, &mut load)
+            .with_context(|| format!("loading the {what:?} calibration program"))?;
         let cg = File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
         let mut link = LinkCreateAttr {
             prog_fd: prog.as_raw_fd() as u32,
@@ -89,7 +121,8 @@ impl Noop {
             attach_type: BPF_CGROUP_INET4_CONNECT,
             flags: 0,
         };
-        let link = sys_bpf(BPF_LINK_CREATE, &mut link).context("attaching the no-op program")?;
+        let link = sys_bpf(BPF_LINK_CREATE, &mut link)
+            .with_context(|| format!("attaching the {what:?} calibration program"))?;
         Ok(Self { prog, _link: link })
     }
 
