@@ -1206,15 +1206,8 @@ const HELPER_CALIBRATIONS: [(Calibration, &str, &str); 2] = [
 /// What scoping adds to an allowed call: the same daemon, rules and workload, before and
 /// after the allowed rules name a visibility set (1,000 cgroups mapped, 100 policies).
 /// Target: at most 15 ns. Then the floor under it: each helper alone, less the no-op.
-fn scoping_rows(kernel: &[KernelCell]) -> Vec<Row> {
+fn scoping_rows(kernel: &[KernelCell], noop_ns: Option<f64>) -> Vec<Row> {
     let mut rows = Vec::new();
-    let floor = |program: &str| {
-        kernel
-            .iter()
-            .find(|k| k.program == program)
-            .map(|k| median(k.ns.clone()))
-    };
-    let noop = floor("noop");
     for (program, ..) in SCOPED_CASES {
         let cell = |scoped| {
             kernel
@@ -1242,7 +1235,11 @@ fn scoping_rows(kernel: &[KernelCell]) -> Vec<Row> {
         });
     }
     for (_, helper, what) in HELPER_CALIBRATIONS {
-        let (Some(noop), Some(ns)) = (noop, floor(helper)) else {
+        let helper_ns = kernel
+            .iter()
+            .find(|k| k.program == helper)
+            .map(|k| median(k.ns.clone()));
+        let (Some(noop), Some(ns)) = (noop_ns, helper_ns) else {
             continue;
         };
         rows.push(Row {
@@ -1392,7 +1389,7 @@ fn targets(plan: &Plan, cells: &[Cell], kernel: &[KernelCell], max: usize) -> Ve
         }
     }
     rows.extend(escape_rows(kernel, max, noop_ns));
-    rows.extend(scoping_rows(kernel));
+    rows.extend(scoping_rows(kernel, noop_ns));
     let mut sizes: Vec<usize> = plan.enforcer_sizes.clone();
     sizes.sort_unstable();
     for n in sizes {
