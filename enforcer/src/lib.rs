@@ -9,6 +9,7 @@ pub mod config;
 pub mod dnsproxy;
 pub mod duration;
 pub mod k8syaml;
+pub mod learn;
 pub mod policy;
 pub mod scope;
 pub mod serviceentry;

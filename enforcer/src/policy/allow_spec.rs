@@ -109,6 +109,14 @@ impl Net {
             .collect()
     }
 
+    /// Whether `addr` is in the network, as the kernel decides: an IPv4 address (or its
+    /// v4-mapped form) only in IPv4 networks, an IPv6 address only in IPv6 networks
+    /// (see [`Net::kernel_prefixes`]).
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        let addr = addr.to_canonical();
+        addr.is_ipv4() == self.addr.is_ipv4() && mask(addr, self.prefix) == self.addr
+    }
+
     /// Whether the network lies inside `::ffff:0:0/96` (IPv4-mapped IPv6).
     pub fn is_v4_mapped(&self) -> bool {
         matches!(self.addr, IpAddr::V6(_)) && self.kernel_prefixes().is_empty()
