@@ -67,6 +67,7 @@ pub struct Config {
     pub http: Http,
     pub kubernetes: Kubernetes,
     pub policies: Policies,
+    pub learn: Learn,
 }
 
 /// One allowlist per unit on a host (docs/architecture.md, "Scoping"). Without units every
@@ -379,6 +380,62 @@ pub struct MapSizes {
     pub cgroup_policies: u32,
 }
 
+/// Learn mode's observations (docs/architecture.md, "Learn mode").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Learn {
+    /// Record what enforced workloads reached (audit mode) or were refused (enforce mode).
+    pub enabled: bool,
+    /// Where observations are kept across restarts.
+    pub store: PathBuf,
+    /// Observations kept at most (the least recently seen go first).
+    pub max_observations: usize,
+    /// The store's size at most, in memory and on disk.
+    pub max_store_bytes: usize,
+    /// How often new observations are written to the store (and at shutdown).
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub save_every: Duration,
+}
+
+pub const DEFAULT_OBSERVATIONS: &str = "/var/lib/egress-enforcer/observations.json";
+
+impl Default for Learn {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            store: PathBuf::from(DEFAULT_OBSERVATIONS),
+            max_observations: 10_000,
+            max_store_bytes: 4 << 20,
+            save_every: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Learn {
+    fn validate(&self) -> anyhow::Result<()> {
+        if !(1..=1_000_000).contains(&self.max_observations) {
+            bail!("learn.maxObservations: must be 1 to 1000000");
+        }
+        if !((64 << 10)..=(1 << 30)).contains(&self.max_store_bytes) {
+            bail!("learn.maxStoreBytes: must be 65536 to 1073741824");
+        }
+        if self.save_every < Duration::from_secs(1) {
+            bail!("learn.saveEvery: must be at least 1s");
+        }
+        if self.enabled && self.store.as_os_str().is_empty() {
+            bail!("learn.store: a file is needed (or learn.enabled: false)");
+        }
+        Ok(())
+    }
+
+    pub fn limits(&self) -> crate::learn::store::Limits {
+        crate::learn::store::Limits {
+            max_observations: self.max_observations,
+            max_bytes: self.max_store_bytes,
+        }
+    }
+}
+
 /// The health and metrics endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -428,6 +485,7 @@ impl Default for Config {
             http: Http::default(),
             kubernetes: Kubernetes::default(),
             policies: Policies::default(),
+            learn: Learn::default(),
         }
     }
 }
@@ -604,6 +662,7 @@ impl Config {
                 );
             }
         }
+        self.learn.validate()?;
         self.policies.validate(&self.cgroups)
     }
 

@@ -7,6 +7,7 @@ mod explain;
 pub mod generate;
 mod inspect;
 mod run;
+mod suggest;
 mod uninstall;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -64,6 +65,9 @@ pub enum Command {
     ///
     /// For packaging; `cargo xtask install` puts the man pages and the bash, zsh and fish
     /// completions where those tools look.
+    /// ServiceEntries for what workloads reached in audit mode (or were refused), less what
+    /// the policy in force allows them: learn mode's observations turned into policy
+    Suggest(suggest::Args),
     Generate(generate::Args),
 }
 
@@ -99,6 +103,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(a) => inspect::inspect(config, a).map(|()| ExitCode::SUCCESS),
         Command::Explain(a) => explain::explain(config, a).map(|()| ExitCode::SUCCESS),
         Command::Uninstall(a) => uninstall::uninstall(config, a).map(|()| ExitCode::SUCCESS),
+        Command::Suggest(a) => suggest::suggest(config, a).map(|()| ExitCode::SUCCESS),
         Command::Generate(a) => generate::generate(a).map(|()| ExitCode::SUCCESS),
     };
     match result {

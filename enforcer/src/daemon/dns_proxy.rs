@@ -108,6 +108,7 @@ pub fn start(
     sockets: Sockets,
     layout: &PinLayout,
     metrics: &super::metrics::DaemonMetrics,
+    names: Option<Arc<std::sync::Mutex<crate::learn::names::RecentNames>>>,
 ) -> anyhow::Result<Arc<Proxy>> {
     let cfg = &policy.config;
     let mut maps = KernelMaps::open(layout)?;
@@ -155,7 +156,7 @@ pub fn start(
         maps,
         sets,
     };
-    let proxy = Arc::new(Proxy::new(settings, state));
+    let proxy = Arc::new(Proxy::new(settings, state).with_names(names));
     let _already = metrics.dns_proxy.set(Arc::clone(&proxy.metrics));
     run_on_own_thread(Arc::clone(&proxy), sockets, cfg.clone(), mount)?;
     info!(

@@ -17,7 +17,7 @@ use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, task::block_in_place, time::Instant};
 use tracing::warn;
 
-use super::cgroup_names::CgroupNames;
+use super::{cgroup_names::CgroupNames, observe::Observer};
 use crate::{
     dataplane::{
         cgroup::{self, Cgroup},
@@ -324,13 +324,8 @@ fn log_socket_event(ev: &EventRecord, socket: &str, count: u64, cgroup: &str, po
     );
 }
 
-fn log_event(ev: &EventRecord, count: u64, cgroup: &str, index: &EventIndex) {
-    let pod = index.pod_of(cgroup).unwrap_or_default();
-    if let Some(socket) = &ev.socket {
-        return log_socket_event(ev, socket, count, cgroup, pod);
-    }
+fn log_connection_event(ev: &EventRecord, count: u64, cgroup: &str, pod: &str, x: Explanation) {
     let denied = ev.verdict == "deny";
-    let x = index.explain(ev.addr, denied);
     let msg = match (denied, count) {
         (true, 1) => "connection denied",
         (true, _) => "connection denied (repeated)",
@@ -365,6 +360,8 @@ struct Reader {
     names: CgroupNames,
     agg: Aggregator,
     last_sweep: std::time::Instant,
+    /// Learn mode: every explained event is an observation.
+    observer: Option<Arc<Observer>>,
 }
 
 /// How often cgroups that are gone leave the name cache.
@@ -391,7 +388,23 @@ impl Reader {
             .index
             .read()
             .map_err(|_| anyhow::anyhow!("event index poisoned"))?;
-        log_event(ev, count, &cgroup, &idx);
+        let pod = idx.pod_of(&cgroup);
+        if let Some(socket) = &ev.socket {
+            log_socket_event(ev, socket, count, &cgroup, pod.unwrap_or_default());
+            return Ok(());
+        }
+        let x = idx.explain(ev.addr, ev.verdict == "deny");
+        if let Some(o) = &self.observer {
+            // The names the workload's own answers gave first: they say what it meant.
+            let mut hosts = o.names_of(ev.addr);
+            for h in &x.hosts {
+                if !hosts.contains(h) {
+                    hosts.push(h.clone());
+                }
+            }
+            o.record(ev, count, &cgroup, pod, &hosts);
+        }
+        log_connection_event(ev, count, &cgroup, pod.unwrap_or_default(), x);
         Ok(())
     }
 
@@ -440,6 +453,7 @@ pub async fn consume(
     mount: PathBuf,
     roots: Vec<Cgroup>,
     index: Arc<RwLock<EventIndex>>,
+    observer: Option<Arc<Observer>>,
 ) -> anyhow::Result<()> {
     // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd lives.
     let mut fd = unsafe { AsyncFd::register(rb) }.context("events: cannot poll the ring buffer")?;
@@ -450,6 +464,7 @@ pub async fn consume(
         names: CgroupNames::default(),
         agg: Aggregator::default(),
         last_sweep: std::time::Instant::now(),
+        observer,
     };
     // The kernel wakes us only when the buffer is a quarter full (a wake-up per event would
     // cost more than the verdict itself), so it is also drained on this short timer.

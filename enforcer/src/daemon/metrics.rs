@@ -49,6 +49,8 @@ pub struct DaemonMetrics {
     pub dns_proxy: std::sync::OnceLock<std::sync::Arc<crate::dnsproxy::server::ProxyMetrics>>,
     /// The API server source, when watched.
     pub cluster: std::sync::OnceLock<std::sync::Arc<crate::cluster::status::Status>>,
+    /// Learn mode's observations, when on.
+    pub observe: std::sync::OnceLock<std::sync::Arc<super::observe::Observer>>,
 }
 
 impl DaemonMetrics {
@@ -129,6 +131,17 @@ impl DaemonMetrics {
                 latency: p.latency.clone(),
                 commit: p.commit.clone(),
             }),
+            observe: self.observe.get().map(|o| {
+                let m = &o.metrics;
+                [
+                    &m.recorded,
+                    &m.observations,
+                    &m.dropped,
+                    &m.load_errors,
+                    &m.save_errors,
+                ]
+                .map(get)
+            }),
             apply_age_secs: self
                 .last_apply
                 .lock()
@@ -166,6 +179,8 @@ struct Values {
     rules_prefix: u64,
     ready: bool,
     proxy: Option<ProxyValues>,
+    /// Learn mode: recorded, in the store, dropped, load errors, save errors.
+    observe: Option<[u64; 5]>,
     apply_age_secs: Option<f64>,
     cluster: Vec<crate::cluster::status::ResourceReport>,
 }
@@ -287,6 +302,9 @@ impl Collector for Scrape {
         if !self.values.cluster.is_empty() {
             encode_cluster(&mut enc, &self.values.cluster)?;
         }
+        if let Some(o) = self.values.observe {
+            encode_observe(&mut enc, o)?;
+        }
         let ready = ConstGauge::new(i64::from(self.values.ready));
         ready.encode(enc.encode_descriptor(
             "egress_enforcer_ready",
@@ -399,6 +417,42 @@ fn encode_proxy(enc: &mut DescriptorEncoder<'_>, p: &ProxyValues) -> Result<(), 
         "Answers that could not be allowed in the kernel (the workload got SERVFAIL)",
         p.commit_failures,
     )
+}
+
+fn encode_observe(
+    enc: &mut DescriptorEncoder<'_>,
+    [recorded, observations, dropped, load_errors, save_errors]: [u64; 5],
+) -> Result<(), std::fmt::Error> {
+    counter(
+        enc,
+        "egress_enforcer_observations_recorded",
+        "Learn mode: audit and deny events recorded as observations",
+        recorded,
+    )?;
+    let g = ConstGauge::new(i64::try_from(observations).unwrap_or(i64::MAX));
+    g.encode(enc.encode_descriptor(
+        "egress_enforcer_observations",
+        "Learn mode: observations in the store (workload, address, port, protocol)",
+        None,
+        g.metric_type(),
+    )?)?;
+    counter(
+        enc,
+        "egress_enforcer_observations_dropped",
+        "Learn mode: observations let go, least recently seen first, to stay within learn.maxObservations and learn.maxStoreBytes",
+        dropped,
+    )?;
+    let c = ConstCounter::new(0u64);
+    let mut family = enc.encode_descriptor(
+        "egress_enforcer_observation_store_errors",
+        "Learn mode: the store could not be read (it was replaced) or written (retried)",
+        None,
+        c.metric_type(),
+    )?;
+    for (op, n) in [("load", load_errors), ("save", save_errors)] {
+        ConstCounter::new(n).encode(family.encode_family(&[("op", op)])?)?;
+    }
+    Ok(())
 }
 
 /// The `/metrics` body for these kernel counters and daemon counters.

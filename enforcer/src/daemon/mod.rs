@@ -9,7 +9,8 @@ mod dns_proxy;
 mod events;
 pub mod http;
 pub mod metrics;
-mod policy;
+pub mod observe;
+pub mod policy;
 mod reload;
 mod scoping;
 mod sd_listen;
@@ -440,8 +441,23 @@ impl Daemon {
                 dp.layout().root.clone(),
             ));
         }
+        let observer = first
+            .config
+            .learn
+            .enabled
+            .then(|| observe::Observer::open(&first.config.learn));
+        if let Some(o) = &observer {
+            let _ = metrics.observe.set(Arc::clone(o));
+            tokio::spawn(observe::keep_saved(
+                Arc::clone(o),
+                first.config.learn.save_every,
+            ));
+        }
         let proxy = match proxy_sockets {
-            Some(s) => Some(dns_proxy::start(&first, s, dp.layout(), &metrics).runtime()?),
+            Some(s) => {
+                let names = observer.as_ref().map(|o| o.names());
+                Some(dns_proxy::start(&first, s, dp.layout(), &metrics, names).runtime()?)
+            }
             None => None,
         };
         if let Err(e) = crate::dataplane::sources::write(&dp.layout().root, &desired.sources) {
@@ -500,8 +516,9 @@ impl Daemon {
         let index = Arc::new(RwLock::new(EventIndex::default()));
         if let Some(rb) = dp.take_events() {
             let (idx, roots) = (Arc::clone(&index), cgroups.clone());
+            let observer = observer.clone();
             tokio::spawn(async move {
-                if let Err(e) = events::consume(rb, mount, roots, idx).await {
+                if let Err(e) = events::consume(rb, mount, roots, idx, observer).await {
                     error!("event reader stopped: {e:#}");
                 }
             });
@@ -613,6 +630,9 @@ impl Daemon {
             }
         }
         drop(watcher);
+        if let Some(o) = &observer {
+            block_in_place(|| o.save());
+        }
         info!("stopping; enforcement stays pinned (run `egress-enforcer uninstall` to remove it)");
         Ok(())
     }

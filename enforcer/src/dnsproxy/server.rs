@@ -154,6 +154,8 @@ pub struct Proxy {
     in_flight: Arc<Semaphore>,
     reports: Mutex<super::report_limit::ReportLimit>,
     upstream: UdpPool,
+    /// Learn mode: every answer relayed, registered name or not, is noted here.
+    names: Option<Arc<Mutex<crate::learn::names::RecentNames>>>,
 }
 
 /// The listening sockets (bound before the kernel starts redirecting to them), as std
@@ -211,7 +213,18 @@ impl Proxy {
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             reports: Mutex::default(),
             upstream: UdpPool::default(),
+            names: None,
         }
+    }
+
+    /// Notes the names of every answer in `names` (learn mode).
+    #[must_use]
+    pub fn with_names(
+        mut self,
+        names: Option<Arc<Mutex<crate::learn::names::RecentNames>>>,
+    ) -> Self {
+        self.names = names;
+        self
     }
 
     fn settings(&self) -> Arc<Settings> {
@@ -339,6 +352,9 @@ impl Proxy {
                 return servfail();
             }
         };
+        if let Some(n) = &self.names {
+            lock(n).note(&q.name, learned.addrs.iter().map(|(ip, _)| *ip));
+        }
         let verdict = match class {
             Class::Registered(_) => {
                 if let Err(e) = self.commit(s, &q.name, &learned) {

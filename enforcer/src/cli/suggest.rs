@@ -1,0 +1,267 @@
+//! `egress-enforcer suggest`: ServiceEntries for what workloads reached or tried to reach
+//! (learn mode's observations), less what the policy in force already allows them
+//! (docs/architecture.md, "Learn mode").
+
+use std::{
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+
+use super::{Failure, OrFailure as _};
+use crate::{
+    config::Config,
+    daemon::{observe::file, policy},
+    dataplane::pins::PinLayout,
+    learn::{
+        exclude::{Caller, PolicyView},
+        render,
+        store::Observation,
+        suggest::{self, Exclude, Group, Options, Policy},
+        time,
+    },
+    scope::table::Subject,
+    serviceentry::{LoadReport, Severity, source::load_text},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExcludeArg {
+    /// What the policy in force allows the observing workload
+    Allowed,
+    /// Names and addresses the policy registers, on any port
+    Registered,
+    /// Nothing: every observation
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GroupArg {
+    /// One entry per name
+    Host,
+    /// One entry per registrable domain (public suffix list)
+    Domain,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only observations last seen within this long (24h, 7d) or since this UTC time
+    /// (2026-12-03T10:00:00Z)
+    #[arg(long, value_name = "DURATION|TIME")]
+    pub since: Option<String>,
+    /// Only pods in this namespace (repeatable). With one, the entries go into that
+    /// namespace, exported to it alone
+    #[arg(long, value_name = "NS")]
+    pub namespace: Vec<String>,
+    /// Only this cgroup and those below it, relative to the cgroup2 mount (repeatable)
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Vec<String>,
+    /// Write one file per entry into DIR (created if missing), not to stdout
+    #[arg(long, short, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// What to leave out
+    #[arg(long, value_enum, default_value_t = ExcludeArg::Allowed)]
+    pub exclude: ExcludeArg,
+    #[arg(long, value_enum, default_value_t = GroupArg::Host)]
+    pub group: GroupArg,
+    /// Fold several names of one domain into `*.domain` (implies --group domain; allowed
+    /// then are the workloads' own DNS answers, in DNS-aware mode)
+    #[arg(long)]
+    pub wildcard: bool,
+    /// The observation store [default: learn.store of the config]
+    #[arg(long, value_name = "FILE")]
+    pub store: Option<PathBuf>,
+}
+
+fn since(arg: &str, now: u64) -> anyhow::Result<u64> {
+    if let Ok(d) = crate::duration::parse(arg) {
+        return Ok(now.saturating_sub(d.as_secs()));
+    }
+    time::parse(arg).map_err(|e| anyhow::anyhow!("--since: {e}, nor a duration like 24h"))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn options(a: &Args) -> anyhow::Result<Options> {
+    for ns in &a.namespace {
+        if !crate::serviceentry::names::is_dns1123_label(ns)
+            || ns.bytes().any(|c| c.is_ascii_uppercase())
+        {
+            anyhow::bail!("--namespace: {ns:?} is not a namespace name");
+        }
+    }
+    Ok(Options {
+        since: a
+            .since
+            .as_deref()
+            .map(|s| since(s, unix_now()))
+            .transpose()?,
+        namespaces: a.namespace.clone(),
+        cgroups: a.cgroup.clone(),
+        group: if a.wildcard || a.group == GroupArg::Domain {
+            Group::Domain
+        } else {
+            Group::Host
+        },
+        wildcard: a.wildcard,
+        exclude: match a.exclude {
+            ExcludeArg::Allowed => Exclude::Allowed,
+            ExcludeArg::Registered => Exclude::Registered,
+            ExcludeArg::None => Exclude::None,
+        },
+    })
+}
+
+/// Nothing is covered (`--exclude none` needs no policy).
+struct NoPolicy;
+
+impl Policy for NoPolicy {
+    fn allows(&self, _: &Observation) -> bool {
+        false
+    }
+    fn registers(&self, _: &Observation) -> bool {
+        false
+    }
+}
+
+/// The deepest unit whose cgroup holds `cgroup`.
+fn unit_of<'a>(units: &'a [String], cgroup: &str) -> Option<&'a String> {
+    let c = cgroup.trim_matches('/');
+    units
+        .iter()
+        .filter(|u| {
+            let u = u.trim_matches('/');
+            c == u || c.strip_prefix(u).is_some_and(|r| r.starts_with('/'))
+        })
+        .max_by_key(|u| u.len())
+}
+
+/// The policy in force as the daemon compiles it: the config's files, and what the API
+/// server held when the daemon last recorded it.
+fn load_policy(config: Option<&Path>, cfg: &Config) -> Result<policy::LoadedPolicy, Failure> {
+    let recorded = cfg
+        .kubernetes
+        .api_server
+        .then(|| crate::cluster::record::read(&PinLayout::new(&cfg.bpffs).root));
+    let inputs = policy::Inputs {
+        config,
+        cluster: recorded.as_ref().map_or(&[][..], |r| r.entries.as_slice()),
+        sidecars: recorded.as_ref().map_or(&[][..], |r| r.sidecars.as_slice()),
+        sidecars_known: recorded.is_some(),
+        pods: recorded.as_ref().map_or(&[][..], |r| r.pods.as_slice()),
+        ..policy::Inputs::default()
+    };
+    policy::load(&inputs)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "the policy in force cannot be read, so what it allows cannot be left out \
+                 (--exclude none does without): {e}"
+            )
+        })
+        .user()
+}
+
+fn caller(loaded: &policy::LoadedPolicy) -> impl Fn(&Observation) -> Caller + '_ {
+    let units = loaded.config.policies.unit_cgroups();
+    move |o: &Observation| {
+        if !loaded.config.scoping() {
+            return Caller::Unscoped;
+        }
+        let pod = o
+            .pod
+            .as_deref()
+            .and_then(|name| loaded.pods.values().find(|p| p.pod == name));
+        if let Some(p) = pod {
+            return Caller::Policy(p.policy);
+        }
+        let subject =
+            unit_of(&units, &o.cgroup).map_or(Subject::Default, |u| Subject::Unit(u.clone()));
+        loaded
+            .table
+            .id(&subject)
+            .map_or(Caller::Nobody, Caller::Policy)
+    }
+}
+
+/// Every suggested document passes validation as Istio would: anything else is our bug,
+/// and must not reach a user's policy.
+fn self_check(yaml: &str) -> anyhow::Result<()> {
+    let mut r = LoadReport::default();
+    load_text(yaml, Path::new("suggested"), &mut r);
+    let errors: Vec<String> = r
+        .entries
+        .iter()
+        .flat_map(|e| {
+            e.issues
+                .iter()
+                .filter(|i| i.severity == Severity::Error)
+                .map(move |i| format!("{}: {i}", e.id()))
+        })
+        .chain(r.problems.iter().map(|(o, i)| format!("{o}: {i}")))
+        .collect();
+    anyhow::ensure!(
+        errors.is_empty(),
+        "internal error: a suggested entry is invalid: {}",
+        errors.join("; ")
+    );
+    Ok(())
+}
+
+fn write_files(dir: &Path, docs: &[(String, String)]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, yaml) in docs {
+        let path = dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+pub fn suggest(config: Option<&Path>, a: Args) -> Result<(), Failure> {
+    let cfg = Config::load(config).user()?;
+    let opts = options(&a).user()?;
+    let path = a.store.clone().unwrap_or_else(|| cfg.learn.store.clone());
+    let store = file::read(&path, cfg.learn.limits()).user()?;
+    let observations = store.observations();
+    let loaded = match opts.exclude {
+        Exclude::None => None,
+        _ => Some(load_policy(config, &cfg)?),
+    };
+    let passthrough = &cfg.dns.proxy.passthrough;
+    let view = loaded
+        .as_ref()
+        .map(|l| PolicyView::new(&l.compiled, passthrough, caller(l)));
+    let policy: &dyn Policy = match &view {
+        Some(v) => v,
+        None => &NoPolicy,
+    };
+    let drafts = suggest::suggest(&observations, &opts, policy);
+    let namespace = match a.namespace.as_slice() {
+        [one] => Some(one.as_str()),
+        _ => None,
+    };
+    let docs: Vec<(String, String)> = drafts
+        .iter()
+        .map(|d| (d.name.clone(), render::render(d, namespace)))
+        .collect();
+    let stream = render::stream(&drafts, namespace);
+    self_check(&stream).runtime()?;
+    match &a.output {
+        Some(dir) => write_files(dir, &docs).user()?,
+        None => print!("{stream}"),
+    }
+    eprintln!(
+        "egress-enforcer: {} suggested from {} observations in {} ({} dropped by its limits)",
+        match drafts.len() {
+            1 => "1 entry".to_owned(),
+            n => format!("{n} entries"),
+        },
+        observations.len(),
+        path.display(),
+        store.dropped()
+    );
+    Ok(())
+}
