@@ -505,8 +505,17 @@ impl Env {
         std::fs::write(
             &config,
             format!(
-                "mode: {mode}\ncgroups: [{cgroup}]\nbpffs: {}\nlog: {{format: json}}\n{}{}{}{extra}",
+                "mode: {mode}\ncgroups: [{cgroup}]\nbpffs: {}\nlog: {{format: json}}\n{}{}{}{}{extra}",
                 bpffs.display(),
+                // Each daemon keeps its observations in its own directory, saved often.
+                if extra.contains("learn:") {
+                    String::new()
+                } else {
+                    format!(
+                        "learn: {{store: {}, saveEvery: 1s}}\n",
+                        dir.join("observations.json").display()
+                    )
+                },
                 // Tests run in parallel: each daemon's endpoint gets a free port of its own.
                 if extra.contains("http:") {
                     ""
