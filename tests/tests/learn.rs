@@ -152,6 +152,12 @@ fn audit_then_suggest_then_enforce_with_no_denial() {
             && unnamed.contains("protocol: UDP"),
         "{unnamed}"
     );
+    // Never over a file that is there already.
+    let again = suggest(&w, &["--output", out_dir.to_str().expect("utf-8")]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("exists: suggest does not replace files")
+    );
     // Valid as Istio would have it, and the same bytes again from the same observations.
     let check = run(w.env.cmd().arg("check").arg(&out_dir));
     assert!(
@@ -214,8 +220,13 @@ fn audit_then_suggest_then_enforce_with_no_denial() {
         .sum();
     assert_eq!(denials, 2, "only the two new destinations were denied");
     // Enforce mode's denials are observations too: the next suggestion is exactly them.
-    wait_suggested(&w, &out_dir, &["addr-198-18-2-7.yaml", "api-ee-test.yaml"]);
-    let api = std::fs::read_to_string(out_dir.join("api-ee-test.yaml")).expect("api");
+    // api-ee-test is the name of an entry in force: the new one is api-ee-test-2.
+    wait_suggested(
+        &w,
+        &out_dir,
+        &["addr-198-18-2-7.yaml", "api-ee-test-2.yaml"],
+    );
+    let api = std::fs::read_to_string(out_dir.join("api-ee-test-2.yaml")).expect("api");
     assert!(
         api.contains("number: 8444") && !api.contains("number: 8443"),
         "{api}"

@@ -113,6 +113,7 @@ fn options(a: &Args) -> anyhow::Result<Options> {
             ExcludeArg::Registered => Exclude::Registered,
             ExcludeArg::None => Exclude::None,
         },
+        taken: std::collections::BTreeSet::new(),
     })
 }
 
@@ -211,8 +212,20 @@ fn self_check(yaml: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One file per entry; none is written if any would replace a file (a hand-written entry
+/// of the same name, or an earlier suggestion not yet reviewed).
 fn write_files(dir: &Path, docs: &[(String, String)]) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if let Some(path) = docs
+        .iter()
+        .map(|(name, _)| dir.join(format!("{name}.yaml")))
+        .find(|p| p.exists())
+    {
+        anyhow::bail!(
+            "{} exists: suggest does not replace files (move it, or write to another --output)",
+            path.display()
+        );
+    }
     for (name, yaml) in docs {
         let path = dir.join(format!("{name}.yaml"));
         std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
@@ -238,11 +251,20 @@ pub fn suggest(config: Option<&Path>, a: Args) -> Result<(), Failure> {
         Some(v) => v,
         None => &NoPolicy,
     };
-    let drafts = suggest::suggest(&observations, &opts, policy);
     let namespace = match a.namespace.as_slice() {
         [one] => Some(one.as_str()),
         _ => None,
     };
+    let prefix = format!("{}/", namespace.unwrap_or("default"));
+    let opts = Options {
+        taken: loaded
+            .iter()
+            .flat_map(|l| &l.entry_ids)
+            .filter_map(|id| id.strip_prefix(&prefix).map(str::to_owned))
+            .collect(),
+        ..opts
+    };
+    let drafts = suggest::suggest(&observations, &opts, policy);
     let docs: Vec<(String, String)> = drafts
         .iter()
         .map(|d| (d.name.clone(), render::render(d, namespace)))

@@ -38,6 +38,8 @@ pub struct LoadedPolicy {
     pub from_files: usize,
     /// Warnings and notices, formatted for the log.
     pub remarks: Vec<String>,
+    /// `namespace/name` of every entry.
+    pub entry_ids: BTreeSet<String>,
 }
 
 /// Every error, one per line, each naming file, document, entry, field and rule.
@@ -255,6 +257,7 @@ pub fn load(inputs: &Inputs<'_>) -> Result<LoadedPolicy, LoadError> {
         Vec::new()
     };
     Ok(LoadedPolicy {
+        entry_ids: report.entries.iter().map(Loaded::id).collect(),
         kubepods,
         entries: report.entries.len(),
         from_files: files,

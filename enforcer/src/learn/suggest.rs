@@ -52,6 +52,9 @@ pub struct Options {
     /// With [`Group::Domain`]: several names of one domain become `*.domain`.
     pub wildcard: bool,
     pub exclude: Exclude,
+    /// Names the entries must not take (those of the policy in force, in the namespace
+    /// the entries go to): a taken name gets `-2`, `-3`…
+    pub taken: BTreeSet<String>,
 }
 
 /// What went into one port of an entry.
@@ -205,7 +208,7 @@ pub fn suggest(obs: &[Observation], opts: &Options, policy: &dyn Policy) -> Vec<
         });
     }
     let mut out: Vec<Draft> = drafts.into_iter().flat_map(split_udp).collect();
-    unique_names(&mut out);
+    unique_names(&mut out, &opts.taken);
     out
 }
 
@@ -362,11 +365,12 @@ fn addr_label(a: IpAddr) -> String {
     }
 }
 
-/// Sorted by name; a name taken twice gets `-2`, `-3`… in that order.
-fn unique_names(drafts: &mut [Draft]) {
+/// Sorted by name; a name taken already, or twice, gets `-2`, `-3`… in that order.
+fn unique_names(drafts: &mut [Draft], before: &BTreeSet<String>) {
     drafts.sort_by(|a, b| (&a.name, &a.hosts).cmp(&(&b.name, &b.hosts)));
     let mut taken: BTreeSet<String> = drafts.iter().map(|d| d.name.clone()).collect();
-    let mut seen = BTreeSet::new();
+    taken.extend(before.iter().cloned());
+    let mut seen = before.clone();
     for d in drafts.iter_mut() {
         if seen.insert(d.name.clone()) {
             continue;

@@ -259,3 +259,15 @@ fn long_names_stay_valid_kubernetes_names() {
     );
     assert_valid(&render::stream(&d, None));
 }
+
+#[test]
+fn names_in_force_are_not_taken_again() {
+    let opts = Options {
+        taken: ["api-example-com".to_owned(), "api-example-com-2".to_owned()]
+            .into_iter()
+            .collect(),
+        ..Options::default()
+    };
+    let d = suggest(&sample()[..1], &opts, &Empty);
+    assert_eq!(d[0].name, "api-example-com-3");
+}
