@@ -408,6 +408,21 @@ impl Reader {
         Ok(())
     }
 
+    /// An event not logged (a flood of distinct ones) is still an observation, with the
+    /// names the workloads' answers gave (the index's owners are left out: they cost a walk).
+    fn observe_unlogged(&mut self, ev: &EventRecord) -> anyhow::Result<()> {
+        let Some(o) = self.observer.clone() else {
+            return Ok(());
+        };
+        let cgroup = self.path_of(ev.cgroup_id);
+        let idx = self
+            .index
+            .read()
+            .map_err(|_| anyhow::anyhow!("event index poisoned"))?;
+        o.record(ev, 1, &cgroup, idx.pod_of(&cgroup), &o.names_of(ev.addr));
+        Ok(())
+    }
+
     /// Everything in the buffer now. Blocking (an unknown cgroup id walks the cgroup trees):
     /// called in `block_in_place`.
     fn drain(&mut self, rb: &mut RingBuf<MapData>) -> anyhow::Result<()> {
@@ -417,8 +432,12 @@ impl Reader {
                 warn!(len = item.len(), "undecodable event (ABI mismatch?)");
                 continue;
             };
+            let suppressed = self.agg.suppressed;
             let (new, closed) = self.agg.offer(&ev, now, WINDOW);
             drop(item);
+            if self.agg.suppressed > suppressed {
+                self.observe_unlogged(&ev)?;
+            }
             if let Some((old, repeats)) = closed {
                 self.log(&old, repeats)?;
             }
