@@ -173,7 +173,8 @@ fn dependency_policy() -> anyhow::Result<()> {
 
 /// Runs each fuzz target for a bounded time (`EE_FUZZ_SECS` each, default 30): ServiceEntry
 /// decoding, seeded with the conformance corpus, the shipped examples and hostile shapes; and
-/// DNS-aware mode's message handling, seeded with queries and answers. A crash, leak, timeout
+/// DNS-aware mode's message handling, seeded with queries and answers; learn mode's store
+/// file and what `suggest` makes of it. A crash, leak, timeout
 /// or memory blow-up fails the step and leaves the input in fuzz/artifacts/.
 fn fuzz() -> anyhow::Result<()> {
     let secs: u64 = std::env::var("EE_FUZZ_SECS")
@@ -202,6 +203,13 @@ fn fuzz() -> anyhow::Result<()> {
         &[root.join("fuzz/seeds/dns")],
         // The largest DNS message (over TCP).
         65_535,
+        secs,
+    )?;
+    fuzz_target(
+        "observations",
+        "learn mode's observation store and suggest",
+        &[root.join("fuzz/seeds/observations")],
+        1 << 16,
         secs,
     )
 }
