@@ -1,4 +1,5 @@
-//! Durations as written in the config: `500ms`, `5s`, `2m`, `1h`, or combined (`1m30s`).
+//! Durations as written in the config and `suggest --since`: `500ms`, `5s`, `2m`, `1h`,
+//! `7d`, or combined (`1m30s`).
 
 use std::time::Duration;
 
@@ -32,8 +33,9 @@ pub fn parse(s: &str) -> Result<Duration, String> {
             "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n.saturating_mul(60)),
             "h" => Duration::from_secs(n.saturating_mul(3600)),
-            "" => return Err(format!("{s:?}: missing unit (ms, s, m or h)")),
-            other => return Err(format!("{s:?}: unknown unit {other:?} (ms, s, m or h)")),
+            "d" => Duration::from_secs(n.saturating_mul(86_400)),
+            "" => return Err(format!("{s:?}: missing unit (ms, s, m, h or d)")),
+            other => return Err(format!("{s:?}: unknown unit {other:?} (ms, s, m, h or d)")),
         };
         total = total.saturating_add(d);
     }
@@ -68,6 +70,7 @@ mod tests {
         assert_eq!(parse("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse("2d"), Ok(Duration::from_secs(172_800)));
         assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse(" 0s "), Ok(Duration::ZERO));
@@ -75,7 +78,7 @@ mod tests {
 
     #[test]
     fn rejects_the_rest() {
-        for bad in ["", "5", "s", "5 s", "5d", "-5s", "1.5s", "5sec"] {
+        for bad in ["", "5", "s", "5 s", "5w", "-5s", "1.5s", "5sec"] {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }

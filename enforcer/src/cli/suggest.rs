@@ -287,3 +287,32 @@ pub fn suggest(config: Option<&Path>, a: Args) -> Result<(), Failure> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_a_duration_or_a_utc_time() {
+        let now = 1_796_332_500;
+        assert_eq!(since("1h", now).unwrap(), now - 3600);
+        assert_eq!(since("7d", now).unwrap(), now - 7 * 86_400);
+        assert_eq!(since("2026-12-03T00:00:00Z", now).unwrap(), 1_796_256_000);
+        let e = since("yesterday", now).unwrap_err().to_string();
+        assert!(e.starts_with("--since:"), "{e}");
+    }
+
+    #[test]
+    fn a_unit_holds_the_cgroups_below_it_the_deepest_first() {
+        let units = vec![
+            "system.slice/a.service".to_owned(),
+            "system.slice".to_owned(),
+        ];
+        assert_eq!(
+            unit_of(&units, "/system.slice/a.service/x"),
+            Some(&units[0])
+        );
+        assert_eq!(unit_of(&units, "/system.slice/b.service"), Some(&units[1]));
+        assert_eq!(unit_of(&units, "/system.slicey"), None);
+    }
+}
