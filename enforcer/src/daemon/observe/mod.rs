@@ -27,7 +27,7 @@ use crate::{
 };
 
 /// Addresses whose answered names are remembered.
-const NAMES: usize = 65_536;
+const NAMES: usize = 16_384;
 
 #[derive(Debug, Default)]
 pub struct ObserveMetrics {
