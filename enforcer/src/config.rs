@@ -390,6 +390,8 @@ pub struct Learn {
     pub store: PathBuf,
     /// Observations kept at most (the least recently seen go first).
     pub max_observations: usize,
+    /// Observations one workload (cgroup) may hold: past it, its own oldest go first.
+    pub max_per_workload: usize,
     /// The store's size at most, in memory and on disk.
     pub max_store_bytes: usize,
     /// How often new observations are written to the store (and at shutdown).
@@ -405,6 +407,7 @@ impl Default for Learn {
             enabled: true,
             store: PathBuf::from(DEFAULT_OBSERVATIONS),
             max_observations: 10_000,
+            max_per_workload: 2_500,
             max_store_bytes: 4 << 20,
             save_every: Duration::from_secs(10),
         }
@@ -415,6 +418,9 @@ impl Learn {
     fn validate(&self) -> anyhow::Result<()> {
         if !(1..=1_000_000).contains(&self.max_observations) {
             bail!("learn.maxObservations: must be 1 to 1000000");
+        }
+        if !(1..=self.max_observations).contains(&self.max_per_workload) {
+            bail!("learn.maxPerWorkload: must be 1 to learn.maxObservations");
         }
         if !((64 << 10)..=(1 << 30)).contains(&self.max_store_bytes) {
             bail!("learn.maxStoreBytes: must be 65536 to 1073741824");
@@ -432,6 +438,7 @@ impl Learn {
         crate::learn::store::Limits {
             max_observations: self.max_observations,
             max_bytes: self.max_store_bytes,
+            max_per_workload: self.max_per_workload,
         }
     }
 }

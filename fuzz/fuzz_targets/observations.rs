@@ -17,6 +17,7 @@ use enforcer::{
 const LIMITS: Limits = Limits {
     max_observations: 1000,
     max_bytes: 1 << 16,
+    max_per_workload: 100,
 };
 
 struct Nothing;
@@ -31,10 +32,12 @@ impl Policy for Nothing {
 }
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let Ok(store) = Store::decode(data, LIMITS) else {
+    let Ok((store, _)) = Store::decode(data, LIMITS) else {
         return;
     };
-    let again = Store::decode(&store.encode(), LIMITS).expect("a saved store reads back");
+    let saved = store.encode().expect("a store encodes");
+    let (again, skipped) = Store::decode(&saved, LIMITS).expect("a saved store reads back");
+    assert_eq!(skipped.count, 0, "what is saved is in normal form");
     assert_eq!(again.observations(), store.observations());
     let obs = store.observations();
     for (group, wildcard) in [(Group::Host, false), (Group::Domain, true)] {

@@ -237,7 +237,14 @@ pub fn suggest(config: Option<&Path>, a: Args) -> Result<(), Failure> {
     let cfg = Config::load(config).user()?;
     let opts = options(&a).user()?;
     let path = a.store.clone().unwrap_or_else(|| cfg.learn.store.clone());
-    let store = file::read(&path, cfg.learn.limits()).user()?;
+    let (store, skipped) = file::read(&path, cfg.learn.limits()).user()?;
+    if let Some(first) = &skipped.first {
+        eprintln!(
+            "egress-enforcer: warning: {}: {} observations not in normal form are left out (the first: {first})",
+            path.display(),
+            skipped.count
+        );
+    }
     let observations = store.observations();
     let loaded = match opts.exclude {
         Exclude::None => None,

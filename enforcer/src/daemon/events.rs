@@ -396,7 +396,7 @@ impl Reader {
         let x = idx.explain(ev.addr, ev.verdict == "deny");
         if let Some(o) = &self.observer {
             // The names the workload's own answers gave first: they say what it meant.
-            let mut hosts = o.names_of(ev.addr);
+            let mut hosts = o.names_of(ev.cgroup_id, ev.addr);
             for h in &x.hosts {
                 if !hosts.contains(h) {
                     hosts.push(h.clone());
@@ -419,7 +419,8 @@ impl Reader {
             .index
             .read()
             .map_err(|_| anyhow::anyhow!("event index poisoned"))?;
-        o.record(ev, 1, &cgroup, idx.pod_of(&cgroup), &o.names_of(ev.addr));
+        let hosts = o.names_of(ev.cgroup_id, ev.addr);
+        o.record(ev, 1, &cgroup, idx.pod_of(&cgroup), &hosts);
         Ok(())
     }
 

@@ -352,8 +352,12 @@ impl Proxy {
                 return servfail();
             }
         };
-        if let Some(n) = &self.names {
-            lock(n).note(&q.name, learned.addrs.iter().map(|(ip, _)| *ip));
+        if let (Some(n), Some(c)) = (&self.names, client) {
+            lock(n).note(
+                c.cgroup_id,
+                &q.name,
+                learned.addrs.iter().map(|(ip, _)| *ip),
+            );
         }
         let verdict = match class {
             Class::Registered(_) => {

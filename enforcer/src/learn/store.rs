@@ -8,7 +8,7 @@ use std::{collections::VecDeque, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::lru::Lru;
+use super::lru::{Grouped, Lru};
 
 /// Names remembered per observation (the most recently resolved ones).
 pub const MAX_HOSTS: usize = 4;
@@ -52,6 +52,13 @@ pub struct Key {
     pub addr: IpAddr,
     pub port: u16,
     pub proto: Transport,
+}
+
+impl Grouped for Key {
+    type Group = String;
+    fn group(&self) -> String {
+        self.cgroup.clone()
+    }
 }
 
 /// What is known about one observation.
@@ -112,6 +119,17 @@ struct File {
 pub struct Limits {
     pub max_observations: usize,
     pub max_bytes: usize,
+    /// Observations one workload (cgroup) may hold: past it, its own oldest go, so that a
+    /// workload flooding distinct destinations cannot push the others' out.
+    pub max_per_workload: usize,
+}
+
+/// Observations a store file held that were not in normal form: left out, counted as
+/// dropped, reported with the first reason.
+#[derive(Debug, Default)]
+pub struct Skipped {
+    pub count: usize,
+    pub first: Option<StoreError>,
 }
 
 /// Why a store file was not read.
@@ -180,10 +198,18 @@ impl Store {
         self.bytes
     }
 
-    /// Adds a sighting; true if it made a new observation.
+    /// Adds a sighting; true if it made a new observation. What the store file could not
+    /// hold is left out here (names not in normal form, an over-long cgroup path is cut), so
+    /// that what is saved always reads back.
     pub fn record(&mut self, s: &Sighting<'_>) -> bool {
+        let mut key = s.key.clone();
+        key.addr = key.addr.to_canonical();
+        if key.cgroup.len() > MAX_CGROUP || key.cgroup.contains('\0') {
+            key.cgroup = cut(&key.cgroup.replace('\0', "?"), MAX_CGROUP);
+        }
+        let pod = s.pod.filter(|p| valid_pod(p));
         let mut new = false;
-        let (seen, size) = self.lru.touch(&s.key, || {
+        let (seen, size) = self.lru.touch(&key, || {
             new = true;
             let seen = Seen {
                 first: s.now,
@@ -197,23 +223,30 @@ impl Store {
         if s.denied {
             seen.denied = seen.denied.saturating_add(s.count);
         }
-        if let Some(pod) = s.pod {
+        if let Some(pod) = pod {
             seen.pod = Some(pod.to_owned());
         }
-        for h in s.hosts {
+        for h in s.hosts.iter().filter(|h| valid_host(h)) {
             seen.hosts.retain(|x| x != h);
             seen.hosts.push_back(h.clone());
             if seen.hosts.len() > MAX_HOSTS {
                 seen.hosts.pop_front();
             }
         }
-        let old = std::mem::replace(size, entry_bytes(&s.key, seen));
+        let old = std::mem::replace(size, entry_bytes(&key, seen));
         self.bytes = (self.bytes + *size).saturating_sub(old);
-        self.shrink();
+        self.shrink(&key.cgroup);
         new
     }
 
-    fn shrink(&mut self) {
+    fn shrink(&mut self, workload: &String) {
+        while self.lru.group_len(workload) > self.limits.max_per_workload.max(1) {
+            let Some((_, (_, size))) = self.lru.pop_oldest_in(workload) else {
+                break;
+            };
+            self.bytes -= size;
+            self.dropped += 1;
+        }
         while self.lru.len() > self.limits.max_observations.max(1)
             || (self.bytes > self.limits.max_bytes && self.lru.len() > 1)
         {
@@ -244,27 +277,28 @@ impl Store {
             .collect()
     }
 
-    pub fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
         let file = File {
             format: FORMAT.to_owned(),
             version: VERSION,
             dropped: self.dropped,
             observations: self.observations(),
         };
-        let mut out = serde_json::to_vec_pretty(&file).unwrap_or_default();
+        let mut out = serde_json::to_vec_pretty(&file)?;
         out.push(b'\n');
-        out
+        Ok(out)
     }
 
-    /// The largest file [`Store::decode`] reads with these limits: a file larger than that
-    /// was not written by a daemon with them (or its limits were lowered; see `decode`).
+    /// The largest file [`Store::decode`] reads with these limits (a store saved under
+    /// limits up to 16 times larger still reads, and is trimmed to these).
     pub fn max_file_bytes(limits: Limits) -> u64 {
-        (limits.max_bytes as u64).saturating_mul(4).max(1 << 20)
+        (limits.max_bytes as u64).saturating_mul(16).max(64 << 20)
     }
 
     /// Reads a saved store. Time linear in the size; observations beyond the limits go
-    /// (oldest first, counted as dropped), as if they had been recorded under them.
-    pub fn decode(bytes: &[u8], limits: Limits) -> Result<Self, StoreError> {
+    /// (oldest first, counted as dropped), as if they had been recorded under them; one not
+    /// in normal form is left out (counted as dropped too, and in [`Skipped`]).
+    pub fn decode(bytes: &[u8], limits: Limits) -> Result<(Self, Skipped), StoreError> {
         let limit = Self::max_file_bytes(limits);
         if bytes.len() as u64 > limit {
             return Err(StoreError::TooLarge {
@@ -285,23 +319,32 @@ impl Store {
                 version: file.version,
             });
         }
-        let mut obs = file.observations;
-        for (index, o) in obs.iter().enumerate() {
-            check(o).map_err(|(field, why)| StoreError::Invalid { index, field, why })?;
+        let mut skipped = Skipped::default();
+        let mut obs: Vec<Observation> = Vec::with_capacity(file.observations.len());
+        for (index, o) in file.observations.into_iter().enumerate() {
+            match check(&o) {
+                Ok(()) => obs.push(o),
+                Err((field, why)) => {
+                    skipped.count += 1;
+                    skipped
+                        .first
+                        .get_or_insert(StoreError::Invalid { index, field, why });
+                }
+            }
         }
         obs.sort_by_key(|o| o.last_seen);
         let mut store = Self::new(limits);
-        store.dropped = file.dropped;
+        store.dropped = file.dropped.saturating_add(skipped.count as u64);
         for o in obs {
             store.restore(o);
         }
-        Ok(store)
+        Ok((store, skipped))
     }
 
     fn restore(&mut self, o: Observation) {
         let key = Key {
             cgroup: o.cgroup,
-            addr: o.addr,
+            addr: o.addr.to_canonical(),
             port: o.port,
             proto: o.proto,
         };
@@ -329,8 +372,24 @@ impl Store {
             *self.lru.touch(&key, Default::default) = (seen, size);
         }
         self.bytes += size;
-        self.shrink();
+        self.shrink(&key.cgroup);
     }
+}
+
+fn cut(s: &str, max: usize) -> String {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+fn valid_host(h: &str) -> bool {
+    crate::dnsproxy::names::normalize(h).is_ok_and(|n| n == h)
+}
+
+fn valid_pod(p: &str) -> bool {
+    p.len() <= MAX_POD && p.split('/').count() == 2
 }
 
 fn check(o: &Observation) -> Result<(), (&'static str, String)> {
@@ -338,7 +397,7 @@ fn check(o: &Observation) -> Result<(), (&'static str, String)> {
         return Err(("cgroup", format!("at most {MAX_CGROUP} bytes, no NUL")));
     }
     if let Some(p) = &o.pod
-        && (p.len() > MAX_POD || p.split('/').count() != 2)
+        && !valid_pod(p)
     {
         return Err(("pod", "not NAMESPACE/NAME".to_owned()));
     }
@@ -351,6 +410,14 @@ fn check(o: &Observation) -> Result<(), (&'static str, String)> {
             Ok(_) => return Err(("hosts", format!("{h:?} is not in normal form"))),
             Err(e) => return Err(("hosts", format!("{h:?}: {e}"))),
         }
+    }
+    if o.hosts
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+        != o.hosts.len()
+    {
+        return Err(("hosts", "a name twice".to_owned()));
     }
     if o.count == 0 || o.denied > o.count {
         return Err(("count", "at least 1, and no fewer than denied".to_owned()));

@@ -11,12 +11,13 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::learn::store::{Limits, Store, StoreError};
+use crate::learn::store::{Limits, Skipped, Store, StoreError};
 
 /// What reading the store found.
 #[derive(Debug)]
 pub enum Loaded {
-    Store(Store),
+    /// With the observations left out for not being in normal form.
+    Store(Store, Skipped),
     /// No file yet.
     Missing,
     /// The file could not be read as a store; it was moved to `kept` (if it could be).
@@ -48,7 +49,7 @@ pub fn load(path: &Path, limits: Limits) -> Loaded {
         return Loaded::Unreadable(e);
     }
     match Store::decode(&bytes, limits) {
-        Ok(s) => Loaded::Store(s),
+        Ok((s, skipped)) => Loaded::Store(s, skipped),
         Err(error) => {
             let aside = corrupt_copy(path);
             let kept = fs::rename(path, &aside).ok().map(|()| aside);
@@ -59,10 +60,12 @@ pub fn load(path: &Path, limits: Limits) -> Loaded {
 
 /// Reads the store without changing anything (for `suggest`): a missing file is an empty
 /// store, anything else wrong is the error, with the file named.
-pub fn read(path: &Path, limits: Limits) -> anyhow::Result<Store> {
+pub fn read(path: &Path, limits: Limits) -> anyhow::Result<(Store, Skipped)> {
     let file = match fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Store::new(limits)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((Store::new(limits), Skipped::default()));
+        }
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
     let mut bytes = Vec::new();
@@ -110,6 +113,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_observations: 10,
         max_bytes: 1 << 16,
+        max_per_workload: 10,
     };
 
     fn dir() -> PathBuf {
@@ -141,8 +145,8 @@ mod tests {
             count: 1,
             denied: false,
         });
-        save(&path, &s.encode()).unwrap();
-        let Loaded::Store(back) = load(&path, LIMITS) else {
+        save(&path, &s.encode().unwrap()).unwrap();
+        let Loaded::Store(back, _) = load(&path, LIMITS) else {
             panic!("not loaded")
         };
         assert_eq!(back.observations(), s.observations());

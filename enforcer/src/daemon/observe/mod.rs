@@ -66,8 +66,17 @@ impl Observer {
         let limits = cfg.limits();
         let path = &cfg.store;
         let store = match file::load(path, limits) {
-            file::Loaded::Store(s) => {
+            file::Loaded::Store(s, skipped) => {
                 info!(store = %path.display(), observations = s.len(), "learn mode: observations restored");
+                if let Some(first) = skipped.first {
+                    metrics.load_errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(
+                        store = %path.display(),
+                        skipped = skipped.count,
+                        "learn mode: {} observations in the store were not in normal form and are left out (the first: {first})",
+                        skipped.count
+                    );
+                }
                 s
             }
             file::Loaded::Missing => Store::new(limits),
@@ -105,9 +114,9 @@ impl Observer {
         Arc::clone(&self.names)
     }
 
-    /// The names answered with `addr`.
-    pub fn names_of(&self, addr: IpAddr) -> Vec<String> {
-        lock(&self.names).names_of(addr)
+    /// The names answered to the workload in `cgroup` with `addr`.
+    pub fn names_of(&self, cgroup: u64, addr: IpAddr) -> Vec<String> {
+        lock(&self.names).names_of(cgroup, addr)
     }
 
     /// One explained event, `count` times; socket refusals and ICMP are not destinations a
@@ -153,8 +162,11 @@ impl Observer {
         if !self.dirty.swap(false, Ordering::Relaxed) {
             return;
         }
-        let bytes = lock(&self.store).encode();
-        match file::save(&self.path, &bytes) {
+        let encoded = lock(&self.store).encode();
+        match encoded
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| file::save(&self.path, &bytes))
+        {
             Ok(()) => {
                 if self.failing.swap(false, Ordering::Relaxed) {
                     info!(store = %self.path.display(), "learn mode: the observation store is written again");
