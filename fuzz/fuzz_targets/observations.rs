@@ -46,7 +46,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             wildcard,
             ..Options::default()
         };
-        let yaml = render::stream(&suggest(&obs, &opts, &Nothing), Some("ns"));
+        let yaml = render::stream(&suggest(&obs, &opts, &Nothing));
         let mut r = LoadReport::default();
         load_text(&yaml, Path::new("suggested"), &mut r);
         assert!(r.problems.is_empty(), "{:?}\n{yaml}", r.problems);

@@ -61,13 +61,13 @@ pub enum Command {
     ///
     /// Refused while a daemon holds the pins, unless --force.
     Uninstall(uninstall::Args),
+    /// ServiceEntries for what workloads reached in audit mode (or were refused), less what
+    /// the policy in force allows them: learn mode's observations turned into policy
+    Suggest(suggest::Args),
     /// Write the man pages, the shell completions or this CLI reference
     ///
     /// For packaging; `cargo xtask install` puts the man pages and the bash, zsh and fish
     /// completions where those tools look.
-    /// ServiceEntries for what workloads reached in audit mode (or were refused), less what
-    /// the policy in force allows them: learn mode's observations turned into policy
-    Suggest(suggest::Args),
     Generate(generate::Args),
 }
 

@@ -18,7 +18,7 @@ use crate::{
         exclude::{Caller, PolicyView},
         render,
         store::Observation,
-        suggest::{self, Exclude, Group, Options, Policy},
+        suggest::{self, Draft, Exclude, Group, Options, Policy},
         time,
     },
     scope::table::Subject,
@@ -49,19 +49,21 @@ pub struct Args {
     /// (2026-12-03T10:00:00Z)
     #[arg(long, value_name = "DURATION|TIME")]
     pub since: Option<String>,
-    /// Only pods in this namespace (repeatable). With one, the entries go into that
-    /// namespace, exported to it alone
+    /// Only pods in this namespace (repeatable). A pod's entries go into its namespace,
+    /// exported to it alone; other workloads' are for everyone
     #[arg(long, value_name = "NS")]
     pub namespace: Vec<String>,
     /// Only this cgroup and those below it, relative to the cgroup2 mount (repeatable)
     #[arg(long, value_name = "PATH")]
     pub cgroup: Vec<String>,
-    /// Write one file per entry into DIR (created if missing), not to stdout
+    /// Write one file per entry into DIR (created if missing), not to stdout; no file is
+    /// replaced
     #[arg(long, short, value_name = "DIR")]
     pub output: Option<PathBuf>,
     /// What to leave out
     #[arg(long, value_enum, default_value_t = ExcludeArg::Allowed)]
     pub exclude: ExcludeArg,
+    /// One entry per name, or per registrable domain where names share their ports
     #[arg(long, value_enum, default_value_t = GroupArg::Host)]
     pub group: GroupArg,
     /// Fold several names of one domain into `*.domain` (implies --group domain; allowed
@@ -172,12 +174,14 @@ fn caller(loaded: &policy::LoadedPolicy) -> impl Fn(&Observation) -> Caller + '_
         if !loaded.config.scoping() {
             return Caller::Unscoped;
         }
-        let pod = o
-            .pod
-            .as_deref()
-            .and_then(|name| loaded.pods.values().find(|p| p.pod == name));
-        if let Some(p) = pod {
-            return Caller::Policy(p.policy);
+        if let Some(name) = o.pod.as_deref() {
+            // A pod gone since (a rollout during the audit): its policy is unknown, so only
+            // everyone's rules count as covering it (more is suggested, never less).
+            return loaded
+                .pods
+                .values()
+                .find(|p| p.pod == name)
+                .map_or(Caller::Nobody, |p| Caller::Policy(p.policy));
         }
         let subject =
             unit_of(&units, &o.cgroup).map_or(Subject::Default, |u| Subject::Unit(u.clone()));
@@ -212,25 +216,75 @@ fn self_check(yaml: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One file per entry; none is written if any would replace a file (a hand-written entry
-/// of the same name, or an earlier suggestion not yet reviewed).
+/// The file of an entry: `NAME.yaml`, or `NAMESPACE.NAME.yaml` (neither has a dot).
+fn file_name(d: &Draft) -> String {
+    match &d.namespace {
+        Some(ns) => format!("{ns}.{}.yaml", d.name),
+        None => format!("{}.yaml", d.name),
+    }
+}
+
+/// One file per entry, each created new: none replaces a file (a hand-written entry of the
+/// same name, or an earlier suggestion not yet reviewed), nor writes through a symlink.
 fn write_files(dir: &Path, docs: &[(String, String)]) -> anyhow::Result<()> {
+    use std::io::Write as _;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     if let Some(path) = docs
         .iter()
-        .map(|(name, _)| dir.join(format!("{name}.yaml")))
-        .find(|p| p.exists())
+        .map(|(file, _)| dir.join(file))
+        .find(|p| p.symlink_metadata().is_ok())
     {
         anyhow::bail!(
             "{} exists: suggest does not replace files (move it, or write to another --output)",
             path.display()
         );
     }
-    for (name, yaml) in docs {
-        let path = dir.join(format!("{name}.yaml"));
-        std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+    for (file, yaml) in docs {
+        let path = dir.join(file);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(yaml.as_bytes()))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// What the exclusion left out, for the summary.
+fn left_out(obs: &[Observation], exclude: Exclude, policy: &dyn Policy) -> usize {
+    obs.iter()
+        .filter(|o| match exclude {
+            Exclude::Allowed => policy.allows(o),
+            Exclude::Registered => policy.registers(o),
+            Exclude::None => false,
+        })
+        .count()
+}
+
+fn summary(
+    drafts: usize,
+    observations: usize,
+    left_out: usize,
+    exclude: Exclude,
+    path: &Path,
+    dropped: u64,
+) -> String {
+    let entries = match drafts {
+        1 => "1 entry".to_owned(),
+        n => format!("{n} entries"),
+    };
+    let why = match exclude {
+        Exclude::Allowed => format!(
+            "; {left_out} left out as allowed by the policy in force (a workload still denied one: `egress-enforcer explain`)"
+        ),
+        Exclude::Registered => format!("; {left_out} left out as registered"),
+        Exclude::None => String::new(),
+    };
+    format!(
+        "egress-enforcer: {entries} suggested from {observations} observations in {}{why}; {dropped} dropped by the store's limits",
+        path.display()
+    )
 }
 
 pub fn suggest(config: Option<&Path>, a: Args) -> Result<(), Failure> {
@@ -245,52 +299,56 @@ pub fn suggest(config: Option<&Path>, a: Args) -> Result<(), Failure> {
             skipped.count
         );
     }
+    if a.wildcard && cfg.dns.mode != crate::config::DnsMode::Proxy {
+        eprintln!(
+            "egress-enforcer: warning: dns.mode is resolve: wildcard entries allow nothing until DNS-aware mode (dns.mode: proxy) is on"
+        );
+    }
     let observations = store.observations();
+    // The names in force are taken even with --exclude none, where the policy is not needed
+    // for anything else (so a policy that does not load is no error then).
     let loaded = match opts.exclude {
-        Exclude::None => None,
+        Exclude::None => load_policy(config, &cfg).ok(),
         _ => Some(load_policy(config, &cfg)?),
     };
     let passthrough = &cfg.dns.proxy.passthrough;
     let view = loaded
         .as_ref()
+        .filter(|_| opts.exclude != Exclude::None)
         .map(|l| PolicyView::new(&l.compiled, passthrough, caller(l)));
     let policy: &dyn Policy = match &view {
         Some(v) => v,
         None => &NoPolicy,
     };
-    let namespace = match a.namespace.as_slice() {
-        [one] => Some(one.as_str()),
-        _ => None,
-    };
-    let prefix = format!("{}/", namespace.unwrap_or("default"));
     let opts = Options {
         taken: loaded
             .iter()
-            .flat_map(|l| &l.entry_ids)
-            .filter_map(|id| id.strip_prefix(&prefix).map(str::to_owned))
+            .flat_map(|l| l.entry_ids.iter().cloned())
             .collect(),
         ..opts
     };
     let drafts = suggest::suggest(&observations, &opts, policy);
     let docs: Vec<(String, String)> = drafts
         .iter()
-        .map(|d| (d.name.clone(), render::render(d, namespace)))
+        .map(|d| (file_name(d), render::render(d)))
         .collect();
-    let stream = render::stream(&drafts, namespace);
+    let stream = render::stream(&drafts);
     self_check(&stream).runtime()?;
     match &a.output {
         Some(dir) => write_files(dir, &docs).user()?,
         None => print!("{stream}"),
     }
+    let left = left_out(&observations, opts.exclude, policy);
     eprintln!(
-        "egress-enforcer: {} suggested from {} observations in {} ({} dropped by its limits)",
-        match drafts.len() {
-            1 => "1 entry".to_owned(),
-            n => format!("{n} entries"),
-        },
-        observations.len(),
-        path.display(),
-        store.dropped()
+        "{}",
+        summary(
+            drafts.len(),
+            observations.len(),
+            left,
+            opts.exclude,
+            &path,
+            store.dropped()
+        )
     );
     Ok(())
 }

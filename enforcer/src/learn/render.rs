@@ -78,9 +78,10 @@ fn header(out: &mut String, d: &Draft) {
     }
 }
 
-/// One document: comments, then the entry. `namespace`: the entry's namespace, exported to
-/// it alone (`exportTo: ["."]`), so that it widens only that namespace's policy.
-pub fn render(d: &Draft, namespace: Option<&str>) -> String {
+/// One document: comments, then the entry. With a namespace (its pod's), the entry is
+/// exported to it alone (`exportTo: ["."]`), so that it widens only that namespace's policy.
+pub fn render(d: &Draft) -> String {
+    let namespace = d.namespace.as_deref();
     let mut out = String::new();
     header(&mut out, d);
     out.push_str("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n");
@@ -102,9 +103,9 @@ pub fn render(d: &Draft, namespace: Option<&str>) -> String {
     let guessed = d
         .ports
         .keys()
-        .any(|(p, t)| !matches!(protocol(*p, *t).0, "TCP" | "UDP"));
+        .any(|(p, t)| !matches!(protocol(*p, *t, d.guess_protocols).0, "TCP" | "UDP"));
     for (port, t) in d.ports.keys() {
-        let (proto, name) = protocol(*port, *t);
+        let (proto, name) = protocol(*port, *t, d.guess_protocols);
         let _ = writeln!(
             out,
             "  - number: {port}\n    name: {name}\n    protocol: {proto}"
@@ -126,10 +127,6 @@ pub fn render(d: &Draft, namespace: Option<&str>) -> String {
 }
 
 /// Every draft as one multi-document stream.
-pub fn stream(drafts: &[Draft], namespace: Option<&str>) -> String {
-    drafts
-        .iter()
-        .map(|d| render(d, namespace))
-        .collect::<Vec<_>>()
-        .join("---\n")
+pub fn stream(drafts: &[Draft]) -> String {
+    drafts.iter().map(render).collect::<Vec<_>>().join("---\n")
 }

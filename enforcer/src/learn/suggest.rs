@@ -4,7 +4,7 @@
 //! the entries Istio accepts for each group. Pure; the output depends only on its inputs.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
 };
 
@@ -52,8 +52,7 @@ pub struct Options {
     /// With [`Group::Domain`]: several names of one domain become `*.domain`.
     pub wildcard: bool,
     pub exclude: Exclude,
-    /// Names the entries must not take (those of the policy in force, in the namespace
-    /// the entries go to): a taken name gets `-2`, `-3`…
+    /// `namespace/name` of the entries in force: a new entry never takes one (`-2`, `-3`…).
     pub taken: BTreeSet<String>,
 }
 
@@ -120,9 +119,14 @@ pub enum Resolution {
 #[derive(Debug, Clone)]
 pub struct Draft {
     pub name: String,
+    /// Its pod's namespace (then exported there alone), or none.
+    pub namespace: Option<String>,
     pub hosts: Vec<String>,
     pub addresses: Vec<IpAddr>,
     pub resolution: Resolution,
+    /// HTTP and TLS may be guessed from the port (not for addresses: Istio would route
+    /// HTTP by a Host header that no client sends for a made-up host).
+    pub guess_protocols: bool,
     pub ports: Ports,
     /// Why this entry is not one with its neighbours.
     pub note: Option<&'static str>,
@@ -131,8 +135,9 @@ pub struct Draft {
 /// The Istio protocol and port name for a port seen in use. egress-enforcer only tells TCP
 /// from UDP; HTTP and TLS are guessed from the well-known ports (they let several hosts
 /// share an entry, as Istio requires).
-pub fn protocol(port: u16, t: Transport) -> (&'static str, String) {
+pub fn protocol(port: u16, t: Transport, guess: bool) -> (&'static str, String) {
     match (t, port) {
+        (Transport::Tcp, _) if !guess => ("TCP", format!("tcp-{port}")),
         (Transport::Udp, _) => ("UDP", format!("udp-{port}")),
         (Transport::Tcp, 80 | 8080) => ("HTTP", format!("http-{port}")),
         (Transport::Tcp, 443 | 8443) => ("TLS", format!("tls-{port}")),
@@ -143,7 +148,7 @@ pub fn protocol(port: u16, t: Transport) -> (&'static str, String) {
 fn shareable(ports: &Ports) -> bool {
     ports
         .keys()
-        .all(|(p, t)| matches!(protocol(*p, *t).0, "HTTP" | "TLS"))
+        .all(|(p, t)| matches!(protocol(*p, *t, true).0, "HTTP" | "TLS"))
 }
 
 fn under(cgroup: &str, root: &str) -> bool {
@@ -169,59 +174,101 @@ fn selected(o: &Observation, opts: &Options, policy: &dyn Policy) -> bool {
         }
 }
 
-/// The registrable domain of a name (public suffix list), or the name itself.
+/// The registrable domain of a name under a known public suffix (`api.example.co.uk` →
+/// `example.co.uk`); under an unknown one (`svc.cluster.local`, `corp.internal`) the name
+/// itself, so that nothing is grouped or folded across a private namespace's whole tree.
 pub fn registrable(host: &str) -> &str {
-    psl::domain_str(host).unwrap_or(host)
+    match psl::domain(host.as_bytes()) {
+        Some(d) if d.suffix().is_known() => std::str::from_utf8(d.as_bytes()).unwrap_or(host),
+        _ => host,
+    }
 }
 
-/// Every entry the observations call for, sorted by name, names unique.
+/// The namespace an observation's entry goes to: its pod's (exported there alone), or none.
+fn namespace_of(o: &Observation) -> Option<String> {
+    let (ns, _) = o.pod.as_deref()?.split_once('/')?;
+    Some(ns.to_owned())
+}
+
+/// Ports by name and by nameless address, for one namespace.
+#[derive(Default)]
+struct Seen {
+    hosts: BTreeMap<String, Ports>,
+    addrs: BTreeMap<IpAddr, Ports>,
+}
+
+/// Every entry the observations call for, sorted by namespace and name, names unique in
+/// their namespace.
 pub fn suggest(obs: &[Observation], opts: &Options, policy: &dyn Policy) -> Vec<Draft> {
-    let mut by_host: BTreeMap<String, Ports> = BTreeMap::new();
-    let mut by_addr: BTreeMap<IpAddr, Ports> = BTreeMap::new();
+    let mut by_ns: BTreeMap<Option<String>, Seen> = BTreeMap::new();
     for o in obs.iter().filter(|o| selected(o, opts, policy)) {
+        let seen = by_ns.entry(namespace_of(o)).or_default();
         let names: Vec<&String> = o
             .hosts
             .iter()
             .filter(|h| validate_fqdn(h).is_ok())
             .collect();
         if names.is_empty() {
-            let t = by_addr.entry(o.addr).or_default();
+            let t = seen.addrs.entry(o.addr).or_default();
             t.entry((o.port, o.proto)).or_default().add(o);
         }
         for h in names {
-            let t = by_host.entry(h.clone()).or_default();
+            let t = seen.hosts.entry(h.clone()).or_default();
             t.entry((o.port, o.proto)).or_default().add(o);
         }
     }
-    let mut drafts = Vec::new();
-    for (domain, hosts) in groups(by_host, opts.group) {
-        drafts.extend(named(&domain, hosts, opts));
+    let mut out = Vec::new();
+    for (ns, seen) in by_ns {
+        let mut drafts = Vec::new();
+        for ((domain, _), hosts) in groups(seen.hosts, opts) {
+            drafts.extend(named(&domain, hosts, opts));
+        }
+        for (addr, ports) in seen.addrs {
+            drafts.push(Draft {
+                name: format!("addr-{}", addr_label(addr)),
+                namespace: None,
+                hosts: vec![format!("{}.unnamed.invalid", addr_label(addr))],
+                addresses: vec![addr],
+                resolution: Resolution::None,
+                guess_protocols: false,
+                ports,
+                note: Some(
+                    "no workload resolved a name for this address: it is allowed by address",
+                ),
+            });
+        }
+        let mut drafts: Vec<Draft> = drafts.into_iter().flat_map(split_udp).collect();
+        for d in &mut drafts {
+            d.namespace.clone_from(&ns);
+        }
+        let prefix = format!("{}/", ns.as_deref().unwrap_or("default"));
+        let taken: BTreeSet<String> = opts
+            .taken
+            .iter()
+            .filter_map(|id| id.strip_prefix(&prefix).map(str::to_owned))
+            .collect();
+        unique_names(&mut drafts, &taken);
+        out.extend(drafts);
     }
-    for (addr, ports) in by_addr {
-        drafts.push(Draft {
-            name: format!("addr-{}", addr_label(addr)),
-            hosts: vec![format!("{}.unnamed.invalid", addr_label(addr))],
-            addresses: vec![addr],
-            resolution: Resolution::None,
-            ports,
-            note: Some("no workload resolved a name for this address: it is allowed by address"),
-        });
-    }
-    let mut out: Vec<Draft> = drafts.into_iter().flat_map(split_udp).collect();
-    unique_names(&mut out, &opts.taken);
     out
 }
 
-/// Group key → (host → ports).
+/// A domain (or a name) and the ports its names share (empty: any).
+type GroupKey = (String, Vec<(u16, Transport)>);
+
+/// (Group, ports shared) → (host → ports). Names of one domain share an entry only where
+/// they were seen on the same ports (an entry allows each host every port in it); a
+/// wildcard takes every port its names were seen on.
 fn groups(
     by_host: BTreeMap<String, Ports>,
-    group: Group,
-) -> BTreeMap<String, BTreeMap<String, Ports>> {
-    let mut out: BTreeMap<String, BTreeMap<String, Ports>> = BTreeMap::new();
+    opts: &Options,
+) -> BTreeMap<GroupKey, BTreeMap<String, Ports>> {
+    let mut out: BTreeMap<GroupKey, BTreeMap<String, Ports>> = BTreeMap::new();
     for (h, ports) in by_host {
-        let key = match group {
-            Group::Host => h.clone(),
-            Group::Domain => registrable(&h).to_owned(),
+        let key = match opts.group {
+            Group::Host => (h.clone(), Vec::new()),
+            Group::Domain if opts.wildcard => (registrable(&h).to_owned(), Vec::new()),
+            Group::Domain => (registrable(&h).to_owned(), ports.keys().copied().collect()),
         };
         out.entry(key).or_default().insert(h, ports);
     }
@@ -241,9 +288,11 @@ fn merged(hosts: &BTreeMap<String, Ports>) -> Ports {
 fn single(host: &str, ports: Ports, note: Option<&'static str>) -> Draft {
     Draft {
         name: name_label(host),
+        namespace: None,
         hosts: vec![host.to_owned()],
         addresses: Vec::new(),
         resolution: Resolution::Dns,
+        guess_protocols: true,
         ports,
         note,
     }
@@ -263,9 +312,11 @@ fn named(domain: &str, hosts: BTreeMap<String, Ports>, opts: &Options) -> Vec<Dr
         names.extend(hosts.contains_key(domain).then(|| domain.to_owned()));
         return vec![Draft {
             name: name_label(&format!("wildcard-{domain}")),
+            namespace: None,
             hosts: names,
             addresses: Vec::new(),
             resolution: Resolution::None,
+            guess_protocols: true,
             ports,
             note: Some(
                 "folded into a wildcard: allowed are the addresses the workloads' own DNS answers give (DNS-aware mode)",
@@ -275,9 +326,11 @@ fn named(domain: &str, hosts: BTreeMap<String, Ports>, opts: &Options) -> Vec<Dr
     if shareable(&ports) {
         return vec![Draft {
             name: name_label(domain),
+            namespace: None,
             hosts: hosts.into_keys().collect(),
             addresses: Vec::new(),
             resolution: Resolution::Dns,
+            guess_protocols: true,
             ports,
             note: None,
         }];
@@ -365,22 +418,25 @@ fn addr_label(a: IpAddr) -> String {
     }
 }
 
-/// Sorted by name; a name taken already, or twice, gets `-2`, `-3`… in that order.
+/// Sorted by name; a name taken already, or twice, gets `-2`, `-3`… in that order. Linear:
+/// each base name remembers where its search for a free suffix stopped.
 fn unique_names(drafts: &mut [Draft], before: &BTreeSet<String>) {
     drafts.sort_by(|a, b| (&a.name, &a.hosts).cmp(&(&b.name, &b.hosts)));
-    let mut taken: BTreeSet<String> = drafts.iter().map(|d| d.name.clone()).collect();
+    let mut taken: HashSet<String> = drafts.iter().map(|d| d.name.clone()).collect();
     taken.extend(before.iter().cloned());
-    let mut seen = before.clone();
+    let mut seen: HashSet<String> = before.iter().cloned().collect();
+    let mut next: HashMap<String, u32> = HashMap::new();
     for d in drafts.iter_mut() {
         if seen.insert(d.name.clone()) {
             continue;
         }
         let base = d.name.clone();
-        let mut n = 2;
+        let n = next.entry(base.clone()).or_insert(2);
         while taken.contains(&with_suffix(&base, &format!("-{n}"))) {
-            n += 1;
+            *n += 1;
         }
         d.name = with_suffix(&base, &format!("-{n}"));
+        *n += 1;
         taken.insert(d.name.clone());
         seen.insert(d.name.clone());
     }

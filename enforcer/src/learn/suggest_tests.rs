@@ -92,7 +92,7 @@ fn one_entry_per_name_and_per_unnamed_address() {
         unnamed.addresses,
         ["198.18.0.30".parse::<IpAddr>().unwrap()]
     );
-    let r = assert_valid(&render::stream(&d, None));
+    let r = assert_valid(&render::stream(&d));
     assert_eq!(r.entries.len(), 7);
 }
 
@@ -110,7 +110,7 @@ fn domains_group_where_istio_lets_hosts_share_an_entry() {
     let ex = d.iter().find(|d| d.name == "example-com").unwrap();
     assert_eq!(ex.hosts, ["api.example.com", "cdn.example.com"]);
     assert!(names.contains(&"db-example-co-uk") && names.contains(&"metrics-example-co-uk"));
-    assert_valid(&render::stream(&d, None));
+    assert_valid(&render::stream(&d));
     let wild = Options {
         wildcard: true,
         ..opts
@@ -126,7 +126,7 @@ fn domains_group_where_istio_lets_hosts_share_an_entry() {
     assert_eq!(uk.ports.len(), 2);
     // A wildcard entry with plain TCP ports draws Istio's addresses warning, nothing else.
     let mut r = LoadReport::default();
-    load_text(&render::stream(&d, None), Path::new("w.yaml"), &mut r);
+    load_text(&render::stream(&d), Path::new("w.yaml"), &mut r);
     for e in &r.entries {
         for i in &e.issues {
             assert!(
@@ -209,9 +209,12 @@ fn exclusion_leaves_out_what_the_policy_covers() {
 #[test]
 fn the_same_observations_give_the_same_bytes_in_any_order() {
     let mut o = sample();
-    let a = render::stream(&suggest(&o, &Options::default(), &Empty), Some("web"));
+    for x in &mut o[..4] {
+        x.pod = Some("web/frontend-1".into());
+    }
+    let a = render::stream(&suggest(&o, &Options::default(), &Empty));
     o.reverse();
-    let b = render::stream(&suggest(&o, &Options::default(), &Empty), Some("web"));
+    let b = render::stream(&suggest(&o, &Options::default(), &Empty));
     assert_eq!(a, b);
     assert!(a.contains("  namespace: web\n") && a.contains("exportTo: [\".\"]"));
     assert_valid(&a);
@@ -225,7 +228,7 @@ fn names_from_workloads_cannot_break_the_yaml() {
     let mut bad = obs(Some("bad\"name.example.com"), "198.18.0.2", 443, TCP);
     bad.hosts.push("also:bad".into());
     let d = suggest(&[o, bad], &Options::default(), &Empty);
-    let yaml = render::stream(&d, None);
+    let yaml = render::stream(&d);
     let r = assert_valid(&yaml);
     assert_eq!(r.entries.len(), 2, "{yaml}");
     assert!(
@@ -257,17 +260,130 @@ fn long_names_stay_valid_kubernetes_names() {
         "{:?}",
         d.iter().map(|d| &d.name).collect::<Vec<_>>()
     );
-    assert_valid(&render::stream(&d, None));
+    assert_valid(&render::stream(&d));
 }
 
 #[test]
 fn names_in_force_are_not_taken_again() {
     let opts = Options {
-        taken: ["api-example-com".to_owned(), "api-example-com-2".to_owned()]
-            .into_iter()
-            .collect(),
+        taken: [
+            "default/api-example-com".to_owned(),
+            "default/api-example-com-2".to_owned(),
+            "web/api-example-com-3".to_owned(),
+        ]
+        .into_iter()
+        .collect(),
         ..Options::default()
     };
     let d = suggest(&sample()[..1], &opts, &Empty);
     assert_eq!(d[0].name, "api-example-com-3");
+}
+
+#[test]
+fn a_pods_entries_go_to_its_namespace_others_to_everyone() {
+    let mut o = sample();
+    o[0].pod = Some("web/frontend".into());
+    o[1].pod = Some("shop/cart".into());
+    let d = suggest(&o[..3], &Options::default(), &Empty);
+    let got: Vec<(Option<&str>, &str)> = d
+        .iter()
+        .map(|d| (d.namespace.as_deref(), d.name.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (None, "cdn-example-com"),
+            (Some("shop"), "api-example-com"),
+            (Some("web"), "api-example-com"),
+        ]
+    );
+    assert_valid(&render::stream(&d));
+}
+
+#[test]
+fn a_domain_shares_an_entry_only_among_names_seen_on_the_same_ports() {
+    let o = vec![
+        obs(Some("a.example.com"), "198.18.0.1", 443, TCP),
+        obs(Some("b.example.com"), "198.18.0.2", 443, TCP),
+        obs(Some("c.example.com"), "198.18.0.3", 8443, TCP),
+    ];
+    let opts = Options {
+        group: Group::Domain,
+        ..Options::default()
+    };
+    let d = suggest(&o, &opts, &Empty);
+    let got: Vec<(&str, &Vec<String>)> = d.iter().map(|d| (d.name.as_str(), &d.hosts)).collect();
+    assert_eq!(
+        got,
+        [
+            ("c-example-com", &vec!["c.example.com".to_owned()]),
+            (
+                "example-com",
+                &vec!["a.example.com".to_owned(), "b.example.com".to_owned()]
+            ),
+        ]
+    );
+}
+
+#[test]
+fn private_suffixes_are_never_grouped_or_folded() {
+    assert_eq!(registrable("api.example.co.uk"), "example.co.uk");
+    assert_eq!(registrable("a.svc.cluster.local"), "a.svc.cluster.local");
+    assert_eq!(registrable("db.corp.internal"), "db.corp.internal");
+    let o = vec![
+        obs(Some("a.svc.cluster.local"), "198.18.0.1", 443, TCP),
+        obs(Some("b.svc.cluster.local"), "198.18.0.2", 443, TCP),
+    ];
+    let wild = Options {
+        group: Group::Domain,
+        wildcard: true,
+        ..Options::default()
+    };
+    let d = suggest(&o, &wild, &Empty);
+    assert!(d.iter().all(|d| !d.hosts[0].starts_with('*')), "{d:?}");
+}
+
+#[test]
+fn addresses_get_tcp_not_a_guessed_http() {
+    let d = suggest(
+        &[obs(None, "198.18.0.9", 80, TCP)],
+        &Options::default(),
+        &Empty,
+    );
+    let yaml = render::stream(&d);
+    assert!(
+        yaml.contains("protocol: TCP") && !yaml.contains("HTTP"),
+        "{yaml}"
+    );
+    let named = render::stream(&suggest(
+        &[obs(Some("w.example.com"), "198.18.0.9", 80, TCP)],
+        &Options::default(),
+        &Empty,
+    ));
+    assert!(named.contains("protocol: HTTP"), "{named}");
+}
+
+#[test]
+fn many_names_on_one_label_each_get_their_own_suffix() {
+    // a-b.example.com, a.b-example.com ... all make the label a-b-example-com.
+    let o: Vec<Observation> = (0..3000u32)
+        .map(|i| {
+            let dots: String = (0..12)
+                .map(|b| if i >> b & 1 == 1 { '.' } else { '-' })
+                .collect();
+            let labels: Vec<String> = "abcdefghijklm".chars().map(String::from).collect();
+            let mut host = String::new();
+            for (k, l) in labels.iter().enumerate() {
+                host.push_str(l);
+                if let Some(c) = dots.chars().nth(k) {
+                    host.push(c);
+                }
+            }
+            obs(Some(&format!("{host}.com")), "198.18.0.1", 443, TCP)
+        })
+        .collect();
+    let d = suggest(&o, &Options::default(), &Empty);
+    let names: std::collections::BTreeSet<&str> = d.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names.len(), d.len(), "unique");
+    assert!(d.len() >= 3000 - 10, "{}", d.len());
 }
