@@ -388,8 +388,21 @@ fn valid_host(h: &str) -> bool {
     crate::dnsproxy::names::normalize(h).is_ok_and(|n| n == h)
 }
 
-fn valid_pod(p: &str) -> bool {
-    p.len() <= MAX_POD && p.split('/').count() == 2
+/// `namespace/name` as Kubernetes names them: a lowercase RFC 1123 label, then a lowercase
+/// RFC 1123 subdomain (the namespace is written into suggested entries).
+pub fn valid_pod(p: &str) -> bool {
+    let lower = |s: &str| !s.bytes().any(|c| c.is_ascii_uppercase());
+    p.len() <= MAX_POD
+        && p.split_once('/').is_some_and(|(ns, name)| {
+            crate::serviceentry::names::is_dns1123_label(ns)
+                && lower(ns)
+                && !name.is_empty()
+                && name.len() <= 253
+                && lower(name)
+                && name
+                    .split('.')
+                    .all(crate::serviceentry::names::is_dns1123_label)
+        })
 }
 
 fn check(o: &Observation) -> Result<(), (&'static str, String)> {

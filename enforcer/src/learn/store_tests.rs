@@ -229,3 +229,27 @@ fn a_workload_flooding_destinations_loses_its_own_oldest() {
     assert!(o.iter().any(|o| o.cgroup == "quiet"));
     assert_eq!(s.dropped(), 40);
 }
+
+#[test]
+fn a_pod_is_a_kubernetes_namespace_and_name() {
+    for ok in [
+        "web/frontend-1",
+        "kube-system/coredns-5d78c9869d-abcde",
+        "a/b.c",
+    ] {
+        assert!(valid_pod(ok), "{ok}");
+    }
+    for bad in [
+        "web",
+        "we:b/x",
+        "Web/x",
+        "web/X",
+        "web/",
+        "/x",
+        "a/b/c",
+        "a\n/b",
+        "web/x\nkind: Secret",
+    ] {
+        assert!(!valid_pod(bad), "{bad:?}");
+    }
+}

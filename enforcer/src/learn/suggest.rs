@@ -186,7 +186,8 @@ pub fn registrable(host: &str) -> &str {
 
 /// The namespace an observation's entry goes to: its pod's (exported there alone), or none.
 fn namespace_of(o: &Observation) -> Option<String> {
-    let (ns, _) = o.pod.as_deref()?.split_once('/')?;
+    let pod = o.pod.as_deref().filter(|p| super::store::valid_pod(p))?;
+    let (ns, _) = pod.split_once('/')?;
     Some(ns.to_owned())
 }
 
