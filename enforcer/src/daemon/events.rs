@@ -24,7 +24,7 @@ use crate::{
         events::{EventRecord, decode},
     },
     policy::{
-        allow_spec::Net,
+        allow_spec::{AllowSpec, Net, Proto},
         compile::{CompiledPolicy, Target},
     },
     resolve::Resolved,
@@ -38,11 +38,16 @@ struct Owner {
     targets: Vec<Target>,
 }
 
-/// Address → owners, rebuilt after every apply.
+/// Who owns an address, rebuilt after every apply: the names resolved to it, and the
+/// compiled policy itself for static rules (looked up by address when an event comes: a copy
+/// per address would cost more than the rules themselves at a million of them).
 #[derive(Default)]
 pub struct EventIndex {
+    /// Addresses of resolved names.
     by_addr: HashMap<IpAddr, Vec<Owner>>,
-    nets: Vec<(Net, Owner)>,
+    policy: Arc<CompiledPolicy>,
+    /// The static networks that are not one address (few; scanned).
+    nets: Vec<AllowSpec>,
     /// DNS-aware mode: the names the workloads resolved to an address, asked at explain time
     /// (they change with every answer), and the rule sources to name their entries.
     learned: Option<(
@@ -72,15 +77,8 @@ fn fmt_target((port, proto): &Target) -> String {
 }
 
 impl EventIndex {
-    pub fn build(compiled: &CompiledPolicy, resolved: &Resolved) -> Self {
-        let names = |ids: &mut dyn Iterator<Item = &u32>| -> Vec<String> {
-            let mut v: Vec<String> = ids
-                .filter_map(|id| compiled.sources.get(id).cloned())
-                .collect();
-            v.sort();
-            v.dedup();
-            v
-        };
+    pub fn build(compiled: Arc<CompiledPolicy>, resolved: &Resolved) -> Self {
+        let names = |ids: &mut dyn Iterator<Item = &u32>| source_names(&compiled, ids);
         let mut idx = Self::default();
         for (host, targets) in &compiled.hostnames {
             let Some(addrs) = resolved.addrs.get(host) else {
@@ -95,19 +93,41 @@ impl EventIndex {
                 idx.by_addr.entry(*a).or_default().push(owner.clone());
             }
         }
-        for (spec, ids) in &compiled.statics {
-            let owner = Owner {
-                host: None,
-                sources: names(&mut ids.iter()),
-                targets: vec![(spec.port, spec.proto)],
-            };
-            if spec.net.is_host() {
-                idx.by_addr.entry(spec.net.addr).or_default().push(owner);
-            } else {
-                idx.nets.push((spec.net, owner));
-            }
-        }
+        idx.nets = compiled
+            .statics
+            .keys()
+            .filter(|s| !s.net.is_host())
+            .copied()
+            .collect();
+        idx.policy = compiled;
         idx
+    }
+
+    /// The static rules for this address: its own are adjacent in `statics`, which sorts by
+    /// network first (address, then prefix length), then port and protocol.
+    fn static_owners(&self, addr: IpAddr) -> Vec<Owner> {
+        let addr = addr.to_canonical();
+        let Ok(net) = Net::new(addr, if addr.is_ipv4() { 32 } else { 128 }) else {
+            return Vec::new();
+        };
+        let spec = |port, proto| AllowSpec { net, port, proto };
+        let exact = self
+            .policy
+            .statics
+            .range(spec(0, Proto::Tcp)..=spec(u16::MAX, Proto::Icmp));
+        let nets = self
+            .nets
+            .iter()
+            .filter(|s| s.net.contains(addr))
+            .filter_map(|s| self.policy.statics.get_key_value(s));
+        exact
+            .chain(nets)
+            .map(|(spec, ids)| Owner {
+                host: None,
+                sources: source_names(&self.policy, &mut ids.iter()),
+                targets: vec![(spec.port, spec.proto)],
+            })
+            .collect()
     }
 
     /// Adds DNS-aware mode's learned names.
@@ -165,18 +185,14 @@ impl EventIndex {
 
     pub fn explain(&self, addr: IpAddr, denied: bool) -> Explanation {
         let learned = self.learned_owners(addr);
+        let statics = self.static_owners(addr);
         let mut owners: Vec<&Owner> = self
             .by_addr
             .get(&addr)
             .map(|v| v.iter().collect())
             .unwrap_or_default();
         owners.extend(learned.iter());
-        owners.extend(
-            self.nets
-                .iter()
-                .filter(|(n, _)| contains(n, addr))
-                .map(|(_, o)| o),
-        );
+        owners.extend(statics.iter());
         let mut e = Explanation::default();
         for o in &owners {
             e.hosts.extend(o.host.clone());
@@ -204,9 +220,14 @@ impl EventIndex {
     }
 }
 
-fn contains(net: &Net, addr: IpAddr) -> bool {
-    let n = Net::new(addr, net.prefix).ok();
-    n.is_some_and(|n| n.addr == net.addr && addr.is_ipv4() == net.addr.is_ipv4())
+/// The sources of these rule ids, sorted, once each.
+fn source_names(compiled: &CompiledPolicy, ids: &mut dyn Iterator<Item = &u32>) -> Vec<String> {
+    let mut v: Vec<String> = ids
+        .filter_map(|id| compiled.sources.get(id).cloned())
+        .collect();
+    v.sort();
+    v.dedup();
+    v
 }
 
 /// Identity of an event for aggregation.
@@ -529,7 +550,7 @@ mod tests {
 
     #[test]
     fn explains_owners_and_the_nearest_entry() {
-        let idx = EventIndex::build(&policy(), &resolved());
+        let idx = EventIndex::build(Arc::new(policy()), &resolved());
         let x = idx.explain("198.51.100.7".parse().unwrap(), true);
         assert_eq!(x.hosts, ["api.example.com"]);
         assert_eq!(x.entries.len(), 1);

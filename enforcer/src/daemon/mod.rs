@@ -483,6 +483,9 @@ impl Daemon {
             desired.prefix.len(),
             std::time::Instant::now(),
         );
+        // The maps' mirror holds what was written: a second copy kept for the daemon's whole
+        // life would cost about 90 bytes per rule.
+        drop(desired);
         if let Some(listener) = listener {
             info!(listen = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "serving /healthz, /readyz and /metrics");
             let state = Arc::new(http::State::new(
@@ -752,7 +755,7 @@ impl Daemon {
             warn!("cannot record the DNS answers for the next start: {e:#}");
         }
         if let Ok(mut idx) = self.index.write() {
-            *idx = EventIndex::build(&self.current.compiled, resolved)
+            *idx = EventIndex::build(Arc::clone(&self.current.compiled), resolved)
                 .with_learned(self.proxy.clone(), &self.current.compiled)
                 .with_pods(&self.current.pods, &self.current.kubepods);
         }

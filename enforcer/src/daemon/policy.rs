@@ -26,7 +26,8 @@ use crate::{
 
 pub struct LoadedPolicy {
     pub config: Config,
-    pub compiled: CompiledPolicy,
+    /// Shared with the event reader, which explains events from it (no copy per address).
+    pub compiled: std::sync::Arc<CompiledPolicy>,
     /// Policy ids (scoping; empty without units or pods).
     pub table: PolicyTable,
     /// Pod UID (as its cgroup names it) → policy id.
@@ -262,7 +263,7 @@ pub fn load(inputs: &Inputs<'_>) -> Result<LoadedPolicy, LoadError> {
         entries: report.entries.len(),
         from_files: files,
         config: cfg,
-        compiled,
+        compiled: std::sync::Arc::new(compiled),
         table: scoped.table,
         pods: scoped.pods,
         remarks,
