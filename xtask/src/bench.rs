@@ -233,6 +233,8 @@ pub enum Group {
     Kernel,
     /// DNS-aware mode: proxy latency, commit time, never-repeating answers, memory
     Dns,
+    /// Memory, start, change and per-call cost at 1k, 10k, 100k and 1M rules (and the plot)
+    Growth,
 }
 
 pub fn bench(quick: bool, only: Option<Group>) -> anyhow::Result<()> {
@@ -288,14 +290,33 @@ pub fn bench(quick: bool, only: Option<Group>) -> anyhow::Result<()> {
     }
     let mut sections = Vec::new();
     let mut kernel_json = serde_json::Value::Null;
+    let plan = crate::bench_kernel::Plan::new(quick);
+    let mut svg = None;
+    if wanted(Group::Growth) {
+        let growth = crate::bench_growth::run(&plan, &bin, release.join("ee-bench-worker"), quick)?;
+        rows.extend(growth.rows);
+        sections.push(growth.section);
+        svg = Some(growth.svg);
+    }
     if wanted(Group::Kernel) {
-        let plan = crate::bench_kernel::Plan::new(quick);
         let kernel = crate::bench_kernel::run(&plan, &bin, release.join("ee-bench-worker"))?;
         rows.extend(kernel.rows);
-        sections = kernel.sections;
+        sections.extend(kernel.sections);
         kernel_json = kernel.json;
     }
-    write_results(&rows, &sections, &kernel_json, quick, only.is_none())
+    write_results(&rows, &sections, &kernel_json, quick, only.is_none())?;
+    if let Some(svg) = svg {
+        let name = crate::bench_growth::svg_name(quick);
+        let path = workspace_root().join("bench").join(name);
+        if only.is_none() {
+            std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+        } else {
+            let path = workspace_root().join("target/bench").join(name);
+            std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+            println!("plot: {}", path.display());
+        }
+    }
+    Ok(())
 }
 
 /// The smoke check `cargo xtask test` runs after `bench --quick`: every case must have produced

@@ -96,14 +96,17 @@ impl Daemon {
     }
 
     fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            })
-            .unwrap_or(0)
+        self.status_kib("VmRSS:").unwrap_or(0)
+    }
+
+    /// A kB field of the daemon's `/proc/PID/status` (`VmRSS:`, `VmHWM:`).
+    pub fn status_kib(&self, field: &str) -> anyhow::Result<u64> {
+        let path = format!("/proc/{}/status", self.child.id());
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no {field} in {path}"))
     }
 
     /// Drops pending log lines (so that the next wait sees only what follows).

@@ -32,8 +32,8 @@ const ALLOWED6: &str = "fd00::1";
 const DENIED6: &str = "fd00::2";
 const UDP_PORT: u16 = 9;
 const TCP_PORT: u16 = 8080;
-const CIDR_RULES: usize = 1_000;
-const CGROUP: &str = "ee-bench-kernel";
+pub(crate) const CIDR_RULES: usize = 1_000;
+pub(crate) const CGROUP: &str = "ee-bench-kernel";
 /// The workload runs on the last CPU; the daemon and the rest of the system keep the others.
 fn worker_cpu() -> usize {
     std::thread::available_parallelism().map_or(0, |n| n.get() - 1)
@@ -92,11 +92,11 @@ const WORKS: [Work; 3] = [
 ];
 
 #[derive(Clone, Copy)]
-struct Iters {
+pub(crate) struct Iters {
     udp_connect: u64,
     udp_send: u64,
     tcp: u64,
-    kernel: u64,
+    pub(crate) kernel: u64,
 }
 
 impl Iters {
@@ -111,7 +111,7 @@ impl Iters {
 
 pub struct Plan {
     pub runs: usize,
-    iters: Iters,
+    pub(crate) iters: Iters,
     enforcer_sizes: Vec<usize>,
     iptables_sizes: Vec<usize>,
     diff: usize,
@@ -150,7 +150,7 @@ impl Plan {
 }
 
 /// Namespaces and cgroups for the whole kernel benchmark; removed on drop.
-struct Fixture {
+pub(crate) struct Fixture {
     base_ns: Netns,
     case_ns: Netns,
     cg2: PathBuf,
@@ -158,7 +158,7 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn new(worker: PathBuf) -> anyhow::Result<Self> {
+    pub(crate) fn new(worker: PathBuf) -> anyhow::Result<Self> {
         let cg2 = e2e::cgroup2_mount();
         for sub in ["base", "case"] {
             let p = cg2.join(CGROUP).join(sub);
@@ -172,7 +172,7 @@ impl Fixture {
         })
     }
 
-    fn cgroup(&self, sub: &str) -> PathBuf {
+    pub(crate) fn cgroup(&self, sub: &str) -> PathBuf {
         self.cg2.join(CGROUP).join(sub)
     }
 
@@ -245,7 +245,7 @@ impl Drop for Fixture {
 }
 
 /// `n`-th filler address: never contacted, only used to fill rule tables.
-fn filler(n: usize, first_octet: u8) -> Ipv4Addr {
+pub(crate) fn filler(n: usize, first_octet: u8) -> Ipv4Addr {
     Ipv4Addr::new(first_octet, (n >> 16) as u8, (n >> 8) as u8, n as u8)
 }
 
@@ -269,7 +269,7 @@ pub fn static_entries(name: &str, addrs: impl Iterator<Item = Ipv4Addr>) -> Stri
     out
 }
 
-fn cidr_entries() -> String {
+pub(crate) fn cidr_entries() -> String {
     let mut out = String::new();
     for (i, chunk) in (0..CIDR_RULES).collect::<Vec<_>>().chunks(250).enumerate() {
         let list: Vec<String> = chunk.iter().map(|&n| cidr(n)).collect();
@@ -283,7 +283,7 @@ fn cidr_entries() -> String {
 }
 
 /// The destinations the workload may reach: 4 exact rules (v4 and v6, UDP and TCP).
-fn allowed_entry() -> String {
+pub(crate) fn allowed_entry() -> String {
     format!(
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: bench-allowed}}\nspec:\n  hosts: [allowed.bench.test]\n  ports:\n  - {{number: {UDP_PORT}, name: udp-sink, protocol: UDP}}\n  - {{number: {TCP_PORT}, name: http, protocol: TCP}}\n  resolution: STATIC\n  endpoints:\n  - {{address: {ALLOWED}}}\n  - {{address: {ALLOWED6}}}\n"
     )
@@ -298,7 +298,7 @@ struct Loaded {
     rules: usize,
 }
 
-fn log_number(line: &str, key: &str) -> Option<f64> {
+pub(crate) fn log_number(line: &str, key: &str) -> Option<f64> {
     let v: Value = serde_json::from_str(line).ok()?;
     let f = &v[key];
     f.as_f64().or_else(|| f.as_str()?.parse().ok())
@@ -588,9 +588,9 @@ fn measure_block(
 
 /// (program, work, address, denied?) for the in-kernel pass: each program, each verdict.
 /// (program, workload, destination, denied, run outside the enforced cgroup)
-type KernelCase = (&'static str, &'static str, &'static str, bool, bool);
+pub(crate) type KernelCase = (&'static str, &'static str, &'static str, bool, bool);
 
-const KERNEL_CASES: [KernelCase; 9] = [
+pub(crate) const KERNEL_CASES: [KernelCase; 9] = [
     ("connect4", "udp-connect", ALLOWED, false, false),
     ("connect4", "udp-connect", DENIED, true, false),
     ("connect6", "udp-connect", ALLOWED6, false, false),
@@ -616,15 +616,15 @@ const FOREIGN_CASES: [KernelCase; 5] = [
     ("foreign_sendmsg4", "sendto", ALLOWED, false, true),
 ];
 
-struct KernelCell {
+pub(crate) struct KernelCell {
     rules: usize,
-    program: &'static str,
-    denied: bool,
+    pub(crate) program: &'static str,
+    pub(crate) denied: bool,
     /// Run by a task outside every enforced cgroup.
     outside: bool,
     /// `Some(false)`: the scoping block before its sets were written; `Some(true)`: after.
     scoped: Option<bool>,
-    ns: Vec<f64>,
+    pub(crate) ns: Vec<f64>,
 }
 
 /// The allowed destinations' cases, measured with every rule for everyone and then with the
@@ -818,18 +818,19 @@ impl Drop for BpfStats {
     }
 }
 
-fn measure_kernel(
+/// Each case's in-kernel cost against a daemon with `config` holding `exact` exact rules.
+pub(crate) fn measure_kernel(
     fx: &Fixture,
     plan: &Plan,
     bin: &Path,
-    l: &Loaded,
+    (config, exact): (&Path, usize),
     cases: &[KernelCase],
 ) -> anyhow::Result<Vec<KernelCell>> {
     let _stats = BpfStats::enable()?;
     let mut cells: Vec<KernelCell> = cases
         .iter()
         .map(|&(program, _, _, denied, outside)| KernelCell {
-            rules: l.rules - CIDR_RULES,
+            rules: exact,
             program,
             denied,
             outside,
@@ -852,9 +853,9 @@ fn measure_kernel(
                 plan.iters.kernel
             };
             let case = format!("{work},{expect},{dest},{iters}");
-            let (n0, t0) = prog_stats(bin, &l.config, program)?;
+            let (n0, t0) = prog_stats(bin, config, program)?;
             fx.run_in(if outside { "base" } else { "case" }, &[case], false)?;
-            let (n1, t1) = prog_stats(bin, &l.config, program)?;
+            let (n1, t1) = prog_stats(bin, config, program)?;
             if n1 - n0 < iters {
                 bail!(
                     "{program} ran {} times for {iters} calls: are BPF stats working?",
@@ -868,7 +869,7 @@ fn measure_kernel(
 }
 
 /// In-kernel cost of the no-op program: the floor of what the statistics can show.
-fn measure_noop(
+pub(crate) fn measure_noop(
     fx: &Fixture,
     plan: &Plan,
     noop: &Noop,
@@ -946,7 +947,13 @@ pub fn run(plan: &Plan, bin: &Path, worker: PathBuf) -> anyhow::Result<KernelRes
             ),
         });
         cells.extend(measure_block(&fx, plan, System::Enforcer, n)?);
-        kernel.extend(measure_kernel(&fx, plan, bin, &l, &KERNEL_CASES)?);
+        kernel.extend(measure_kernel(
+            &fx,
+            plan,
+            bin,
+            (&l.config, l.rules - CIDR_RULES),
+            &KERNEL_CASES,
+        )?);
         if diff > 0 {
             let (wall, apply) = apply_diff(&mut l, diff)?;
             loads.push(LoadRow {
@@ -970,7 +977,13 @@ pub fn run(plan: &Plan, bin: &Path, worker: PathBuf) -> anyhow::Result<KernelRes
             if scoped {
                 scope_allowed(&fx, &l)?;
             }
-            let mut cells = measure_kernel(&fx, plan, bin, &l, &SCOPED_CASES)?;
+            let mut cells = measure_kernel(
+                &fx,
+                plan,
+                bin,
+                (&l.config, l.rules - CIDR_RULES),
+                &SCOPED_CASES,
+            )?;
             for c in &mut cells {
                 c.scoped = Some(scoped);
             }
@@ -982,7 +995,13 @@ pub fn run(plan: &Plan, bin: &Path, worker: PathBuf) -> anyhow::Result<KernelRes
     {
         eprintln!("==> bench: egress-enforcer with foreignSockets: enforce and allow.ping");
         let l = start_enforcer(bin, max, 0, true)?;
-        kernel.extend(measure_kernel(&fx, plan, bin, &l, &FOREIGN_CASES)?);
+        kernel.extend(measure_kernel(
+            &fx,
+            plan,
+            bin,
+            (&l.config, l.rules - CIDR_RULES),
+            &FOREIGN_CASES,
+        )?);
         l.daemon.stop();
         cleanup(&l.dir);
     }
@@ -1361,33 +1380,8 @@ fn targets(plan: &Plan, cells: &[Cell], kernel: &[KernelCell], max: usize) -> Ve
             });
         }
     }
-    for p in ["connect4", "connect6", "sendmsg4", "sendmsg6"] {
-        for denied in [false, true] {
-            if let Some(k) = kernel
-                .iter()
-                .find(|k| k.rules == max && k.program == p && k.denied == denied)
-            {
-                rows.push(Row {
-                    case: format!(
-                        "in-kernel {p}, {max} exact + {CIDR_RULES} CIDR rules, {}",
-                        if denied {
-                            "denied (includes the ring-buffer event)"
-                        } else {
-                            "allowed"
-                        }
-                    ),
-                    median: median(k.ns.clone()),
-                    unit: "ns",
-                    target: Some(100.0),
-                    detail: format!(
-                        "run_time_ns / run_cnt, {} runs; the no-op program measures {}",
-                        k.ns.len(),
-                        noop_ns.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} ns"))
-                    ),
-                });
-            }
-        }
-    }
+    // The in-kernel cost of each hook's allowed and denied call has its rows in the growth
+    // group (bench_growth.rs), at every size.
     rows.extend(escape_rows(kernel, max, noop_ns));
     rows.extend(scoping_rows(kernel, noop_ns));
     let mut sizes: Vec<usize> = plan.enforcer_sizes.clone();

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_daemon;
 mod bench_dns;
+mod bench_growth;
 mod bench_kernel;
 mod bench_noop;
 mod bench_scoping;
