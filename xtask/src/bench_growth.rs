@@ -52,7 +52,7 @@ pub struct Growth {
 
 /// File `f`'s entry; `generation` moves its 1,000 addresses elsewhere (a change).
 fn file_entry(f: usize, generation: usize) -> String {
-    let first_octet = if generation % 2 == 0 { 10 } else { 11 };
+    let first_octet = if generation.is_multiple_of(2) { 10 } else { 11 };
     static_entries(
         &format!("f{f:04}"),
         (f * PER_FILE..(f + 1) * PER_FILE).map(|i| filler(i, first_octet)),
