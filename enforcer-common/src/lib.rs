@@ -41,6 +41,11 @@ pub mod map_names {
     pub const NATIVE_SOCKETS: &str = "NATIVE_SOCKETS";
     /// The generation of `ENFORCED_ROOTS`, which tags `TASK_CGROUPS` entries.
     pub const ROOTS_GEN: &str = "ROOTS_GEN";
+    /// Per CPU, the repeat windows of deny/audit events ([`super::EventWindow`]). Not pinned:
+    /// a daemon reads the windows of the programs it loaded.
+    pub const EVENT_WINDOWS: &str = "EVENT_WINDOWS";
+    /// The current window generation, which the daemon advances once a second.
+    pub const EVENT_GENERATION: &str = "EVENT_GENERATION";
     /// All maps that are pinned (and so survive a daemon restart).
     pub const PINNED: [&str; 17] = [
         RULES_EXACT,
@@ -376,6 +381,37 @@ pub struct Event {
     pub family: u8,
     pub sock_type: u8,
     pub pad: u8,
+    /// The repeat window this event opened: `window - 1` is its slot in `EVENT_WINDOWS` on
+    /// CPU `cpu`; 0: none (the event is not collapsed).
+    pub window: u16,
+    pub cpu: u16,
+    /// The window's generation (`EVENT_GENERATION` when it opened).
+    pub generation: u32,
+    /// Repeats counted by the window this one replaced in the same slot (the daemon knows
+    /// which event opened it).
+    pub replaced_repeats: u32,
+    pub pad2: u32,
+}
+
+/// Per-CPU slots in `EVENT_WINDOWS` (a power of two).
+pub const EVENT_WINDOW_SLOTS: u32 = 256;
+
+/// One repeat window (docs/architecture.md, "Events"): the first deny/audit of a thread for
+/// one destination, hook and verdict goes to the ring buffer and opens the window; the same
+/// call again while the generation lasts only counts here. The daemon reads the count once the
+/// generation is over, or gets it with the event that replaces the window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventWindow {
+    pub pid_tgid: u64,
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub hook: u8,
+    pub proto: u8,
+    pub verdict: u8,
+    pub pad: [u8; 3],
+    pub generation: u32,
+    pub repeats: u32,
 }
 
 #[cfg(feature = "user")]
@@ -386,6 +422,7 @@ mod pod {
     unsafe impl aya::Pod for super::RuleValue {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::EventWindow {}
     unsafe impl aya::Pod for super::LearnedValue {}
     unsafe impl aya::Pod for super::DnsSocket {}
     unsafe impl aya::Pod for super::ClientKey {}
@@ -404,7 +441,9 @@ mod tests {
         assert_eq!(size_of::<LearnedValue>(), 24);
         assert_eq!(size_of::<DnsSocket>(), 56);
         assert_eq!(size_of::<ClientKey>(), 24);
-        assert_eq!(size_of::<Event>(), 64);
+        assert_eq!(size_of::<Event>(), 80);
+        assert_eq!(size_of::<EventWindow>(), 40);
+        assert!(EVENT_WINDOW_SLOTS.is_power_of_two());
         assert_eq!(
             RULE_KEY_FIXED_BITS as usize,
             8 * (size_of::<RuleKey>() - 16)

@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SockMap},
 };
 use enforcer_common::{
-    ClientKey, Config, DnsSocket, LearnedValue, NUM_COUNTERS, POLICY_WORDS, RuleKey, RuleValue,
+    ClientKey, Config, DnsSocket, EVENT_WINDOW_SLOTS, EventWindow, LearnedValue, NUM_COUNTERS,
+    POLICY_WORDS, RuleKey, RuleValue,
 };
 
 #[map]
@@ -37,6 +38,15 @@ pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM
 
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Repeat windows of deny/audit events (docs/architecture.md, "Events"). Per CPU: a repeat
+/// costs a lookup the verifier inlines and an increment nobody else writes.
+#[map]
+pub(crate) static EVENT_WINDOWS: PerCpuArray<EventWindow> =
+    PerCpuArray::with_max_entries(EVENT_WINDOW_SLOTS, 0);
+
+#[map]
+pub(crate) static EVENT_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 
 /// LRU: bounded whatever the workloads do. A workload that opens sockets without end evicts
 /// the oldest entries, its own and others': a query whose entry is gone gets its answer from

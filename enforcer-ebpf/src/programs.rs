@@ -3,7 +3,8 @@ use aya_ebpf::{
         BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE, bpf_sock_addr,
     },
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns,
     },
     macros::cgroup_sock_addr,
     maps::lpm_trie::Key,
@@ -11,16 +12,20 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use enforcer_common::{
-    COUNTER_EVENTS_DROPPED, DNS_PORT, DNS_REDIRECT, Event, Hook, IPPROTO_ICMP, IPPROTO_ICMPV6,
-    IPPROTO_TCP, IPPROTO_UDP, MODE_AUDIT, POLICY_NODE, POLICY_UNMAPPED, PROTO_CLASS_ICMP,
-    PROTO_CLASS_OTHER, PROTO_CLASS_TCP, PROTO_CLASS_UDP, RULE_KEY_FIXED_BITS, RuleKey,
-    SKIP_EXACT_ANY_PORT, SKIP_PREFIX_ANY_PORT, SKIP_PREFIX_PORT, SKIP_SCOPING, VERDICT_ALLOW,
-    VERDICT_ALLOW_LOOPBACK, VERDICT_AUDIT, VERDICT_DENY, VSET_EVERYONE, counter_index,
+    COUNTER_EVENTS_DROPPED, DNS_PORT, DNS_REDIRECT, EVENT_WINDOW_SLOTS, Event, EventWindow, Hook,
+    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, MODE_AUDIT, POLICY_NODE,
+    POLICY_UNMAPPED, PROTO_CLASS_ICMP, PROTO_CLASS_OTHER, PROTO_CLASS_TCP, PROTO_CLASS_UDP,
+    RULE_KEY_FIXED_BITS, RuleKey, SKIP_EXACT_ANY_PORT, SKIP_PREFIX_ANY_PORT, SKIP_PREFIX_PORT,
+    SKIP_SCOPING, VERDICT_ALLOW, VERDICT_ALLOW_LOOPBACK, VERDICT_AUDIT, VERDICT_DENY,
+    VSET_EVERYONE, counter_index,
 };
 
 use crate::{
     dns,
-    maps::{CONFIG, COUNTERS, EVENTS, RULES_EXACT, RULES_LEARNED, RULES_PREFIX},
+    maps::{
+        CONFIG, COUNTERS, EVENT_GENERATION, EVENT_WINDOWS, EVENTS, RULES_EXACT, RULES_LEARNED,
+        RULES_PREFIX,
+    },
     scope::Caller,
 };
 
@@ -278,9 +283,73 @@ pub(crate) fn decide_as(ctx: &SockAddrContext, hook: Hook, mut dest: Dest, nativ
     if verdict == VERDICT_DENY { DENY } else { ALLOW }
 }
 
+/// A deny or audit of a connection. The first one of a thread for this destination, hook and
+/// verdict in a generation goes to the ring buffer and opens a repeat window; the same call
+/// again only counts in the window (docs/architecture.md, "Events"): a workload retrying a
+/// refused destination in a loop costs an increment per call, not an event.
 #[inline(always)]
 pub(crate) fn report(hook: Hook, proto: u8, verdict: u8, dest: &Dest) {
-    emit(hook, proto, verdict, dest.addr(), dest.port, [0, 0]);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let generation = EVENT_GENERATION.get(0).copied().unwrap_or(0);
+    let w = &dest.words;
+    let mix = (pid_tgid ^ (u64::from(w[0]) << 32 | u64::from(w[1])))
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (u64::from(w[2]) << 32 | u64::from(w[3])).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+        ^ u64::from(dest.port) << 8
+        ^ u64::from(hook as u8);
+    let slot = ((mix >> 40) as u32) & (EVENT_WINDOW_SLOTS - 1);
+    let Some(window) = EVENT_WINDOWS.get_ptr_mut(slot) else {
+        emit(hook, proto, verdict, dest.addr(), dest.port, [0, 0], None);
+        return;
+    };
+    // SAFETY: a map value pointer is valid for the program run; the slot is this CPU's.
+    let win = unsafe { &mut *window };
+    if win.pid_tgid == pid_tgid
+        && win.generation == generation
+        && win.addr == dest.addr()
+        && win.port == dest.port
+        && win.hook == hook as u8
+        && win.proto == proto
+        && win.verdict == verdict
+    {
+        win.repeats = win.repeats.wrapping_add(1);
+        return;
+    }
+    let opened = Opened {
+        slot,
+        generation,
+        replaced_repeats: win.repeats,
+    };
+    // The window changes hands only when the event that says so is in the buffer: a lost
+    // event must not take the count of the window it would have replaced with it.
+    if emit(
+        hook,
+        proto,
+        verdict,
+        dest.addr(),
+        dest.port,
+        [0, 0],
+        Some(opened),
+    ) {
+        *win = EventWindow {
+            pid_tgid,
+            addr: dest.addr(),
+            port: dest.port,
+            hook: hook as u8,
+            proto,
+            verdict,
+            pad: [0; 3],
+            generation,
+            repeats: 0,
+        };
+    }
+}
+
+/// The window an event opens.
+pub(crate) struct Opened {
+    slot: u32,
+    generation: u32,
+    replaced_repeats: u32,
 }
 
 /// A socket refused or audited at creation: no address; the port field holds the protocol.
@@ -293,6 +362,7 @@ pub(crate) fn report_socket(verdict: u8, family: u32, ty: u32, protocol: u32) {
         [0; 16],
         protocol as u16,
         [family as u8, ty as u8],
+        None,
     );
 }
 
@@ -306,14 +376,28 @@ pub(crate) fn report_option(verdict: u8, level: i32, name: i32) {
         [0; 16],
         name as u16,
         [0, 0],
+        None,
     );
 }
 
+/// Whether the event is in the buffer.
 #[inline(always)]
-fn emit(hook: Hook, proto: u8, verdict: u8, addr: [u8; 16], port: u16, family_type: [u8; 2]) {
+fn emit(
+    hook: Hook,
+    proto: u8,
+    verdict: u8,
+    addr: [u8; 16],
+    port: u16,
+    family_type: [u8; 2],
+    opened: Option<Opened>,
+) -> bool {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(COUNTER_EVENTS_DROPPED);
-        return;
+        return false;
+    };
+    let (window, generation, replaced_repeats) = match opened {
+        Some(o) => (o.slot as u16 + 1, o.generation, o.replaced_repeats),
+        None => (0, 0, 0),
     };
     let pid_tgid = bpf_get_current_pid_tgid();
     let ev = Event {
@@ -331,6 +415,12 @@ fn emit(hook: Hook, proto: u8, verdict: u8, addr: [u8; 16], port: u16, family_ty
         family: family_type[0],
         sock_type: family_type[1],
         pad: 0,
+        window,
+        // SAFETY: helper without preconditions.
+        cpu: unsafe { bpf_get_smp_processor_id() } as u16,
+        generation,
+        replaced_repeats,
+        pad2: 0,
     };
     entry.write(ev);
     // Waking the reader for each event costs more than the rest of the program; the daemon
@@ -343,6 +433,7 @@ fn emit(hook: Hook, proto: u8, verdict: u8, addr: [u8; 16], port: u16, family_ty
         BPF_RB_NO_WAKEUP
     };
     entry.submit(flags as u64);
+    true
 }
 
 #[cfg(not(test))]

@@ -25,6 +25,19 @@ pub struct EventRecord {
     /// `proto` is then its protocol and the address and port are zero.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket: Option<String>,
+    /// The kernel's repeat window this event opened (docs/architecture.md, "Events").
+    #[serde(skip)]
+    pub window: Option<WindowRef>,
+}
+
+/// Where a repeat window lives in `EVENT_WINDOWS`, and what the event says of the one before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowRef {
+    pub cpu: u16,
+    pub slot: u16,
+    pub generation: u32,
+    /// The repeats of the window this one replaced in the same slot.
+    pub replaced_repeats: u32,
 }
 
 fn family_name(family: u8) -> String {
@@ -60,14 +73,21 @@ fn socket_proto_name(family: u8, protocol: u16) -> String {
     }
 }
 
+/// The size of an event before repeat windows (ABI 4): programs of an older daemon may still
+/// write these while a new one takes over.
+const EVENT_V4_SIZE: usize = 64;
+
 /// Decodes one ring-buffer record; `None` if it has the wrong size (another ABI).
 pub fn decode(bytes: &[u8]) -> Option<EventRecord> {
-    if bytes.len() < size_of::<Event>() {
+    let len = bytes.len().min(size_of::<Event>());
+    if len < EVENT_V4_SIZE {
         return None;
     }
-    // SAFETY: the length was checked; Event is plain data valid for any bit pattern, and
-    // read_unaligned copes with the ring buffer's 8-byte alignment not being guaranteed here.
-    let ev: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let mut raw = [0u8; size_of::<Event>()];
+    raw[..len].copy_from_slice(&bytes[..len]);
+    // SAFETY: Event is plain data valid for any bit pattern (missing fields of an older
+    // event read as zero); read_unaligned does not need the array to be aligned.
+    let ev: Event = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
     let comm_len = ev
         .comm
         .iter()
@@ -104,6 +124,12 @@ pub fn decode(bytes: &[u8]) -> Option<EventRecord> {
         port,
         verdict: verdict_name(ev.verdict),
         socket,
+        window: (ev.window != 0).then(|| WindowRef {
+            cpu: ev.cpu,
+            slot: ev.window - 1,
+            generation: ev.generation,
+            replaced_repeats: ev.replaced_repeats,
+        }),
     })
 }
 
@@ -142,6 +168,11 @@ mod tests {
             family: 0,
             sock_type: 0,
             pad: 0,
+            window: 3,
+            cpu: 1,
+            generation: 9,
+            replaced_repeats: 5,
+            pad2: 0,
         };
         // SAFETY: Event is repr(C) plain data.
         let bytes =
@@ -155,6 +186,18 @@ mod tests {
         );
         assert!(decode(&bytes[..10]).is_none());
         assert_eq!(r.socket, None);
+        assert_eq!(
+            r.window,
+            Some(WindowRef {
+                cpu: 1,
+                slot: 2,
+                generation: 9,
+                replaced_repeats: 5
+            })
+        );
+        // An event of the size older programs write: no window.
+        let old = decode(&bytes[..64]).unwrap();
+        assert_eq!((old.window, old.addr, old.port), (None, r.addr, 53));
     }
 
     #[test]
@@ -172,6 +215,11 @@ mod tests {
             verdict: VERDICT_DENY,
             family: enforcer_common::AF_PACKET as u8,
             sock_type: enforcer_common::SOCK_RAW as u8,
+            window: 0,
+            cpu: 0,
+            generation: 0,
+            replaced_repeats: 0,
+            pad2: 0,
             pad: 0,
         };
         // SAFETY: Event is repr(C) plain data.

@@ -6,6 +6,7 @@ pub mod batch;
 pub mod bpffs;
 pub mod cgroup;
 pub mod diff;
+pub mod event_windows;
 pub mod events;
 pub mod foreign;
 pub mod links;
@@ -41,7 +42,7 @@ use enforcer_common::{
     LSM_PROGRAM_NAME, PROGRAM_NAMES, SOCKOPT_PROGRAM_NAME, map_names,
 };
 
-use self::{cgroup::Cgroup, maps::Maps, pins::PinLayout};
+use self::{cgroup::Cgroup, event_windows::EventWindows, maps::Maps, pins::PinLayout};
 use crate::config::MapSizes;
 
 /// The kernel object built by `build.rs` (empty when built with AYA_BUILD_SKIP=1).
@@ -53,7 +54,7 @@ pub struct Dataplane {
     _lock: File,
     ebpf: Ebpf,
     pub maps: Maps,
-    events: Option<RingBuf<MapData>>,
+    events: Option<(RingBuf<MapData>, EventWindows)>,
     /// The maps were created in the staging directory; `attach` moves them into place.
     migrating: bool,
     /// The exact rules the kernel enforced when this run started (in the old maps when
@@ -216,7 +217,10 @@ impl Dataplane {
             .map_err(|e| tracing::warn!("cannot read the rules in force: {e:#}"))
             .ok();
         let events = match ebpf.take_map(map_names::EVENTS) {
-            Some(m) => Some(RingBuf::try_from(m).context("EVENTS is not a ring buffer")?),
+            Some(m) => Some((
+                RingBuf::try_from(m).context("EVENTS is not a ring buffer")?,
+                EventWindows::from_ebpf(&mut ebpf)?,
+            )),
             None => None,
         };
         Ok(Self {
@@ -256,7 +260,8 @@ impl Dataplane {
         Ok(aya_log::EbpfLogger::init(&mut self.ebpf)?)
     }
 
-    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+    /// The events' ring buffer and the repeat windows that go with it.
+    pub fn take_events(&mut self) -> Option<(RingBuf<MapData>, EventWindows)> {
         self.events.take()
     }
 

@@ -1,7 +1,9 @@
 //! Deny and audit events: read from the kernel ring buffer, explained (which hostnames and
 //! ServiceEntries own the address, and for a denial the nearest entry that allows it on
 //! another port), aggregated (identical events within a second become one line with a count)
-//! and logged through tracing.
+//! and logged through tracing. The kernel counts repeats itself ([`windows`]).
+
+mod windows;
 
 use std::{
     collections::HashMap,
@@ -21,6 +23,7 @@ use super::{cgroup_names::CgroupNames, observe::Observer};
 use crate::{
     dataplane::{
         cgroup::{self, Cgroup},
+        event_windows::EventWindows,
         events::{EventRecord, decode},
     },
     policy::{
@@ -297,6 +300,22 @@ impl Aggregator {
         }
     }
 
+    /// `n` more of `ev`, counted by the kernel: into its open window, or a window of their
+    /// own (logged when it closes, as repeats). False when the cap left them out.
+    pub fn add_repeats(&mut self, ev: &EventRecord, n: u64, now: Instant) -> bool {
+        let k = key(ev);
+        if let Some((_, count, _)) = self.open.get_mut(&k) {
+            *count += n;
+            return true;
+        }
+        if self.open.len() >= MAX_OPEN {
+            self.suppressed += n;
+            return false;
+        }
+        self.open.insert(k, (now, n, ev.clone()));
+        true
+    }
+
     /// How many events were not logged since the last call.
     pub fn take_suppressed(&mut self) -> u64 {
         std::mem::take(&mut self.suppressed)
@@ -383,6 +402,9 @@ struct Reader {
     last_sweep: std::time::Instant,
     /// Learn mode: every explained event is an observation.
     observer: Option<Arc<Observer>>,
+    kernel: EventWindows,
+    windows: windows::Windows,
+    last_advance: Instant,
 }
 
 /// How often cgroups that are gone leave the name cache.
@@ -431,7 +453,7 @@ impl Reader {
 
     /// An event not logged (a flood of distinct ones) is still an observation, with the
     /// names the workloads' answers gave (the index's owners are left out: they cost a walk).
-    fn observe_unlogged(&mut self, ev: &EventRecord) -> anyhow::Result<()> {
+    fn observe_unlogged(&mut self, ev: &EventRecord, count: u64) -> anyhow::Result<()> {
         let Some(o) = self.observer.clone() else {
             return Ok(());
         };
@@ -441,7 +463,33 @@ impl Reader {
             .read()
             .map_err(|_| anyhow::anyhow!("event index poisoned"))?;
         let hosts = o.names_of(ev.cgroup_id, ev.addr);
-        o.record(ev, 1, &cgroup, idx.pod_of(&cgroup), &hosts);
+        o.record(ev, count, &cgroup, idx.pod_of(&cgroup), &hosts);
+        Ok(())
+    }
+
+    /// Repeats the kernel counted (an unlogged flood's are observations all the same).
+    fn repeats(&mut self, ev: &EventRecord, n: u64, now: Instant) -> anyhow::Result<()> {
+        if !self.agg.add_repeats(ev, n, now) {
+            self.observe_unlogged(ev, n)?;
+        }
+        Ok(())
+    }
+
+    /// A new generation of kernel windows, and the counts of those now over.
+    fn advance(&mut self, now: Instant) -> anyhow::Result<()> {
+        let current = self.kernel.advance()?;
+        for at in self.windows.over(current) {
+            let slot = match self.kernel.read(at.0, at.1) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!("cannot read an event repeat window: {e:#}");
+                    continue;
+                }
+            };
+            if let Some((ev, n)) = self.windows.settle(at, &slot) {
+                self.repeats(&ev, n, now)?;
+            }
+        }
         Ok(())
     }
 
@@ -454,11 +502,14 @@ impl Reader {
                 warn!(len = item.len(), "undecodable event (ABI mismatch?)");
                 continue;
             };
+            drop(item);
+            if let Some((old, n)) = self.windows.opened(&ev) {
+                self.repeats(&old, n, now)?;
+            }
             let suppressed = self.agg.suppressed;
             let (new, closed) = self.agg.offer(&ev, now, WINDOW);
-            drop(item);
             if self.agg.suppressed > suppressed {
-                self.observe_unlogged(&ev)?;
+                self.observe_unlogged(&ev, 1)?;
             }
             if let Some((old, repeats)) = closed {
                 self.log(&old, repeats)?;
@@ -466,6 +517,10 @@ impl Reader {
             if new {
                 self.log(&ev, 1)?;
             }
+        }
+        if now.duration_since(self.last_advance) >= WINDOW {
+            self.last_advance = now;
+            self.advance(now)?;
         }
         for (ev, repeats) in self.agg.flush(now, WINDOW) {
             self.log(&ev, repeats)?;
@@ -490,7 +545,7 @@ impl Reader {
 }
 
 pub async fn consume(
-    rb: RingBuf<MapData>,
+    (rb, kernel): (RingBuf<MapData>, EventWindows),
     mount: PathBuf,
     roots: Vec<Cgroup>,
     index: Arc<RwLock<EventIndex>>,
@@ -506,6 +561,9 @@ pub async fn consume(
         agg: Aggregator::default(),
         last_sweep: std::time::Instant::now(),
         observer,
+        kernel,
+        windows: windows::Windows::default(),
+        last_advance: Instant::now(),
     };
     // The kernel wakes us only when the buffer is a quarter full (a wake-up per event would
     // cost more than the verdict itself), so it is also drained on this short timer.
@@ -588,6 +646,7 @@ mod tests {
             port,
             verdict: "deny",
             socket: None,
+            window: None,
         }
     }
 
