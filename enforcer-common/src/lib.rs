@@ -7,11 +7,16 @@
 
 /// Stored in the config map; a daemon that finds pinned maps of another ABI version refuses to
 /// reuse them instead of misreading them.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Names of the maps, as declared in the eBPF object and as pinned under `<pin dir>/maps/`.
 pub mod map_names {
+    /// The exact rules' open-addressed table ([`super::TableSlot`]).
+    pub const RULES_TABLE: &str = "RULES_TABLE";
+    /// Exact rules the table had no room for near their home slot.
     pub const RULES_EXACT: &str = "RULES_EXACT";
+    /// One bit per 64 table slots: some rule whose home is there lives in `RULES_EXACT`.
+    pub const OVERFLOW_HOMES: &str = "OVERFLOW_HOMES";
     /// Visibility sets: which policies may use a rule ([`super::PolicyBits`]).
     pub const VSETS: &str = "VSETS";
     /// cgroup id → policy id (pods, their containers, host units).
@@ -47,8 +52,10 @@ pub mod map_names {
     /// The current window generation, which the daemon advances once a second.
     pub const EVENT_GENERATION: &str = "EVENT_GENERATION";
     /// All maps that are pinned (and so survive a daemon restart).
-    pub const PINNED: [&str; 17] = [
+    pub const PINNED: [&str; 19] = [
+        RULES_TABLE,
         RULES_EXACT,
+        OVERFLOW_HOMES,
         RULES_PREFIX,
         CONFIG,
         COUNTERS,
@@ -165,7 +172,7 @@ pub const MAX_CGROUP_DEPTH: u32 = 16;
 /// a single rule covers a v4 connect and a v4-mapped connect from a dual-stack socket.
 /// `port` is in host byte order; 0 means "any port".
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RuleKey {
     pub policy: u32,
     pub port: u16,
@@ -230,7 +237,7 @@ pub struct ClientKey {
 /// Value of both rule maps. `rule_id` names the rule's source (a ServiceEntry or an `--allow`
 /// flag) so that events and `inspect` can say which rule matched.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RuleValue {
     pub rule_id: u32,
     pub flags: u32,
@@ -272,7 +279,8 @@ pub struct Config {
     /// The policy of a calling cgroup with no mapped ancestor ([`POLICY_UNMAPPED`]: only
     /// rules for everyone).
     pub default_policy: u32,
-    pub pad2: u32,
+    /// `RULES_TABLE` slots - 1 (a power of two less one).
+    pub table_mask: u32,
 }
 
 /// [`Config::dns`]: DNS-aware mode, every query to port 53 goes to the proxy.
@@ -304,6 +312,69 @@ pub const SKIP_PREFIX_ANY_PORT: u32 = 4;
 /// No rule names a visibility set and nothing scopes learned rules: the programs never look
 /// up the caller's policy (a rule that names one anyway is then usable by no one).
 pub const SKIP_SCOPING: u32 = 8;
+
+/// Slots a lookup in `RULES_TABLE` reads at most, from the key's home slot on (linear
+/// probing). A rule with no free slot among them goes to `RULES_EXACT`, and the bit of its
+/// home's region in `OVERFLOW_HOMES` is set: a miss in the table is final unless that bit is.
+pub const TABLE_PROBES: u32 = 16;
+
+/// `OVERFLOW_HOMES` has a bit for each run of `1 << OVERFLOW_REGION_SHIFT` slots.
+pub const OVERFLOW_REGION_SHIFT: u32 = 6;
+
+/// (word, bit) of the `OVERFLOW_HOMES` bit for home slot `home`.
+#[inline(always)]
+pub fn overflow_bit(home: u32) -> (u32, u32) {
+    let region = home >> OVERFLOW_REGION_SHIFT;
+    (region >> 6, region & 63)
+}
+
+/// Words of `OVERFLOW_HOMES` for a table of `slots` slots.
+pub const fn overflow_words(slots: u32) -> u32 {
+    let words = slots >> (OVERFLOW_REGION_SHIFT + 6);
+    if words == 0 { 1 } else { words }
+}
+
+/// [`TableSlot::state`]. Readers see a slot's key and value change only while it is not
+/// live: a slot is written taken (key and value, not yet matching), then live (the state
+/// alone changes), then dead (the state alone): a read that races a write sees either state,
+/// never a live slot with half a key (docs/architecture.md, "Rule maps").
+pub const SLOT_EMPTY: u32 = 0;
+pub const SLOT_TAKEN: u32 = 1;
+pub const SLOT_LIVE: u32 = 2;
+pub const SLOT_DEAD: u32 = 3;
+
+/// One slot of `RULES_TABLE`, the exact rules' open-addressed hash table: an array map, whose
+/// lookups the verifier inlines (a kernel hash map costs a function call and its returns).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableSlot {
+    pub key: RuleKey,
+    pub value: RuleValue,
+    pub state: u32,
+    pub pad: u32,
+}
+
+/// A key's home slot in a table of `mask + 1` slots. The same function runs in the programs
+/// and in the daemon, which places every rule within [`TABLE_PROBES`] slots of its home.
+#[inline(always)]
+pub fn table_home(key: &RuleKey, mask: u32) -> u32 {
+    (table_hash(key) as u32) & mask
+}
+
+/// 64 well-mixed bits of a key: the words are combined, then Murmur3's finalizer spreads
+/// every input bit over every output bit (sequential addresses land far apart).
+#[inline(always)]
+pub fn table_hash(key: &RuleKey) -> u64 {
+    // SAFETY: RuleKey is 24 bytes of plain data with no padding.
+    let w: [u64; 3] = unsafe { core::mem::transmute::<RuleKey, [u64; 3]>(*key) };
+    let mut h =
+        w[0].wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ w[1].wrapping_mul(0xC2B2_AE3D_27D4_EB4F) ^ w[2];
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+    h ^ (h >> 33)
+}
 
 /// The hook a verdict came from (named in [`HOOK_NAMES`]); the first four are also the index
 /// of the program in [`PROGRAM_NAMES`].
@@ -423,6 +494,7 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::EventWindow {}
+    unsafe impl aya::Pod for super::TableSlot {}
     unsafe impl aya::Pod for super::LearnedValue {}
     unsafe impl aya::Pod for super::DnsSocket {}
     unsafe impl aya::Pod for super::ClientKey {}
@@ -443,6 +515,7 @@ mod tests {
         assert_eq!(size_of::<ClientKey>(), 24);
         assert_eq!(size_of::<Event>(), 80);
         assert_eq!(size_of::<EventWindow>(), 40);
+        assert_eq!(size_of::<TableSlot>(), 48);
         assert!(EVENT_WINDOW_SLOTS.is_power_of_two());
         assert_eq!(
             RULE_KEY_FIXED_BITS as usize,

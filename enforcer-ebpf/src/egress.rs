@@ -6,9 +6,8 @@
 
 use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
 use enforcer_common::{
-    DNS_REDIRECT, Hook, IPPROTO_ICMP, IPPROTO_ICMPV6, MODE_AUDIT, PROTO_CLASS_ICMP,
-    PROTO_CLASS_OTHER, VERDICT_ALLOW, VERDICT_ALLOW_LOOPBACK, VERDICT_AUDIT, VERDICT_DENY,
-    counter_index,
+    Hook, IPPROTO_ICMP, IPPROTO_ICMPV6, MODE_AUDIT, PROTO_CLASS_ICMP, PROTO_CLASS_OTHER,
+    VERDICT_ALLOW, VERDICT_ALLOW_LOOPBACK, VERDICT_AUDIT, VERDICT_DENY, counter_index,
 };
 
 use crate::{
@@ -136,8 +135,7 @@ fn check_echo(ctx: &SkBuffContext, dest: &Dest) -> u8 {
     } else if rule_matches(
         IPPROTO_ICMP,
         dest,
-        cfg.skip,
-        cfg.dns & DNS_REDIRECT != 0,
+        cfg,
         &mut Caller::packet(cfg.default_policy, skb),
     ) {
         VERDICT_ALLOW

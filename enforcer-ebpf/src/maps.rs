@@ -7,11 +7,25 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     ClientKey, Config, DnsSocket, EVENT_WINDOW_SLOTS, EventWindow, LearnedValue, NUM_COUNTERS,
-    POLICY_WORDS, RuleKey, RuleValue,
+    POLICY_WORDS, RuleKey, RuleValue, TableSlot,
 };
 
+/// `BPF_F_NO_PREALLOC` (uapi/linux/bpf.h).
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// The exact rules (docs/architecture.md, "Rule maps"); sized by the daemon to a power of two.
 #[map]
-pub(crate) static RULES_EXACT: HashMap<RuleKey, RuleValue> = HashMap::with_max_entries(65536, 0);
+pub(crate) static RULES_TABLE: Array<TableSlot> = Array::with_max_entries(1 << 17, 0);
+
+/// Exact rules with no room in the table near their home slot. Not preallocated: it holds
+/// few rules, or none, whatever its limit.
+#[map]
+pub(crate) static RULES_EXACT: HashMap<RuleKey, RuleValue> =
+    HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+
+/// Which table regions have rules in `RULES_EXACT` ([`enforcer_common::overflow_bit`]).
+#[map]
+pub(crate) static OVERFLOW_HOMES: Array<u64> = Array::with_max_entries(32, 0);
 
 #[map]
 pub(crate) static RULES_PREFIX: LpmTrie<RuleKey, RuleValue> = LpmTrie::with_max_entries(16384, 0);

@@ -12,19 +12,19 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use enforcer_common::{
-    COUNTER_EVENTS_DROPPED, DNS_PORT, DNS_REDIRECT, EVENT_WINDOW_SLOTS, Event, EventWindow, Hook,
-    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, MODE_AUDIT, POLICY_NODE,
+    COUNTER_EVENTS_DROPPED, Config, DNS_PORT, DNS_REDIRECT, EVENT_WINDOW_SLOTS, Event, EventWindow,
+    Hook, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, MODE_AUDIT, POLICY_NODE,
     POLICY_UNMAPPED, PROTO_CLASS_ICMP, PROTO_CLASS_OTHER, PROTO_CLASS_TCP, PROTO_CLASS_UDP,
     RULE_KEY_FIXED_BITS, RuleKey, SKIP_EXACT_ANY_PORT, SKIP_PREFIX_ANY_PORT, SKIP_PREFIX_PORT,
-    SKIP_SCOPING, VERDICT_ALLOW, VERDICT_ALLOW_LOOPBACK, VERDICT_AUDIT, VERDICT_DENY,
-    VSET_EVERYONE, counter_index,
+    SKIP_SCOPING, SLOT_EMPTY, SLOT_LIVE, TABLE_PROBES, VERDICT_ALLOW, VERDICT_ALLOW_LOOPBACK,
+    VERDICT_AUDIT, VERDICT_DENY, VSET_EVERYONE, counter_index, overflow_bit, table_home,
 };
 
 use crate::{
     dns,
     maps::{
-        CONFIG, COUNTERS, EVENT_GENERATION, EVENT_WINDOWS, EVENTS, RULES_EXACT, RULES_LEARNED,
-        RULES_PREFIX,
+        CONFIG, COUNTERS, EVENT_GENERATION, EVENT_WINDOWS, EVENTS, OVERFLOW_HOMES, RULES_EXACT,
+        RULES_LEARNED, RULES_PREFIX, RULES_TABLE,
     },
     scope::Caller,
 };
@@ -134,13 +134,8 @@ pub(crate) fn is_loopback(w: &[u32; 4]) -> bool {
 /// once, in one place (the lookup's ancestor walk is large, and every inlined copy costs the
 /// verifier), unless `SKIP_SCOPING` says no rule needs it.
 #[inline(always)]
-pub(crate) fn rule_matches(
-    proto: u8,
-    dest: &Dest,
-    skip: u32,
-    learned: bool,
-    caller: &mut Caller,
-) -> bool {
+pub(crate) fn rule_matches(proto: u8, dest: &Dest, cfg: &Config, caller: &mut Caller) -> bool {
+    let (skip, learned) = (cfg.skip, cfg.dns & DNS_REDIRECT != 0);
     let mut key = RuleKey {
         policy: POLICY_NODE,
         port: dest.port,
@@ -151,9 +146,7 @@ pub(crate) fn rule_matches(
     // SAFETY (every dereference below): a map value pointer is valid for the program run.
     // A sentinel rather than an Option: LLVM may copy a None's undefined payload into a
     // register, which the verifier refuses to read.
-    let exact = RULES_EXACT
-        .get_ptr(key)
-        .map_or(NO_RULE, |v| unsafe { (*v).vset });
+    let exact = exact_vset(&key, cfg);
     if exact == VSET_EVERYONE {
         return true;
     }
@@ -184,16 +177,48 @@ pub(crate) fn rule_matches(
     }
     // Port 0 in a rule means any port.
     key.port = 0;
-    if skip & SKIP_EXACT_ANY_PORT == 0
-        && let Some(v) = RULES_EXACT.get_ptr(key)
-        && sees(unsafe { (*v).vset })
-    {
-        return true;
+    if skip & SKIP_EXACT_ANY_PORT == 0 {
+        let any_port = exact_vset(&key, cfg);
+        if any_port != NO_RULE && sees(any_port) {
+            return true;
+        }
     }
     skip & SKIP_PREFIX_ANY_PORT == 0
         && RULES_PREFIX
             .get(Key::new(full, key))
             .is_some_and(|v| sees(v.vset))
+}
+
+/// The exact rule's visibility set, or [`NO_RULE`]: the table's slots from the key's home on,
+/// until an empty one (docs/architecture.md, "Rule maps"); `RULES_EXACT` only when some rule
+/// of the home's region lives there.
+#[inline(always)]
+fn exact_vset(key: &RuleKey, cfg: &Config) -> u32 {
+    let home = table_home(key, cfg.table_mask);
+    let mut i = 0;
+    while i < TABLE_PROBES {
+        let Some(slot) = RULES_TABLE.get(home.wrapping_add(i) & cfg.table_mask) else {
+            break;
+        };
+        if slot.state == SLOT_EMPTY {
+            break;
+        }
+        if slot.state == SLOT_LIVE && slot.key == *key {
+            return slot.value.vset;
+        }
+        i += 1;
+    }
+    let (word, bit) = overflow_bit(home);
+    if OVERFLOW_HOMES
+        .get(word)
+        .is_none_or(|w| (*w >> bit) & 1 == 0)
+    {
+        return NO_RULE;
+    }
+    // SAFETY: a map value pointer is valid for the program run.
+    RULES_EXACT
+        .get_ptr(*key)
+        .map_or(NO_RULE, |v| unsafe { (*v).vset })
 }
 
 #[inline(always)]
@@ -228,7 +253,7 @@ pub(crate) fn decide_as(ctx: &SockAddrContext, hook: Hook, mut dest: Dest, nativ
         count(counter_index(hook as u32, proto_class, VERDICT_DENY as u32));
         return DENY;
     };
-    let (audit, allow_loopback, skip) = (cfg.mode == MODE_AUDIT, cfg.allow_loopback != 0, cfg.skip);
+    let (audit, allow_loopback) = (cfg.mode == MODE_AUDIT, cfg.allow_loopback != 0);
 
     // DNS-aware mode: every query goes to the proxy, whatever server it was meant for,
     // loopback stubs included (docs/architecture.md, "DNS-aware mode").
@@ -254,13 +279,7 @@ pub(crate) fn decide_as(ctx: &SockAddrContext, hook: Hook, mut dest: Dest, nativ
 
     let verdict = if allow_loopback && is_loopback(&dest.words) {
         VERDICT_ALLOW_LOOPBACK
-    } else if rule_matches(
-        proto,
-        &dest,
-        skip,
-        cfg.dns & DNS_REDIRECT != 0,
-        &mut Caller::task(cfg.default_policy),
-    ) {
+    } else if rule_matches(proto, &dest, cfg, &mut Caller::task(cfg.default_policy)) {
         VERDICT_ALLOW
     } else if audit {
         VERDICT_AUDIT

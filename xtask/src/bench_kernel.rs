@@ -665,6 +665,28 @@ fn rule_key(addr: &str, port: u16, proto: u8) -> anyhow::Result<Vec<u8>> {
     Ok(k)
 }
 
+/// The live `RULES_TABLE` slot holding `key` (index, slot bytes), searched from its home as
+/// the programs do.
+fn table_slot(table: &str, key: &[u8], mask: u32) -> anyhow::Result<(u32, Vec<u8>)> {
+    let k = enforcer_common::RuleKey {
+        policy: u32::from_le_bytes(key[0..4].try_into()?),
+        port: u16::from_le_bytes(key[4..6].try_into()?),
+        proto: key[6],
+        pad: key[7],
+        addr: key[8..24].try_into()?,
+    };
+    let home = enforcer_common::table_home(&k, mask);
+    for i in 0..enforcer_common::TABLE_PROBES {
+        let index = home.wrapping_add(i) & mask;
+        let slot = lookup(table, &index.to_le_bytes())?;
+        let state = slot.get(40..44).context("table slot too short")?;
+        if state == enforcer_common::SLOT_LIVE.to_le_bytes() && slot.get(..24) == Some(key) {
+            return Ok((index, slot));
+        }
+    }
+    bail!("not in RULES_TABLE")
+}
+
 /// One value of a pinned map, through bpftool.
 fn lookup(map: &str, key: &[u8]) -> anyhow::Result<Vec<u8>> {
     let out = Command::new("bpftool")
@@ -720,6 +742,14 @@ fn scope_allowed(fx: &Fixture, l: &Loaded) -> anyhow::Result<()> {
             hex(&u32::try_from(policy)?.to_le_bytes())
         );
     }
+    let mut config = lookup(&map("CONFIG"), &0u32.to_le_bytes())?;
+    // `Config.table_mask`, the last word.
+    let mask = u32::from_le_bytes(
+        config
+            .get(60..64)
+            .context("CONFIG value too short")?
+            .try_into()?,
+    );
     for (addr, port, proto) in [
         (ALLOWED, UDP_PORT, 17u8),
         (ALLOWED6, UDP_PORT, 17),
@@ -727,27 +757,21 @@ fn scope_allowed(fx: &Fixture, l: &Loaded) -> anyhow::Result<()> {
         (ALLOWED6, TCP_PORT, 6),
     ] {
         let key = rule_key(addr, port, proto)?;
-        let mut value = lookup(&map("RULES_EXACT"), &key)
+        let (index, mut slot) = table_slot(&map("RULES_TABLE"), &key, mask)
             .with_context(|| format!("the rule for {addr}:{port}"))?;
-        if value.len() != 16 {
-            bail!(
-                "rule value of {addr}:{port} is {} bytes, not 16",
-                value.len()
-            );
-        }
-        value[8..12].copy_from_slice(&1u32.to_le_bytes());
+        // `TableSlot.value.vset`: the key's 24 bytes, then rule_id and flags.
+        slot[32..36].copy_from_slice(&1u32.to_le_bytes());
         let _ = writeln!(
             batch,
             "map update pinned {} key hex {} value hex {}",
-            map("RULES_EXACT"),
-            hex(&key),
-            hex(&value)
+            map("RULES_TABLE"),
+            hex(&index.to_le_bytes()),
+            hex(&slot)
         );
     }
     // The daemon runs without units or pods, so it tells the programs to skip the policy
     // lookup (`SKIP_SCOPING`, bit 3 of `Config.skip` at byte 12): clear it, as a daemon
     // with scoping configured does.
-    let mut config = lookup(&map("CONFIG"), &0u32.to_le_bytes())?;
     let skip = config.get_mut(12).context("CONFIG value too short")?;
     *skip &= !8;
     let _ = writeln!(

@@ -47,11 +47,10 @@ fn entries(rules: usize, scoped: bool) -> String {
 }
 
 /// Kernel memory of every pinned map (`bytes_memlock`, which this kernel reports from the
-/// maps' real usage) and the number of exact rules.
-fn kernel_memory(dir: &Path) -> anyhow::Result<(u64, u64)> {
+/// maps' real usage).
+fn kernel_memory(dir: &Path) -> anyhow::Result<u64> {
     let maps = dir.join("bpffs/egress-enforcer/maps");
     let mut bytes = 0;
-    let mut rules = 0;
     for e in std::fs::read_dir(&maps)? {
         let path = e?.path();
         let out = Command::new("bpftool")
@@ -62,16 +61,8 @@ fn kernel_memory(dir: &Path) -> anyhow::Result<(u64, u64)> {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)
             .with_context(|| format!("bpftool map show {}", path.display()))?;
         bytes += v["bytes_memlock"].as_u64().context("bytes_memlock")?;
-        if path.ends_with("RULES_EXACT") {
-            let out = Command::new("bpftool")
-                .args(["-j", "map", "dump", "pinned"])
-                .arg(&path)
-                .output()?;
-            let dump: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-            rules = dump.as_array().map_or(0, Vec::len) as u64;
-        }
     }
-    Ok((bytes, rules))
+    Ok(bytes)
 }
 
 fn one(bin: &Path, rules: usize, scoped: bool) -> anyhow::Result<(u64, u64)> {
@@ -98,11 +89,13 @@ fn one(bin: &Path, rules: usize, scoped: bool) -> anyhow::Result<(u64, u64)> {
     let path = dir.join("config.yaml");
     std::fs::write(&path, config)?;
     let mut d = Daemon::start(bin, &path)?;
+    let (_, line) = d.wait_for_line("\"enforcing\"", Duration::from_secs(300))?;
+    let rules = crate::bench_kernel::log_number(&line, "static_rules").context("static_rules")?;
     d.wait_for("first full apply done", Duration::from_secs(300))?;
     let measured = kernel_memory(&dir);
     d.stop();
     cleanup(&dir);
-    measured
+    Ok((measured?, rules as u64))
 }
 
 pub fn memory_rows(bin: &Path, quick: bool) -> anyhow::Result<Vec<Row>> {

@@ -162,7 +162,7 @@ fn kernel_config(cfg: &Config, table: &PolicyTable) -> enforcer_common::Config {
         default_policy: table
             .id(&Subject::Default)
             .unwrap_or(enforcer_common::POLICY_UNMAPPED),
-        pad2: 0,
+        table_mask: 0,
     }
 }
 

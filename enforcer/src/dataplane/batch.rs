@@ -122,6 +122,23 @@ pub fn delete<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<Batch<()>> {
 
 /// Reads every entry of a hash map.
 pub fn dump<K: Pod, V: Pod>(fd: BorrowedFd<'_>) -> io::Result<Batch<Vec<(K, V)>>> {
+    let mut out = Vec::new();
+    Ok(
+        match for_each_chunk(fd, |k: &[K], v: &[V]| {
+            out.extend(k.iter().copied().zip(v.iter().copied()));
+        })? {
+            Batch::Done(()) => Batch::Done(out),
+            Batch::Unsupported => Batch::Unsupported,
+        },
+    )
+}
+
+/// Reads every entry of a map (an array's in index order), [`CHUNK`] at a time: a large map
+/// is never copied whole.
+pub fn for_each_chunk<K: Pod, V: Pod>(
+    fd: BorrowedFd<'_>,
+    mut f: impl FnMut(&[K], &[V]),
+) -> io::Result<Batch<()>> {
     // SAFETY: `Pod` types are valid for every bit pattern, including all zeroes.
     let (zk, zv): (K, V) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
     let mut keys = vec![zk; CHUNK];
@@ -130,7 +147,6 @@ pub fn dump<K: Pod, V: Pod>(fd: BorrowedFd<'_>) -> io::Result<Batch<Vec<(K, V)>>
     let token_len = size_of::<K>().max(8);
     let mut token_in = vec![0u8; token_len];
     let mut token_out = vec![0u8; token_len];
-    let mut out = Vec::new();
     let mut first = true;
     loop {
         let mut attr = BatchAttr {
@@ -148,23 +164,13 @@ pub fn dump<K: Pod, V: Pod>(fd: BorrowedFd<'_>) -> io::Result<Batch<Vec<(K, V)>>
             Ok(()) => {}
             // ENOENT: the walk reached the end; `count` holds the last entries.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                out.extend(
-                    keys[..got]
-                        .iter()
-                        .copied()
-                        .zip(values[..got].iter().copied()),
-                );
-                return Ok(Batch::Done(out));
+                f(&keys[..got], &values[..got]);
+                return Ok(Batch::Done(()));
             }
             Err(e) if first && unsupported(&e) => return Ok(Batch::Unsupported),
             Err(e) => return Err(e),
         }
-        out.extend(
-            keys[..got]
-                .iter()
-                .copied()
-                .zip(values[..got].iter().copied()),
-        );
+        f(&keys[..got], &values[..got]);
         token_in.copy_from_slice(&token_out);
         first = false;
     }

@@ -1,7 +1,7 @@
 //! Typed handles on the pinned maps, and the operations on them: rule apply (diffing, adds
 //! before removes), config, counters, rule listing. Shared by the daemon and the read-only CLI.
 
-use std::{collections::BTreeMap, os::fd::AsFd as _};
+use std::collections::BTreeMap;
 
 use anyhow::{Context as _, bail};
 use aya::maps::{
@@ -9,20 +9,21 @@ use aya::maps::{
 };
 use enforcer_common::{
     ABI_VERSION, ClientKey, Config, DnsSocket, LearnedValue, NUM_COUNTERS, POLICY_WORDS, RuleKey,
-    RuleValue, map_names,
+    RuleValue, TableSlot, map_names, overflow_words,
 };
 use serde::Serialize;
 
 use super::{
-    batch::{self, Batch},
     diff::{Op, diff},
     pins::PinLayout,
     stats::Stats,
+    table_map::{ExactRules, table_slots},
 };
 use crate::{config::MapSizes, policy::rules::DesiredRules};
 
 pub struct Maps {
-    pub exact: HashMap<MapData, RuleKey, RuleValue>,
+    /// `RULES_TABLE` and its overflow `RULES_EXACT`.
+    pub exact: ExactRules,
     pub prefix: LpmTrie<MapData, RuleKey, RuleValue>,
     pub config: Array<MapData, Config>,
     pub counters: PerCpuArray<MapData, u64>,
@@ -83,7 +84,7 @@ pub struct Shape {
     pub max_entries: u32,
 }
 
-pub fn expected_shapes(sizes: &MapSizes) -> [Shape; 17] {
+pub fn expected_shapes(sizes: &MapSizes) -> [Shape; 19] {
     let lru = |name, key_size, max_entries| Shape {
         name,
         map_type: MapType::LruHash,
@@ -92,6 +93,20 @@ pub fn expected_shapes(sizes: &MapSizes) -> [Shape; 17] {
         max_entries,
     };
     [
+        Shape {
+            name: map_names::RULES_TABLE,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: size_of::<TableSlot>() as u32,
+            max_entries: table_slots(sizes.exact_rules),
+        },
+        Shape {
+            name: map_names::OVERFLOW_HOMES,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: 8,
+            max_entries: overflow_words(table_slots(sizes.exact_rules)),
+        },
         Shape {
             name: map_names::RULES_EXACT,
             map_type: MapType::Hash,
@@ -283,10 +298,20 @@ impl Maps {
     /// Takes the maps out of a freshly loaded object.
     pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
         Ok(Self {
-            exact: take(
-                ebpf.take_map(map_names::RULES_EXACT),
-                map_names::RULES_EXACT,
-            )?,
+            exact: ExactRules::new(
+                take(
+                    ebpf.take_map(map_names::RULES_TABLE),
+                    map_names::RULES_TABLE,
+                )?,
+                take(
+                    ebpf.take_map(map_names::RULES_EXACT),
+                    map_names::RULES_EXACT,
+                )?,
+                take(
+                    ebpf.take_map(map_names::OVERFLOW_HOMES),
+                    map_names::OVERFLOW_HOMES,
+                )?,
+            ),
             prefix: take(
                 ebpf.take_map(map_names::RULES_PREFIX),
                 map_names::RULES_PREFIX,
@@ -316,7 +341,11 @@ impl Maps {
             Ok(Some(Map::from_map_data(data)?))
         };
         Ok(Self {
-            exact: take(open(map_names::RULES_EXACT)?, map_names::RULES_EXACT)?,
+            exact: ExactRules::new(
+                take(open(map_names::RULES_TABLE)?, map_names::RULES_TABLE)?,
+                take(open(map_names::RULES_EXACT)?, map_names::RULES_EXACT)?,
+                take(open(map_names::OVERFLOW_HOMES)?, map_names::OVERFLOW_HOMES)?,
+            ),
             prefix: take(open(map_names::RULES_PREFIX)?, map_names::RULES_PREFIX)?,
             config: take(open(map_names::CONFIG)?, map_names::CONFIG)?,
             counters: take(open(map_names::COUNTERS)?, map_names::COUNTERS)?,
@@ -343,6 +372,7 @@ impl Maps {
         let cfg = Config {
             abi_version: ABI_VERSION,
             skip: old.skip,
+            table_mask: self.exact.mask()?,
             ..want
         };
         self.config.set(0, cfg, 0)?;
@@ -471,60 +501,54 @@ trait RuleMap {
     fn capacity(&self) -> anyhow::Result<usize>;
     /// The map's entries, sorted by key.
     fn live(&self) -> anyhow::Result<Vec<(Self::Key, RuleValue)>>;
-    fn put(&mut self, key: &Self::Key, value: &RuleValue) -> anyhow::Result<()>;
-    fn del(&mut self, key: &Self::Key) -> anyhow::Result<()>;
 
-    fn put_many(&mut self, entries: &[(Self::Key, RuleValue)]) -> anyhow::Result<()> {
-        entries.iter().try_for_each(|(k, v)| self.put(k, v))
+    /// The map's entries before an apply that has no mirror.
+    fn reread(&mut self) -> anyhow::Result<Vec<(Self::Key, RuleValue)>> {
+        self.live()
     }
 
-    fn del_many(&mut self, keys: &[Self::Key]) -> anyhow::Result<()> {
-        keys.iter().try_for_each(|k| self.del(k))
-    }
+    /// Adds or replaces `entries`; `live` is what the map held before this apply.
+    fn put_many(
+        &mut self,
+        entries: &[(Self::Key, RuleValue)],
+        live: &[(Self::Key, RuleValue)],
+    ) -> anyhow::Result<()>;
+
+    /// Removes `keys`; `live` is what the map held before this apply.
+    fn del_many(
+        &mut self,
+        keys: &[Self::Key],
+        live: &[(Self::Key, RuleValue)],
+    ) -> anyhow::Result<()>;
 }
 
-impl RuleMap for HashMap<MapData, RuleKey, RuleValue> {
+impl RuleMap for ExactRules {
     type Key = RuleKey;
-    const NAME: &'static str = map_names::RULES_EXACT;
+    const NAME: &'static str = map_names::RULES_TABLE;
     const SIZE_KEY: &'static str = "exactRules";
 
     fn capacity(&self) -> anyhow::Result<usize> {
-        Ok(self.map().info()?.max_entries() as usize)
+        ExactRules::capacity(self)
     }
 
     fn live(&self) -> anyhow::Result<Vec<(RuleKey, RuleValue)>> {
-        let fd = self.map().fd().as_fd();
-        let mut entries = match batch::dump(fd).context("reading RULES_EXACT")? {
-            Batch::Done(entries) => entries,
-            Batch::Unsupported => self
-                .iter()
-                .map(|r| r.context("reading RULES_EXACT"))
-                .collect::<anyhow::Result<_>>()?,
-        };
-        entries.sort_unstable_by_key(|e| e.0);
-        Ok(entries)
+        ExactRules::live(self)
     }
 
-    fn put(&mut self, key: &RuleKey, value: &RuleValue) -> anyhow::Result<()> {
-        Ok(self.insert(key, value, 0)?)
+    fn reread(&mut self) -> anyhow::Result<Vec<(RuleKey, RuleValue)>> {
+        ExactRules::reread(self)
     }
 
-    fn del(&mut self, key: &RuleKey) -> anyhow::Result<()> {
-        Ok(self.remove(key)?)
+    fn put_many(
+        &mut self,
+        entries: &[(RuleKey, RuleValue)],
+        live: &[(RuleKey, RuleValue)],
+    ) -> anyhow::Result<()> {
+        ExactRules::put_many(self, entries, live)
     }
 
-    fn put_many(&mut self, entries: &[(RuleKey, RuleValue)]) -> anyhow::Result<()> {
-        match batch::update(self.map().fd().as_fd(), entries)? {
-            Batch::Done(()) => Ok(()),
-            Batch::Unsupported => entries.iter().try_for_each(|(k, v)| self.put(k, v)),
-        }
-    }
-
-    fn del_many(&mut self, keys: &[RuleKey]) -> anyhow::Result<()> {
-        match batch::delete(self.map().fd().as_fd(), keys)? {
-            Batch::Done(()) => Ok(()),
-            Batch::Unsupported => keys.iter().try_for_each(|k| self.del(k)),
-        }
+    fn del_many(&mut self, keys: &[RuleKey], live: &[(RuleKey, RuleValue)]) -> anyhow::Result<()> {
+        ExactRules::del_many(self, keys, live)
     }
 }
 
@@ -549,12 +573,23 @@ impl RuleMap for LpmTrie<MapData, RuleKey, RuleValue> {
         Ok(entries)
     }
 
-    fn put(&mut self, (len, key): &(u32, RuleKey), value: &RuleValue) -> anyhow::Result<()> {
-        Ok(self.insert(&Key::new(*len, *key), value, 0)?)
+    fn put_many(
+        &mut self,
+        entries: &[((u32, RuleKey), RuleValue)],
+        _live: &[((u32, RuleKey), RuleValue)],
+    ) -> anyhow::Result<()> {
+        entries
+            .iter()
+            .try_for_each(|((len, key), v)| Ok(self.insert(&Key::new(*len, *key), v, 0)?))
     }
 
-    fn del(&mut self, (len, key): &(u32, RuleKey)) -> anyhow::Result<()> {
-        Ok(self.remove(&Key::new(*len, *key))?)
+    fn del_many(
+        &mut self,
+        keys: &[(u32, RuleKey)],
+        _live: &[((u32, RuleKey), RuleValue)],
+    ) -> anyhow::Result<()> {
+        keys.iter()
+            .try_for_each(|(len, key)| Ok(self.remove(&Key::new(*len, *key))?))
     }
 }
 
@@ -591,16 +626,16 @@ fn sync<M: RuleMap>(
     // Taken out: if a write below fails, the mirror stays unknown and the next apply reads.
     let live = match mirror.take() {
         Some(live) => live,
-        None => map.live()?,
+        None => map.reread()?,
     };
     let d = diff(&live, desired);
     for step in group(d.ordered(live.len(), map.capacity()?)) {
         match step {
             Step::Put(entries) => map
-                .put_many(&entries)
+                .put_many(&entries, &live)
                 .with_context(|| format!("inserting into {}", M::NAME))?,
             Step::Delete(keys) => map
-                .del_many(&keys)
+                .del_many(&keys, &live)
                 .with_context(|| format!("removing from {}", M::NAME))?,
         }
     }
@@ -619,13 +654,19 @@ fn prune<M: RuleMap>(
 ) -> anyhow::Result<usize> {
     let live = match mirror.take() {
         Some(live) => live,
-        None => map.live()?,
+        None => map.reread()?,
     };
-    let (keep, gone): (Vec<_>, Vec<_>) =
-        live.into_iter().partition(|(k, _)| desired.contains_key(k));
-    let keys: Vec<M::Key> = gone.into_iter().map(|(k, _)| k).collect();
-    map.del_many(&keys)
+    let keys: Vec<M::Key> = live
+        .iter()
+        .filter(|(k, _)| !desired.contains_key(k))
+        .map(|(k, _)| k.clone())
+        .collect();
+    map.del_many(&keys, &live)
         .with_context(|| format!("removing from {}", M::NAME))?;
+    let keep = live
+        .into_iter()
+        .filter(|(k, _)| desired.contains_key(k))
+        .collect();
     *mirror = Some(keep);
     Ok(keys.len())
 }

@@ -19,6 +19,8 @@ mod raw_link;
 mod scoping;
 pub mod sources;
 pub mod stats;
+pub mod table;
+pub mod table_map;
 pub mod verdicts;
 
 use std::{
@@ -184,6 +186,14 @@ impl Dataplane {
         }
         loader
             .map_max_entries(map_names::RULES_EXACT, sizes.exact_rules)
+            .map_max_entries(
+                map_names::RULES_TABLE,
+                table_map::table_slots(sizes.exact_rules),
+            )
+            .map_max_entries(
+                map_names::OVERFLOW_HOMES,
+                enforcer_common::overflow_words(table_map::table_slots(sizes.exact_rules)),
+            )
             .map_max_entries(map_names::RULES_PREFIX, sizes.prefix_rules)
             .map_max_entries(map_names::EVENTS, sizes.event_buffer)
             .map_max_entries(map_names::RULES_LEARNED, sizes.learned_rules)
