@@ -316,7 +316,7 @@ pub const SKIP_SCOPING: u32 = 8;
 /// Slots a lookup in `RULES_TABLE` reads at most, from the key's home slot on (linear
 /// probing). A rule with no free slot among them goes to `RULES_EXACT`, and the bit of its
 /// home's region in `OVERFLOW_HOMES` is set: a miss in the table is final unless that bit is.
-pub const TABLE_PROBES: u32 = 16;
+pub const TABLE_PROBES: u32 = 8;
 
 /// `OVERFLOW_HOMES` has a bit for each run of `1 << OVERFLOW_REGION_SHIFT` slots.
 pub const OVERFLOW_REGION_SHIFT: u32 = 6;

@@ -73,10 +73,8 @@ struct JsonReport<'a> {
 }
 
 fn rule_rows(p: &CompiledPolicy) -> Vec<JsonRule> {
-    let names = |ids: &std::collections::BTreeSet<u32>| -> Vec<String> {
-        ids.iter()
-            .filter_map(|id| p.sources.get(id).cloned())
-            .collect()
+    let names = |ids: &mut dyn Iterator<Item = u32>| -> Vec<String> {
+        ids.filter_map(|id| p.sources.get(&id).cloned()).collect()
     };
     let port = |p: u16| {
         if p == 0 {
@@ -92,7 +90,7 @@ fn rule_rows(p: &CompiledPolicy) -> Vec<JsonRule> {
             destination: s.net.to_string(),
             port: port(s.port),
             proto: s.proto.to_string(),
-            sources: names(ids),
+            sources: names(&mut ids.iter()),
         })
         .collect();
     for (host, targets) in &p.hostnames {
@@ -101,7 +99,7 @@ fn rule_rows(p: &CompiledPolicy) -> Vec<JsonRule> {
                 destination: format!("{host} (DNS)"),
                 port: port(*p_),
                 proto: proto.to_string(),
-                sources: names(ids),
+                sources: names(&mut ids.iter().copied()),
             });
         }
     }

@@ -188,7 +188,7 @@ mod tests {
             let spec: AllowSpec = s.parse().unwrap();
             r.add_flagged(&spec, 1, if dns { RULE_FLAG_DNS } else { 0 });
         }
-        r.exact.into_iter().collect()
+        r.seal().exact.into_iter().collect()
     }
 
     fn ip(s: &str) -> IpAddr {

@@ -7,6 +7,7 @@ mod cgroup_names;
 mod cluster;
 mod dns_proxy;
 mod events;
+mod heap;
 pub mod http;
 pub mod metrics;
 pub mod observe;
@@ -417,7 +418,9 @@ impl Daemon {
         let staged = scope
             .stage(&mut dp.maps, &mut desired)
             .map_err(apply_failure)?;
-        let applied = dp.maps.apply(&desired).map_err(apply_failure)?;
+        // The rules move into the maps' mirror: counted first.
+        let (exact_rules, prefix_rules) = (desired.exact.len(), desired.prefix.len());
+        let applied = dp.maps.apply(&mut desired).map_err(apply_failure)?;
         scope
             .finish(&mut dp.maps, staged, &placement(&first))
             .map_err(apply_failure)?;
@@ -466,7 +469,7 @@ impl Daemon {
         info!(
             mode = ?first.config.mode,
             entries = first.entries,
-            static_rules = desired.len(),
+            static_rules = exact_rules + prefix_rules,
             hostnames = first.compiled.hostnames.len(),
             carried = seeds.values().map(Vec::len).sum::<usize>(),
             added = applied.added,
@@ -478,14 +481,9 @@ impl Daemon {
         );
         log_protections(&dp, &first.config);
 
-        metrics.applied(
-            desired.exact.len(),
-            desired.prefix.len(),
-            std::time::Instant::now(),
-        );
-        // The maps' mirror holds what was written: a second copy kept for the daemon's whole
-        // life would cost about 90 bytes per rule.
+        metrics.applied(exact_rules, prefix_rules, std::time::Instant::now());
         drop(desired);
+        heap::give_back();
         if let Some(listener) = listener {
             info!(listen = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "serving /healthz, /readyz and /metrics");
             let state = Arc::new(http::State::new(
@@ -655,7 +653,9 @@ impl Daemon {
     /// schedules a retry; if the rules do not fit, the ones no longer wanted still go (a
     /// carried address must not outlive its grace because the new set is too large).
     fn full_apply(&mut self) -> anyhow::Result<()> {
-        let Err(e) = self.apply_everything() else {
+        let applied = self.apply_everything();
+        heap::give_back();
+        let Err(e) = applied else {
             self.ready = true;
             self.retry.succeeded();
             self.metrics.set_ready();
@@ -736,17 +736,15 @@ impl Daemon {
         let mut desired = self.desired();
         let started = std::time::Instant::now();
         let staged = self.scoping.stage(&mut self.dp.maps, &mut desired)?;
-        let stats = self.dp.maps.apply(&desired)?;
+        let (exact_rules, prefix_rules) = (desired.exact.len(), desired.prefix.len());
+        let stats = self.dp.maps.apply(&mut desired)?;
         self.scoping
             .finish(&mut self.dp.maps, staged, &placement(&self.current))?;
         self.watch_cgroups();
         let resolved = &self.resolved;
         let apply_ms = started.elapsed().as_secs_f64() * 1000.0;
-        self.metrics.applied(
-            desired.exact.len(),
-            desired.prefix.len(),
-            std::time::Instant::now(),
-        );
+        self.metrics
+            .applied(exact_rules, prefix_rules, std::time::Instant::now());
         let root = &self.dp.layout().root;
         if let Err(e) = crate::dataplane::sources::write(root, &desired.sources) {
             warn!("cannot record rule sources for `inspect`: {e:#}");
@@ -761,7 +759,7 @@ impl Daemon {
         }
         if stats.added + stats.removed > 0 {
             info!(
-                rules = desired.len(),
+                rules = exact_rules + prefix_rules,
                 added = stats.added,
                 removed = stats.removed,
                 apply_ms = format!("{apply_ms:.1}"),

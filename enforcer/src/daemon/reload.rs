@@ -31,6 +31,7 @@ impl Daemon {
         let before = self.metrics.reload_failures.load(Ordering::Relaxed)
             + self.metrics.rollback_failures.load(Ordering::Relaxed);
         let paths_changed = self.reload_once();
+        super::heap::give_back();
         let failed = self.metrics.reload_failures.load(Ordering::Relaxed)
             + self.metrics.rollback_failures.load(Ordering::Relaxed)
             > before;

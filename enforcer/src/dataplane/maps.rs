@@ -1,8 +1,6 @@
 //! Typed handles on the pinned maps, and the operations on them: rule apply (diffing, adds
 //! before removes), config, counters, rule listing. Shared by the daemon and the read-only CLI.
 
-use std::collections::BTreeMap;
-
 use anyhow::{Context as _, bail};
 use aya::maps::{
     Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapType, PerCpuArray, lpm_trie::Key,
@@ -14,7 +12,7 @@ use enforcer_common::{
 use serde::Serialize;
 
 use super::{
-    diff::{Op, diff},
+    diff::diff,
     pins::PinLayout,
     stats::Stats,
     table_map::{ExactRules, table_slots},
@@ -390,10 +388,11 @@ impl Maps {
         Ok(())
     }
 
-    /// Makes the rule maps equal to `desired`. New and changed rules go in before stale ones
-    /// come out, so a rule present before and after is never missing; only when a map is too
-    /// small to hold both at once are its stale rules removed first.
-    pub fn apply(&mut self, desired: &DesiredRules) -> anyhow::Result<ApplyStats> {
+    /// Makes the rule maps equal to `desired`, whose rules move into the maps' mirror (it is
+    /// left without them). New and changed rules go in before stale ones come out, so a rule
+    /// present before and after is never missing; only when a map is too small to hold both
+    /// at once are its stale rules removed first.
+    pub fn apply(&mut self, desired: &mut DesiredRules) -> anyhow::Result<ApplyStats> {
         // Check both capacities before touching either map, so a too-large set changes nothing.
         check_capacity(&self.exact, desired.exact.len())?;
         check_capacity(&self.prefix, desired.prefix.len())?;
@@ -401,8 +400,16 @@ impl Maps {
         // it narrows to the new set's only once the old rules are gone.
         let skips = desired.lookup_skips();
         self.set_skips(|old| old & skips)?;
-        let a = sync(&mut self.exact, &mut self.mirror.exact, &desired.exact)?;
-        let b = sync(&mut self.prefix, &mut self.mirror.prefix, &desired.prefix)?;
+        let a = sync(
+            &mut self.exact,
+            &mut self.mirror.exact,
+            desired.exact.take(),
+        )?;
+        let b = sync(
+            &mut self.prefix,
+            &mut self.mirror.prefix,
+            desired.prefix.take(),
+        )?;
         self.set_skips(|_| skips)?;
         Ok(ApplyStats {
             added: a.added + b.added,
@@ -415,8 +422,16 @@ impl Maps {
     /// not fit, what is no longer wanted (an expired carried address, a removed entry) must
     /// still go. The lookup-skip bits stay as wide as they were.
     pub fn remove_unwanted(&mut self, desired: &DesiredRules) -> anyhow::Result<usize> {
-        let a = prune(&mut self.exact, &mut self.mirror.exact, &desired.exact)?;
-        let b = prune(&mut self.prefix, &mut self.mirror.prefix, &desired.prefix)?;
+        let a = prune(
+            &mut self.exact,
+            &mut self.mirror.exact,
+            desired.exact.as_slice(),
+        )?;
+        let b = prune(
+            &mut self.prefix,
+            &mut self.mirror.prefix,
+            desired.prefix.as_slice(),
+        )?;
         Ok(a + b)
     }
 
@@ -618,28 +633,28 @@ fn check_capacity<M: RuleMap>(map: &M, wanted: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Makes `map` hold `desired` (sorted, each key once), diffing against what it held, and
+/// keeps `desired` as its mirror (moved, not copied).
 fn sync<M: RuleMap>(
     map: &mut M,
     mirror: &mut Option<Vec<(M::Key, RuleValue)>>,
-    desired: &BTreeMap<M::Key, RuleValue>,
+    desired: Vec<(M::Key, RuleValue)>,
 ) -> anyhow::Result<ApplyStats> {
     // Taken out: if a write below fails, the mirror stays unknown and the next apply reads.
     let live = match mirror.take() {
         Some(live) => live,
         None => map.reread()?,
     };
-    let d = diff(&live, desired);
-    for step in group(d.ordered(live.len(), map.capacity()?)) {
-        match step {
-            Step::Put(entries) => map
-                .put_many(&entries, &live)
-                .with_context(|| format!("inserting into {}", M::NAME))?,
-            Step::Delete(keys) => map
-                .del_many(&keys, &live)
-                .with_context(|| format!("removing from {}", M::NAME))?,
-        }
+    let d = diff(&live, &desired);
+    let removals = |map: &mut M| remove_at(map, &live, &d.removals);
+    if d.removals_first(live.len(), map.capacity()?) {
+        removals(map)?;
+        put_at(map, &live, &desired, &d.upserts)?;
+    } else {
+        put_at(map, &live, &desired, &d.upserts)?;
+        removals(map)?;
     }
-    *mirror = Some(desired.iter().map(|(k, v)| (k.clone(), *v)).collect());
+    *mirror = Some(desired);
     Ok(ApplyStats {
         added: d.upserts.len(),
         removed: d.removals.len(),
@@ -647,83 +662,52 @@ fn sync<M: RuleMap>(
     })
 }
 
+/// Writes `desired[i]` for each index, a batch at a time (a copy of a batch, never of all).
+fn put_at<M: RuleMap>(
+    map: &mut M,
+    live: &[(M::Key, RuleValue)],
+    desired: &[(M::Key, RuleValue)],
+    at: &[u32],
+) -> anyhow::Result<()> {
+    for chunk in at.chunks(super::batch::CHUNK) {
+        let entries: Vec<(M::Key, RuleValue)> =
+            chunk.iter().map(|i| desired[*i as usize].clone()).collect();
+        map.put_many(&entries, live)
+            .with_context(|| format!("inserting into {}", M::NAME))?;
+    }
+    Ok(())
+}
+
+/// Removes `live[i]` for each index, a batch at a time.
+fn remove_at<M: RuleMap>(
+    map: &mut M,
+    live: &[(M::Key, RuleValue)],
+    at: &[u32],
+) -> anyhow::Result<()> {
+    for chunk in at.chunks(super::batch::CHUNK) {
+        let keys: Vec<M::Key> = chunk.iter().map(|i| live[*i as usize].0.clone()).collect();
+        map.del_many(&keys, live)
+            .with_context(|| format!("removing from {}", M::NAME))?;
+    }
+    Ok(())
+}
+
+/// Removes what `desired` does not hold, adding nothing.
 fn prune<M: RuleMap>(
     map: &mut M,
     mirror: &mut Option<Vec<(M::Key, RuleValue)>>,
-    desired: &BTreeMap<M::Key, RuleValue>,
+    desired: &[(M::Key, RuleValue)],
 ) -> anyhow::Result<usize> {
     let live = match mirror.take() {
         Some(live) => live,
         None => map.reread()?,
     };
-    let keys: Vec<M::Key> = live
-        .iter()
-        .filter(|(k, _)| !desired.contains_key(k))
-        .map(|(k, _)| k.clone())
+    let wanted = |k: &M::Key| desired.binary_search_by(|(d, _)| d.cmp(k)).is_ok();
+    let gone: Vec<u32> = (0..live.len() as u32)
+        .filter(|i| !wanted(&live[*i as usize].0))
         .collect();
-    map.del_many(&keys, &live)
-        .with_context(|| format!("removing from {}", M::NAME))?;
-    let keep = live
-        .into_iter()
-        .filter(|(k, _)| desired.contains_key(k))
-        .collect();
+    remove_at(map, &live, &gone)?;
+    let keep = live.into_iter().filter(|(k, _)| wanted(k)).collect();
     *mirror = Some(keep);
-    Ok(keys.len())
-}
-
-/// Consecutive writes of one kind, to be made as one batch.
-enum Step<K> {
-    Put(Vec<(K, RuleValue)>),
-    Delete(Vec<K>),
-}
-
-/// Groups runs of puts and of deletes, keeping their order (which `Diff::ordered` chose so that
-/// no surviving rule is ever missing).
-fn group<K>(ops: Vec<Op<K, RuleValue>>) -> Vec<Step<K>> {
-    let mut out: Vec<Step<K>> = Vec::new();
-    for op in ops {
-        match (op, out.last_mut()) {
-            (Op::Put(k, v), Some(Step::Put(run))) => run.push((k, v)),
-            (Op::Delete(k), Some(Step::Delete(run))) => run.push(k),
-            (Op::Put(k, v), _) => out.push(Step::Put(vec![(k, v)])),
-            (Op::Delete(k), _) => out.push(Step::Delete(vec![k])),
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn v(id: u32) -> RuleValue {
-        RuleValue {
-            rule_id: id,
-            flags: 0,
-            vset: 0,
-            pad: 0,
-        }
-    }
-
-    #[test]
-    fn grouping_keeps_the_order_and_merges_runs() {
-        let ops = vec![
-            Op::Delete(1u8),
-            Op::Delete(2),
-            Op::Put(3, v(3)),
-            Op::Put(4, v(4)),
-            Op::Delete(5),
-        ];
-        let shape: Vec<(char, Vec<u8>)> = group(ops)
-            .into_iter()
-            .map(|s| match s {
-                Step::Put(e) => ('p', e.into_iter().map(|(k, _)| k).collect()),
-                Step::Delete(k) => ('d', k),
-            })
-            .collect();
-        assert_eq!(
-            shape,
-            vec![('d', vec![1, 2]), ('p', vec![3, 4]), ('d', vec![5])]
-        );
-    }
+    Ok(gone.len())
 }

@@ -320,11 +320,11 @@ mod tests {
         let mut t = Table::new(1 << 21);
         let entries: Vec<_> = (0..1_000_000).map(|n| (key(n), val(n), None)).collect();
         let a = t.add(&entries, &mut |_| unreachable!()).unwrap();
-        // Linear probing at load 0.48: almost every rule within 16 slots of home.
-        assert!(a.overflow.len() < 400, "{} overflow", a.overflow.len());
+        // Linear probing at load 0.48: all but about 0.4 % within 8 slots of home.
+        assert!(a.overflow.len() < 5_000, "{} overflow", a.overflow.len());
         // Their homes' regions: a miss elsewhere never reads the overflow map.
         let regions: u32 = t.overflow_words().values().map(|w| w.count_ones()).sum();
-        assert!(regions < 400, "{regions} regions");
+        assert!(regions < 5_000, "{regions} of 32768 regions");
         assert_eq!(a.taken.len() + a.overflow.len(), 1_000_000);
     }
 

@@ -74,7 +74,7 @@ fn grants(policy: &CompiledPolicy, host: &str, t: &BTreeMap<Target, BTreeSet<u32
         .map(|(k, ids)| {
             let g = Grant {
                 rule_id: ids.first().copied().unwrap_or(0),
-                vis: policy.host_usable_by(host, ids),
+                vis: policy.host_usable_by(host, ids.iter().copied()),
             };
             (*k, g)
         })

@@ -65,8 +65,8 @@ impl<'a> PolicyView<'a> {
     ) -> Self {
         let mut hosts: HashMap<IpAddr, Vec<(Target, Visibility)>> = HashMap::new();
         let mut nets = Vec::new();
-        for (spec, ids) in &compiled.statics {
-            let vis = compiled.usable_by(ids);
+        for (spec, ids) in compiled.statics.iter() {
+            let vis = compiled.usable_by(ids.iter());
             let target = (spec.port, spec.proto);
             if spec.net.is_host() {
                 hosts.entry(spec.net.addr).or_default().push((target, vis));

@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::{
     allow_spec::{AllowSpec, Net, Proto},
     rules::DesiredRules,
+    statics::Statics,
     visibility::{EntryScope, Visibility},
 };
 use crate::serviceentry::{
@@ -52,7 +53,7 @@ pub struct CompiledPolicy {
     /// Rule id → where the rule comes from, e.g. `ServiceEntry default/api (se.yaml:3)`.
     pub sources: BTreeMap<u32, String>,
     /// Static destinations and the rule ids that allow them (subsumed ones merged away).
-    pub statics: BTreeMap<AllowSpec, BTreeSet<u32>>,
+    pub statics: Statics,
     /// Hostname → targets and rule ids; every A/AAAA answer for the name gets these.
     pub hostnames: BTreeMap<String, BTreeMap<Target, BTreeSet<u32>>>,
     /// Only learned in DNS-aware mode: `*.suffix` hosts (keyed by the suffix) and the hosts of
@@ -110,6 +111,8 @@ fn entry_targets(se: &ServiceEntry) -> Vec<Target> {
 
 struct Builder {
     policy: CompiledPolicy,
+    /// Static destinations as they come, sorted into `policy.statics` at the end.
+    statics: Vec<(AllowSpec, u32)>,
     dns_aware: bool,
     ping: bool,
     /// Scoping is on: `exportTo` is applied.
@@ -148,7 +151,7 @@ impl Builder {
             port: target.0,
             proto: target.1,
         };
-        self.policy.statics.entry(spec).or_default().insert(id);
+        self.statics.push((spec, id));
     }
 
     fn address(&mut self, entry: &str, text: &str, targets: &[Target], id: u32) {
@@ -304,11 +307,6 @@ impl Builder {
         }
     }
 
-    /// Who may use the rules of these ids: each id's policies.
-    fn usable_by(&self, ids: &BTreeSet<u32>) -> Visibility {
-        self.policy.usable_by(ids)
-    }
-
     /// Records who may use entry `id`'s rules.
     fn scope(&mut self, loaded: &Loaded, id: u32, scope: &EntryScope) {
         if scope.entry != Visibility::Everyone {
@@ -327,7 +325,19 @@ impl Builder {
     /// on any port, same protocol) that everyone who may use them may use too, folding their
     /// rule ids into the broader rule.
     fn merge(&mut self) {
-        let all: Vec<AllowSpec> = self.policy.statics.keys().copied().collect();
+        self.policy.statics = Statics::from_pairs(std::mem::take(&mut self.statics));
+        let statics = &self.policy.statics;
+        // A destination's own ids and those folded into it.
+        let ids_of = |spec: &AllowSpec, gained: &std::collections::HashMap<AllowSpec, Vec<u32>>| {
+            statics
+                .get(spec)
+                .into_iter()
+                .flat_map(|i| i.iter())
+                .chain(gained_ids(spec, gained))
+                .collect::<Vec<u32>>()
+                .into_iter()
+        };
+        let all: Vec<AllowSpec> = statics.keys().copied().collect();
         let mut lens: Vec<u8> = all
             .iter()
             .map(|s| s.net.normalized().1)
@@ -335,6 +345,12 @@ impl Builder {
             .into_iter()
             .collect();
         lens.sort_unstable();
+        // A destination already folded covers nothing more (as if removed on the spot); the
+        // ids folded into a cover so far count for who may use it.
+        let mut folded: std::collections::HashSet<AllowSpec> = std::collections::HashSet::new();
+        let mut gained: std::collections::HashMap<AllowSpec, Vec<u32>> =
+            std::collections::HashMap::new();
+        let mut folds = Vec::new();
         for spec in all {
             let (_, own_len) = spec.net.normalized();
             let covering = lens
@@ -353,18 +369,31 @@ impl Builder {
                 .filter(|c| c.net.addr.is_ipv4() == spec.net.addr.is_ipv4())
                 .find(|c| {
                     *c != spec
-                        && self.policy.statics.get(c).is_some_and(|cover| {
-                            let own = &self.policy.statics[&spec];
-                            self.usable_by(cover).covers(&self.usable_by(own))
+                        && !folded.contains(c)
+                        && statics.get(c).is_some_and(|cover| {
+                            let own = ids_of(&spec, &gained);
+                            let cover_ids = cover.iter().chain(gained_ids(c, &gained));
+                            self.policy
+                                .usable_by(cover_ids)
+                                .covers(&self.policy.usable_by(own))
                         })
                 });
-            if let Some(cover) = covering
-                && let Some(ids) = self.policy.statics.remove(&spec)
-            {
-                self.policy.statics.entry(cover).or_default().extend(ids);
+            if let Some(cover) = covering {
+                let moved: Vec<u32> = ids_of(&spec, &gained).collect();
+                gained.entry(cover).or_default().extend(moved);
+                folded.insert(spec);
+                folds.push((spec, cover));
             }
         }
+        self.policy.statics.fold(&folds);
     }
+}
+
+fn gained_ids<'a>(
+    spec: &AllowSpec,
+    gained: &'a std::collections::HashMap<AllowSpec, Vec<u32>>,
+) -> impl Iterator<Item = u32> + 'a {
+    gained.get(spec).into_iter().flatten().copied()
 }
 
 fn mask128(addr: [u8; 16], len: u8) -> [u8; 16] {
@@ -392,6 +421,7 @@ pub fn compile_scoped(
 ) -> CompiledPolicy {
     let mut b = Builder {
         policy: CompiledPolicy::default(),
+        statics: Vec::new(),
         dns_aware: config.dns_aware,
         ping: config.ping,
         scoped: scopes.is_some(),
@@ -449,19 +479,22 @@ pub fn compile_scoped(
 
 impl CompiledPolicy {
     /// Who may use the rules of these ids: each id's policies.
-    pub fn usable_by(&self, ids: &BTreeSet<u32>) -> Visibility {
-        ids.iter()
-            .map(|id| self.scoped.get(id).unwrap_or(&Visibility::Everyone))
+    pub fn usable_by(&self, ids: impl IntoIterator<Item = u32>) -> Visibility {
+        if self.scoped.is_empty() {
+            return Visibility::Everyone;
+        }
+        ids.into_iter()
+            .map(|id| self.scoped.get(&id).unwrap_or(&Visibility::Everyone))
             .fold(Visibility::Only(BTreeSet::new()), |acc, v| acc.union(v))
     }
 
     /// Who may use the answers for `host` allowed by these ids.
-    pub fn host_usable_by(&self, host: &str, ids: &BTreeSet<u32>) -> Visibility {
-        ids.iter()
+    pub fn host_usable_by(&self, host: &str, ids: impl IntoIterator<Item = u32>) -> Visibility {
+        ids.into_iter()
             .map(|id| {
                 self.scoped_hosts
-                    .get(&(*id, host.to_owned()))
-                    .or_else(|| self.scoped.get(id))
+                    .get(&(id, host.to_owned()))
+                    .or_else(|| self.scoped.get(&id))
                     .unwrap_or(&Visibility::Everyone)
             })
             .fold(Visibility::Only(BTreeSet::new()), |acc, v| acc.union(v))
@@ -470,13 +503,10 @@ impl CompiledPolicy {
     /// The kernel rules once hostnames are resolved; `resolve` gives the addresses currently
     /// allowed for a name (none: nothing is allowed for it yet).
     pub fn desired_rules(&self, resolve: impl Fn(&str) -> Vec<IpAddr>) -> DesiredRules {
-        let mut rules = DesiredRules {
-            sources: self.sources.clone(),
-            ..DesiredRules::default()
-        };
-        for (spec, ids) in &self.statics {
-            let id = ids.first().copied().unwrap_or(0);
-            rules.add_scoped(spec, id, 0, &self.usable_by(ids));
+        let mut rules = DesiredRules::default();
+        rules.sources = self.sources.clone();
+        for (spec, ids) in self.statics.iter() {
+            rules.add_scoped(spec, ids.first(), 0, &self.usable_by(ids.iter()));
         }
         for (host, targets) in &self.hostnames {
             for ip in resolve(host) {
@@ -490,12 +520,12 @@ impl CompiledPolicy {
                         proto: *proto,
                     };
                     let id = ids.first().copied().unwrap_or(0);
-                    let vis = self.host_usable_by(host, ids);
+                    let vis = self.host_usable_by(host, ids.iter().copied());
                     rules.add_scoped(&spec, id, enforcer_common::RULE_FLAG_DNS, &vis);
                 }
             }
         }
-        rules
+        rules.seal()
     }
 }
 

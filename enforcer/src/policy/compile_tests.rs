@@ -231,7 +231,7 @@ fn invalid_entries_are_skipped_and_ids_follow_config_sources() {
         p.statics
             .iter()
             .find(|(s, _)| s.port == 1)
-            .map(|(_, ids)| ids.iter().copied().collect::<Vec<_>>()),
+            .map(|(_, ids)| ids.iter().collect::<Vec<_>>()),
         Some(vec![5])
     );
 }
@@ -270,7 +270,7 @@ fn overlaps_merge_into_the_broader_rule() {
         p.statics
             .iter()
             .find(|(k, _)| k.to_string() == s)
-            .map(|(_, v)| v.len())
+            .map(|(_, v)| v.iter().count())
             .unwrap_or(0)
     };
     assert_eq!(
@@ -525,7 +525,7 @@ fn scoped_rules_keep_their_policies_and_never_fold_into_a_wider_visibility() {
         let spec: AllowSpec = s.parse().unwrap();
         let mut one = DesiredRules::default();
         one.add(&spec, 1);
-        *one.exact.keys().next().unwrap()
+        *one.seal().exact.keys().next().unwrap()
     };
     assert_eq!(rules.scoped[&by_spec("198.18.1.1:443/tcp")], only(&[3, 4]));
     assert_eq!(rules.scoped[&by_spec("198.18.0.1:443/tcp")], only(&[1]));

@@ -4,4 +4,5 @@ pub mod allow_spec;
 pub mod compile;
 pub mod decide;
 pub mod rules;
+pub mod statics;
 pub mod visibility;

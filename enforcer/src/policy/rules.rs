@@ -1,6 +1,6 @@
 //! The rule set the kernel maps should hold, in the maps' own key/value types.
 
-use std::collections::{BTreeMap, btree_map::Entry};
+use std::collections::BTreeMap;
 
 use enforcer_common::{
     POLICY_NODE, RULE_KEY_FIXED_BITS, RuleKey, RuleValue, SKIP_EXACT_ANY_PORT,
@@ -12,12 +12,88 @@ use super::{
     visibility::Visibility,
 };
 
-/// Desired content of the two rule maps plus the names of the rule ids used in them.
+/// Rules sorted by key, each once: a million of them take 40 bytes each, not a tree's 70.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleList<K>(Vec<(K, RuleValue)>);
+
+impl<K> Default for RuleList<K> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<K: Ord> RuleList<K> {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn find(&self, key: &K) -> Option<usize> {
+        self.0.binary_search_by(|(k, _)| k.cmp(key)).ok()
+    }
+
+    pub fn get(&self, key: &K) -> Option<&RuleValue> {
+        self.find(key).map(|i| &self.0[i].1)
+    }
+
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut RuleValue> {
+        self.find(key).map(|i| &mut self.0[i].1)
+    }
+
+    pub fn contains_key(&self, key: &K) -> bool {
+        self.find(key).is_some()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &RuleValue> {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &RuleValue)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn as_slice(&self) -> &[(K, RuleValue)] {
+        &self.0
+    }
+
+    /// The rules, moved out (the maps keep them as their mirror).
+    pub fn take(&mut self) -> Vec<(K, RuleValue)> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl<K> IntoIterator for RuleList<K> {
+    type Item = (K, RuleValue);
+    type IntoIter = std::vec::IntoIter<(K, RuleValue)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+/// A rule added but not yet sorted in: its visibility is an index into `DesiredRules::vis`
+/// (0: everyone's), so that the common case costs no more than the rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pending {
+    rule_id: u32,
+    flags: u32,
+    vis: u32,
+}
+
+/// Desired content of the two rule maps plus the names of the rule ids used in them. Rules
+/// are added, then [`DesiredRules::seal`]ed: sorted, with the sources of one key merged.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DesiredRules {
-    pub exact: BTreeMap<RuleKey, RuleValue>,
+    pub exact: RuleList<RuleKey>,
     /// Keyed by (LPM prefix length over the whole key, key with host bits cleared).
-    pub prefix: BTreeMap<(u32, RuleKey), RuleValue>,
+    pub prefix: RuleList<(u32, RuleKey)>,
     pub sources: BTreeMap<u32, String>,
     /// Scoping: who may use each rule not everyone may (docs/architecture.md, "Scoping");
     /// their `vset` is set by `visibility::intern`.
@@ -26,6 +102,10 @@ pub struct DesiredRules {
     /// Scoping is configured (units or pods): learned rules may be scoped too, so the
     /// programs must look the caller's policy up.
     pub scoping: bool,
+    pending_exact: Vec<(RuleKey, Pending)>,
+    pending_prefix: Vec<((u32, RuleKey), Pending)>,
+    /// Visibilities of pending rules other than everyone's (index - 1).
+    vis: Vec<Visibility>,
 }
 
 impl DesiredRules {
@@ -47,11 +127,16 @@ impl DesiredRules {
         if matches!(vis, Visibility::Only(ids) if ids.is_empty()) {
             return;
         }
-        let value = RuleValue {
+        let vis = if *vis == Visibility::Everyone {
+            0
+        } else {
+            self.vis.push(vis.clone());
+            self.vis.len() as u32
+        };
+        let value = Pending {
             rule_id,
             flags,
-            vset: enforcer_common::VSET_EVERYONE,
-            pad: 0,
+            vis,
         };
         for (addr, addr_prefix) in spec.net.kernel_prefixes() {
             let key = RuleKey {
@@ -62,16 +147,23 @@ impl DesiredRules {
                 addr,
             };
             if addr_prefix == 128 {
-                let new = !self.exact.contains_key(&key);
-                keep_lowest(self.exact.entry(key), value);
-                widen(&mut self.scoped, key, vis, new);
+                self.pending_exact.push((key, value));
             } else {
                 let len = RULE_KEY_FIXED_BITS + u32::from(addr_prefix);
-                let new = !self.prefix.contains_key(&(len, key));
-                keep_lowest(self.prefix.entry((len, key)), value);
-                widen(&mut self.scoped_prefix, (len, key), vis, new);
+                self.pending_prefix.push(((len, key), value));
             }
         }
+    }
+
+    /// Sorts what was added in: one rule per key, with the lowest rule id of its sources, their
+    /// flags combined, usable by everyone any of them allows (everyone's if one is).
+    pub fn seal(mut self) -> Self {
+        let vis = std::mem::take(&mut self.vis);
+        let exact = std::mem::take(&mut self.pending_exact);
+        merge_in(&mut self.exact, &mut self.scoped, exact, &vis);
+        let prefix = std::mem::take(&mut self.pending_prefix);
+        merge_in(&mut self.prefix, &mut self.scoped_prefix, prefix, &vis);
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -111,39 +203,84 @@ impl DesiredRules {
             rules.sources.insert(id, format!("--allow {spec}"));
             rules.add(spec, id);
         }
-        rules
+        rules.seal()
     }
 }
 
-fn keep_lowest<K: Ord>(slot: Entry<'_, K, RuleValue>, value: RuleValue) {
-    match slot {
-        Entry::Vacant(v) => {
-            v.insert(value);
-        }
-        Entry::Occupied(mut o) => {
-            let kept = o.get_mut();
-            kept.flags |= value.flags;
-            kept.rule_id = kept.rule_id.min(value.rule_id);
-        }
-    }
-}
-
-/// A key's visibility after one more source allows it: absent means everyone's.
-fn widen<K: Ord>(scoped: &mut BTreeMap<K, Visibility>, key: K, vis: &Visibility, new: bool) {
-    if new {
-        if *vis != Visibility::Everyone {
-            scoped.insert(key, vis.clone());
-        }
+/// Sorts `pending` into `list` (and the scoped visibilities into `scoped`), merging the
+/// sources of each key; `vis[i - 1]` is pending visibility `i`.
+fn merge_in<K: Ord + Copy>(
+    list: &mut RuleList<K>,
+    scoped: &mut BTreeMap<K, Visibility>,
+    mut pending: Vec<(K, Pending)>,
+    vis: &[Visibility],
+) {
+    if pending.is_empty() {
         return;
     }
-    if let Some(old) = scoped.get(&key) {
-        let both = old.union(vis);
-        if both == Visibility::Everyone {
-            scoped.remove(&key);
-        } else {
-            scoped.insert(key, both);
+    // Rules already in take part like the pending ones (their visibility from `scoped`).
+    let mut extra = Vec::new();
+    for (k, v) in list.take() {
+        let vis = match scoped.remove(&k) {
+            Some(s) => {
+                extra.push(s);
+                (vis.len() + extra.len()) as u32
+            }
+            None => 0,
+        };
+        pending.push((
+            k,
+            Pending {
+                rule_id: v.rule_id,
+                flags: v.flags,
+                vis,
+            },
+        ));
+    }
+    let visibility = |i: u32| -> Visibility {
+        let i = (i as usize).wrapping_sub(1);
+        vis.get(i)
+            .or_else(|| extra.get(i.wrapping_sub(vis.len())))
+            .cloned()
+            .unwrap_or(Visibility::Everyone)
+    };
+    pending.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut out: Vec<(K, RuleValue)> = Vec::with_capacity(pending.len());
+    let mut run_vis: Option<Visibility> = None;
+    for (k, p) in pending {
+        match out.last_mut() {
+            Some((last, v)) if *last == k => {
+                v.flags |= p.flags;
+                v.rule_id = v.rule_id.min(p.rule_id);
+                run_vis = match (run_vis, p.vis) {
+                    (None, _) | (_, 0) => None,
+                    (Some(a), i) => Some(a.union(&visibility(i))),
+                };
+            }
+            _ => {
+                if let (Some((last, _)), Some(v)) = (out.last(), run_vis.take()) {
+                    scoped.insert(*last, v);
+                }
+                run_vis = (p.vis != 0).then(|| visibility(p.vis));
+                out.push((
+                    k,
+                    RuleValue {
+                        rule_id: p.rule_id,
+                        flags: p.flags,
+                        vset: enforcer_common::VSET_EVERYONE,
+                        pad: 0,
+                    },
+                ));
+            }
         }
     }
+    if let (Some((last, _)), Some(v)) = (out.last(), run_vis) {
+        scoped.insert(*last, v);
+    }
+    // A union that reached everyone is no scope at all.
+    scoped.retain(|_, v| *v != Visibility::Everyone);
+    out.shrink_to_fit();
+    *list = RuleList(out);
 }
 
 /// A map entry decoded back into user terms, for `inspect` and logs.
@@ -204,6 +341,7 @@ mod tests {
         let mut r = DesiredRules::default();
         let only = Visibility::Only([1].into());
         r.add_scoped(&"198.18.0.1:80/tcp".parse().unwrap(), 1, 0, &only);
+        let r = r.seal();
         assert_eq!(r.lookup_skips() & SKIP_SCOPING, 0, "a scoped rule");
     }
 

@@ -413,18 +413,19 @@ mod tests {
         r.add_scoped(&"198.18.1.0/24:443/tcp".parse().unwrap(), 2, 0, &only(&[2]));
         r.add_scoped(&"198.18.9.9:443/tcp".parse().unwrap(), 3, 0, &only(&[2]));
         r.add(&"198.18.7.7:443/tcp".parse().unwrap(), 4);
+        let mut r = r.seal();
         let mut i = Interner::new(16);
         let (ids, plan) = intern(&mut r, &i, &BTreeSet::new()).unwrap();
         // {1} for the /16, {1, 2} for the /24 (closed over the /16), {2} for the host.
         assert_eq!(plan.new.len(), 3, "{plan:?}");
         i.reserve(&plan);
-        let vset = |len: u32, a: [u8; 4]| r.prefix[&(fixed + len, key(a, 443))].vset;
+        let vset = |len: u32, a: [u8; 4]| r.prefix.get(&(fixed + len, key(a, 443))).unwrap().vset;
         assert_eq!(
             ids[&only(&[1, 2]).bits().unwrap()],
             vset(120, [198, 18, 1, 0])
         );
         assert_ne!(vset(112, [198, 18, 0, 0]), 0);
-        let exact = |a: [u8; 4]| r.exact[&key(a, 443)].vset;
+        let exact = |a: [u8; 4]| r.exact.get(&key(a, 443)).unwrap().vset;
         assert_eq!(exact([198, 18, 7, 7]), VSET_EVERYONE);
         assert_ne!(exact([198, 18, 9, 9]), VSET_EVERYONE);
         i.commit(ids);

@@ -81,7 +81,7 @@ fn fmt_target((port, proto): &Target) -> String {
 
 impl EventIndex {
     pub fn build(compiled: Arc<CompiledPolicy>, resolved: &Resolved) -> Self {
-        let names = |ids: &mut dyn Iterator<Item = &u32>| source_names(&compiled, ids);
+        let names = |ids: &mut dyn Iterator<Item = u32>| source_names(&compiled, ids);
         let mut idx = Self::default();
         for (host, targets) in &compiled.hostnames {
             let Some(addrs) = resolved.addrs.get(host) else {
@@ -89,7 +89,7 @@ impl EventIndex {
             };
             let owner = Owner {
                 host: Some(host.clone()),
-                sources: names(&mut targets.values().flatten()),
+                sources: names(&mut targets.values().flatten().copied()),
                 targets: targets.keys().copied().collect(),
             };
             for a in addrs {
@@ -224,9 +224,9 @@ impl EventIndex {
 }
 
 /// The sources of these rule ids, sorted, once each.
-fn source_names(compiled: &CompiledPolicy, ids: &mut dyn Iterator<Item = &u32>) -> Vec<String> {
+fn source_names(compiled: &CompiledPolicy, ids: &mut dyn Iterator<Item = u32>) -> Vec<String> {
     let mut v: Vec<String> = ids
-        .filter_map(|id| compiled.sources.get(id).cloned())
+        .filter_map(|id| compiled.sources.get(&id).cloned())
         .collect();
     v.sort();
     v.dedup();

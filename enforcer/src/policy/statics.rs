@@ -1,0 +1,185 @@
+//! Static destinations (IP addresses and networks of ServiceEntries and the config) and the rule
+//! ids that allow each one. A million of them are kept for the daemon's whole life (events
+//! and `explain` read them), so they are a sorted vector of (destination, lowest id), 28 bytes
+//! each, with the rare further ids aside, rather than a tree of sets (about 160 bytes each).
+
+use std::{collections::BTreeMap, ops::RangeInclusive};
+
+use super::allow_spec::AllowSpec;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Statics {
+    /// Sorted by destination, each once, with its lowest rule id.
+    rules: Vec<(AllowSpec, u32)>,
+    /// The other ids of destinations more than one rule allows, ascending.
+    more: BTreeMap<AllowSpec, Vec<u32>>,
+}
+
+/// The rule ids of one destination, lowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ids<'a> {
+    first: u32,
+    more: &'a [u32],
+}
+
+impl<'a> Ids<'a> {
+    /// The lowest: the id the kernel's rule carries.
+    pub fn first(self) -> u32 {
+        self.first
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = u32> + 'a {
+        std::iter::once(self.first).chain(self.more.iter().copied())
+    }
+}
+
+impl Statics {
+    /// From (destination, id) pairs in any order, repeats allowed.
+    pub fn from_pairs(mut pairs: Vec<(AllowSpec, u32)>) -> Self {
+        pairs.sort_unstable();
+        pairs.dedup();
+        let mut rules: Vec<(AllowSpec, u32)> = Vec::with_capacity(pairs.len());
+        let mut more: BTreeMap<AllowSpec, Vec<u32>> = BTreeMap::new();
+        for (spec, id) in pairs {
+            match rules.last() {
+                Some((last, _)) if *last == spec => more.entry(spec).or_default().push(id),
+                _ => rules.push((spec, id)),
+            }
+        }
+        rules.shrink_to_fit();
+        Self { rules, more }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    fn ids(&self, (spec, first): &(AllowSpec, u32)) -> Ids<'_> {
+        Ids {
+            first: *first,
+            more: self.more.get(spec).map_or(&[], Vec::as_slice),
+        }
+    }
+
+    /// Every destination in order, with its ids.
+    pub fn iter(&self) -> impl Iterator<Item = (&AllowSpec, Ids<'_>)> {
+        self.rules.iter().map(|r| (&r.0, self.ids(r)))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &AllowSpec> {
+        self.rules.iter().map(|r| &r.0)
+    }
+
+    pub fn get_key_value(&self, spec: &AllowSpec) -> Option<(&AllowSpec, Ids<'_>)> {
+        let i = self.rules.binary_search_by(|r| r.0.cmp(spec)).ok()?;
+        let r = &self.rules[i];
+        Some((&r.0, self.ids(r)))
+    }
+
+    pub fn get(&self, spec: &AllowSpec) -> Option<Ids<'_>> {
+        self.get_key_value(spec).map(|(_, ids)| ids)
+    }
+
+    /// The destinations from `range.start()` to `range.end()`, in order.
+    pub fn range(
+        &self,
+        range: RangeInclusive<AllowSpec>,
+    ) -> impl Iterator<Item = (&AllowSpec, Ids<'_>)> {
+        let from = self.rules.partition_point(|r| r.0 < *range.start());
+        let to = self.rules.partition_point(|r| r.0 <= *range.end());
+        self.rules[from..to.max(from)]
+            .iter()
+            .map(|r| (&r.0, self.ids(r)))
+    }
+
+    /// Folds destinations into broader ones: `folds` are (destination, the one that covers
+    /// it); the folded destination goes, its ids join the cover's.
+    pub fn fold(&mut self, folds: &[(AllowSpec, AllowSpec)]) {
+        if folds.is_empty() {
+            return;
+        }
+        let mut gone = vec![false; self.rules.len()];
+        for (spec, cover) in folds {
+            let (Ok(i), Ok(c)) = (
+                self.rules.binary_search_by(|r| r.0.cmp(spec)),
+                self.rules.binary_search_by(|r| r.0.cmp(cover)),
+            ) else {
+                continue;
+            };
+            gone[i] = true;
+            let mut ids: Vec<u32> = self.ids(&self.rules[c]).iter().collect();
+            ids.extend(self.ids(&self.rules[i]).iter());
+            ids.sort_unstable();
+            ids.dedup();
+            self.more.remove(spec);
+            self.rules[c].1 = ids[0];
+            if ids.len() > 1 {
+                self.more.insert(*cover, ids[1..].to_vec());
+            }
+        }
+        let mut keep = gone.iter().map(|g| !g);
+        self.rules.retain(|_| keep.next().unwrap_or(true));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::allow_spec::Proto;
+
+    fn spec(s: &str) -> AllowSpec {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn one_entry_per_destination_with_every_id_lowest_first() {
+        let s = Statics::from_pairs(vec![
+            (spec("10.0.0.2:443/tcp"), 7),
+            (spec("10.0.0.1:443/tcp"), 9),
+            (spec("10.0.0.2:443/tcp"), 3),
+            (spec("10.0.0.2:443/tcp"), 7),
+        ]);
+        assert_eq!(s.len(), 2);
+        let ids: Vec<u32> = s.get(&spec("10.0.0.2:443/tcp")).unwrap().iter().collect();
+        assert_eq!(ids, vec![3, 7]);
+        assert_eq!(s.get(&spec("10.0.0.1:443/tcp")).unwrap().first(), 9);
+        assert_eq!(s.get(&spec("10.0.0.3:443/tcp")), None);
+        let keys: Vec<String> = s.keys().map(ToString::to_string).collect();
+        assert_eq!(keys, vec!["10.0.0.1:443/tcp", "10.0.0.2:443/tcp"]);
+    }
+
+    #[test]
+    fn ranges_and_folds() {
+        let mut s = Statics::from_pairs(vec![
+            (spec("10.0.0.0/8:443/tcp"), 5),
+            (spec("10.0.0.1:443/tcp"), 2),
+            (spec("10.0.0.1:80/tcp"), 4),
+            (spec("10.0.0.2:443/tcp"), 6),
+        ]);
+        let net = spec("10.0.0.1:1/tcp").net;
+        let lo = AllowSpec {
+            net,
+            port: 0,
+            proto: Proto::Tcp,
+        };
+        let hi = AllowSpec {
+            net,
+            port: u16::MAX,
+            proto: Proto::Icmp,
+        };
+        let in_range: Vec<String> = s.range(lo..=hi).map(|(k, _)| k.to_string()).collect();
+        assert_eq!(in_range, vec!["10.0.0.1:80/tcp", "10.0.0.1:443/tcp"]);
+        s.fold(&[
+            (spec("10.0.0.1:443/tcp"), spec("10.0.0.0/8:443/tcp")),
+            (spec("10.0.0.2:443/tcp"), spec("10.0.0.0/8:443/tcp")),
+        ]);
+        assert_eq!(s.len(), 2);
+        let ids: Vec<u32> = s.get(&spec("10.0.0.0/8:443/tcp")).unwrap().iter().collect();
+        assert_eq!(ids, vec![2, 5, 6]);
+        assert_eq!(s.get(&spec("10.0.0.2:443/tcp")), None);
+    }
+}
