@@ -179,6 +179,15 @@ impl Builder {
         }
     }
 
+    /// One address, already parsed (a plain endpoint).
+    fn host(&mut self, ip: IpAddr, targets: &[Target], id: u32) {
+        if let Ok(net) = Net::new(ip, if ip.is_ipv4() { 32 } else { 128 }) {
+            for t in targets {
+                self.static_rule(net, *t, id);
+            }
+        }
+    }
+
     fn hostname(&mut self, host: &str, targets: &[Target], id: u32) {
         add_targets(&mut self.policy.hostnames, host_key(host), targets, id);
     }
@@ -259,6 +268,11 @@ impl Builder {
             Resolution::None if !spec.addresses.is_empty() => addresses(self),
             Resolution::None => resolve_hosts(self),
             Resolution::Static => {
+                // Plain endpoints take the entry's targets (no port overrides).
+                let t = self.with_icmp(entry_targets(se));
+                for ip in &spec.plain_endpoints {
+                    self.host(*ip, &t, id);
+                }
                 for (i, we) in spec.endpoints().iter().enumerate() {
                     if we.address.starts_with("unix://") || we.address.is_empty() {
                         self.notice(
@@ -275,7 +289,7 @@ impl Builder {
                 addresses(self);
             }
             Resolution::Dns | Resolution::DnsRoundRobin => {
-                if spec.endpoints().is_empty() {
+                if !spec.has_endpoints() {
                     resolve_hosts(self);
                 }
                 for we in spec.endpoints() {

@@ -551,3 +551,30 @@ fn scoped_rules_keep_their_policies_and_never_fold_into_a_wider_visibility() {
     assert_eq!(rules.exact.len(), 0, "{rules:?}");
     assert_eq!(rules.prefix.len(), 1);
 }
+
+#[test]
+fn plain_endpoints_kept_compact_compile_like_the_entry_as_written() {
+    let yaml = entry(
+        "e",
+        "hosts: [e.example.com]\nports: [{number: 443, name: tls, protocol: TLS}, {number: 53, name: dns, protocol: UDP}]\nresolution: STATIC\nendpoints:\n- {address: 198.51.100.1}\n- {address: 2001:db8::1}\n- {address: 198.51.100.2, ports: {tls: 8443}}\n- {address: 198.51.100.3, labels: {a: b}}\n- {address: '::ffff:198.51.100.4'}\n- {address: 198.51.100.5, weight: 3}",
+    );
+    let compact = load(&yaml);
+    let spec = &compact[0].entry.spec;
+    assert_eq!(spec.plain_endpoints.len(), 2, "{spec:?}");
+    assert_eq!(spec.endpoints().len(), 4);
+    let mut as_written = compact.clone();
+    let s = &mut as_written[0].entry.spec;
+    for ip in std::mem::take(&mut s.plain_endpoints) {
+        s.endpoints.get_or_insert_with(Vec::new).push(WorkloadEntry {
+            address: ip.to_string(),
+            ..WorkloadEntry::default()
+        });
+    }
+    let (a, b) = (
+        compile(&ConfigAllows::default(), &compact),
+        compile(&ConfigAllows::default(), &as_written),
+    );
+    assert_eq!(statics(&a), statics(&b));
+    assert_eq!(a.notices, b.notices);
+    assert_eq!(statics(&a).len(), 13, "{:?}", statics(&a));
+}

@@ -364,6 +364,7 @@ impl Decoder {
             location,
             resolution,
             endpoints,
+            plain_endpoints: Vec::new(),
             workload_selector,
             export_to,
             subject_alt_names,

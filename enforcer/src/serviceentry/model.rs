@@ -65,6 +65,10 @@ pub struct Spec {
     /// `None` when the field is absent; `Some(vec![])` for an explicit empty list (which the
     /// CRD's `has(self.endpoints)` rules treat as set).
     pub endpoints: Option<Vec<WorkloadEntry>>,
+    /// Endpoints that are only an IP address, moved out of `endpoints` once the entry is
+    /// validated ([`Spec::compact`]): 17 bytes each instead of a `WorkloadEntry`'s 190, for
+    /// the entries of a million endpoints the daemon keeps between reloads.
+    pub plain_endpoints: Vec<std::net::IpAddr>,
     pub workload_selector: Option<WorkloadSelector>,
     pub export_to: Vec<String>,
     pub subject_alt_names: Vec<String>,
@@ -73,6 +77,31 @@ pub struct Spec {
 impl Spec {
     pub fn endpoints(&self) -> &[WorkloadEntry] {
         self.endpoints.as_deref().unwrap_or_default()
+    }
+
+    /// Whether the entry has endpoints, plain or not.
+    pub fn has_endpoints(&self) -> bool {
+        !self.endpoints().is_empty() || !self.plain_endpoints.is_empty()
+    }
+
+    /// Moves the STATIC endpoints that are only an IP address into `plain_endpoints`. Only
+    /// after validation: what is validated is the entry as written.
+    pub fn compact(&mut self) {
+        if self.resolution != Resolution::Static {
+            return;
+        }
+        let Some(endpoints) = self.endpoints.as_mut() else {
+            return;
+        };
+        endpoints.retain(|we| match plain_ip(we) {
+            Some(ip) => {
+                self.plain_endpoints.push(ip);
+                false
+            }
+            None => true,
+        });
+        endpoints.shrink_to_fit();
+        self.plain_endpoints.shrink_to_fit();
     }
 }
 
@@ -96,6 +125,25 @@ pub struct WorkloadEntry {
     pub locality: String,
     pub weight: u32,
     pub service_account: String,
+}
+
+/// The address of an endpoint that says nothing else (no ports, labels, network, locality,
+/// weight or service account) and whose address is a plain IP (not v4-mapped: that one
+/// draws a notice when compiled).
+fn plain_ip(we: &WorkloadEntry) -> Option<std::net::IpAddr> {
+    let bare = we.ports.is_empty()
+        && we.labels.is_empty()
+        && we.network.is_empty()
+        && we.locality.is_empty()
+        && we.weight == 0
+        && we.service_account.is_empty();
+    if !bare {
+        return None;
+    }
+    match super::names::parse_ip(&we.address)? {
+        std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => None,
+        ip => Some(ip),
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

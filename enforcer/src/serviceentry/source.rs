@@ -232,11 +232,15 @@ fn resource(v: &Value, origin: Origin, report: &mut LoadReport) {
                 );
             }
             issues.extend(validate(&entry));
-            report.entries.push(Loaded {
+            let mut loaded = Loaded {
                 origin,
                 entry,
                 issues,
-            });
+            };
+            if loaded.is_valid() {
+                loaded.entry.spec.compact();
+            }
+            report.entries.push(loaded);
         }
         Some("List") => {
             let items = v
