@@ -48,6 +48,7 @@ use crate::{
         state::{Answer, Timing},
     },
     scope::table::{PolicyTable, Subject},
+    serviceentry::cache::FileCache,
 };
 
 pub struct RunOptions {
@@ -304,7 +305,9 @@ impl Retry {
 pub fn run(opts: RunOptions) -> Result<(), Failure> {
     // The config is read once before logging starts, for its log format; errors in it are
     // reported on stderr like every other user error.
-    let first = policy::load(&opts.inputs(None, None)).map_err(|e| Failure::User(e.into()))?;
+    let mut files = FileCache::default();
+    let first = policy::load_cached(&opts.inputs(None, None), &mut files)
+        .map_err(|e| Failure::User(e.into()))?;
     logging::init(first.config.log.format);
     // Before any thread exists: this unsets the activation variables.
     let inherited = sd_listen::take();
@@ -315,7 +318,7 @@ pub fn run(opts: RunOptions) -> Result<(), Failure> {
         .enable_all()
         .build()
         .runtime()?;
-    rt.block_on(Daemon::serve(opts, first, inherited))
+    rt.block_on(Daemon::serve(opts, (first, files), inherited))
 }
 
 struct Daemon {
@@ -338,12 +341,14 @@ struct Daemon {
     /// Reports unit and pod cgroups appearing and going (scoping only).
     cgroup_watch: Option<scoping::watch::CgroupWatch>,
     cgroups_tx: mpsc::Sender<()>,
+    /// The ServiceEntry files as last read: a reload parses only those that changed.
+    files: FileCache,
 }
 
 impl Daemon {
     async fn serve(
         opts: RunOptions,
-        mut first: LoadedPolicy,
+        (mut first, mut files): (LoadedPolicy, FileCache),
         inherited: Vec<sd_listen::Inherited>,
     ) -> Result<(), Failure> {
         // Handlers first: a SIGHUP (e.g. systemd's reload) during start-up must not kill us.
@@ -379,8 +384,8 @@ impl Daemon {
             let c = cluster::Cluster::start(&first.config, &pins.root)
                 .await
                 .user()?;
-            first =
-                policy::load(&opts.inputs(Some(&c), None)).map_err(|e| Failure::User(e.into()))?;
+            first = policy::load_cached(&opts.inputs(Some(&c), None), &mut files)
+                .map_err(|e| Failure::User(e.into()))?;
             info!(server = %c.server, recorded = c.current.entries.len(), "watching ServiceEntries in the API server");
             Some(c)
         } else {
@@ -390,8 +395,9 @@ impl Daemon {
         let recorded =
             scoping::recorded(&crate::dataplane::pins::PinLayout::new(&first.config.bpffs).root);
         if !recorded.is_empty() {
-            first = policy::load(&opts.inputs(cluster.as_ref(), Some(&recorded)))
-                .map_err(|e| Failure::User(e.into()))?;
+            first =
+                policy::load_cached(&opts.inputs(cluster.as_ref(), Some(&recorded)), &mut files)
+                    .map_err(|e| Failure::User(e.into()))?;
         }
         let (mount, cgroups) = resolve_cgroups(&first.config).runtime()?;
         let mut dp = Dataplane::load(
@@ -553,6 +559,7 @@ impl Daemon {
             scoping: scope,
             cgroup_watch: None,
             cgroups_tx,
+            files,
         };
         d.watch_cgroups();
         let mut rescan = tokio::time::interval(UNIT_RESCAN);

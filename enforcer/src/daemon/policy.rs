@@ -21,7 +21,7 @@ use crate::{
         sidecar::Sidecar,
         table::{PolicyTable, Subject},
     },
-    serviceentry::{LoadReport, Loaded, Severity, load_paths},
+    serviceentry::{LoadReport, Loaded, Severity, cache::FileCache, load_paths},
 };
 
 pub struct LoadedPolicy {
@@ -209,13 +209,35 @@ fn scoping(
     })
 }
 
+/// One load, every file read.
 pub fn load(inputs: &Inputs<'_>) -> Result<LoadedPolicy, LoadError> {
+    load_with(inputs, load_paths)
+}
+
+/// One load, reading only the files that changed since the cache last saw them (the daemon's
+/// reloads: docs/architecture.md, "Reloads").
+pub fn load_cached(inputs: &Inputs<'_>, files: &mut FileCache) -> Result<LoadedPolicy, LoadError> {
+    load_with(inputs, |paths, max| {
+        let (report, reads) = files.load(paths, max);
+        tracing::debug!(
+            parsed = reads.parsed,
+            reused = reads.reused,
+            "ServiceEntry files"
+        );
+        report
+    })
+}
+
+fn load_with(
+    inputs: &Inputs<'_>,
+    read: impl FnOnce(&[PathBuf], u64) -> LoadReport,
+) -> Result<LoadedPolicy, LoadError> {
     let mut cfg = Config::load(inputs.config).map_err(|e| LoadError(vec![format!("{e:#}")]))?;
     if let Some(k) = inputs.kubeconfig {
         cfg.kubernetes.api_server = true;
         cfg.kubernetes.kubeconfig = k.to_path_buf();
     }
-    let mut report = load_paths(&entry_paths(&cfg), cfg.limits.max_file_bytes);
+    let mut report = read(&entry_paths(&cfg), cfg.limits.max_file_bytes);
     let errors = describe(&report, Severity::Error);
     if !errors.is_empty() {
         return Err(LoadError(errors));

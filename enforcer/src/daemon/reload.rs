@@ -51,11 +51,10 @@ impl Daemon {
     }
 
     fn reload_once(&mut self) -> bool {
-        let next = match policy::load(
-            &self
-                .opts
-                .inputs(self.cluster.as_ref(), Some(&self.current.table)),
-        ) {
+        let inputs = self
+            .opts
+            .inputs(self.cluster.as_ref(), Some(&self.current.table));
+        let next = match policy::load_cached(&inputs, &mut self.files) {
             Ok(p) => p,
             Err(e) => {
                 error!("reload failed, keeping the policy in force: {e}");

@@ -2,7 +2,7 @@
 //! DNS answers are allowed. Follows the table in docs/architecture.md, "ServiceEntry semantics"; pure, no I/O.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
 };
 
@@ -340,72 +340,71 @@ impl Builder {
     /// rule ids into the broader rule.
     fn merge(&mut self) {
         self.policy.statics = Statics::from_pairs(std::mem::take(&mut self.statics));
-        let statics = &self.policy.statics;
-        // A destination's own ids and those folded into it.
-        let ids_of = |spec: &AllowSpec, gained: &std::collections::HashMap<AllowSpec, Vec<u32>>| {
-            statics
-                .get(spec)
-                .into_iter()
-                .flat_map(|i| i.iter())
-                .chain(gained_ids(spec, gained))
-                .collect::<Vec<u32>>()
-                .into_iter()
-        };
-        let all: Vec<AllowSpec> = statics.keys().copied().collect();
-        let mut lens: Vec<u8> = all
-            .iter()
-            .map(|s| s.net.normalized().1)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        lens.sort_unstable();
-        // A destination already folded covers nothing more (as if removed on the spot); the
-        // ids folded into a cover so far count for who may use it.
-        let mut folded: std::collections::HashSet<AllowSpec> = std::collections::HashSet::new();
-        let mut gained: std::collections::HashMap<AllowSpec, Vec<u32>> =
-            std::collections::HashMap::new();
-        let mut folds = Vec::new();
-        for spec in all {
-            let (_, own_len) = spec.net.normalized();
-            let covering = lens
-                .iter()
-                .filter(|l| **l <= own_len)
-                .flat_map(|l| {
-                    let (addr, _) = spec.net.normalized();
-                    let net = Net::from_normalized(mask128(addr, *l), *l);
-                    [spec.port, 0].map(|port| AllowSpec {
-                        net,
-                        port,
-                        proto: spec.proto,
-                    })
-                })
-                // An IPv6 network never covers IPv4 (Net::kernel_prefixes), nor the reverse.
-                .filter(|c| c.net.addr.is_ipv4() == spec.net.addr.is_ipv4())
-                .find(|c| {
-                    *c != spec
-                        && !folded.contains(c)
-                        && statics.get(c).is_some_and(|cover| {
-                            let own = ids_of(&spec, &gained);
-                            let cover_ids = cover.iter().chain(gained_ids(c, &gained));
-                            self.policy
-                                .usable_by(cover_ids)
-                                .covers(&self.policy.usable_by(own))
-                        })
-                });
-            if let Some(cover) = covering {
-                let moved: Vec<u32> = ids_of(&spec, &gained).collect();
-                gained.entry(cover).or_default().extend(moved);
-                folded.insert(spec);
-                folds.push((spec, cover));
-            }
-        }
+        let folds = covered(&self.policy);
         self.policy.statics.fold(&folds);
     }
 }
 
+/// (rule, the broader rule it folds into), in the order they fold. Only a network wider than
+/// a host, or a rule for any port, can cover another: those (few) are the candidates, and
+/// every rule is looked up among them, not among all rules. A rule already folded covers
+/// nothing more (as if removed on the spot); the ids folded into a cover so far count for
+/// who may use it.
+fn covered(policy: &CompiledPolicy) -> Vec<(AllowSpec, AllowSpec)> {
+    let statics = &policy.statics;
+    let covers: Vec<AllowSpec> = statics
+        .keys()
+        .filter(|s| !s.net.is_host() || s.port == 0)
+        .copied()
+        .collect();
+    if covers.is_empty() {
+        return Vec::new();
+    }
+    let lens: Vec<u8> = covers
+        .iter()
+        .map(|s| s.net.normalized().1)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut folded: HashSet<AllowSpec> = HashSet::new();
+    let mut gained: HashMap<AllowSpec, Vec<u32>> = HashMap::new();
+    let mut folds = Vec::new();
+    for (spec, ids) in statics.iter() {
+        let (addr, own_len) = spec.net.normalized();
+        let own = || ids.iter().chain(gained_ids(spec, &gained));
+        let covering = lens
+            .iter()
+            .filter(|l| **l <= own_len)
+            .flat_map(|l| {
+                let net = Net::from_normalized(mask128(addr, *l), *l);
+                [spec.port, 0].map(|port| AllowSpec {
+                    net,
+                    port,
+                    proto: spec.proto,
+                })
+            })
+            // An IPv6 network never covers IPv4 (Net::kernel_prefixes), nor the reverse.
+            .filter(|c| c.net.addr.is_ipv4() == spec.net.addr.is_ipv4())
+            .filter(|c| c != spec && covers.binary_search(c).is_ok() && !folded.contains(c))
+            .find(|c| {
+                statics.get(c).is_some_and(|cover| {
+                    let cover_ids = cover.iter().chain(gained_ids(c, &gained));
+                    policy.usable_by(cover_ids).covers(&policy.usable_by(own()))
+                })
+            });
+        if let Some(cover) = covering {
+            let moved: Vec<u32> = own().collect();
+            gained.entry(cover).or_default().extend(moved);
+            folded.insert(*spec);
+            folds.push((*spec, cover));
+        }
+    }
+    folds
+}
+
 fn gained_ids<'a>(
     spec: &AllowSpec,
-    gained: &'a std::collections::HashMap<AllowSpec, Vec<u32>>,
+    gained: &'a HashMap<AllowSpec, Vec<u32>>,
 ) -> impl Iterator<Item = u32> + 'a {
     gained.get(spec).into_iter().flatten().copied()
 }

@@ -565,10 +565,12 @@ fn plain_endpoints_kept_compact_compile_like_the_entry_as_written() {
     let mut as_written = compact.clone();
     let s = &mut as_written[0].entry.spec;
     for ip in std::mem::take(&mut s.plain_endpoints) {
-        s.endpoints.get_or_insert_with(Vec::new).push(WorkloadEntry {
-            address: ip.to_string(),
-            ..WorkloadEntry::default()
-        });
+        s.endpoints
+            .get_or_insert_with(Vec::new)
+            .push(WorkloadEntry {
+                address: ip.to_string(),
+                ..WorkloadEntry::default()
+            });
     }
     let (a, b) = (
         compile(&ConfigAllows::default(), &compact),

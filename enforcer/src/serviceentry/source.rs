@@ -346,20 +346,6 @@ pub fn load_file(file: &Path, max_bytes: u64, report: &mut LoadReport) {
     }
 }
 
-/// Reads and validates every ServiceEntry under `paths`.
-pub fn load_paths(paths: &[PathBuf], max_bytes: u64) -> LoadReport {
-    let (files, problems) = collect_files(paths);
-    let mut report = LoadReport {
-        problems,
-        ..LoadReport::default()
-    };
-    for f in &files {
-        load_file(f, max_bytes, &mut report);
-    }
-    report.files = files;
-    report
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
