@@ -225,8 +225,8 @@ fn names(p: &LoadedPolicy) -> BTreeSet<String> {
 
 /// The previous run's answers for names still configured, to keep in force until answered
 /// (or `dns.staleGrace` has passed).
-fn carried_answers(policy: &LoadedPolicy, dp: &mut Dataplane) -> carry::Seeds {
-    let live = dp.previous_exact.take();
+fn carried_answers(policy: &LoadedPolicy, dp: &Dataplane) -> carry::Seeds {
+    let live = dp.rules_in_force();
     let record = match carry::read(&dp.layout().root) {
         Ok(r) => r,
         Err(e) => {
@@ -234,7 +234,7 @@ fn carried_answers(policy: &LoadedPolicy, dp: &mut Dataplane) -> carry::Seeds {
             None
         }
     };
-    if record.is_none() && live.as_ref().is_some_and(|l| !l.is_empty()) {
+    if record.is_none() && live.is_some_and(|l| !l.is_empty()) {
         info!(
             "no record of the previous run's DNS answers: live DNS-derived rules on a name's ports are kept for dns.staleGrace"
         );
@@ -242,7 +242,7 @@ fn carried_answers(policy: &LoadedPolicy, dp: &mut Dataplane) -> carry::Seeds {
     carry::carried(
         &policy.compiled,
         record.as_ref(),
-        live.as_deref(),
+        live,
         std::time::SystemTime::now(),
         policy.config.dns.stale_grace,
     )
@@ -306,9 +306,11 @@ pub fn run(opts: RunOptions) -> Result<(), Failure> {
     // The config is read once before logging starts, for its log format; errors in it are
     // reported on stderr like every other user error.
     let mut files = FileCache::default();
+    let t0 = std::time::Instant::now();
     let first = policy::load_cached(&opts.inputs(None, None), &mut files)
         .map_err(|e| Failure::User(e.into()))?;
     logging::init(first.config.log.format);
+    tracing::debug!(ms = t0.elapsed().as_millis(), "start: policy loaded");
     // Before any thread exists: this unsets the activation variables.
     let inherited = sd_listen::take();
     // Two workers: parsing, map writes and cgroup walks run in `block_in_place` or on the
@@ -400,6 +402,7 @@ impl Daemon {
                     .map_err(|e| Failure::User(e.into()))?;
         }
         let (mount, cgroups) = resolve_cgroups(&first.config).runtime()?;
+        let t0 = std::time::Instant::now();
         let mut dp = Dataplane::load(
             &first.config.bpffs,
             &first.config.maps,
@@ -410,7 +413,9 @@ impl Daemon {
         // Static rules go in at once and never wait for DNS, together with what the previous
         // run allowed for names still configured; everything else goes now (docs/architecture.md,
         // "Restart and migration").
-        let seeds = carried_answers(&first, &mut dp);
+        tracing::debug!(ms = t0.elapsed().as_millis(), "start: programs loaded");
+        let seeds = carried_answers(&first, &dp);
+        dp.forget_previous();
         let mut desired = first.compiled.desired_rules(|h| {
             seeds
                 .get(h)
@@ -421,6 +426,7 @@ impl Daemon {
         let mut scope = scoping::Scoping::start(&dp.maps, &first.config, &mount, &dp.layout().root)
             .runtime()?;
         let started = std::time::Instant::now();
+        tracing::debug!(ms = t0.elapsed().as_millis(), "start: desired rules");
         let staged = scope
             .stage(&mut dp.maps, &mut desired)
             .map_err(apply_failure)?;
@@ -441,7 +447,9 @@ impl Daemon {
         dp.set_foreign(
             (first.config.foreign_sockets == ForeignSockets::Enforce).then(|| mount.clone()),
         );
+        tracing::debug!(ms = t0.elapsed().as_millis(), "start: rules written");
         dp.attach(&cgroups).runtime()?;
+        tracing::debug!(ms = t0.elapsed().as_millis(), "start: attached");
         let metrics = Arc::new(metrics::DaemonMetrics::default());
         if let Some(c) = &cluster {
             let _ = metrics.cluster.set(Arc::clone(&c.status));

@@ -237,7 +237,9 @@ fn load_with(
         cfg.kubernetes.api_server = true;
         cfg.kubernetes.kubeconfig = k.to_path_buf();
     }
+    let t0 = std::time::Instant::now();
     let mut report = read(&entry_paths(&cfg), cfg.limits.max_file_bytes);
+    tracing::debug!(ms = t0.elapsed().as_millis(), "policy: files read");
     let errors = describe(&report, Severity::Error);
     if !errors.is_empty() {
         return Err(LoadError(errors));
@@ -266,6 +268,7 @@ fn load_with(
     };
     let scoped = scoping(&cfg, inputs, &report.entries, files)?;
     let compiled = compile_scoped(&allows, &report.entries, scoped.scopes.as_deref());
+    tracing::debug!(ms = t0.elapsed().as_millis(), "policy: compiled");
     let mut remarks = describe(&report, Severity::Warning);
     remarks.extend(describe(&report, Severity::Notice));
     remarks.extend(compiled.notices.iter().map(|n| {

@@ -353,6 +353,26 @@ impl Maps {
         })
     }
 
+    /// Maps created empty by this run: the first apply writes without reading them back.
+    pub fn created_empty(&mut self) {
+        self.exact.created_empty();
+        self.mirror.exact = Some(Vec::new());
+        self.mirror.prefix = Some(Vec::new());
+    }
+
+    /// Reads the exact rules in force: the first apply diffs against them, and the daemon
+    /// decides from them what to carry over (one reading of a million rules, not two).
+    pub fn read_exact_in_force(&mut self) -> anyhow::Result<()> {
+        self.mirror.exact = Some(self.exact.reread()?);
+        Ok(())
+    }
+
+    /// The exact rules in force as of the last apply or reading, sorted by key; `None` when
+    /// unknown (a write failed midway).
+    pub fn exact_in_force(&self) -> Option<&[(RuleKey, RuleValue)]> {
+        self.mirror.exact.as_deref()
+    }
+
     pub fn read_config(&self) -> anyhow::Result<Config> {
         Ok(self.config.get(&0, 0)?)
     }
@@ -641,11 +661,14 @@ fn sync<M: RuleMap>(
     desired: Vec<(M::Key, RuleValue)>,
 ) -> anyhow::Result<ApplyStats> {
     // Taken out: if a write below fails, the mirror stays unknown and the next apply reads.
+    let t0 = std::time::Instant::now();
     let live = match mirror.take() {
         Some(live) => live,
         None => map.reread()?,
     };
+    let read_ms = t0.elapsed().as_millis();
     let d = diff(&live, &desired);
+    let diff_ms = t0.elapsed().as_millis();
     let removals = |map: &mut M| remove_at(map, &live, &d.removals);
     if d.removals_first(live.len(), map.capacity()?) {
         removals(map)?;
@@ -655,6 +678,13 @@ fn sync<M: RuleMap>(
         removals(map)?;
     }
     *mirror = Some(desired);
+    tracing::debug!(
+        map = M::NAME,
+        read_ms,
+        diff_ms,
+        ms = t0.elapsed().as_millis(),
+        "synced"
+    );
     Ok(ApplyStats {
         added: d.upserts.len(),
         removed: d.removals.len(),

@@ -59,9 +59,9 @@ pub struct Dataplane {
     events: Option<(RingBuf<MapData>, EventWindows)>,
     /// The maps were created in the staging directory; `attach` moves them into place.
     migrating: bool,
-    /// The exact rules the kernel enforced when this run started (in the old maps when
-    /// migrating), for the daemon to decide what to carry over; `None` if unreadable.
-    pub previous_exact: Option<Vec<(enforcer_common::RuleKey, enforcer_common::RuleValue)>>,
+    /// When migrating, the exact rules the old maps enforced when this run started (see
+    /// [`Self::rules_in_force`]).
+    previous_exact: Option<Vec<(enforcer_common::RuleKey, enforcer_common::RuleValue)>>,
     /// Programs attached besides the enforcing ones.
     extras: Extras,
     /// The LSM program is loaded and attached to every cgroup; otherwise why not (packet
@@ -179,6 +179,8 @@ impl Dataplane {
             .iter()
             .map(|n| (*n, maps_dir.join(n)))
             .collect();
+        // Maps pinned by no earlier run are created empty: nothing to read back.
+        let created = migrating || !layout.map(map_names::RULES_TABLE).exists();
         let log_level: u8 = if bpf_log { 4 } else { 0 };
         let mut loader = EbpfLoader::new();
         for (name, path) in &pin_paths {
@@ -215,17 +217,23 @@ impl Dataplane {
                 .with_context(|| format!("the kernel refused program {name} (verifier)"))?;
         }
         let lsm = load_lsm(&mut ebpf, btf).map_err(|e| format!("{e:#}"));
-        let maps = Maps::from_ebpf(&mut ebpf)?;
+        let mut maps = Maps::from_ebpf(&mut ebpf)?;
         let root_maps = foreign::RootMaps::from_ebpf(&mut ebpf)?;
+        if created {
+            maps.created_empty();
+        }
         // The exact rules in force until now, in the maps being replaced when migrating.
-        let previous = if migrating {
-            Maps::from_pins(&layout).and_then(|m| m.exact_entries())
+        let previous_exact = if migrating {
+            Maps::from_pins(&layout)
+                .and_then(|m| m.exact_entries())
+                .map_err(|e| tracing::warn!("cannot read the rules in force: {e:#}"))
+                .ok()
         } else {
-            maps.exact_entries()
+            if !created && let Err(e) = maps.read_exact_in_force() {
+                tracing::warn!("cannot read the rules in force: {e:#}");
+            }
+            None
         };
-        let previous_exact = previous
-            .map_err(|e| tracing::warn!("cannot read the rules in force: {e:#}"))
-            .ok();
         let events = match ebpf.take_map(map_names::EVENTS) {
             Some(m) => Some((
                 RingBuf::try_from(m).context("EVENTS is not a ring buffer")?,
@@ -263,6 +271,24 @@ impl Dataplane {
 
     pub fn layout(&self) -> &PinLayout {
         &self.layout
+    }
+
+    /// The exact rules the kernel enforced when this run started (in the old maps when
+    /// migrating), for the daemon to decide what to carry over; `None` if unreadable. Valid
+    /// until the first apply.
+    pub fn rules_in_force(
+        &self,
+    ) -> Option<&[(enforcer_common::RuleKey, enforcer_common::RuleValue)]> {
+        if self.migrating {
+            self.previous_exact.as_deref()
+        } else {
+            self.maps.exact_in_force()
+        }
+    }
+
+    /// Forgets the old maps' rules once the carried answers are known.
+    pub fn forget_previous(&mut self) {
+        self.previous_exact = None;
     }
 
     /// The aya-log ring buffer, for kernel debug messages (only when loaded with `bpf_log`).

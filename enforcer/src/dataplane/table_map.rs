@@ -49,6 +49,11 @@ impl ExactRules {
         }
     }
 
+    /// Maps just created: every slot empty, no overflow, nothing to read.
+    pub fn created_empty(&mut self) {
+        self.model = Some((Table::new(self.table.len()), BTreeMap::new()));
+    }
+
     /// What the programs mask a home slot with.
     pub fn mask(&self) -> anyhow::Result<u32> {
         Ok(self.table.len().saturating_sub(1))

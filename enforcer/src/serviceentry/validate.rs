@@ -332,7 +332,9 @@ pub fn validate(se: &ServiceEntry) -> Vec<Issue> {
         );
     }
     for (i, we) in spec.endpoints().iter().enumerate() {
-        crd_endpoint(&mut r, &index("spec.endpoints", i), we);
+        if we.plain_ip().is_none() {
+            crd_endpoint(&mut r, &index("spec.endpoints", i), we);
+        }
     }
 
     // Workload selector.
@@ -506,7 +508,9 @@ pub fn validate(se: &ServiceEntry) -> Vec<Issue> {
         }
         Resolution::Static => {
             for (i, we) in spec.endpoints().iter().enumerate() {
-                validate_static_endpoint(&mut r, &index("spec.endpoints", i), we, &port_names);
+                if we.plain_ip().is_none() {
+                    validate_static_endpoint(&mut r, &index("spec.endpoints", i), we, &port_names);
+                }
             }
         }
         Resolution::Dns | Resolution::DnsRoundRobin => {

@@ -547,6 +547,19 @@ fn crd_limits() {
         )),
         "crd-port-name",
     );
+    // An address-only endpoint skips the endpoint checks only when it is a plain IP within
+    // the CRD's length limit: a zone long enough to pass the limit is still caught.
+    let err = error(
+        &with(&format!(
+            "resolution: STATIC\nendpoints: [{{address: 'fe80::1%{}'}}]",
+            "a".repeat(300)
+        )),
+        "crd-limit",
+    );
+    assert_eq!(err.path, "spec.endpoints[0].address");
+    clean(&with(
+        "resolution: STATIC\nendpoints: [{address: 192.0.2.1}, {address: '2001:db8::1'}]",
+    ));
 }
 
 #[test]
