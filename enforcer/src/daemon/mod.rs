@@ -303,16 +303,14 @@ impl Retry {
 }
 
 pub fn run(opts: RunOptions) -> Result<(), Failure> {
-    // The config is read once before logging starts, for its log format; errors in it are
-    // reported on stderr like every other user error.
-    let mut files = FileCache::default();
-    let t0 = std::time::Instant::now();
-    let first = policy::load_cached(&opts.inputs(None, None), &mut files)
-        .map_err(|e| Failure::User(e.into()))?;
-    logging::init(first.config.log.format);
-    tracing::debug!(ms = t0.elapsed().as_millis(), "start: policy loaded");
+    // The config alone first: its log format, and the maps the programs are loaded with.
+    // Errors in it are reported on stderr like every other user error.
+    let cfg = crate::config::Config::load(opts.config.as_deref())
+        .map_err(|e| Failure::User(policy::LoadError(vec![format!("{e:#}")]).into()))?;
+    logging::init(cfg.log.format);
     // Before any thread exists: this unsets the activation variables.
     let inherited = sd_listen::take();
+    let (first, files, dp) = first_load(&opts, &cfg)?;
     // Two workers: parsing, map writes and cgroup walks run in `block_in_place` or on the
     // blocking pool, and the other worker keeps serving events, DNS and /healthz meanwhile.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -320,7 +318,42 @@ pub fn run(opts: RunOptions) -> Result<(), Failure> {
         .enable_all()
         .build()
         .runtime()?;
-    rt.block_on(Daemon::serve(opts, (first, files), inherited))
+    rt.block_on(Daemon::serve(opts, (first, files), dp, inherited))
+}
+
+/// The first policy load and the programs' load, side by side: the verifier and the maps'
+/// allocation take the kernel about as long as a large policy takes to parse
+/// (docs/architecture.md, "Start"). A bad policy still stops the start as a user error, and
+/// a pin directory this start created goes again ([`Dataplane`]'s drop).
+fn first_load(
+    opts: &RunOptions,
+    cfg: &crate::config::Config,
+) -> Result<(LoadedPolicy, FileCache, Dataplane), Failure> {
+    let t0 = std::time::Instant::now();
+    let mut files = FileCache::default();
+    let load_dp = |c: &crate::config::Config| {
+        Dataplane::load(&c.bpffs, &c.maps, logging::kernel_debug_enabled())
+    };
+    let (policy, dp) = std::thread::scope(|s| {
+        let dp = s.spawn(|| load_dp(cfg));
+        let policy = policy::load_cached(&opts.inputs(None, None), &mut files);
+        let dp = dp
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("loading the programs panicked")));
+        (policy, dp)
+    });
+    let first = policy.map_err(|e| Failure::User(e.into()))?;
+    tracing::debug!(
+        ms = t0.elapsed().as_millis(),
+        "start: policy and programs loaded"
+    );
+    let mut dp = dp.runtime()?;
+    // The config file changed in the meantime: the programs go with the policy's config.
+    if (&first.config.bpffs, &first.config.maps) != (&cfg.bpffs, &cfg.maps) {
+        drop(dp);
+        dp = load_dp(&first.config).runtime()?;
+    }
+    Ok((first, files, dp))
 }
 
 struct Daemon {
@@ -351,6 +384,7 @@ impl Daemon {
     async fn serve(
         opts: RunOptions,
         (mut first, mut files): (LoadedPolicy, FileCache),
+        mut dp: Dataplane,
         inherited: Vec<sd_listen::Inherited>,
     ) -> Result<(), Failure> {
         // Handlers first: a SIGHUP (e.g. systemd's reload) during start-up must not kill us.
@@ -403,17 +437,9 @@ impl Daemon {
         }
         let (mount, cgroups) = resolve_cgroups(&first.config).runtime()?;
         let t0 = std::time::Instant::now();
-        let mut dp = Dataplane::load(
-            &first.config.bpffs,
-            &first.config.maps,
-            logging::kernel_debug_enabled(),
-        )
-        .runtime()?;
-
         // Static rules go in at once and never wait for DNS, together with what the previous
         // run allowed for names still configured; everything else goes now (docs/architecture.md,
         // "Restart and migration").
-        tracing::debug!(ms = t0.elapsed().as_millis(), "start: programs loaded");
         let seeds = carried_answers(&first, &dp);
         dp.forget_previous();
         let mut desired = first.compiled.desired_rules(|h| {

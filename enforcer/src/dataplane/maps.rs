@@ -419,6 +419,12 @@ impl Maps {
         // While old and new rules coexist, the kernel makes every lookup either set needs;
         // it narrows to the new set's only once the old rules are gone.
         let skips = desired.lookup_skips();
+        let synced = self.sync_both(desired, skips);
+        self.exact.applied();
+        synced
+    }
+
+    fn sync_both(&mut self, desired: &mut DesiredRules, skips: u32) -> anyhow::Result<ApplyStats> {
         self.set_skips(|old| old & skips)?;
         let a = sync(
             &mut self.exact,

@@ -52,6 +52,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/en
 
 pub struct Dataplane {
     layout: PinLayout,
+    /// The pin directory did not exist before this load: if the daemon stops before it
+    /// attaches anything, the directory goes again (a failed start leaves the host as it was).
+    new_root: bool,
     /// flock on the pin directory: one daemon per pin directory.
     _lock: File,
     ebpf: Ebpf,
@@ -146,6 +149,7 @@ impl Dataplane {
         }
         bpffs::ensure(bpffs)?;
         let layout = PinLayout::new(bpffs);
+        let new_root = !layout.root.exists();
         for dir in [layout.maps_dir(), layout.links_dir()] {
             fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -243,6 +247,7 @@ impl Dataplane {
         };
         Ok(Self {
             layout,
+            new_root,
             _lock: lock,
             ebpf,
             maps,
@@ -306,6 +311,7 @@ impl Dataplane {
     /// (both read the same maps), so enforcement never lapses. Links of cgroups no longer
     /// configured are detached.
     pub fn attach(&mut self, cgroups: &[Cgroup]) -> anyhow::Result<()> {
+        self.new_root = false;
         for cg in cgroups {
             cg.create()?;
         }
@@ -432,6 +438,19 @@ impl Dataplane {
         self.migrating = false;
         tracing::info!("migrated to new maps");
         Ok(())
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        if self.new_root
+            && let Err(e) = fs::remove_dir_all(&self.layout.root)
+        {
+            tracing::warn!(
+                "removing {}, created by a start that did not finish: {e}",
+                self.layout.root.display()
+            );
+        }
     }
 }
 

@@ -33,6 +33,10 @@ pub struct ExactRules {
     /// The table's occupancy and the `OVERFLOW_HOMES` words not zero; `None` until read, and
     /// after a write failed midway.
     model: Option<(Table, BTreeMap<u32, u64>)>,
+    /// Maps created by this run and not yet applied to: no attached program reads them, so a
+    /// rule is written live at once, without the taken step that keeps a concurrent read
+    /// whole.
+    unread: bool,
 }
 
 impl ExactRules {
@@ -46,12 +50,19 @@ impl ExactRules {
             overflow,
             homes,
             model: None,
+            unread: false,
         }
     }
 
     /// Maps just created: every slot empty, no overflow, nothing to read.
     pub fn created_empty(&mut self) {
         self.model = Some((Table::new(self.table.len()), BTreeMap::new()));
+        self.unread = true;
+    }
+
+    /// The first apply is over: the programs may be attached and read the maps from now on.
+    pub fn applied(&mut self) {
+        self.unread = false;
     }
 
     /// What the programs mask a home slot with.
@@ -216,7 +227,9 @@ impl ExactRules {
             .collect();
         let table = &self.table;
         let w = model.add(&with_old, &mut |i| Ok(table.get(&i, 0)?.key))?;
-        self.write_slots(&w.taken)?;
+        if !self.unread {
+            self.write_slots(&w.taken)?;
+        }
         // A region's bit is set before its rule is in the overflow map.
         let wider = union(&written, &model.overflow_words());
         self.write_homes(&written, &wider)?;
