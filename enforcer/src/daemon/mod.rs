@@ -310,7 +310,6 @@ pub fn run(opts: RunOptions) -> Result<(), Failure> {
     logging::init(cfg.log.format);
     // Before any thread exists: this unsets the activation variables.
     let inherited = sd_listen::take();
-    let (first, files, dp) = first_load(&opts, &cfg)?;
     // Two workers: parsing, map writes and cgroup walks run in `block_in_place` or on the
     // blocking pool, and the other worker keeps serving events, DNS and /healthz meanwhile.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -318,7 +317,7 @@ pub fn run(opts: RunOptions) -> Result<(), Failure> {
         .enable_all()
         .build()
         .runtime()?;
-    rt.block_on(Daemon::serve(opts, (first, files), dp, inherited))
+    rt.block_on(Daemon::serve(opts, cfg, inherited))
 }
 
 /// The first policy load and the programs' load, side by side: the verifier and the maps'
@@ -383,17 +382,13 @@ struct Daemon {
 impl Daemon {
     async fn serve(
         opts: RunOptions,
-        (mut first, mut files): (LoadedPolicy, FileCache),
-        mut dp: Dataplane,
+        cfg: crate::config::Config,
         inherited: Vec<sd_listen::Inherited>,
     ) -> Result<(), Failure> {
         // Handlers first: a SIGHUP (e.g. systemd's reload) during start-up must not kill us.
         let mut term = signal(SignalKind::terminate()).runtime()?;
         let mut int = signal(SignalKind::interrupt()).runtime()?;
         let mut hup = signal(SignalKind::hangup()).runtime()?;
-        for r in &first.remarks {
-            warn!("{r}");
-        }
         let listen = match &opts.listen {
             Some(l) if l.is_empty() => None,
             Some(l) => Some(
@@ -401,13 +396,17 @@ impl Daemon {
                     .map_err(|e| anyhow::anyhow!("--listen: {l:?} is not IP:PORT: {e}"))
                     .user()?,
             ),
-            None => first.config.http.listen_addr(),
+            None => cfg.http.listen_addr(),
         };
         // Bound first, so that a taken port is reported before anything changes.
         let listener = match listen {
             Some(addr) => Some(http::bind(addr).await.user()?),
             None => None,
         };
+        let (mut first, mut files, mut dp) = block_in_place(|| first_load(&opts, &cfg))?;
+        for r in &first.remarks {
+            warn!("{r}");
+        }
         let proxy_sockets = if dns_proxy::enabled(&first.config) {
             Some(dns_proxy::bind(&first.config, inherited).user()?)
         } else {

@@ -55,6 +55,8 @@ pub struct Dataplane {
     /// The pin directory did not exist before this load: if the daemon stops before it
     /// attaches anything, the directory goes again (a failed start leaves the host as it was).
     new_root: bool,
+    /// `attach` was called: what this load created stays.
+    attached: bool,
     /// flock on the pin directory: one daemon per pin directory.
     _lock: File,
     ebpf: Ebpf,
@@ -159,6 +161,22 @@ impl Dataplane {
                 layout.root.display()
             )
         })?;
+        let loaded = Self::load_locked(layout.clone(), lock, new_root, sizes, bpf_log);
+        // What a load refused after creating the pin directory leaves nothing behind (the
+        // lock is ours: no other daemon uses the directory).
+        if loaded.is_err() && new_root {
+            let _ignored = fs::remove_dir_all(&layout.root);
+        }
+        loaded
+    }
+
+    fn load_locked(
+        layout: PinLayout,
+        lock: File,
+        new_root: bool,
+        sizes: &MapSizes,
+        bpf_log: bool,
+    ) -> anyhow::Result<Self> {
         // Pinned maps that cannot be reused stay in place (their programs keep enforcing) while
         // a complete new set is built beside them; `attach` swaps it in.
         let mismatches = maps::pinned_shape_mismatches(&layout, sizes)?;
@@ -184,7 +202,15 @@ impl Dataplane {
             .map(|n| (*n, maps_dir.join(n)))
             .collect();
         // Maps pinned by no earlier run are created empty: nothing to read back.
-        let created = migrating || !layout.map(map_names::RULES_TABLE).exists();
+        let created = migrating
+            || [
+                map_names::RULES_TABLE,
+                map_names::RULES_EXACT,
+                map_names::OVERFLOW_HOMES,
+                map_names::RULES_PREFIX,
+            ]
+            .iter()
+            .all(|n| !layout.map(n).exists());
         let log_level: u8 = if bpf_log { 4 } else { 0 };
         let mut loader = EbpfLoader::new();
         for (name, path) in &pin_paths {
@@ -248,6 +274,7 @@ impl Dataplane {
         Ok(Self {
             layout,
             new_root,
+            attached: false,
             _lock: lock,
             ebpf,
             maps,
@@ -311,7 +338,7 @@ impl Dataplane {
     /// (both read the same maps), so enforcement never lapses. Links of cgroups no longer
     /// configured are detached.
     pub fn attach(&mut self, cgroups: &[Cgroup]) -> anyhow::Result<()> {
-        self.new_root = false;
+        self.attached = true;
         for cg in cgroups {
             cg.create()?;
         }
@@ -442,13 +469,23 @@ impl Dataplane {
 }
 
 impl Drop for Dataplane {
+    /// A start that stops before attaching removes what it created: the pin directory, or
+    /// a migration's new maps (the old ones keep enforcing).
     fn drop(&mut self) {
-        if self.new_root
-            && let Err(e) = fs::remove_dir_all(&self.layout.root)
-        {
+        if self.attached {
+            return;
+        }
+        let created = if self.new_root {
+            self.layout.root.clone()
+        } else if self.migrating {
+            self.layout.staging_maps_dir()
+        } else {
+            return;
+        };
+        if let Err(e) = fs::remove_dir_all(&created) {
             tracing::warn!(
                 "removing {}, created by a start that did not finish: {e}",
-                self.layout.root.display()
+                created.display()
             );
         }
     }
