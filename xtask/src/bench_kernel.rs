@@ -757,17 +757,38 @@ fn scope_allowed(fx: &Fixture, l: &Loaded) -> anyhow::Result<()> {
         (ALLOWED6, TCP_PORT, 6),
     ] {
         let key = rule_key(addr, port, proto)?;
-        let (index, mut slot) = table_slot(&map("RULES_TABLE"), &key, mask)
-            .with_context(|| format!("the rule for {addr}:{port}"))?;
-        // `TableSlot.value.vset`: the key's 24 bytes, then rule_id and flags.
-        slot[32..36].copy_from_slice(&1u32.to_le_bytes());
-        let _ = writeln!(
-            batch,
-            "map update pinned {} key hex {} value hex {}",
-            map("RULES_TABLE"),
-            hex(&index.to_le_bytes()),
-            hex(&slot)
-        );
+        // A rule with no free slot near its home lives in the overflow map (about 0.4 % of
+        // them at 1M rules: docs/architecture.md, "The exact-rule table").
+        match table_slot(&map("RULES_TABLE"), &key, mask) {
+            Ok((index, mut slot)) => {
+                // `TableSlot.value.vset`: the key's 24 bytes, then rule_id and flags.
+                slot[32..36].copy_from_slice(&1u32.to_le_bytes());
+                let _ = writeln!(
+                    batch,
+                    "map update pinned {} key hex {} value hex {}",
+                    map("RULES_TABLE"),
+                    hex(&index.to_le_bytes()),
+                    hex(&slot)
+                );
+            }
+            Err(_) => {
+                let mut value = lookup(&map("RULES_EXACT"), &key).with_context(|| {
+                    format!("the rule for {addr}:{port}: in neither RULES_TABLE nor RULES_EXACT")
+                })?;
+                // `RuleValue.vset`, after rule_id and flags.
+                value
+                    .get_mut(8..12)
+                    .context("RULES_EXACT value too short")?
+                    .copy_from_slice(&1u32.to_le_bytes());
+                let _ = writeln!(
+                    batch,
+                    "map update pinned {} key hex {} value hex {}",
+                    map("RULES_EXACT"),
+                    hex(&key),
+                    hex(&value)
+                );
+            }
+        }
     }
     // The daemon runs without units or pods, so it tells the programs to skip the policy
     // lookup (`SKIP_SCOPING`, bit 3 of `Config.skip` at byte 12): clear it, as a daemon
