@@ -84,29 +84,37 @@ impl Net {
     /// "Rule maps"), so an IPv6 network that contains `::ffff:0:0/96` would also match every
     /// IPv4 destination: it is split into the prefixes that cover it except that range. An
     /// IPv6 network inside that range can only ever match IPv4 traffic and yields nothing.
-    pub fn kernel_prefixes(&self) -> Vec<([u8; 16], u8)> {
+    /// A million rules go through this on every reload: it allocates nothing.
+    pub fn kernel_prefixes(&self) -> impl Iterator<Item = ([u8; 16], u8)> + use<> {
+        let (whole, split) = self.kernel_plan();
+        let mapped = u128::from(Ipv6Addr::from([0, 0, 0, 0, 0, 0xffff, 0, 0]));
+        // Below each level on the way down to the /96, the half without it.
+        whole.into_iter().chain(split.map(move |l| {
+            let sibling = mask128(mapped, l) ^ (1u128 << (128 - l));
+            (sibling.to_be_bytes(), l as u8)
+        }))
+    }
+
+    /// [`Net::kernel_prefixes`]: the network itself (unless it lies inside `::ffff:0:0/96`),
+    /// or the levels whose sibling halves replace it.
+    fn kernel_plan(&self) -> (Option<([u8; 16], u8)>, std::ops::Range<u32>) {
         let IpAddr::V6(v6) = self.addr else {
-            return vec![self.normalized()];
+            return (Some(self.normalized()), 0..0);
         };
         let mapped = u128::from(Ipv6Addr::from([0, 0, 0, 0, 0, 0xffff, 0, 0]));
         let (addr, len) = (u128::from(v6), u32::from(self.prefix));
+        let whole = Some((addr.to_be_bytes(), self.prefix));
         if len >= 96 {
             return if mask128(addr, 96) == mapped {
-                Vec::new()
+                (None, 0..0)
             } else {
-                vec![(addr.to_be_bytes(), self.prefix)]
+                (whole, 0..0)
             };
         }
         if mask128(mapped, len) != addr {
-            return vec![(addr.to_be_bytes(), self.prefix)];
+            return (whole, 0..0);
         }
-        // Below each level on the way down to the /96, the half without it.
-        (len + 1..=96)
-            .map(|l| {
-                let sibling = mask128(mapped, l) ^ (1u128 << (128 - l));
-                (sibling.to_be_bytes(), l as u8)
-            })
-            .collect()
+        (None, len + 1..97)
     }
 
     /// Whether `addr` is in the network, as the kernel decides: an IPv4 address (or its
@@ -119,7 +127,7 @@ impl Net {
 
     /// Whether the network lies inside `::ffff:0:0/96` (IPv4-mapped IPv6).
     pub fn is_v4_mapped(&self) -> bool {
-        matches!(self.addr, IpAddr::V6(_)) && self.kernel_prefixes().is_empty()
+        matches!(self.addr, IpAddr::V6(_)) && self.kernel_prefixes().next().is_none()
     }
 
     /// Inverse of [`Net::normalized`]: v4-mapped addresses are shown as IPv4.
@@ -187,11 +195,48 @@ fn mask128(bits: u128, len: u32) -> u128 {
 }
 
 /// One allowed destination: a network, a port (0 = any) and a protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AllowSpec {
     pub net: Net,
     pub port: u16,
     pub proto: Proto,
+}
+
+impl AllowSpec {
+    /// The order of (network, port, protocol number) as plain integers: a million specs are
+    /// sorted and searched on every reload, and comparing fields one by one (an enum, then
+    /// octets) took most of that time. Host rules come out in the order of their kernel
+    /// keys (`RuleKey`'s), so the desired rules need no second sort.
+    fn order(&self) -> ((bool, u128, u8), u32) {
+        (
+            self.net.order(),
+            u32::from(self.port) << 8 | u32::from(self.proto.number()),
+        )
+    }
+}
+
+impl Net {
+    /// IPv4 before IPv6, then address, then prefix length.
+    pub fn order(&self) -> (bool, u128, u8) {
+        let addr = match self.addr {
+            IpAddr::V4(a) => u128::from(u32::from(a)),
+            IpAddr::V6(a) => u128::from(a),
+        };
+        (self.addr.is_ipv6(), addr, self.prefix)
+    }
+}
+
+/// IPv4 before IPv6, then by address, prefix length, port and protocol number.
+impl Ord for AllowSpec {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.order().cmp(&other.order())
+    }
+}
+
+impl PartialOrd for AllowSpec {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 impl fmt::Display for AllowSpec {
@@ -303,6 +348,30 @@ mod tests {
     }
 
     #[test]
+    fn order_is_network_then_port_then_protocol() {
+        let specs: Vec<AllowSpec> = [
+            "[::1]:80/tcp",
+            "10.0.0.1:443/udp",
+            "10.0.0.0/8:443/tcp",
+            "10.0.0.1:443/tcp",
+            "9.255.255.255:1/tcp",
+            "[::a00:1]:1/tcp",
+            "10.0.0.1:*/icmp",
+            "10.0.0.1:80/tcp",
+            "0.0.0.0/0:*/tcp",
+            "[2001:db8::]:1/udp",
+        ]
+        .into_iter()
+        .map(spec)
+        .collect();
+        let mut fast = specs.clone();
+        fast.sort();
+        let mut fieldwise = specs;
+        fieldwise.sort_by_key(|a| (a.net, a.port, a.proto.number()));
+        assert_eq!(fast, fieldwise);
+    }
+
+    #[test]
     fn icmp_has_no_port() {
         let a = spec("198.51.100.0/24:*/icmp");
         assert_eq!((a.port, a.proto), (0, Proto::Icmp));
@@ -393,11 +462,11 @@ mod tests {
             "::ffff:c612:1/128",
         ] {
             let net = parse_cidr(s).unwrap();
-            let pieces = net.kernel_prefixes();
+            let pieces: Vec<_> = net.kernel_prefixes().collect();
             assert!(!pieces.iter().any(overlaps), "{s}: {pieces:?}");
         }
         // ::/0 becomes 96 prefixes that together cover everything but ::ffff:0:0/96.
-        let all = parse_cidr("::/0").unwrap().kernel_prefixes();
+        let all: Vec<_> = parse_cidr("::/0").unwrap().kernel_prefixes().collect();
         assert_eq!(all.len(), 96);
         let total: u128 = all
             .iter()
@@ -410,10 +479,17 @@ mod tests {
         );
         for s in ["fd00::/8", "2001:db8::1/128", "::1/128"] {
             let net = parse_cidr(s).unwrap();
-            assert_eq!(net.kernel_prefixes(), vec![net.normalized()], "{s}");
+            assert_eq!(
+                net.kernel_prefixes().collect::<Vec<_>>(),
+                vec![net.normalized()],
+                "{s}"
+            );
         }
         let v4 = parse_cidr("0.0.0.0/0").unwrap();
-        assert_eq!(v4.kernel_prefixes(), vec![v4.normalized()]);
+        assert_eq!(
+            v4.kernel_prefixes().collect::<Vec<_>>(),
+            vec![v4.normalized()]
+        );
         assert!(parse_cidr("::ffff:198.18.0.1").unwrap().is_v4_mapped());
         assert_eq!(
             "[::ffff:198.18.0.1]:80".parse::<AllowSpec>(),

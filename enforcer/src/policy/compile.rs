@@ -2,7 +2,7 @@
 //! DNS answers are allowed. Follows the table in docs/architecture.md, "ServiceEntry semantics"; pure, no I/O.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
 };
 
@@ -340,83 +340,9 @@ impl Builder {
     /// rule ids into the broader rule.
     fn merge(&mut self) {
         self.policy.statics = Statics::from_pairs(std::mem::take(&mut self.statics));
-        let folds = covered(&self.policy);
+        let folds = super::fold::covered(&self.policy);
         self.policy.statics.fold(&folds);
     }
-}
-
-/// (rule, the broader rule it folds into), in the order they fold. Only a network wider than
-/// a host, or a rule for any port, can cover another: those (few) are the candidates, and
-/// every rule is looked up among them, not among all rules. A rule already folded covers
-/// nothing more (as if removed on the spot); the ids folded into a cover so far count for
-/// who may use it.
-fn covered(policy: &CompiledPolicy) -> Vec<(AllowSpec, AllowSpec)> {
-    let statics = &policy.statics;
-    let covers: Vec<AllowSpec> = statics
-        .keys()
-        .filter(|s| !s.net.is_host() || s.port == 0)
-        .copied()
-        .collect();
-    if covers.is_empty() {
-        return Vec::new();
-    }
-    let lens: Vec<u8> = covers
-        .iter()
-        .map(|s| s.net.normalized().1)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let mut folded: HashSet<AllowSpec> = HashSet::new();
-    let mut gained: HashMap<AllowSpec, Vec<u32>> = HashMap::new();
-    let mut folds = Vec::new();
-    for (spec, ids) in statics.iter() {
-        let (addr, own_len) = spec.net.normalized();
-        let own = || ids.iter().chain(gained_ids(spec, &gained));
-        let covering = lens
-            .iter()
-            .filter(|l| **l <= own_len)
-            .flat_map(|l| {
-                let net = Net::from_normalized(mask128(addr, *l), *l);
-                [spec.port, 0].map(|port| AllowSpec {
-                    net,
-                    port,
-                    proto: spec.proto,
-                })
-            })
-            // An IPv6 network never covers IPv4 (Net::kernel_prefixes), nor the reverse.
-            .filter(|c| c.net.addr.is_ipv4() == spec.net.addr.is_ipv4())
-            .filter(|c| c != spec && covers.binary_search(c).is_ok() && !folded.contains(c))
-            .find(|c| {
-                statics.get(c).is_some_and(|cover| {
-                    let cover_ids = cover.iter().chain(gained_ids(c, &gained));
-                    policy.usable_by(cover_ids).covers(&policy.usable_by(own()))
-                })
-            });
-        if let Some(cover) = covering {
-            let moved: Vec<u32> = own().collect();
-            gained.entry(cover).or_default().extend(moved);
-            folded.insert(*spec);
-            folds.push((*spec, cover));
-        }
-    }
-    folds
-}
-
-fn gained_ids<'a>(
-    spec: &AllowSpec,
-    gained: &'a HashMap<AllowSpec, Vec<u32>>,
-) -> impl Iterator<Item = u32> + 'a {
-    gained.get(spec).into_iter().flatten().copied()
-}
-
-fn mask128(addr: [u8; 16], len: u8) -> [u8; 16] {
-    let bits = u128::from_be_bytes(addr);
-    let m = if len == 0 {
-        0
-    } else {
-        u128::MAX << (128 - u32::from(len))
-    };
-    (bits & m).to_be_bytes()
 }
 
 /// Compiles the config's allows and every valid entry (invalid ones are the caller's to
@@ -518,7 +444,7 @@ impl CompiledPolicy {
     pub fn desired_rules(&self, resolve: impl Fn(&str) -> Vec<IpAddr>) -> DesiredRules {
         let mut rules = DesiredRules::default();
         rules.sources = self.sources.clone();
-        for (spec, ids) in self.statics.iter() {
+        for (spec, ids) in self.statics.in_kernel_order() {
             rules.add_scoped(spec, ids.first(), 0, &self.usable_by(ids.iter()));
         }
         for (host, targets) in &self.hostnames {

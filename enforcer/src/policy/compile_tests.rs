@@ -462,9 +462,9 @@ fn ping_gives_every_registered_address_an_icmp_rule() {
     assert_eq!(
         statics(&p),
         [
+            "10.0.0.0/8:*/icmp",
             "10.0.0.0/8:*/tcp",
             "10.0.0.0/8:*/udp",
-            "10.0.0.0/8:*/icmp",
             "192.0.2.7:*/icmp",
             "192.0.2.7:443/tcp"
         ]

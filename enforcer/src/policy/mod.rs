@@ -3,6 +3,8 @@
 pub mod allow_spec;
 pub mod compile;
 pub mod decide;
+mod fold;
 pub mod rules;
+mod sorting;
 pub mod statics;
 pub mod visibility;

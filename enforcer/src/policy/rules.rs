@@ -244,7 +244,7 @@ fn merge_in<K: Ord + Copy>(
             .cloned()
             .unwrap_or(Visibility::Everyone)
     };
-    pending.sort_unstable_by_key(|a| a.0);
+    super::sorting::sort_mostly_sorted(&mut pending);
     let mut out: Vec<(K, RuleValue)> = Vec::with_capacity(pending.len());
     let mut run_vis: Option<Visibility> = None;
     for (k, p) in pending {

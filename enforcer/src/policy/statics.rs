@@ -3,9 +3,9 @@
 //! and `explain` read them), so they are a sorted vector of (destination, lowest id), 28 bytes
 //! each, with the rare further ids aside, rather than a tree of sets (about 160 bytes each).
 
-use std::{collections::BTreeMap, ops::RangeInclusive};
+use std::{collections::BTreeMap, net::Ipv6Addr, ops::Range};
 
-use super::allow_spec::AllowSpec;
+use super::allow_spec::{AllowSpec, Net};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Statics {
@@ -36,7 +36,7 @@ impl<'a> Ids<'a> {
 impl Statics {
     /// From (destination, id) pairs in any order, repeats allowed.
     pub fn from_pairs(mut pairs: Vec<(AllowSpec, u32)>) -> Self {
-        pairs.sort_unstable();
+        super::sorting::par_sort(&mut pairs);
         pairs.dedup();
         let mut rules: Vec<(AllowSpec, u32)> = Vec::with_capacity(pairs.len());
         let mut more: BTreeMap<AllowSpec, Vec<u32>> = BTreeMap::new();
@@ -84,16 +84,28 @@ impl Statics {
         self.get_key_value(spec).map(|(_, ids)| ids)
     }
 
-    /// The destinations from `range.start()` to `range.end()`, in order.
-    pub fn range(
-        &self,
-        range: RangeInclusive<AllowSpec>,
-    ) -> impl Iterator<Item = (&AllowSpec, Ids<'_>)> {
-        let from = self.rules.partition_point(|r| r.0 < *range.start());
-        let to = self.rules.partition_point(|r| r.0 <= *range.end());
-        self.rules[from..to.max(from)]
-            .iter()
-            .map(|r| (&r.0, self.ids(r)))
+    /// The destinations of one network (every port and protocol), in order.
+    pub fn of_net(&self, net: Net) -> impl Iterator<Item = (&AllowSpec, Ids<'_>)> {
+        let key = net.order();
+        let from = self.rules.partition_point(|r| r.0.net.order() < key);
+        let to = self.rules.partition_point(|r| r.0.net.order() <= key);
+        self.slice(from..to.max(from))
+    }
+
+    /// Every destination, host rules in the order of their kernel keys (`RuleKey`: the
+    /// 16-byte address first, where IPv4 sits at `::ffff:0:0/96`, among the IPv6
+    /// addresses), so that the desired rules built from them need no sort.
+    pub fn in_kernel_order(&self) -> impl Iterator<Item = (&AllowSpec, Ids<'_>)> {
+        let v6 = self.rules.partition_point(|r| r.0.net.addr.is_ipv4());
+        let mapped = u128::from(Ipv6Addr::from([0, 0, 0, 0, 0, 0xffff, 0, 0]));
+        let below = v6 + self.rules[v6..].partition_point(|r| r.0.net.order().1 < mapped);
+        self.slice(v6..below)
+            .chain(self.slice(0..v6))
+            .chain(self.slice(below..self.rules.len()))
+    }
+
+    fn slice(&self, at: Range<usize>) -> impl Iterator<Item = (&AllowSpec, Ids<'_>)> {
+        self.rules[at].iter().map(|r| (&r.0, self.ids(r)))
     }
 
     /// Folds destinations into broader ones: `folds` are (destination, the one that covers
@@ -129,7 +141,6 @@ impl Statics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::allow_spec::Proto;
 
     fn spec(s: &str) -> AllowSpec {
         s.parse().unwrap()
@@ -153,6 +164,30 @@ mod tests {
     }
 
     #[test]
+    fn kernel_order_is_by_normalized_address_then_port_and_protocol() {
+        let s = Statics::from_pairs(
+            [
+                "[fd00::1]:80/tcp",
+                "10.0.0.1:80/tcp",
+                "[::1]:80/tcp",
+                "10.0.0.1:*/icmp",
+                "[::a]:53/udp",
+                "9.0.0.1:443/udp",
+                "9.0.0.1:443/tcp",
+            ]
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| (spec(s), i as u32))
+            .collect(),
+        );
+        let got: Vec<&AllowSpec> = s.in_kernel_order().map(|(k, _)| k).collect();
+        let mut want: Vec<&AllowSpec> = s.keys().collect();
+        want.sort_by_key(|k| (k.net.normalized(), k.port, k.proto.number()));
+        assert_eq!(got, want);
+        assert_eq!(got[0].to_string(), "[::1]:80/tcp");
+    }
+
+    #[test]
     fn ranges_and_folds() {
         let mut s = Statics::from_pairs(vec![
             (spec("10.0.0.0/8:443/tcp"), 5),
@@ -161,18 +196,8 @@ mod tests {
             (spec("10.0.0.2:443/tcp"), 6),
         ]);
         let net = spec("10.0.0.1:1/tcp").net;
-        let lo = AllowSpec {
-            net,
-            port: 0,
-            proto: Proto::Tcp,
-        };
-        let hi = AllowSpec {
-            net,
-            port: u16::MAX,
-            proto: Proto::Icmp,
-        };
-        let in_range: Vec<String> = s.range(lo..=hi).map(|(k, _)| k.to_string()).collect();
-        assert_eq!(in_range, vec!["10.0.0.1:80/tcp", "10.0.0.1:443/tcp"]);
+        let of_net: Vec<String> = s.of_net(net).map(|(k, _)| k.to_string()).collect();
+        assert_eq!(of_net, vec!["10.0.0.1:80/tcp", "10.0.0.1:443/tcp"]);
         s.fold(&[
             (spec("10.0.0.1:443/tcp"), spec("10.0.0.0/8:443/tcp")),
             (spec("10.0.0.2:443/tcp"), spec("10.0.0.0/8:443/tcp")),

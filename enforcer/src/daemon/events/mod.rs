@@ -27,7 +27,7 @@ use crate::{
         events::{EventRecord, decode},
     },
     policy::{
-        allow_spec::{AllowSpec, Net, Proto},
+        allow_spec::{AllowSpec, Net},
         compile::{CompiledPolicy, Target},
     },
     resolve::Resolved,
@@ -113,11 +113,7 @@ impl EventIndex {
         let Ok(net) = Net::new(addr, if addr.is_ipv4() { 32 } else { 128 }) else {
             return Vec::new();
         };
-        let spec = |port, proto| AllowSpec { net, port, proto };
-        let exact = self
-            .policy
-            .statics
-            .range(spec(0, Proto::Tcp)..=spec(u16::MAX, Proto::Icmp));
+        let exact = self.policy.statics.of_net(net);
         let nets = self
             .nets
             .iter()
