@@ -773,7 +773,9 @@ impl Daemon {
     /// Makes the maps equal to the policy and the current DNS answers (which include what a
     /// previous run allowed for names not answered yet, within the grace).
     fn apply(&mut self) -> anyhow::Result<()> {
+        let built = std::time::Instant::now();
         let mut desired = self.desired();
+        tracing::debug!(ms = built.elapsed().as_millis(), "desired rules built");
         let started = std::time::Instant::now();
         let staged = self.scoping.stage(&mut self.dp.maps, &mut desired)?;
         let (exact_rules, prefix_rules) = (desired.exact.len(), desired.prefix.len());

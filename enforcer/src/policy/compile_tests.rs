@@ -564,7 +564,7 @@ fn plain_endpoints_kept_compact_compile_like_the_entry_as_written() {
     assert_eq!(spec.endpoints().len(), 4);
     let mut as_written = compact.clone();
     let s = &mut as_written[0].entry.spec;
-    for ip in std::mem::take(&mut s.plain_endpoints) {
+    for ip in std::mem::take(&mut s.plain_endpoints).iter() {
         s.endpoints
             .get_or_insert_with(Vec::new)
             .push(WorkloadEntry {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use enforcer_common::{
     POLICY_NODE, RULE_KEY_FIXED_BITS, RuleKey, RuleValue, SKIP_EXACT_ANY_PORT,
-    SKIP_PREFIX_ANY_PORT, SKIP_PREFIX_PORT, SKIP_SCOPING,
+    SKIP_PREFIX_ANY_PORT, SKIP_PREFIX_PORT, SKIP_SCOPING, VSET_EVERYONE,
 };
 
 use super::{
@@ -78,13 +78,17 @@ impl<K> IntoIterator for RuleList<K> {
     }
 }
 
-/// A rule added but not yet sorted in: its visibility is an index into `DesiredRules::vis`
-/// (0: everyone's), so that the common case costs no more than the rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Pending {
-    rule_id: u32,
-    flags: u32,
-    vis: u32,
+/// A rule added but not yet sorted in carries, until [`DesiredRules::seal`], an index into
+/// `DesiredRules::vis` in its `vset` (0: everyone's), so that the common case costs no more
+/// than the rule, and sealing compacts the rules where they are (no second million-rule
+/// vector).
+fn pending(rule_id: u32, flags: u32, vis: u32) -> RuleValue {
+    RuleValue {
+        rule_id,
+        flags,
+        vset: vis,
+        pad: 0,
+    }
 }
 
 /// Desired content of the two rule maps plus the names of the rule ids used in them. Rules
@@ -102,13 +106,21 @@ pub struct DesiredRules {
     /// Scoping is configured (units or pods): learned rules may be scoped too, so the
     /// programs must look the caller's policy up.
     pub scoping: bool,
-    pending_exact: Vec<(RuleKey, Pending)>,
-    pending_prefix: Vec<((u32, RuleKey), Pending)>,
+    pending_exact: Vec<(RuleKey, RuleValue)>,
+    pending_prefix: Vec<((u32, RuleKey), RuleValue)>,
     /// Visibilities of pending rules other than everyone's (index - 1).
     vis: Vec<Visibility>,
 }
 
 impl DesiredRules {
+    /// Room for `exact` exact rules before they are sealed.
+    pub fn with_capacity(exact: usize) -> Self {
+        Self {
+            pending_exact: Vec::with_capacity(exact),
+            ..Self::default()
+        }
+    }
+
     /// Adds one destination under `rule_id`. When two sources allow the same key, the lower
     /// rule id is kept so that the result does not depend on insertion order.
     pub fn add(&mut self, spec: &AllowSpec, rule_id: u32) {
@@ -133,11 +145,7 @@ impl DesiredRules {
             self.vis.push(vis.clone());
             self.vis.len() as u32
         };
-        let value = Pending {
-            rule_id,
-            flags,
-            vis,
-        };
+        let value = pending(rule_id, flags, vis);
         for (addr, addr_prefix) in spec.net.kernel_prefixes() {
             let key = RuleKey {
                 policy: POLICY_NODE,
@@ -208,11 +216,11 @@ impl DesiredRules {
 }
 
 /// Sorts `pending` into `list` (and the scoped visibilities into `scoped`), merging the
-/// sources of each key; `vis[i - 1]` is pending visibility `i`.
+/// sources of each key; `vis[i - 1]` is pending visibility `i` (carried in `vset`).
 fn merge_in<K: Ord + Copy>(
     list: &mut RuleList<K>,
     scoped: &mut BTreeMap<K, Visibility>,
-    mut pending: Vec<(K, Pending)>,
+    mut pending: Vec<(K, RuleValue)>,
     vis: &[Visibility],
 ) {
     if pending.is_empty() {
@@ -228,14 +236,7 @@ fn merge_in<K: Ord + Copy>(
             }
             None => 0,
         };
-        pending.push((
-            k,
-            Pending {
-                rule_id: v.rule_id,
-                flags: v.flags,
-                vis,
-            },
-        ));
+        pending.push((k, self::pending(v.rule_id, v.flags, vis)));
     }
     let visibility = |i: u32| -> Visibility {
         let i = (i as usize).wrapping_sub(1);
@@ -245,42 +246,36 @@ fn merge_in<K: Ord + Copy>(
             .unwrap_or(Visibility::Everyone)
     };
     super::sorting::sort_mostly_sorted(&mut pending);
-    let mut out: Vec<(K, RuleValue)> = Vec::with_capacity(pending.len());
+    // Compacted in place: rules 0..kept are final, the last of them still gathering its run.
+    let mut kept = 0;
     let mut run_vis: Option<Visibility> = None;
-    for (k, p) in pending {
-        match out.last_mut() {
-            Some((last, v)) if *last == k => {
-                v.flags |= p.flags;
-                v.rule_id = v.rule_id.min(p.rule_id);
-                run_vis = match (run_vis, p.vis) {
-                    (None, _) | (_, 0) => None,
-                    (Some(a), i) => Some(a.union(&visibility(i))),
-                };
-            }
-            _ => {
-                if let (Some((last, _)), Some(v)) = (out.last(), run_vis.take()) {
-                    scoped.insert(*last, v);
-                }
-                run_vis = (p.vis != 0).then(|| visibility(p.vis));
-                out.push((
-                    k,
-                    RuleValue {
-                        rule_id: p.rule_id,
-                        flags: p.flags,
-                        vset: enforcer_common::VSET_EVERYONE,
-                        pad: 0,
-                    },
-                ));
-            }
+    for i in 0..pending.len() {
+        let (k, p) = pending[i];
+        if kept > 0 && pending[kept - 1].0 == k {
+            let v = &mut pending[kept - 1].1;
+            v.flags |= p.flags;
+            v.rule_id = v.rule_id.min(p.rule_id);
+            run_vis = match (run_vis, p.vset) {
+                (None, _) | (_, 0) => None,
+                (Some(a), i) => Some(a.union(&visibility(i))),
+            };
+            continue;
         }
+        if let (true, Some(v)) = (kept > 0, run_vis.take()) {
+            scoped.insert(pending[kept - 1].0, v);
+        }
+        run_vis = (p.vset != 0).then(|| visibility(p.vset));
+        pending[kept] = (k, self::pending(p.rule_id, p.flags, VSET_EVERYONE));
+        kept += 1;
     }
-    if let (Some((last, _)), Some(v)) = (out.last(), run_vis) {
-        scoped.insert(*last, v);
+    if let (true, Some(v)) = (kept > 0, run_vis) {
+        scoped.insert(pending[kept - 1].0, v);
     }
     // A union that reached everyone is no scope at all.
     scoped.retain(|_, v| *v != Visibility::Everyone);
-    out.shrink_to_fit();
-    *list = RuleList(out);
+    pending.truncate(kept);
+    pending.shrink_to_fit();
+    *list = RuleList(pending);
 }
 
 /// A map entry decoded back into user terms, for `inspect` and logs.

@@ -38,16 +38,21 @@ impl Statics {
     pub fn from_pairs(mut pairs: Vec<(AllowSpec, u32)>) -> Self {
         super::sorting::par_sort(&mut pairs);
         pairs.dedup();
-        let mut rules: Vec<(AllowSpec, u32)> = Vec::with_capacity(pairs.len());
+        // Compacted in place: a second million-pair vector would double the peak.
         let mut more: BTreeMap<AllowSpec, Vec<u32>> = BTreeMap::new();
-        for (spec, id) in pairs {
-            match rules.last() {
-                Some((last, _)) if *last == spec => more.entry(spec).or_default().push(id),
-                _ => rules.push((spec, id)),
+        let mut kept = 0;
+        for i in 0..pairs.len() {
+            let (spec, id) = pairs[i];
+            if kept > 0 && pairs[kept - 1].0 == spec {
+                more.entry(spec).or_default().push(id);
+            } else {
+                pairs[kept] = (spec, id);
+                kept += 1;
             }
         }
-        rules.shrink_to_fit();
-        Self { rules, more }
+        pairs.truncate(kept);
+        pairs.shrink_to_fit();
+        Self { rules: pairs, more }
     }
 
     pub fn len(&self) -> usize {

@@ -364,7 +364,7 @@ impl Decoder {
             location,
             resolution,
             endpoints,
-            plain_endpoints: Vec::new(),
+            plain_endpoints: Default::default(),
             workload_selector,
             export_to,
             subject_alt_names,

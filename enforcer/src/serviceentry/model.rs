@@ -67,8 +67,9 @@ pub struct Spec {
     pub endpoints: Option<Vec<WorkloadEntry>>,
     /// Endpoints that are only an IP address, moved out of `endpoints` once the entry is
     /// validated ([`Spec::compact`]): 17 bytes each instead of a `WorkloadEntry`'s 190, for
-    /// the entries of a million endpoints the daemon keeps between reloads.
-    pub plain_endpoints: Vec<std::net::IpAddr>,
+    /// the entries of a million endpoints the daemon keeps between reloads. Shared, so that a
+    /// reload that reuses a file's entries copies none of them.
+    pub plain_endpoints: std::sync::Arc<[std::net::IpAddr]>,
     pub workload_selector: Option<WorkloadSelector>,
     pub export_to: Vec<String>,
     pub subject_alt_names: Vec<String>,
@@ -93,15 +94,16 @@ impl Spec {
         let Some(endpoints) = self.endpoints.as_mut() else {
             return;
         };
+        let mut plain = self.plain_endpoints.to_vec();
         endpoints.retain(|we| match we.plain_ip() {
             Some(ip) => {
-                self.plain_endpoints.push(ip);
+                plain.push(ip);
                 false
             }
             None => true,
         });
         endpoints.shrink_to_fit();
-        self.plain_endpoints.shrink_to_fit();
+        self.plain_endpoints = plain.into();
     }
 }
 
