@@ -34,12 +34,19 @@ pub fn par_sort<T: Ord + Copy + Send>(items: &mut Vec<T>) {
         items.sort();
         return;
     }
-    let mut right = items.split_off(items.len() / 2);
-    let left = &mut *items;
-    std::thread::scope(|s| {
-        s.spawn(|| left.sort());
+    let mid = items.len() / 2;
+    let both = std::thread::scope(|s| {
+        let (left, right) = items.split_at_mut(mid);
+        let other = std::thread::Builder::new().spawn_scoped(s, move || left.sort());
         right.sort();
+        other.is_ok()
     });
+    if !both {
+        // No second thread (a tasks limit): the sorted right half is one run for this sort.
+        items.sort();
+        return;
+    }
+    let right = items.split_off(mid);
     merge_back(items, &right, |a| *a);
 }
 

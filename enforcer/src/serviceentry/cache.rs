@@ -147,17 +147,21 @@ pub fn read_all(files: &[&Path], max_bytes: u64) -> Vec<LoadReport> {
     }
     let next = AtomicUsize::new(0);
     let mut done: Vec<(usize, LoadReport)> = std::thread::scope(|s| {
+        // A thread that cannot be made (a tasks limit) is no error: the files no worker
+        // read are read below.
         let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut mine = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(f) = files.get(i) else { break };
-                        mine.push((i, read_one(f, max_bytes)));
-                    }
-                    mine
-                })
+            .filter_map(|_| {
+                std::thread::Builder::new()
+                    .spawn_scoped(s, || {
+                        let mut mine = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(f) = files.get(i) else { break };
+                            mine.push((i, read_one(f, max_bytes)));
+                        }
+                        mine
+                    })
+                    .ok()
             })
             .collect();
         workers
@@ -166,8 +170,8 @@ pub fn read_all(files: &[&Path], max_bytes: u64) -> Vec<LoadReport> {
             .collect()
     });
     done.sort_unstable_by_key(|(i, _)| *i);
-    // A worker that panicked left its files out: read them here (and panic here, where the
-    // caller sees it, if it happens again).
+    // A worker that panicked (or never started) left its files out: read them here (and
+    // panic here, where the caller sees it, if it happens again).
     let mut out = Vec::with_capacity(files.len());
     let mut done = done.into_iter().peekable();
     for (i, f) in files.iter().enumerate() {
