@@ -47,6 +47,9 @@ impl fmt::Display for Proto {
     }
 }
 
+/// `::ffff:0:0`, where the kernel's 16-byte form puts IPv4 (`::ffff:0:0/96`).
+pub const V4_MAPPED: u128 = 0xffff << 32;
+
 /// An IP network: address with its host bits cleared, and prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Net {
@@ -64,6 +67,15 @@ impl Net {
             addr: mask(addr, prefix),
             prefix,
         })
+    }
+
+    /// IPv4 before IPv6, then address, then prefix length (as `Ord` orders), as integers.
+    pub fn order(&self) -> (bool, u128, u8) {
+        let addr = match self.addr {
+            IpAddr::V4(a) => u128::from(u32::from(a)),
+            IpAddr::V6(a) => u128::from(a),
+        };
+        (self.addr.is_ipv6(), addr, self.prefix)
     }
 
     pub fn is_host(&self) -> bool {
@@ -87,10 +99,9 @@ impl Net {
     /// A million rules go through this on every reload: it allocates nothing.
     pub fn kernel_prefixes(&self) -> impl Iterator<Item = ([u8; 16], u8)> + use<> {
         let (whole, split) = self.kernel_plan();
-        let mapped = u128::from(Ipv6Addr::from([0, 0, 0, 0, 0, 0xffff, 0, 0]));
         // Below each level on the way down to the /96, the half without it.
-        whole.into_iter().chain(split.map(move |l| {
-            let sibling = mask128(mapped, l) ^ (1u128 << (128 - l));
+        whole.into_iter().chain(split.map(|l| {
+            let sibling = mask128(V4_MAPPED, l) ^ (1u128 << (128 - l));
             (sibling.to_be_bytes(), l as u8)
         }))
     }
@@ -101,17 +112,16 @@ impl Net {
         let IpAddr::V6(v6) = self.addr else {
             return (Some(self.normalized()), 0..0);
         };
-        let mapped = u128::from(Ipv6Addr::from([0, 0, 0, 0, 0, 0xffff, 0, 0]));
         let (addr, len) = (u128::from(v6), u32::from(self.prefix));
         let whole = Some((addr.to_be_bytes(), self.prefix));
         if len >= 96 {
-            return if mask128(addr, 96) == mapped {
+            return if mask128(addr, 96) == V4_MAPPED {
                 (None, 0..0)
             } else {
                 (whole, 0..0)
             };
         }
-        if mask128(mapped, len) != addr {
+        if mask128(V4_MAPPED, len) != addr {
             return (whole, 0..0);
         }
         (None, len + 1..97)
@@ -186,7 +196,8 @@ fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
     }
 }
 
-fn mask128(bits: u128, len: u32) -> u128 {
+/// `bits` with all but the first `len` bits cleared.
+pub(super) fn mask128(bits: u128, len: u32) -> u128 {
     if len == 0 {
         0
     } else {
@@ -212,17 +223,6 @@ impl AllowSpec {
             self.net.order(),
             u32::from(self.port) << 8 | u32::from(self.proto.number()),
         )
-    }
-}
-
-impl Net {
-    /// IPv4 before IPv6, then address, then prefix length.
-    pub fn order(&self) -> (bool, u128, u8) {
-        let addr = match self.addr {
-            IpAddr::V4(a) => u128::from(u32::from(a)),
-            IpAddr::V6(a) => u128::from(a),
-        };
-        (self.addr.is_ipv6(), addr, self.prefix)
     }
 }
 
@@ -448,7 +448,7 @@ mod tests {
     #[test]
     fn an_ipv6_network_never_covers_ipv4() {
         // A piece overlaps ::ffff:0:0/96 when one of the two contains the other.
-        let mapped = u128::from_be_bytes([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0]);
+        let mapped = V4_MAPPED;
         let overlaps = |(addr, len): &([u8; 16], u8)| {
             let (a, l) = (u128::from_be_bytes(*addr), u32::from(*len));
             mask128(mapped, l.min(96)) == mask128(a, l.min(96))

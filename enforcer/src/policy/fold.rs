@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::{
-    allow_spec::{AllowSpec, Net},
+    allow_spec::{AllowSpec, Net, mask128},
     compile::CompiledPolicy,
 };
 
@@ -40,7 +40,8 @@ pub(super) fn covered(policy: &CompiledPolicy) -> Vec<(AllowSpec, AllowSpec)> {
             .iter()
             .filter(|l| **l <= own_len)
             .flat_map(|l| {
-                let net = Net::from_normalized(mask128(addr, *l), *l);
+                let masked = mask128(u128::from_be_bytes(addr), u32::from(*l));
+                let net = Net::from_normalized(masked.to_be_bytes(), *l);
                 [spec.port, 0].map(|port| AllowSpec {
                     net,
                     port,
@@ -163,16 +164,6 @@ fn gained_ids<'a>(
     gained: &'a HashMap<AllowSpec, Vec<u32>>,
 ) -> impl Iterator<Item = u32> + 'a {
     gained.get(spec).into_iter().flatten().copied()
-}
-
-fn mask128(addr: [u8; 16], len: u8) -> [u8; 16] {
-    let bits = u128::from_be_bytes(addr);
-    let m = if len == 0 {
-        0
-    } else {
-        u128::MAX << (128 - u32::from(len))
-    };
-    (bits & m).to_be_bytes()
 }
 
 #[cfg(test)]

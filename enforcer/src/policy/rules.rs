@@ -82,7 +82,7 @@ impl<K> IntoIterator for RuleList<K> {
 /// `DesiredRules::vis` in its `vset` (0: everyone's), so that the common case costs no more
 /// than the rule, and sealing compacts the rules where they are (no second million-rule
 /// vector).
-fn pending(rule_id: u32, flags: u32, vis: u32) -> RuleValue {
+fn pending_value(rule_id: u32, flags: u32, vis: u32) -> RuleValue {
     RuleValue {
         rule_id,
         flags,
@@ -145,7 +145,7 @@ impl DesiredRules {
             self.vis.push(vis.clone());
             self.vis.len() as u32
         };
-        let value = pending(rule_id, flags, vis);
+        let value = pending_value(rule_id, flags, vis);
         for (addr, addr_prefix) in spec.net.kernel_prefixes() {
             let key = RuleKey {
                 policy: POLICY_NODE,
@@ -236,7 +236,7 @@ fn merge_in<K: Ord + Copy>(
             }
             None => 0,
         };
-        pending.push((k, self::pending(v.rule_id, v.flags, vis)));
+        pending.push((k, pending_value(v.rule_id, v.flags, vis)));
     }
     let visibility = |i: u32| -> Visibility {
         let i = (i as usize).wrapping_sub(1);
@@ -265,7 +265,7 @@ fn merge_in<K: Ord + Copy>(
             scoped.insert(pending[kept - 1].0, v);
         }
         run_vis = (p.vset != 0).then(|| visibility(p.vset));
-        pending[kept] = (k, self::pending(p.rule_id, p.flags, VSET_EVERYONE));
+        pending[kept] = (k, pending_value(p.rule_id, p.flags, VSET_EVERYONE));
         kept += 1;
     }
     if let (true, Some(v)) = (kept > 0, run_vis) {

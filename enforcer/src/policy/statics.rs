@@ -3,9 +3,9 @@
 //! and `explain` read them), so they are a sorted vector of (destination, lowest id), 28 bytes
 //! each, with the rare further ids aside, rather than a tree of sets (about 160 bytes each).
 
-use std::{collections::BTreeMap, net::Ipv6Addr, ops::Range};
+use std::{collections::BTreeMap, ops::Range};
 
-use super::allow_spec::{AllowSpec, Net};
+use super::allow_spec::{AllowSpec, Net, V4_MAPPED};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Statics {
@@ -102,8 +102,7 @@ impl Statics {
     /// addresses), so that the desired rules built from them need no sort.
     pub fn in_kernel_order(&self) -> impl Iterator<Item = (&AllowSpec, Ids<'_>)> {
         let v6 = self.rules.partition_point(|r| r.0.net.addr.is_ipv4());
-        let mapped = u128::from(Ipv6Addr::from([0, 0, 0, 0, 0, 0xffff, 0, 0]));
-        let below = v6 + self.rules[v6..].partition_point(|r| r.0.net.order().1 < mapped);
+        let below = v6 + self.rules[v6..].partition_point(|r| r.0.net.order().1 < V4_MAPPED);
         self.slice(v6..below)
             .chain(self.slice(0..v6))
             .chain(self.slice(below..self.rules.len()))
