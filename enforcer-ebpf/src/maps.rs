@@ -13,9 +13,13 @@ use enforcer_common::{
 /// `BPF_F_NO_PREALLOC` (uapi/linux/bpf.h).
 const BPF_F_NO_PREALLOC: u32 = 1;
 
+/// `BPF_F_MMAPABLE` (uapi/linux/bpf.h).
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
 /// The exact rules (docs/architecture.md, "Rule maps"); sized by the daemon to a power of two.
+/// Mappable: the daemon fills a new table through its memory.
 #[map]
-pub(crate) static RULES_TABLE: Array<TableSlot> = Array::with_max_entries(1 << 17, 0);
+pub(crate) static RULES_TABLE: Array<TableSlot> = Array::with_max_entries(1 << 17, BPF_F_MMAPABLE);
 
 /// Exact rules with no room in the table near their home slot. Not preallocated: it holds
 /// few rules, or none, whatever its limit.

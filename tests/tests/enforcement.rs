@@ -206,6 +206,44 @@ fn loopback_switch_off_denies_loopback() {
     );
 }
 
+/// A fresh start writes the table through its memory, a window at a time: every rule must
+/// land where the programs look, in every window of a table several windows long.
+#[test]
+fn every_rule_of_a_fresh_start_is_where_the_kernel_looks() {
+    let env = Env::new("fill", "enforce", "maps: {exactRules: 200000}\n");
+    // 198.18.64.0/20 local to the namespace (a /20 on `lo` makes every address in it local).
+    e2e::run_ok(Command::new("ip").args([
+        "-n",
+        &env.netns.name,
+        "addr",
+        "add",
+        "198.18.64.1/20",
+        "dev",
+        "lo",
+    ]));
+    let addrs: Vec<String> = (0..4096u32)
+        .map(|i| format!("198.18.{}.{}", 64 + i / 256, i % 256))
+        .collect();
+    let allows: Vec<String> = addrs.iter().map(|a| format!("{a}:9/udp")).collect();
+    let allows: Vec<&str> = allows.iter().map(String::as_str).collect();
+    let _daemon = env.start_daemon(&allows);
+    // Not the last address: the /20's broadcast address, which the stack itself refuses.
+    let mut ops: Vec<String> = addrs[..4095]
+        .iter()
+        .step_by(6)
+        .map(|a| format!("udp:{a}:9"))
+        .collect();
+    ops.push("udp:198.18.79.254:9".to_owned());
+    let denied = ["udp:198.18.64.8:10", "udp:198.18.70.1:8"];
+    ops.extend(denied.iter().map(|d| (*d).to_owned()));
+    let ops: Vec<&str> = ops.iter().map(String::as_str).collect();
+    let p = env.probe_in_cgroup(&ops);
+    for op in &ops {
+        let want = if denied.contains(op) { "EPERM" } else { "ok" };
+        assert_eq!(p.result(op), want, "{op}");
+    }
+}
+
 /// The kernel sees IPv4 destinations as `::ffff:a.b.c.d`: an IPv6 prefix as wide as `::/0`
 /// must still never match IPv4 traffic (in either socket family), nor an IPv4 one IPv6.
 #[test]

@@ -21,6 +21,7 @@ pub mod sources;
 pub mod stats;
 pub mod table;
 pub mod table_map;
+mod table_mmap;
 pub mod verdicts;
 
 use std::{

@@ -56,7 +56,7 @@ pub struct Removals {
 /// fingerprint.
 pub type ReadKey<'a> = dyn FnMut(u32) -> anyhow::Result<RuleKey> + 'a;
 
-fn slot(key: RuleKey, value: RuleValue, state: u32) -> TableSlot {
+pub fn slot(key: RuleKey, value: RuleValue, state: u32) -> TableSlot {
     TableSlot {
         key,
         value,
@@ -110,6 +110,11 @@ impl Table {
             live,
             duplicates,
         )
+    }
+
+    /// No rule in a slot or in the overflow map.
+    pub fn is_empty(&self) -> bool {
+        self.overflow.is_empty() && self.slots.iter().all(|s| *s & LIVE_BIT == 0)
     }
 
     pub fn slots(&self) -> u32 {
@@ -166,6 +171,16 @@ impl Table {
             .find(|&i| self.slots[i as usize] & LIVE_BIT == 0)?;
         self.slots[i as usize] = fingerprint(key);
         Some(i)
+    }
+
+    /// Places a rule new to the table in a free slot, or in the overflow map (`None`): for a
+    /// table no program reads yet, which is written without the taken step.
+    pub fn place_new(&mut self, key: &RuleKey) -> Option<u32> {
+        let placed = self.place(key);
+        if placed.is_none() {
+            self.overflow.insert(*key);
+        }
+        placed
     }
 
     /// Adds rules and changes values: `entries` are (key, new value, the value in force if

@@ -6,11 +6,12 @@ use std::{collections::BTreeMap, os::fd::AsFd as _};
 
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap, IterableMap as _, MapData};
-use enforcer_common::{RuleKey, RuleValue, TableSlot};
+use enforcer_common::{RuleKey, RuleValue, SLOT_LIVE, TableSlot};
 
 use super::{
     batch::{self, Batch},
-    table::{SlotWrites, Table},
+    table::{SlotWrites, Table, slot as slot_of},
+    table_mmap,
 };
 
 /// Slots of a table for `rules` exact rules: a power of two at least 1.5 times as large, so
@@ -170,7 +171,7 @@ impl ExactRules {
         Ok(live)
     }
 
-    fn write_slots(&mut self, w: &SlotWrites) -> anyhow::Result<()> {
+    fn write_slots(&mut self, w: &[(u32, TableSlot)]) -> anyhow::Result<()> {
         if w.is_empty() {
             return Ok(());
         }
@@ -238,6 +239,52 @@ impl ExactRules {
         self.write_slots(&w.dead)?;
         self.model = Some((model, wider));
         Ok(())
+    }
+
+    /// Writes `entries` into maps created empty by this run that no program reads yet, in
+    /// one pass of the table's memory in slot order; `false` if the maps are not such (the
+    /// caller writes through [`Self::put_many`]).
+    pub fn fill_empty(&mut self, entries: &[(RuleKey, RuleValue)]) -> anyhow::Result<bool> {
+        if !self.unread || !matches!(&self.model, Some((t, _)) if t.is_empty()) {
+            return Ok(false);
+        }
+        let (mut model, written) = self.take_model()?;
+        // (slot << 32 | entry): sorting integers is what makes a million slots cheap to order.
+        let mut order = Vec::with_capacity(entries.len());
+        let mut overflow = Vec::new();
+        for (n, (k, v)) in entries.iter().enumerate() {
+            match model.place_new(k) {
+                Some(i) => order.push(u64::from(i) << 32 | n as u64),
+                None => overflow.push((*k, *v)),
+            }
+        }
+        order.sort_unstable();
+        let want = model.overflow_words();
+        self.write_homes(&written, &want)?;
+        self.put_overflow(&overflow)?;
+        let slots = order.iter().map(|o| {
+            let (k, v) = entries[(*o & u64::from(u32::MAX)) as usize];
+            ((*o >> 32) as u32, slot_of(k, v, SLOT_LIVE))
+        });
+        let fd = self.table.map().fd().as_fd();
+        match table_mmap::write_sorted(fd, self.table.len(), slots.clone())
+            .context("writing RULES_TABLE's memory")?
+        {
+            Batch::Done(()) => {}
+            Batch::Unsupported => {
+                let (mut slots, mut chunk) = (slots, Vec::with_capacity(batch::CHUNK));
+                loop {
+                    chunk.clear();
+                    chunk.extend(slots.by_ref().take(batch::CHUNK));
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    self.write_slots(&chunk)?;
+                }
+            }
+        }
+        self.model = Some((model, want));
+        Ok(true)
     }
 
     /// Removes `keys`; `live` is what the maps held before, sorted.
