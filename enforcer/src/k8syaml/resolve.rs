@@ -38,7 +38,12 @@ pub fn plain(s: &str) -> Scalar {
     if looks_like_date(s) {
         return Scalar::Str;
     }
-    let digits: String = s.chars().filter(|c| *c != '_').collect();
+    // Copied only when there is a `_` to drop: most numbers-like text (addresses) has none.
+    let digits = if s.contains('_') {
+        std::borrow::Cow::Owned(s.replace('_', ""))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    };
     if let Some(i) = parse_int(&digits) {
         return Scalar::Int(i);
     }
@@ -77,12 +82,11 @@ fn parse_int(s: &str) -> Option<i64> {
 
 /// Go's `strconv.ParseUint(s, 0, 64)`.
 fn parse_uint(s: &str) -> Option<u64> {
-    let lower = s.get(..2).map(str::to_ascii_lowercase);
-    let (digits, radix) = match lower.as_deref() {
-        Some("0x") => (&s[2..], 16),
-        Some("0o") => (&s[2..], 8),
-        Some("0b") => (&s[2..], 2),
-        _ if s.len() > 1 && s.starts_with('0') => (&s[1..], 8),
+    let (digits, radix) = match s.as_bytes() {
+        [b'0', b'x' | b'X', ..] => (&s[2..], 16),
+        [b'0', b'o' | b'O', ..] => (&s[2..], 8),
+        [b'0', b'b' | b'B', ..] => (&s[2..], 2),
+        [b'0', _, ..] => (&s[1..], 8),
         _ => (s, 10),
     };
     if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
@@ -162,6 +166,10 @@ mod tests {
         assert_eq!(plain("-0x10"), Scalar::Int(-16));
         assert_eq!(plain("+7"), Scalar::Int(7));
         assert_eq!(plain("1_000"), Scalar::Int(1000));
+        assert_eq!(plain("0X1_f"), Scalar::Int(31));
+        assert_eq!(plain("0B11"), Scalar::Int(3));
+        assert_eq!(plain("0O7"), Scalar::Int(7));
+        assert_eq!(plain("0_7"), Scalar::Int(7));
         assert_eq!(plain("18446744073709551615"), Scalar::Uint(u64::MAX));
         assert_eq!(plain("-9223372036854775808"), Scalar::Int(i64::MIN));
         // Not octal digits: a float by the regex, as in go-yaml.
@@ -187,6 +195,7 @@ mod tests {
             "-",
             ".",
             "0x",
+            "0é",
             "2001:db8::1",
             "10.0.0.0/8",
             "2024-01-02",

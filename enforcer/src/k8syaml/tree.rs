@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use granit_parser::{Event, Parser, ScalarStyle, Span, StrInput, StructureStyle, Tag};
-use serde_yaml_ng::{Mapping, Value};
+use serde_yaml_ng::{Mapping, Value, mapping::Entry};
 
 use super::{
     Document, YamlError,
@@ -336,7 +336,7 @@ impl<'a> Builder<'a> {
                 colon_key: pair_colon,
                 ..
             } => {
-                let mut text = key_text(&value, line)?;
+                let mut text = key_text(value, line)?;
                 if colon_key {
                     text.push(':');
                     *pair_colon = true;
@@ -363,11 +363,18 @@ fn insert(
     if key.merge {
         return merge(map, merged, value, key.line);
     }
-    let k = Value::String(key.text.clone());
-    if map.contains_key(&k) && !merged.remove(&key.text) {
-        return Err(err(format!("duplicate key {:?}", key.text), key.line));
+    match map.entry(Value::String(key.text)) {
+        Entry::Vacant(slot) => {
+            slot.insert(value);
+        }
+        Entry::Occupied(mut slot) => {
+            let text = slot.key().as_str().unwrap_or_default().to_owned();
+            if !merged.remove(&text) {
+                return Err(err(format!("duplicate key {text:?}"), key.line));
+            }
+            slot.insert(value);
+        }
     }
-    map.insert(k, value);
     Ok(())
 }
 
@@ -402,9 +409,9 @@ fn merge(
 }
 
 /// Keys are strings in JSON: other scalars are written as text, like sigs.k8s.io/yaml does.
-fn key_text(v: &Value, line: usize) -> Result<String, YamlError> {
+fn key_text(v: Value, line: usize) -> Result<String, YamlError> {
     match v {
-        Value::String(s) => Ok(s.clone()),
+        Value::String(s) => Ok(s),
         Value::Bool(b) => Ok(b.to_string()),
         Value::Number(n) => Ok(n.to_string()),
         Value::Null => Err(err("a null mapping key is not supported", line)),

@@ -27,6 +27,46 @@ const METADATA_IGNORED: &[&str] = &[
     "selfLink",
 ];
 
+/// A field path, written out only when there is a problem to report: a file may hold a
+/// million endpoints, and most have none.
+trait FieldPath: Copy {
+    fn text(self) -> String;
+}
+
+impl FieldPath for &str {
+    fn text(self) -> String {
+        self.to_owned()
+    }
+}
+
+/// `list[i]`.
+#[derive(Clone, Copy)]
+struct Item<'a>(&'a str, usize);
+
+impl FieldPath for Item<'_> {
+    fn text(self) -> String {
+        index(self.0, self.1)
+    }
+}
+
+/// The most fields a schema object here has.
+const MAX_FIELDS: usize = 16;
+
+/// A mapping's known fields, by their place in the list of known names (an object decoded
+/// allocates nothing for its fields).
+#[derive(Default)]
+struct Fields<'v, 'k> {
+    known: &'k [&'k str],
+    values: [Option<&'v Value>; MAX_FIELDS],
+}
+
+impl<'v> Fields<'v, '_> {
+    fn get(&self, name: &str) -> Option<&'v Value> {
+        let i = self.known.iter().position(|n| *n == name)?;
+        self.values.get(i).copied().flatten()
+    }
+}
+
 #[derive(Default)]
 struct Decoder {
     issues: Vec<Issue>,
@@ -55,35 +95,40 @@ impl Decoder {
 
     /// The mapping's fields by name. Unknown names draw a warning; `ignored` names are
     /// accepted silently.
-    fn fields<'v>(
+    fn fields<'v, 'k>(
         &mut self,
         v: &'v Value,
-        path: &str,
-        known: &[&str],
+        path: impl FieldPath,
+        known: &'k [&'k str],
         ignored: &[&str],
-    ) -> Option<BTreeMap<&'v str, &'v Value>> {
+    ) -> Option<Fields<'v, 'k>> {
         let m: &Mapping = match v {
             Value::Mapping(m) => m,
             Value::Null => return None,
             other => {
-                self.type_error(path, "a mapping", other);
+                self.type_error(&path.text(), "a mapping", other);
                 return None;
             }
         };
-        let mut out = BTreeMap::new();
+        let mut out = Fields {
+            known,
+            values: [None; MAX_FIELDS],
+        };
         for (k, val) in m {
             let Value::String(k) = k else {
-                self.type_error(path, "string keys", k);
+                self.type_error(&path.text(), "string keys", k);
                 continue;
             };
-            if known.contains(&k.as_str()) {
+            if let Some(i) = known.iter().position(|n| n == k) {
                 // An explicit null means "unset", as in Kubernetes.
-                if !val.is_null() {
-                    out.insert(k.as_str(), val);
+                if !val.is_null()
+                    && let Some(slot) = out.values.get_mut(i)
+                {
+                    *slot = Some(val);
                 }
             } else if !ignored.contains(&k.as_str()) {
                 self.issues.push(Issue::warning(
-                    join(path, k),
+                    join(&path.text(), k),
                     "unknown-field",
                     "unknown field, ignored (not part of the ServiceEntry schema)",
                 ));
@@ -244,7 +289,7 @@ impl Decoder {
         })
     }
 
-    fn endpoint(&mut self, v: &Value, path: &str) -> Option<WorkloadEntry> {
+    fn endpoint(&mut self, v: &Value, at: Item<'_>) -> Option<WorkloadEntry> {
         let known = [
             "address",
             "ports",
@@ -254,27 +299,28 @@ impl Decoder {
             "weight",
             "serviceAccount",
         ];
-        let f = self.fields(v, path, &known, &[])?;
-        let s = |d: &mut Self, name: &str| {
-            f.get(name)
-                .and_then(|v| d.string(v, &join(path, name)))
-                .unwrap_or_default()
+        let f = self.fields(v, at, &known, &[])?;
+        let s = |d: &mut Self, name: &str| match f.get(name) {
+            Some(Value::String(s)) => s.clone(),
+            Some(v) => d.string(v, &join(&at.text(), name)).unwrap_or_default(),
+            None => String::new(),
         };
+        let path = |field: &str| join(&at.text(), field);
         Some(WorkloadEntry {
             address: s(self, "address"),
             ports: f
                 .get("ports")
-                .map(|v| self.map_of(v, &join(path, "ports"), Self::u32))
+                .map(|v| self.map_of(v, &path("ports"), Self::u32))
                 .unwrap_or_default(),
             labels: f
                 .get("labels")
-                .map(|v| self.string_map(v, &join(path, "labels")))
+                .map(|v| self.string_map(v, &path("labels")))
                 .unwrap_or_default(),
             network: s(self, "network"),
             locality: s(self, "locality"),
             weight: f
                 .get("weight")
-                .and_then(|v| self.u32(v, &join(path, "weight")))
+                .and_then(|v| self.u32(v, &path("weight")))
                 .unwrap_or(0),
             service_account: s(self, "serviceAccount"),
         })
@@ -317,13 +363,13 @@ impl Decoder {
             self.list(v, "spec.endpoints")
                 .iter()
                 .enumerate()
-                .filter_map(|(i, e)| self.endpoint(e, &index("spec.endpoints", i)))
+                .filter_map(|(i, e)| self.endpoint(e, Item("spec.endpoints", i)))
                 .collect()
         });
         let workload_selector = f.get("workloadSelector").map(|v| {
             let labels = self
                 .fields(v, "spec.workloadSelector", &["labels"], &[])
-                .and_then(|sf| sf.get("labels").copied())
+                .and_then(|sf| sf.get("labels"))
                 .map(|l| self.string_map(l, "spec.workloadSelector.labels"))
                 .unwrap_or_default();
             WorkloadSelector { labels }
