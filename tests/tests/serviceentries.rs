@@ -335,6 +335,37 @@ fn static_none_cidr_and_dns_with_endpoints_follow_the_table() {
     }
 }
 
+/// The programs skip the trie walks in address regions no CIDR rule reaches
+/// (docs/architecture.md, "Skipping the trie walks"): a CIDR rule added where none was must be
+/// matched from the moment it is enforced, and one removed must stop matching.
+#[test]
+fn a_cidr_rule_added_where_none_was_is_matched_and_removed_is_not() {
+    let (env, _dns) = env_with_dns("cidr-region", "enforce", "");
+    env.write_se(
+        "static.yaml",
+        &se("db", "hosts: [db.ee.test]\nports: [{number: 8080, name: http, protocol: TCP}]\nresolution: STATIC\nendpoints: [{address: 198.18.0.1}]"),
+    );
+    let _d = env.start_daemon(&[]);
+    env.wait_probe("tcp:198.18.0.1:8080", "ok", WAIT);
+    let p = env.probe_in_cgroup(&["tcp:198.18.1.7:9090", "tcp:[fd00:1::5]:9090"]);
+    assert_eq!(p.result("tcp:198.18.1.7:9090"), "EPERM");
+    assert_eq!(p.result("tcp:[fd00:1::5]:9090"), "EPERM");
+    env.write_se(
+        "cidr.yaml",
+        &se("range", "hosts: [range.ee.test]\naddresses: [198.18.1.0/24, \"fd00:1::/64\"]\nports: [{number: 9090, name: http, protocol: TCP}]\nresolution: NONE"),
+    );
+    env.wait_probe("tcp:198.18.1.7:9090", "ok", WAIT);
+    env.wait_probe("tcp:[fd00:1::5]:9090", "ok", WAIT);
+    env.remove_se("cidr.yaml");
+    env.wait_probe("tcp:198.18.1.7:9090", "EPERM", WAIT);
+    env.wait_probe("tcp:[fd00:1::5]:9090", "EPERM", WAIT);
+    assert_eq!(
+        env.probe_in_cgroup(&["tcp:198.18.0.1:8080"])
+            .result("tcp:198.18.0.1:8080"),
+        "ok"
+    );
+}
+
 #[test]
 fn a_registered_rule_survives_100_reloads_without_a_gap() {
     let (env, dns) = env_with_dns("dns-reloads", "enforce", "");
