@@ -109,8 +109,8 @@ impl Drop for Window {
 }
 
 /// Writes `writes` (slot index, slot), sorted by index, into a table of `table_slots` slots.
-/// [`Batch::Unsupported`] when the table cannot be mapped (made without `BPF_F_MMAPABLE` by an
-/// older version): nothing was written, and the caller falls back to syscalls.
+/// [`Batch::Unsupported`] when the table cannot be mapped (say the kernel refuses the mapping):
+/// nothing was written, and the caller falls back to syscalls.
 pub fn write_sorted(
     fd: BorrowedFd<'_>,
     table_slots: u32,
@@ -136,7 +136,10 @@ pub fn write_sorted(
                 let len = per_window.min(table_slots - first);
                 match Window::map(fd, first, len, page) {
                     Ok(w) => window.insert(w),
-                    Err(_) if first_window => return Ok(Batch::Unsupported),
+                    Err(e) if first_window => {
+                        tracing::debug!("RULES_TABLE cannot be mapped ({e}): written by syscalls");
+                        return Ok(Batch::Unsupported);
+                    }
                     Err(e) => return Err(e),
                 }
             }

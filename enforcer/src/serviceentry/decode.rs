@@ -110,6 +110,7 @@ impl Decoder {
                 return None;
             }
         };
+        debug_assert!(known.len() <= MAX_FIELDS, "raise MAX_FIELDS");
         let mut out = Fields {
             known,
             values: [None; MAX_FIELDS],
