@@ -358,14 +358,25 @@ pub fn compile_scoped(
     entries: &[Loaded],
     scopes: Option<&[EntryScope]>,
 ) -> CompiledPolicy {
-    // At a million endpoints, growing the vector step by step copies it twenty times.
-    let plain: usize = entries
-        .iter()
-        .map(|e| e.entry.spec.plain_endpoints.len())
-        .sum();
+    // Sized for every static rule: growing a vector of a million copies it and, for a
+    // moment, holds it twice (the reload's peak).
+    let extra = |e: &Loaded| {
+        let spec = &e.entry.spec;
+        let targets = entry_targets(&e.entry).len() + usize::from(config.ping);
+        (spec.plain_endpoints.len() + spec.endpoints().len() + spec.addresses.len()) * targets
+    };
+    let statics = config.specs.len()
+        + 3 * config.cidrs.len()
+        + 2 * config.dns_servers.len()
+        + config.api_server.len()
+        + entries
+            .iter()
+            .filter(|e| e.is_valid())
+            .map(extra)
+            .sum::<usize>();
     let mut b = Builder {
         policy: CompiledPolicy::default(),
-        statics: Vec::with_capacity(plain),
+        statics: Vec::with_capacity(statics),
         dns_aware: config.dns_aware,
         ping: config.ping,
         scoped: scopes.is_some(),
@@ -417,6 +428,10 @@ pub fn compile_scoped(
         }
         b.entry(loaded, id);
     }
+    debug_assert!(
+        b.statics.len() <= statics || entries.iter().any(|e| !e.entry.spec.endpoints().is_empty()),
+        "static rules outgrew their estimate"
+    );
     b.merge();
     b.policy
 }
