@@ -51,11 +51,8 @@ pub mod map_names {
     pub const EVENT_WINDOWS: &str = "EVENT_WINDOWS";
     /// The current window generation, which the daemon advances once a second.
     pub const EVENT_GENERATION: &str = "EVENT_GENERATION";
-    /// One bit per region of addresses ([`super::prefix_region`]): set when no prefix rule
-    /// reaches any address of it, so that a lookup there skips the trie walks.
-    pub const NO_PREFIX: &str = "NO_PREFIX";
     /// All maps that are pinned (and so survive a daemon restart).
-    pub const PINNED: [&str; 20] = [
+    pub const PINNED: [&str; 19] = [
         RULES_TABLE,
         RULES_EXACT,
         OVERFLOW_HOMES,
@@ -75,7 +72,6 @@ pub mod map_names {
         ROOTS_GEN,
         VSETS,
         CGROUP_POLICY,
-        NO_PREFIX,
     ];
 }
 
@@ -350,26 +346,6 @@ pub const SKIP_PREFIX_ANY_PORT: u32 = 4;
 /// No rule names a visibility set and nothing scopes learned rules: the programs never look
 /// up the caller's policy (a rule that names one anyway is then usable by no one).
 pub const SKIP_SCOPING: u32 = 8;
-
-/// Regions of [`prefix_region`]: the first 16 bits of an IPv4 address, then those of an IPv6
-/// one.
-pub const PREFIX_REGIONS: u32 = 2 << 16;
-/// Words of `NO_PREFIX`.
-pub const NO_PREFIX_WORDS: u32 = PREFIX_REGIONS / 64;
-
-/// The region of a destination (in the mapped form of [`RuleKey::addr`]) in `NO_PREFIX`: an
-/// IPv4 address's /16, or an IPv6 address's /16 (numbered after IPv4's). A denied
-/// destination is mostly nowhere near a CIDR rule, and this lets it skip the trie walks,
-/// which are most of a denied call's cost.
-#[inline(always)]
-pub fn prefix_region(addr: &[u8; 16]) -> u32 {
-    let word = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
-    if word(0) | word(4) == 0 && word(8) == u32::from_ne_bytes([0, 0, 0xff, 0xff]) {
-        u32::from(addr[12]) << 8 | u32::from(addr[13])
-    } else {
-        (PREFIX_REGIONS / 2) | (u32::from(addr[0]) << 8) | u32::from(addr[1])
-    }
-}
 
 /// Slots a lookup in `RULES_TABLE` reads at most, from the key's home slot on (linear
 /// probing). A rule with no free slot among them goes to `RULES_EXACT`, and the bit of its

@@ -17,15 +17,14 @@ use enforcer_common::{
     POLICY_UNMAPPED, PROTO_CLASS_ICMP, PROTO_CLASS_OTHER, PROTO_CLASS_TCP, PROTO_CLASS_UDP,
     RULE_KEY_FIXED_BITS, RuleKey, SKIP_EXACT_ANY_PORT, SKIP_PREFIX_ANY_PORT, SKIP_PREFIX_PORT,
     SKIP_SCOPING, SLOT_EMPTY, SLOT_LIVE, TABLE_PROBES, VERDICT_ALLOW, VERDICT_ALLOW_LOOPBACK,
-    VERDICT_AUDIT, VERDICT_DENY, VSET_EVERYONE, counter_index, overflow_bit, prefix_region,
-    table_home,
+    VERDICT_AUDIT, VERDICT_DENY, VSET_EVERYONE, counter_index, overflow_bit, table_home,
 };
 
 use crate::{
     dns,
     maps::{
-        CONFIG, COUNTERS, EVENT_GENERATION, EVENT_WINDOWS, EVENTS, NO_PREFIX, OVERFLOW_HOMES,
-        RULES_EXACT, RULES_LEARNED, RULES_PREFIX, RULES_TABLE,
+        CONFIG, COUNTERS, EVENT_GENERATION, EVENT_WINDOWS, EVENTS, OVERFLOW_HOMES, RULES_EXACT,
+        RULES_LEARNED, RULES_PREFIX, RULES_TABLE,
     },
     scope::Caller,
 };
@@ -136,7 +135,7 @@ pub(crate) fn is_loopback(w: &[u32; 4]) -> bool {
 /// verifier), unless `SKIP_SCOPING` says no rule needs it.
 #[inline(always)]
 pub(crate) fn rule_matches(proto: u8, dest: &Dest, cfg: &Config, caller: &mut Caller) -> bool {
-    let (mut skip, learned) = (cfg.skip, cfg.dns & DNS_REDIRECT != 0);
+    let (skip, learned) = (cfg.skip, cfg.dns & DNS_REDIRECT != 0);
     let mut key = RuleKey {
         policy: POLICY_NODE,
         port: dest.port,
@@ -169,10 +168,6 @@ pub(crate) fn rule_matches(proto: u8, dest: &Dest, cfg: &Config, caller: &mut Ca
             return true;
         }
     }
-    let prefixes = SKIP_PREFIX_PORT | SKIP_PREFIX_ANY_PORT;
-    if skip & prefixes != prefixes && no_prefix_reaches(&key.addr) {
-        skip |= prefixes;
-    }
     let full = RULE_KEY_FIXED_BITS + 128;
     if skip & SKIP_PREFIX_PORT == 0
         && let Some(v) = RULES_PREFIX.get(Key::new(full, key))
@@ -192,15 +187,6 @@ pub(crate) fn rule_matches(proto: u8, dest: &Dest, cfg: &Config, caller: &mut Ca
         && RULES_PREFIX
             .get(Key::new(full, key))
             .is_some_and(|v| sees(v.vset))
-}
-
-/// Whether `NO_PREFIX` says no prefix rule reaches the address's region.
-#[inline(always)]
-fn no_prefix_reaches(addr: &[u8; 16]) -> bool {
-    let region = prefix_region(addr);
-    NO_PREFIX
-        .get(region / 64)
-        .is_some_and(|w| (*w >> (region % 64)) & 1 == 1)
 }
 
 /// The exact rule's visibility set, or [`NO_RULE`]: the table's slots from the key's home on,

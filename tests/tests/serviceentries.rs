@@ -335,9 +335,8 @@ fn static_none_cidr_and_dns_with_endpoints_follow_the_table() {
     }
 }
 
-/// The programs skip the trie walks in address regions no CIDR rule reaches
-/// (docs/architecture.md, "Skipping the trie walks"): a CIDR rule added where none was must be
-/// matched from the moment it is enforced, and one removed must stop matching.
+/// A CIDR rule added where no rule was (no prefix rule at all: the trie walks were skipped)
+/// is matched once enforced, and one removed stops matching, in both families.
 #[test]
 fn a_cidr_rule_added_where_none_was_is_matched_and_removed_is_not() {
     let (env, _dns) = env_with_dns("cidr-region", "enforce", "");

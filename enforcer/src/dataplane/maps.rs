@@ -6,14 +6,13 @@ use aya::maps::{
     Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapType, PerCpuArray, lpm_trie::Key,
 };
 use enforcer_common::{
-    ABI_VERSION, ClientKey, Config, DnsSocket, LearnedValue, NO_PREFIX_WORDS, NUM_COUNTERS,
-    POLICY_WORDS, RuleKey, RuleValue, TableSlot, map_names, overflow_words,
+    ABI_VERSION, ClientKey, Config, DnsSocket, LearnedValue, NUM_COUNTERS, POLICY_WORDS, RuleKey,
+    RuleValue, TableSlot, map_names, overflow_words,
 };
 use serde::Serialize;
 
 use super::{
     diff::diff,
-    no_prefix::NoPrefix,
     pins::PinLayout,
     stats::Stats,
     table_map::{ExactRules, table_slots},
@@ -30,8 +29,6 @@ pub struct Maps {
     pub vsets: Array<MapData, u64>,
     /// Scoping: cgroup id → policy id.
     pub cgroup_policy: HashMap<MapData, u64, u32>,
-    /// `None` in pins made before it existed (read by `inspect`, never applied to).
-    no_prefix: Option<NoPrefix>,
     mirror: Mirror,
 }
 
@@ -85,7 +82,7 @@ pub struct Shape {
     pub max_entries: u32,
 }
 
-pub fn expected_shapes(sizes: &MapSizes) -> [Shape; 20] {
+pub fn expected_shapes(sizes: &MapSizes) -> [Shape; 19] {
     let lru = |name, key_size, max_entries| Shape {
         name,
         map_type: MapType::LruHash,
@@ -107,13 +104,6 @@ pub fn expected_shapes(sizes: &MapSizes) -> [Shape; 20] {
             key_size: 4,
             value_size: 8,
             max_entries: overflow_words(table_slots(sizes.exact_rules)),
-        },
-        Shape {
-            name: map_names::NO_PREFIX,
-            map_type: MapType::Array,
-            key_size: 4,
-            value_size: 8,
-            max_entries: NO_PREFIX_WORDS,
         },
         Shape {
             name: map_names::RULES_EXACT,
@@ -331,10 +321,6 @@ impl Maps {
                 ebpf.take_map(map_names::CGROUP_POLICY),
                 map_names::CGROUP_POLICY,
             )?,
-            no_prefix: Some(NoPrefix::new(take(
-                ebpf.take_map(map_names::NO_PREFIX),
-                map_names::NO_PREFIX,
-            )?)),
             mirror: Mirror::default(),
         })
     }
@@ -363,14 +349,6 @@ impl Maps {
             counters: take(open(map_names::COUNTERS)?, map_names::COUNTERS)?,
             vsets: take(open(map_names::VSETS)?, map_names::VSETS)?,
             cgroup_policy: take(open(map_names::CGROUP_POLICY)?, map_names::CGROUP_POLICY)?,
-            no_prefix: if layout.map(map_names::NO_PREFIX).exists() {
-                Some(NoPrefix::new(take(
-                    open(map_names::NO_PREFIX)?,
-                    map_names::NO_PREFIX,
-                )?))
-            } else {
-                None
-            },
             mirror: Mirror::default(),
         })
     }
@@ -441,23 +419,13 @@ impl Maps {
         // While old and new rules coexist, the kernel makes every lookup either set needs;
         // it narrows to the new set's only once the old rules are gone.
         let skips = desired.lookup_skips();
-        let no_prefix = desired.no_prefix_words();
-        let synced = self.sync_both(desired, skips, &no_prefix);
+        let synced = self.sync_both(desired, skips);
         self.exact.applied();
         synced
     }
 
-    fn sync_both(
-        &mut self,
-        desired: &mut DesiredRules,
-        skips: u32,
-        no_prefix: &[u64],
-    ) -> anyhow::Result<ApplyStats> {
+    fn sync_both(&mut self, desired: &mut DesiredRules, skips: u32) -> anyhow::Result<ApplyStats> {
         self.set_skips(|old| old & skips)?;
-        let narrowed = match &mut self.no_prefix {
-            Some(m) => Some(m.narrow(no_prefix)?),
-            None => None,
-        };
         let a = sync(
             &mut self.exact,
             &mut self.mirror.exact,
@@ -469,9 +437,6 @@ impl Maps {
             desired.prefix.take(),
         )?;
         self.set_skips(|_| skips)?;
-        if let (Some(m), Some(now)) = (&mut self.no_prefix, narrowed) {
-            m.widen(&now, no_prefix)?;
-        }
         Ok(ApplyStats {
             added: a.added + b.added,
             removed: a.removed + b.removed,

@@ -108,7 +108,8 @@ impl Drop for Window {
     }
 }
 
-/// Writes `writes` (slot index, slot), sorted by index, into a table of `table_slots` slots.
+/// Writes `writes` (slot index, slot) into a table of `table_slots` slots, best in ascending
+/// order: an index outside the window mapped last maps its window again.
 /// [`Batch::Unsupported`] when the table cannot be mapped (say the kernel refuses the mapping):
 /// nothing was written, and the caller falls back to syscalls.
 pub fn write_sorted(

@@ -4,7 +4,6 @@ pub mod allow_spec;
 pub mod compile;
 pub mod decide;
 mod fold;
-pub mod prefix_regions;
 pub mod rules;
 mod sorting;
 pub mod statics;
