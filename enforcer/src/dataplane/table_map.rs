@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, os::fd::AsFd as _};
 
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap, IterableMap as _, MapData};
-use enforcer_common::{RuleKey, RuleValue, SLOT_LIVE, TableSlot, table_home};
+use enforcer_common::{RuleKey, RuleValue, SLOT_LIVE, TableSlot};
 
 use super::{
     batch::{self, Batch},
@@ -249,34 +249,7 @@ impl ExactRules {
             return Ok(false);
         }
         let (mut model, written) = self.take_model()?;
-        // Rules are placed in the order of their home slots, so the occupancy is walked from
-        // one end to the other rather than at random, and the slots come out in order (but
-        // for the last homes, whose probes may wrap to the first slots). (home or slot << 32
-        // | entry): sorting integers is what makes a million rules cheap to order.
-        let mask = model.mask();
-        let mut order: Vec<u64> = entries
-            .iter()
-            .enumerate()
-            .map(|(n, (k, _))| u64::from(table_home(k, mask)) << 32 | n as u64)
-            .collect();
-        order.sort_unstable();
-        let mut overflow = Vec::new();
-        order.retain_mut(|o| {
-            let n = (*o & u64::from(u32::MAX)) as usize;
-            let Some(&(k, v)) = entries.get(n) else {
-                return false;
-            };
-            match model.place_new(&k) {
-                Some(i) => {
-                    *o = u64::from(i) << 32 | n as u64;
-                    true
-                }
-                None => {
-                    overflow.push((k, v));
-                    false
-                }
-            }
-        });
+        let (order, overflow) = model.place_all_new(entries);
         let want = model.overflow_words();
         self.write_homes(&written, &want)?;
         self.put_overflow(&overflow)?;
