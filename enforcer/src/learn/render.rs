@@ -85,9 +85,11 @@ pub fn render(d: &Draft) -> String {
     let mut out = String::new();
     header(&mut out, d);
     out.push_str("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n");
-    let _ = writeln!(out, "  name: {}", d.name);
+    // Quoted: both are DNS labels, which YAML 1.1 may read as something else (`off`, `null`
+    // and `123` are a boolean, a null and a number, and then no valid name).
+    let _ = writeln!(out, "  name: \"{}\"", d.name);
     if let Some(ns) = namespace {
-        let _ = writeln!(out, "  namespace: {ns}");
+        let _ = writeln!(out, "  namespace: \"{ns}\"");
     }
     out.push_str("spec:\n  hosts:\n");
     for h in &d.hosts {

@@ -216,8 +216,33 @@ fn the_same_observations_give_the_same_bytes_in_any_order() {
     o.reverse();
     let b = render::stream(&suggest(&o, &Options::default(), &Empty));
     assert_eq!(a, b);
-    assert!(a.contains("  namespace: web\n") && a.contains("exportTo: [\".\"]"));
+    assert!(a.contains("  namespace: \"web\"\n") && a.contains("exportTo: [\".\"]"));
     assert_valid(&a);
+}
+
+/// Kubernetes names YAML 1.1 reads as something else (found by the observations fuzzer:
+/// namespace `off` came back a boolean).
+#[test]
+fn names_yaml_reads_as_booleans_numbers_or_null_stay_strings() {
+    let mut drafts = Vec::new();
+    for (i, word) in ["off", "yes", "null", "123", "0x1f", "1e3"]
+        .iter()
+        .enumerate()
+    {
+        let mut o = obs(Some(word), &format!("198.18.0.{}", i + 1), 443, TCP);
+        o.pod = Some(format!("{word}/frontend"));
+        drafts.extend(suggest(&[o], &Options::default(), &Empty));
+    }
+    let yaml = render::stream(&drafts);
+    let r = assert_valid(&yaml);
+    assert_eq!(r.entries.len(), 6, "{yaml}");
+    for (e, word) in r
+        .entries
+        .iter()
+        .zip(["off", "yes", "null", "123", "0x1f", "1e3"])
+    {
+        assert_eq!(e.entry.metadata.namespace.as_deref(), Some(word), "{yaml}");
+    }
 }
 
 #[test]
