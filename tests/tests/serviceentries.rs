@@ -335,6 +335,81 @@ fn static_none_cidr_and_dns_with_endpoints_follow_the_table() {
     }
 }
 
+/// Static endpoints added, moved and removed while running, one of them also a DNS answer
+/// of another entry (one kernel rule, two sources): reloads diff the static hosts listed from
+/// the compiled policy against the maps' mirror (docs/architecture.md, "Reloads"), and the
+/// kernel holds exactly the rules of each step, with the right source.
+#[test]
+fn static_endpoints_edited_while_running_leave_exactly_the_rules_of_each_step() {
+    let (env, dns) = env_with_dns("static-edit", "enforce", "");
+    dns.set(&[("api.ee.test", "198.18.0.2")]);
+    let statics = |addrs: &[&str]| {
+        let eps: Vec<String> = addrs.iter().map(|a| format!("{{address: {a}}}")).collect();
+        se(
+            "db",
+            &format!(
+                "hosts: [db.ee.test]\nports: [{{number: 8080, name: http, protocol: HTTP}}]\nresolution: STATIC\nendpoints: [{}]",
+                eps.join(", ")
+            ),
+        )
+    };
+    let rules = |env: &Env| {
+        let mut r: Vec<(String, String)> = env
+            .column("rules", "rule")
+            .into_iter()
+            .zip(env.column("rules", "source"))
+            .filter(|(r, _)| r.ends_with(":8080/tcp"))
+            .map(|(r, s)| (r, s.split(" (").next().unwrap_or_default().to_owned()))
+            .collect();
+        r.sort();
+        r
+    };
+    let want = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(r, s)| (format!("{r}:8080/tcp"), format!("ServiceEntry shop/{s}")))
+            .collect()
+    };
+    env.write_se("db.yaml", &statics(&["198.18.0.1", "198.18.0.2"]));
+    env.write_se("api.yaml", &se("api", API));
+    let _d = env.start_daemon(&[]);
+    env.wait_probe("tcp:198.18.0.1:8080", "ok", WAIT);
+    env.wait_probe("tcp:198.18.0.2:8080", "ok", WAIT);
+    // api.yaml is read first: its rule id is the lower, and names the shared rule.
+    assert_eq!(
+        rules(&env),
+        want(&[("198.18.0.1", "db"), ("198.18.0.2", "api")])
+    );
+    // Moved: .1 goes, .3 comes; .2 stays allowed by the DNS answer alone.
+    env.write_se("db.yaml", &statics(&["198.18.0.3"]));
+    env.wait_probe("tcp:198.18.0.3:8080", "ok", WAIT);
+    env.wait_probe("tcp:198.18.0.1:8080", "EPERM", WAIT);
+    assert_eq!(
+        rules(&env),
+        want(&[("198.18.0.2", "api"), ("198.18.0.3", "db")])
+    );
+    let p = env.probe_in_cgroup(&["tcp:198.18.0.2:8080"]);
+    assert_eq!(
+        p.result("tcp:198.18.0.2:8080"),
+        "ok",
+        "the DNS answer's rule"
+    );
+    // .2 static again and the DNS entry gone: the rule stays, now the static entry's.
+    env.write_se("db.yaml", &statics(&["198.18.0.2", "198.18.0.3"]));
+    env.remove_se("api.yaml");
+    let wanted = want(&[("198.18.0.2", "db"), ("198.18.0.3", "db")]);
+    let deadline = std::time::Instant::now() + WAIT;
+    while rules(&env) != wanted && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(rules(&env), wanted);
+    // Removed.
+    env.remove_se("db.yaml");
+    env.wait_probe("tcp:198.18.0.3:8080", "EPERM", WAIT);
+    env.wait_probe("tcp:198.18.0.2:8080", "EPERM", WAIT);
+    assert_eq!(rules(&env), want(&[]));
+}
+
 /// A CIDR rule added where no rule was (no prefix rule at all: the trie walks were skipped)
 /// is matched once enforced, and one removed stops matching, in both families.
 #[test]

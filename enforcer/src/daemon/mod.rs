@@ -441,7 +441,7 @@ impl Daemon {
         // "Restart and migration").
         let seeds = carried_answers(&first, &dp);
         dp.forget_previous();
-        let mut desired = first.compiled.desired_rules(|h| {
+        let mut desired = first.compiled.desired_rules_listed(|h| {
             seeds
                 .get(h)
                 .map(|v| v.iter().map(|(a, _)| *a).collect())
@@ -455,9 +455,8 @@ impl Daemon {
         let staged = scope
             .stage(&mut dp.maps, &mut desired)
             .map_err(apply_failure)?;
-        // The rules move into the maps' mirror: counted first.
-        let (exact_rules, prefix_rules) = (desired.exact.len(), desired.prefix.len());
         let applied = dp.maps.apply(&mut desired).map_err(apply_failure)?;
+        let (exact_rules, prefix_rules) = (applied.exact, applied.prefix);
         scope
             .finish(&mut dp.maps, staged, &placement(&first))
             .map_err(apply_failure)?;
@@ -765,7 +764,7 @@ impl Daemon {
         let mut rules = self
             .current
             .compiled
-            .desired_rules(|h| resolved.addrs.get(h).cloned().unwrap_or_default());
+            .desired_rules_listed(|h| resolved.addrs.get(h).cloned().unwrap_or_default());
         rules.scoping = self.current.config.scoping();
         rules
     }
@@ -778,8 +777,8 @@ impl Daemon {
         tracing::debug!(ms = built.elapsed().as_millis(), "desired rules built");
         let started = std::time::Instant::now();
         let staged = self.scoping.stage(&mut self.dp.maps, &mut desired)?;
-        let (exact_rules, prefix_rules) = (desired.exact.len(), desired.prefix.len());
         let stats = self.dp.maps.apply(&mut desired)?;
+        let (exact_rules, prefix_rules) = (stats.exact, stats.prefix);
         self.scoping
             .finish(&mut self.dp.maps, staged, &placement(&self.current))?;
         self.watch_cgroups();

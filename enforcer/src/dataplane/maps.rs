@@ -12,7 +12,7 @@ use enforcer_common::{
 use serde::Serialize;
 
 use super::{
-    diff::diff,
+    diff::{Listed, diff, diff_listed, patch},
     pins::PinLayout,
     stats::Stats,
     table_map::{ExactRules, table_slots},
@@ -48,6 +48,9 @@ pub struct ApplyStats {
     pub added: usize,
     pub removed: usize,
     pub unchanged: usize,
+    /// The exact and prefix rules the maps hold now.
+    pub exact: usize,
+    pub prefix: usize,
 }
 
 /// One rule as read back from the kernel.
@@ -413,24 +416,44 @@ impl Maps {
     /// present before and after is never missing; only when a map is too small to hold both
     /// at once are its stale rules removed first.
     pub fn apply(&mut self, desired: &mut DesiredRules) -> anyhow::Result<ApplyStats> {
-        // Check both capacities before touching either map, so a too-large set changes nothing.
-        check_capacity(&self.exact, desired.exact.len())?;
-        check_capacity(&self.prefix, desired.prefix.len())?;
         // While old and new rules coexist, the kernel makes every lookup either set needs;
         // it narrows to the new set's only once the old rules are gone.
         let skips = desired.lookup_skips();
-        let synced = self.sync_both(desired, skips);
+        let t0 = std::time::Instant::now();
+        let live = take_live(&mut self.exact, &mut self.mirror.exact)?;
+        let plan = match ExactPlan::new(&live, desired) {
+            Ok(p) => p,
+            Err(e) => {
+                self.mirror.exact = Some(live);
+                return Err(e);
+            }
+        };
+        tracing::debug!(ms = t0.elapsed().as_millis(), "exact rules diffed");
+        // Check both capacities before touching either map, so a too-large set changes nothing.
+        let fits = check_capacity(&self.exact, plan.len_after(live.len()))
+            .and_then(|()| check_capacity(&self.prefix, desired.prefix.len()));
+        if let Err(e) = fits.and_then(|()| self.set_skips(|old| old & skips)) {
+            self.mirror.exact = Some(live);
+            return Err(e);
+        }
+        let synced = self.sync_both(live, plan, desired, skips);
         self.exact.applied();
         synced
     }
 
-    fn sync_both(&mut self, desired: &mut DesiredRules, skips: u32) -> anyhow::Result<ApplyStats> {
-        self.set_skips(|old| old & skips)?;
-        let a = sync(
-            &mut self.exact,
-            &mut self.mirror.exact,
-            desired.exact.take(),
-        )?;
+    fn sync_both(
+        &mut self,
+        live: Vec<(RuleKey, RuleValue)>,
+        plan: ExactPlan,
+        desired: &mut DesiredRules,
+        skips: u32,
+    ) -> anyhow::Result<ApplyStats> {
+        let a = match plan {
+            ExactPlan::Whole(want) => {
+                sync_from(&mut self.exact, &mut self.mirror.exact, live, want)
+            }
+            ExactPlan::Listed(d) => sync_listed(&mut self.exact, &mut self.mirror.exact, live, &d),
+        }?;
         let b = sync(
             &mut self.prefix,
             &mut self.mirror.prefix,
@@ -441,6 +464,8 @@ impl Maps {
             added: a.added + b.added,
             removed: a.removed + b.removed,
             unchanged: a.unchanged + b.unchanged,
+            exact: self.mirror.exact.as_ref().map_or(0, Vec::len),
+            prefix: self.mirror.prefix.as_ref().map_or(0, Vec::len),
         })
     }
 
@@ -451,12 +476,12 @@ impl Maps {
         let a = prune(
             &mut self.exact,
             &mut self.mirror.exact,
-            desired.exact.as_slice(),
+            desired.exact_rules(),
         )?;
         let b = prune(
             &mut self.prefix,
             &mut self.mirror.prefix,
-            desired.prefix.as_slice(),
+            desired.prefix.iter().map(|(k, v)| (*k, *v)),
         )?;
         Ok(a + b)
     }
@@ -669,6 +694,43 @@ fn check_capacity<M: RuleMap>(map: &M, wanted: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How the exact map gets to the desired rules: a whole list, or a diff against rules listed
+/// from the compiled policy (docs/architecture.md, "Reloads"), which are then never copied
+/// whole. A map with nothing in it gets the whole list, which becomes its mirror.
+enum ExactPlan {
+    Whole(Vec<(RuleKey, RuleValue)>),
+    Listed(Listed<RuleKey, RuleValue>),
+}
+
+impl ExactPlan {
+    fn new(live: &[(RuleKey, RuleValue)], desired: &mut DesiredRules) -> anyhow::Result<Self> {
+        Ok(match desired.listed {
+            None => Self::Whole(desired.exact.take()),
+            Some(_) if live.is_empty() => Self::Whole(desired.exact_rules().collect()),
+            Some(_) => Self::Listed(diff_listed(live, desired.exact_rules())?),
+        })
+    }
+
+    fn len_after(&self, live: usize) -> usize {
+        match self {
+            Self::Whole(want) => want.len(),
+            Self::Listed(d) => d.len_after(live),
+        }
+    }
+}
+
+/// The mirror, taken out (if a write below fails, the mirror stays unknown and the next apply
+/// reads), or the map's entries where there is none.
+fn take_live<M: RuleMap>(
+    map: &mut M,
+    mirror: &mut Option<Vec<(M::Key, RuleValue)>>,
+) -> anyhow::Result<Vec<(M::Key, RuleValue)>> {
+    match mirror.take() {
+        Some(live) => Ok(live),
+        None => map.reread(),
+    }
+}
+
 /// Makes `map` hold `desired` (sorted, each key once), diffing against what it held, and
 /// keeps `desired` as its mirror (moved, not copied).
 fn sync<M: RuleMap>(
@@ -676,26 +738,25 @@ fn sync<M: RuleMap>(
     mirror: &mut Option<Vec<(M::Key, RuleValue)>>,
     desired: Vec<(M::Key, RuleValue)>,
 ) -> anyhow::Result<ApplyStats> {
-    // Taken out: if a write below fails, the mirror stays unknown and the next apply reads.
+    let live = take_live(map, mirror)?;
+    sync_from(map, mirror, live, desired)
+}
+
+/// [`sync`] from `live`, what the map holds.
+fn sync_from<M: RuleMap>(
+    map: &mut M,
+    mirror: &mut Option<Vec<(M::Key, RuleValue)>>,
+    live: Vec<(M::Key, RuleValue)>,
+    desired: Vec<(M::Key, RuleValue)>,
+) -> anyhow::Result<ApplyStats> {
     let t0 = std::time::Instant::now();
-    let live = match mirror.take() {
-        Some(live) => live,
-        None => map.reread()?,
-    };
-    let read_ms = t0.elapsed().as_millis();
     if live.is_empty() && map.fill_empty(&desired)? {
-        tracing::debug!(
-            map = M::NAME,
-            read_ms,
-            ms = t0.elapsed().as_millis(),
-            "filled"
-        );
+        tracing::debug!(map = M::NAME, ms = t0.elapsed().as_millis(), "filled");
         let added = desired.len();
         *mirror = Some(desired);
         return Ok(ApplyStats {
             added,
-            removed: 0,
-            unchanged: 0,
+            ..ApplyStats::default()
         });
     }
     let d = diff(&live, &desired);
@@ -711,7 +772,6 @@ fn sync<M: RuleMap>(
     *mirror = Some(desired);
     tracing::debug!(
         map = M::NAME,
-        read_ms,
         diff_ms,
         ms = t0.elapsed().as_millis(),
         "synced"
@@ -720,7 +780,56 @@ fn sync<M: RuleMap>(
         added: d.upserts.len(),
         removed: d.removals.len(),
         unchanged: d.unchanged,
+        ..ApplyStats::default()
     })
+}
+
+/// Makes `map` hold the rules `d` was listed from, and patches `live` into its mirror.
+fn sync_listed<M: RuleMap>(
+    map: &mut M,
+    mirror: &mut Option<Vec<(M::Key, RuleValue)>>,
+    mut live: Vec<(M::Key, RuleValue)>,
+    d: &Listed<M::Key, RuleValue>,
+) -> anyhow::Result<ApplyStats>
+where
+    M::Key: Copy,
+{
+    let t0 = std::time::Instant::now();
+    let removals = |map: &mut M| remove_at(map, &live, &d.removals);
+    let puts = |map: &mut M| put_entries(map, &live, &d.upserts);
+    if live.len() + d.upserts.len() > map.capacity()? {
+        removals(map)?;
+        puts(map)?;
+    } else {
+        puts(map)?;
+        removals(map)?;
+    }
+    patch(&mut live, d);
+    *mirror = Some(live);
+    tracing::debug!(
+        map = M::NAME,
+        ms = t0.elapsed().as_millis(),
+        "synced (listed)"
+    );
+    Ok(ApplyStats {
+        added: d.upserts.len(),
+        removed: d.removals.len(),
+        unchanged: d.unchanged,
+        ..ApplyStats::default()
+    })
+}
+
+/// Writes `entries`, a batch at a time.
+fn put_entries<M: RuleMap>(
+    map: &mut M,
+    live: &[(M::Key, RuleValue)],
+    entries: &[(M::Key, RuleValue)],
+) -> anyhow::Result<()> {
+    for chunk in entries.chunks(super::batch::CHUNK) {
+        map.put_many(chunk, live)
+            .with_context(|| format!("inserting into {}", M::NAME))?;
+    }
+    Ok(())
 }
 
 /// Writes `desired[i]` for each index, a batch at a time (a copy of a batch, never of all).
@@ -753,22 +862,29 @@ fn remove_at<M: RuleMap>(
     Ok(())
 }
 
-/// Removes what `desired` does not hold, adding nothing.
+/// Removes what `desired` (sorted by key) does not hold, adding nothing.
 fn prune<M: RuleMap>(
     map: &mut M,
     mirror: &mut Option<Vec<(M::Key, RuleValue)>>,
-    desired: &[(M::Key, RuleValue)],
+    desired: impl Iterator<Item = (M::Key, RuleValue)>,
 ) -> anyhow::Result<usize> {
-    let live = match mirror.take() {
-        Some(live) => live,
-        None => map.reread()?,
-    };
-    let wanted = |k: &M::Key| desired.binary_search_by(|(d, _)| d.cmp(k)).is_ok();
-    let gone: Vec<u32> = (0..live.len() as u32)
-        .filter(|i| !wanted(&live[*i as usize].0))
-        .collect();
+    let live = take_live(map, mirror)?;
+    let mut want = desired.peekable();
+    let mut gone = Vec::new();
+    for (i, (k, _)) in live.iter().enumerate() {
+        while want.next_if(|(d, _)| d < k).is_some() {}
+        if want.next_if(|(d, _)| d == k).is_none() {
+            gone.push(i as u32);
+        }
+    }
     remove_at(map, &live, &gone)?;
-    let keep = live.into_iter().filter(|(k, _)| wanted(k)).collect();
+    let mut dropped = gone.iter().map(|i| *i as usize).peekable();
+    let keep = live
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| dropped.next_if_eq(i).is_none())
+        .map(|(_, rule)| rule)
+        .collect();
     *mirror = Some(keep);
     Ok(gone.len())
 }

@@ -4,13 +4,15 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    sync::Arc,
 };
 
+use enforcer_common::{RuleKey, RuleValue, VSET_EVERYONE};
 use serde::Serialize;
 
 use super::{
     allow_spec::{AllowSpec, Net, Proto},
-    rules::DesiredRules,
+    rules::{DesiredRules, InKeyOrder, Listed, exact_key},
     statics::Statics,
     visibility::{EntryScope, Visibility},
 };
@@ -68,6 +70,12 @@ pub struct CompiledPolicy {
     pub scoped: BTreeMap<u32, Visibility>,
     /// ... and each of its hosts' answers, where that differs (keyed by rule id and host).
     pub scoped_hosts: BTreeMap<(u32, String), Visibility>,
+    /// The static host destinations, in [`Statics::in_kernel_order`], give strictly
+    /// ascending exact-map keys: they can be listed to the maps as they are
+    /// ([`CompiledPolicy::desired_rules_listed`]). Set by [`compile`].
+    pub statics_in_key_order: bool,
+    /// One static host destination is for any port.
+    pub static_hosts_any_port: bool,
 }
 
 /// Port targets of one ServiceEntry port: its number and targetPort, as TCP unless the
@@ -342,6 +350,16 @@ impl Builder {
         self.policy.statics = Statics::from_pairs(std::mem::take(&mut self.statics));
         let folds = super::fold::covered(&self.policy);
         self.policy.statics.fold(&folds);
+        let mut keys = host_keys(&self.policy.statics).map(|(k, _)| k);
+        let mut last = keys.next();
+        let (mut sorted, mut any_port) = (true, last.is_some_and(|k| k.port == 0));
+        for k in keys {
+            sorted &= last.is_some_and(|l| l < k);
+            any_port |= k.port == 0;
+            last = Some(k);
+        }
+        self.policy.statics_in_key_order = sorted;
+        self.policy.static_hosts_any_port = any_port;
     }
 }
 
@@ -462,9 +480,32 @@ impl CompiledPolicy {
     /// The kernel rules once hostnames are resolved; `resolve` gives the addresses currently
     /// allowed for a name (none: nothing is allowed for it yet).
     pub fn desired_rules(&self, resolve: impl Fn(&str) -> Vec<IpAddr>) -> DesiredRules {
-        let mut rules = DesiredRules::with_capacity(self.statics.len());
+        self.rules_besides(false, resolve)
+    }
+
+    /// The same rules as [`CompiledPolicy::desired_rules`]; when they can be, the static
+    /// hosts' exact rules are [`Listed`] from this policy rather than copied
+    /// (docs/architecture.md, "Reloads").
+    pub fn desired_rules_listed(
+        self: &Arc<Self>,
+        resolve: impl Fn(&str) -> Vec<IpAddr>,
+    ) -> DesiredRules {
+        let listed = self.statics_in_key_order && self.scoped.is_empty();
+        let mut rules = self.rules_besides(listed, resolve);
+        if listed {
+            rules.listed = Some(Listed(Arc::clone(self) as Arc<dyn InKeyOrder>));
+        }
+        rules
+    }
+
+    /// The desired rules, leaving out the static hosts' exact rules if `listed`.
+    fn rules_besides(&self, listed: bool, resolve: impl Fn(&str) -> Vec<IpAddr>) -> DesiredRules {
+        let mut rules = DesiredRules::with_capacity(if listed { 0 } else { self.statics.len() });
         rules.sources = self.sources.clone();
         for (spec, ids) in self.statics.in_kernel_order() {
+            if listed && exact_key(spec).is_some() {
+                continue;
+            }
             rules.add_scoped(spec, ids.first(), 0, &self.usable_by(ids.iter()));
         }
         for (host, targets) in &self.hostnames {
@@ -486,6 +527,32 @@ impl CompiledPolicy {
         }
         rules.seal()
     }
+}
+
+impl InKeyOrder for CompiledPolicy {
+    fn exact_in_key_order(&self) -> Box<dyn Iterator<Item = (RuleKey, RuleValue)> + '_> {
+        debug_assert!(self.statics_in_key_order && self.scoped.is_empty());
+        Box::new(host_keys(&self.statics).map(|(key, id)| {
+            let value = RuleValue {
+                rule_id: id,
+                flags: 0,
+                vset: VSET_EVERYONE,
+                pad: 0,
+            };
+            (key, value)
+        }))
+    }
+
+    fn any_port(&self) -> bool {
+        self.static_hosts_any_port
+    }
+}
+
+/// The static host destinations' exact-map keys, with the lowest rule id of each.
+fn host_keys(statics: &Statics) -> impl Iterator<Item = (RuleKey, u32)> + '_ {
+    statics
+        .firsts_in_kernel_order()
+        .filter_map(|(spec, id)| Some((exact_key(spec)?, id)))
 }
 
 #[cfg(test)]

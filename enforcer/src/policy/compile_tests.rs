@@ -580,3 +580,75 @@ fn plain_endpoints_kept_compact_compile_like_the_entry_as_written() {
     assert_eq!(a.notices, b.notices);
     assert_eq!(statics(&a).len(), 13, "{:?}", statics(&a));
 }
+
+/// Listing the static hosts from the policy (what reloads do) gives exactly the rules a
+/// whole copy gives: the same keys, rule ids, flags and visibility, with hostnames' answers
+/// that repeat a static address, IPv4 beside IPv6 (either side of `::ffff:0:0/96`),
+/// any-port ICMP from `allow.ping`, and networks.
+#[test]
+fn listed_static_hosts_give_the_rules_a_whole_copy_gives() {
+    let yaml = [
+        entry(
+            "s",
+            "hosts: [s.example.com]\nports: [{number: 443, name: tls, protocol: TLS}, {number: 53, name: dns, protocol: UDP}]\nresolution: STATIC\nendpoints:\n- {address: 198.51.100.1}\n- {address: 2001:db8::1}\n- {address: '::1'}\n- {address: 198.51.100.2, ports: {tls: 8443}}\n- {address: '::ffff:198.51.100.4'}\n- {address: 'fd00::9'}",
+        ),
+        entry(
+            "n",
+            "hosts: [n.example.com]\naddresses: [198.51.100.0/30, 192.0.2.9]\nports: [{number: 443, name: tls, protocol: TLS}]\nresolution: NONE",
+        ),
+        entry(
+            "d",
+            "hosts: [d.example.com]\nports: [{number: 443, name: tls, protocol: TLS}]\nresolution: DNS",
+        ),
+    ]
+    .concat();
+    let config = ConfigAllows {
+        ping: true,
+        dns_servers: vec!["198.51.100.53".parse().unwrap()],
+        ..ConfigAllows::default()
+    };
+    let p = Arc::new(compile(&config, &load(&yaml)));
+    assert!(p.statics_in_key_order, "{:?}", statics(&p));
+    let answers = |_: &str| -> Vec<IpAddr> {
+        ["198.51.100.1", "198.51.100.7", "2001:db8::1", "192.0.2.9"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect()
+    };
+    let whole = p.desired_rules(answers);
+    let listed = p.desired_rules_listed(answers);
+    assert!(listed.listed.is_some());
+    assert!(
+        listed.exact.len() < whole.exact.len(),
+        "the static hosts are not copied"
+    );
+    let got: Vec<_> = listed.exact_rules().collect();
+    let want: Vec<_> = whole.exact_rules().collect();
+    assert_eq!(got, want);
+    assert_eq!(listed.exact_len(), want.len());
+    assert_eq!(listed.prefix, whole.prefix);
+    assert_eq!(
+        (&listed.scoped, &listed.sources),
+        (&whole.scoped, &whole.sources)
+    );
+    assert_eq!(listed.lookup_skips(), whole.lookup_skips());
+    // An answer that repeats a static host merges into it: the lower id, the DNS flag.
+    let repeated = got
+        .iter()
+        .filter(|(_, v)| v.flags != 0 && v.rule_id != 4)
+        .count();
+    assert!(repeated > 0, "{got:?}");
+}
+
+/// A scoped policy is not listed: its static hosts carry who may use them.
+#[test]
+fn scoped_static_hosts_are_copied_whole() {
+    let mut p = compile_one(
+        "hosts: [s.example.com]\nports: [{number: 443, name: tls, protocol: TLS}]\nresolution: STATIC\nendpoints: [{address: 198.51.100.1}]",
+    );
+    p.scoped.insert(1, Visibility::Only([1].into()));
+    let p = Arc::new(p);
+    let rules = p.desired_rules_listed(|_| Vec::new());
+    assert!(rules.listed.is_none());
+    assert_eq!(rules.exact.len(), 1);
+}

@@ -8,7 +8,7 @@ use enforcer_common::{
 };
 
 use super::{
-    allow_spec::{AllowSpec, Net, Proto},
+    allow_spec::{AllowSpec, Net, Proto, V4_MAPPED},
     visibility::Visibility,
 };
 
@@ -91,11 +91,65 @@ fn pending_value(rule_id: u32, flags: u32, vis: u32) -> RuleValue {
     }
 }
 
+/// Exact rules everyone may use, listed from where they are kept for the daemon's life (the
+/// compiled static destinations) instead of copied: at a million rules a copy is 40 MB, held
+/// beside the maps' mirror at a reload's peak (docs/architecture.md, "Reloads").
+pub trait InKeyOrder: Send + Sync {
+    /// Sorted by key, each key once, every value usable by everyone.
+    fn exact_in_key_order(&self) -> Box<dyn Iterator<Item = (RuleKey, RuleValue)> + '_>;
+
+    /// Whether one of them is for any port (0).
+    fn any_port(&self) -> bool;
+}
+
+/// A shared [`InKeyOrder`] list: two are equal when they are the same list.
+#[derive(Clone)]
+pub struct Listed(pub std::sync::Arc<dyn InKeyOrder>);
+
+impl std::fmt::Debug for Listed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Listed(..)")
+    }
+}
+
+impl PartialEq for Listed {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Listed {}
+
+/// The exact-map key of a host destination (none for a network, or for an IPv6 address
+/// inside `::ffff:0:0/96`, which the IPv4 rule covers).
+/// The same as a host's one [`Net::kernel_prefixes`], without the general case: a reload
+/// asks this of a million destinations.
+pub fn exact_key(spec: &AllowSpec) -> Option<RuleKey> {
+    if !spec.net.is_host() {
+        return None;
+    }
+    let (addr, _) = spec.net.normalized();
+    if spec.net.addr.is_ipv6() && u128::from_be_bytes(addr) >> 32 == V4_MAPPED >> 32 {
+        return None;
+    }
+    Some(RuleKey {
+        policy: POLICY_NODE,
+        port: spec.port,
+        proto: spec.proto.number(),
+        pad: 0,
+        addr,
+    })
+}
+
 /// Desired content of the two rule maps plus the names of the rule ids used in them. Rules
 /// are added, then [`DesiredRules::seal`]ed: sorted, with the sources of one key merged.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DesiredRules {
+    /// The exact rules, besides those of `listed`.
     pub exact: RuleList<RuleKey>,
+    /// More exact rules, everyone's, listed from elsewhere; where a key is in both, the two
+    /// merge as sources of one key do ([`DesiredRules::exact_rules`]).
+    pub listed: Option<Listed>,
     /// Keyed by (LPM prefix length over the whole key, key with host bits cleared).
     pub prefix: RuleList<(u32, RuleKey)>,
     pub sources: BTreeMap<u32, String>,
@@ -174,12 +228,21 @@ impl DesiredRules {
         self
     }
 
-    pub fn len(&self) -> usize {
-        self.exact.len() + self.prefix.len()
+    /// Every exact rule in key order: `exact` and `listed` merged.
+    pub fn exact_rules(&self) -> impl Iterator<Item = (RuleKey, RuleValue)> + '_ {
+        let listed = self.listed.as_ref().map(|l| l.0.exact_in_key_order());
+        MergeListed {
+            own: self.exact.iter().map(|(k, v)| (*k, *v)).peekable(),
+            listed: listed.into_iter().flatten().peekable(),
+        }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.prefix.is_empty()
+    /// How many exact rules [`DesiredRules::exact_rules`] yields (counted when some are listed).
+    pub fn exact_len(&self) -> usize {
+        match self.listed {
+            None => self.exact.len(),
+            Some(_) => self.exact_rules().count(),
+        }
     }
 
     /// The `Config::skip` bits for this rule set: the lookups the kernel can leave out because
@@ -189,7 +252,8 @@ impl DesiredRules {
         if !self.scoping && self.scoped.is_empty() && self.scoped_prefix.is_empty() {
             skip |= SKIP_SCOPING;
         }
-        if self.exact.keys().any(|k| k.port == 0) {
+        let listed_any = self.listed.as_ref().is_some_and(|l| l.0.any_port());
+        if listed_any || self.exact.keys().any(|k| k.port == 0) {
             skip &= !SKIP_EXACT_ANY_PORT;
         }
         for (_, k) in self.prefix.keys() {
@@ -212,6 +276,40 @@ impl DesiredRules {
             rules.add(spec, id);
         }
         rules.seal()
+    }
+}
+
+/// Two key-ordered lists as one: a key in both gets the lower rule id and both flags, and is
+/// everyone's (as every listed rule is).
+struct MergeListed<A: Iterator, B: Iterator> {
+    own: std::iter::Peekable<A>,
+    listed: std::iter::Peekable<B>,
+}
+
+impl<A, B> Iterator for MergeListed<A, B>
+where
+    A: Iterator<Item = (RuleKey, RuleValue)>,
+    B: Iterator<Item = (RuleKey, RuleValue)>,
+{
+    type Item = (RuleKey, RuleValue);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let order = match (self.own.peek(), self.listed.peek()) {
+            (Some((a, _)), Some((b, _))) => a.cmp(b),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, _) => std::cmp::Ordering::Greater,
+        };
+        match order {
+            std::cmp::Ordering::Less => self.own.next(),
+            std::cmp::Ordering::Greater => self.listed.next(),
+            std::cmp::Ordering::Equal => {
+                let (k, own) = self.own.next()?;
+                let (_, listed) = self.listed.next()?;
+                let flags = own.flags | listed.flags;
+                let id = own.rule_id.min(listed.rule_id);
+                Some((k, pending_value(id, flags, VSET_EVERYONE)))
+            }
+        }
     }
 }
 
@@ -368,6 +466,43 @@ mod tests {
         let ids: Vec<u32> = r.exact.values().map(|v| v.rule_id).collect();
         assert_eq!(ids, [1, 2]);
         assert_eq!(r.sources.len(), 3);
+    }
+
+    #[test]
+    fn exact_key_is_the_one_host_prefix_the_kernel_holds() {
+        for (addr, prefix) in [
+            ("198.18.0.1", 32),
+            ("fd00::1", 128),
+            ("::1", 128),
+            ("::ffff:198.18.0.1", 128),
+            ("::fffe:198.18.0.1", 128),
+            ("::1:ffff:198.18.0.1", 128),
+            ("198.18.1.0", 24),
+            ("fd00::", 64),
+            ("::", 0),
+            ("::ffff:0:0", 96),
+        ] {
+            let net = Net {
+                addr: addr.parse().unwrap(),
+                prefix,
+            };
+            let spec = AllowSpec {
+                net,
+                port: 80,
+                proto: Proto::Tcp,
+            };
+            let mut prefixes = net.kernel_prefixes();
+            let host = match (prefixes.next(), prefixes.next()) {
+                (Some((addr, 128)), None) => Some(addr),
+                _ => None,
+            };
+            assert_eq!(exact_key(&spec).map(|k| k.addr), host, "{addr}/{prefix}");
+            if let Some(k) = exact_key(&spec) {
+                let mut one = DesiredRules::default();
+                one.add(&spec, 1);
+                assert_eq!(Some(&k), one.seal().exact.keys().next());
+            }
+        }
     }
 
     #[test]
