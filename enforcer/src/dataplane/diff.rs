@@ -44,7 +44,7 @@ pub fn diff<K: Ord, V: PartialEq>(live: &[(K, V)], desired: &[(K, V)]) -> Diff {
 /// A diff against rules listed one by one rather than held: what changes is copied out
 /// (never the whole list), and [`patch`] turns `live` into the listed rules in place.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listed<K, V> {
+pub struct Changes<K, V> {
     /// Keys to insert, or whose value changes, with the new value; sorted by key.
     pub upserts: Vec<(K, V)>,
     /// How many of `upserts` are keys `live` does not hold.
@@ -63,8 +63,8 @@ pub struct OutOfOrder;
 pub fn diff_listed<K: Ord + Copy, V: PartialEq + Copy>(
     live: &[(K, V)],
     desired: impl IntoIterator<Item = (K, V)>,
-) -> Result<Listed<K, V>, OutOfOrder> {
-    let mut d = Listed {
+) -> Result<Changes<K, V>, OutOfOrder> {
+    let mut d = Changes {
         upserts: Vec::new(),
         inserted: 0,
         removals: Vec::new(),
@@ -97,17 +97,22 @@ pub fn diff_listed<K: Ord + Copy, V: PartialEq + Copy>(
     Ok(d)
 }
 
-impl<K, V> Listed<K, V> {
+impl<K, V> Changes<K, V> {
     /// How many rules `live` holds once patched.
     pub fn len_after(&self, live: usize) -> usize {
         live - self.removals.len() + self.inserted
+    }
+
+    /// As [`Diff::removals_first`].
+    pub fn removals_first(&self, live: usize, capacity: usize) -> bool {
+        removals_first(live, self.upserts.len(), capacity)
     }
 }
 
 /// Makes `live` the desired rules `d` was computed against, in place: the removed rules go,
 /// then the upserts are merged in from the back. `live` grows by the inserted rules only,
 /// never to a second copy.
-pub fn patch<K: Ord + Copy, V: Copy>(live: &mut Vec<(K, V)>, d: &Listed<K, V>) {
+pub fn patch<K: Ord + Copy, V: Copy>(live: &mut Vec<(K, V)>, d: &Changes<K, V>) {
     let mut gone = d.removals.iter().map(|i| *i as usize).peekable();
     let mut kept = 0;
     for i in 0..live.len() {
@@ -140,12 +145,16 @@ pub fn patch<K: Ord + Copy, V: Copy>(live: &mut Vec<(K, V)>, d: &Listed<K, V>) {
     }
 }
 
+fn removals_first(live: usize, upserts: usize, capacity: usize) -> bool {
+    live + upserts > capacity
+}
+
 impl Diff {
     /// Upserts go first, so that a rule present before and after is never missing and a
     /// replaced rule never lapses; only when the map cannot hold the live entries plus the
     /// upserts at once do the removals (of rules that are going away anyway) go first.
     pub fn removals_first(&self, live: usize, capacity: usize) -> bool {
-        live + self.upserts.len() > capacity
+        removals_first(live, self.upserts.len(), capacity)
     }
 }
 

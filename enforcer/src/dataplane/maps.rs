@@ -12,7 +12,7 @@ use enforcer_common::{
 use serde::Serialize;
 
 use super::{
-    diff::{Listed, diff, diff_listed, patch},
+    diff::{Changes, diff, diff_listed, patch},
     pins::PinLayout,
     stats::Stats,
     table_map::{ExactRules, table_slots},
@@ -411,8 +411,8 @@ impl Maps {
         Ok(())
     }
 
-    /// Makes the rule maps equal to `desired`, whose rules move into the maps' mirror (it is
-    /// left without them). New and changed rules go in before stale ones come out, so a rule
+    /// Makes the rule maps equal to `desired`, whose rules move into the maps' mirror or are
+    /// diffed against it: `desired` is left without them, whether the apply succeeds or not. New and changed rules go in before stale ones come out, so a rule
     /// present before and after is never missing; only when a map is too small to hold both
     /// at once are its stale rules removed first.
     pub fn apply(&mut self, desired: &mut DesiredRules) -> anyhow::Result<ApplyStats> {
@@ -699,7 +699,7 @@ fn check_capacity<M: RuleMap>(map: &M, wanted: usize) -> anyhow::Result<()> {
 /// whole. A map with nothing in it gets the whole list, which becomes its mirror.
 enum ExactPlan {
     Whole(Vec<(RuleKey, RuleValue)>),
-    Listed(Listed<RuleKey, RuleValue>),
+    Listed(Changes<RuleKey, RuleValue>),
 }
 
 impl ExactPlan {
@@ -789,7 +789,7 @@ fn sync_listed<M: RuleMap>(
     map: &mut M,
     mirror: &mut Option<Vec<(M::Key, RuleValue)>>,
     mut live: Vec<(M::Key, RuleValue)>,
-    d: &Listed<M::Key, RuleValue>,
+    d: &Changes<M::Key, RuleValue>,
 ) -> anyhow::Result<ApplyStats>
 where
     M::Key: Copy,
@@ -797,7 +797,7 @@ where
     let t0 = std::time::Instant::now();
     let removals = |map: &mut M| remove_at(map, &live, &d.removals);
     let puts = |map: &mut M| put_entries(map, &live, &d.upserts);
-    if live.len() + d.upserts.len() > map.capacity()? {
+    if d.removals_first(live.len(), map.capacity()?) {
         removals(map)?;
         puts(map)?;
     } else {
@@ -862,29 +862,21 @@ fn remove_at<M: RuleMap>(
     Ok(())
 }
 
-/// Removes what `desired` (sorted by key) does not hold, adding nothing.
+/// Removes what `desired` (sorted by key, each key once) does not hold, adding nothing.
 fn prune<M: RuleMap>(
     map: &mut M,
     mirror: &mut Option<Vec<(M::Key, RuleValue)>>,
     desired: impl Iterator<Item = (M::Key, RuleValue)>,
-) -> anyhow::Result<usize> {
-    let live = take_live(map, mirror)?;
-    let mut want = desired.peekable();
-    let mut gone = Vec::new();
-    for (i, (k, _)) in live.iter().enumerate() {
-        while want.next_if(|(d, _)| d < k).is_some() {}
-        if want.next_if(|(d, _)| d == k).is_none() {
-            gone.push(i as u32);
-        }
-    }
-    remove_at(map, &live, &gone)?;
-    let mut dropped = gone.iter().map(|i| *i as usize).peekable();
-    let keep = live
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| dropped.next_if_eq(i).is_none())
-        .map(|(_, rule)| rule)
-        .collect();
-    *mirror = Some(keep);
-    Ok(gone.len())
+) -> anyhow::Result<usize>
+where
+    M::Key: Copy,
+{
+    let mut live = take_live(map, mirror)?;
+    let mut d = diff_listed(&live, desired)?;
+    remove_at(map, &live, &d.removals)?;
+    d.upserts.clear();
+    d.inserted = 0;
+    patch(&mut live, &d);
+    *mirror = Some(live);
+    Ok(d.removals.len())
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::{
     allow_spec::{AllowSpec, Net, Proto},
-    rules::{DesiredRules, InKeyOrder, Listed, exact_key},
+    rules::{DesiredRules, InKeyOrder, Listed, describe, exact_key},
     statics::Statics,
     visibility::{EntryScope, Visibility},
 };
@@ -70,12 +70,6 @@ pub struct CompiledPolicy {
     pub scoped: BTreeMap<u32, Visibility>,
     /// ... and each of its hosts' answers, where that differs (keyed by rule id and host).
     pub scoped_hosts: BTreeMap<(u32, String), Visibility>,
-    /// The static host destinations, in [`Statics::in_kernel_order`], give strictly
-    /// ascending exact-map keys: they can be listed to the maps as they are
-    /// ([`CompiledPolicy::desired_rules_listed`]). Set by [`compile`].
-    pub statics_in_key_order: bool,
-    /// One static host destination is for any port.
-    pub static_hosts_any_port: bool,
 }
 
 /// Port targets of one ServiceEntry port: its number and targetPort, as TCP unless the
@@ -350,16 +344,6 @@ impl Builder {
         self.policy.statics = Statics::from_pairs(std::mem::take(&mut self.statics));
         let folds = super::fold::covered(&self.policy);
         self.policy.statics.fold(&folds);
-        let mut keys = host_keys(&self.policy.statics).map(|(k, _)| k);
-        let mut last = keys.next();
-        let (mut sorted, mut any_port) = (true, last.is_some_and(|k| k.port == 0));
-        for k in keys {
-            sorted &= last.is_some_and(|l| l < k);
-            any_port |= k.port == 0;
-            last = Some(k);
-        }
-        self.policy.statics_in_key_order = sorted;
-        self.policy.static_hosts_any_port = any_port;
     }
 }
 
@@ -490,12 +474,22 @@ impl CompiledPolicy {
         self: &Arc<Self>,
         resolve: impl Fn(&str) -> Vec<IpAddr>,
     ) -> DesiredRules {
-        let listed = self.statics_in_key_order && self.scoped.is_empty();
+        let listed = self.statics.host_keys_in_order() && self.scoped.is_empty();
         let mut rules = self.rules_besides(listed, resolve);
         if listed {
+            // A scoped answer that repeats a static host merges into that host's rule, which
+            // is everyone's (as `DesiredRules::seal` would merge them): its scope would only
+            // hold a visibility set no rule names.
+            rules.scoped.retain(|k, _| !self.is_static_host(k));
             rules.listed = Some(Listed(Arc::clone(self) as Arc<dyn InKeyOrder>));
         }
         rules
+    }
+
+    /// Whether `key` is the exact rule of a static host destination.
+    fn is_static_host(&self, key: &RuleKey) -> bool {
+        let spec = describe(None, key);
+        self.statics.get(&spec).is_some() && exact_key(&spec) == Some(*key)
     }
 
     /// The desired rules, leaving out the static hosts' exact rules if `listed`.
@@ -531,8 +525,8 @@ impl CompiledPolicy {
 
 impl InKeyOrder for CompiledPolicy {
     fn exact_in_key_order(&self) -> Box<dyn Iterator<Item = (RuleKey, RuleValue)> + '_> {
-        debug_assert!(self.statics_in_key_order && self.scoped.is_empty());
-        Box::new(host_keys(&self.statics).map(|(key, id)| {
+        debug_assert!(self.statics.host_keys_in_order() && self.scoped.is_empty());
+        Box::new(self.statics.host_keys().map(|(key, id)| {
             let value = RuleValue {
                 rule_id: id,
                 flags: 0,
@@ -544,15 +538,8 @@ impl InKeyOrder for CompiledPolicy {
     }
 
     fn any_port(&self) -> bool {
-        self.static_hosts_any_port
+        self.statics.hosts_any_port()
     }
-}
-
-/// The static host destinations' exact-map keys, with the lowest rule id of each.
-fn host_keys(statics: &Statics) -> impl Iterator<Item = (RuleKey, u32)> + '_ {
-    statics
-        .firsts_in_kernel_order()
-        .filter_map(|(spec, id)| Some((exact_key(spec)?, id)))
 }
 
 #[cfg(test)]

@@ -608,7 +608,7 @@ fn listed_static_hosts_give_the_rules_a_whole_copy_gives() {
         ..ConfigAllows::default()
     };
     let p = Arc::new(compile(&config, &load(&yaml)));
-    assert!(p.statics_in_key_order, "{:?}", statics(&p));
+    assert!(p.statics.host_keys_in_order(), "{:?}", statics(&p));
     let answers = |_: &str| -> Vec<IpAddr> {
         ["198.51.100.1", "198.51.100.7", "2001:db8::1", "192.0.2.9"]
             .iter()
@@ -625,7 +625,6 @@ fn listed_static_hosts_give_the_rules_a_whole_copy_gives() {
     let got: Vec<_> = listed.exact_rules().collect();
     let want: Vec<_> = whole.exact_rules().collect();
     assert_eq!(got, want);
-    assert_eq!(listed.exact_len(), want.len());
     assert_eq!(listed.prefix, whole.prefix);
     assert_eq!(
         (&listed.scoped, &listed.sources),
@@ -651,4 +650,45 @@ fn scoped_static_hosts_are_copied_whole() {
     let rules = p.desired_rules_listed(|_| Vec::new());
     assert!(rules.listed.is_none());
     assert_eq!(rules.exact.len(), 1);
+}
+
+/// A scoped answer for a name that repeats a static host (scoping per host, the entries
+/// everyone's) merges into the host's rule for everyone, listed or copied: no visibility set
+/// is held for it.
+#[test]
+fn a_scoped_answer_repeating_a_listed_host_keeps_no_scope() {
+    let yaml = [
+        entry(
+            "s",
+            "hosts: [s.example.com]\nports: [{number: 443, name: tls, protocol: TLS}]\nresolution: STATIC\nendpoints: [{address: 198.51.100.1}]",
+        ),
+        entry(
+            "d",
+            "hosts: [d.example.com, e.example.com]\nports: [{number: 443, name: tls, protocol: TLS}]\nresolution: DNS",
+        ),
+    ]
+    .concat();
+    let mut p = compile(&ConfigAllows::default(), &load(&yaml));
+    p.scoped_hosts.insert(
+        (2, "d.example.com".to_owned()),
+        Visibility::Only([1].into()),
+    );
+    let p = Arc::new(p);
+    let answers = |h: &str| -> Vec<IpAddr> {
+        let a = if h == "d.example.com" {
+            "198.51.100.1"
+        } else {
+            "198.51.100.2"
+        };
+        vec![a.parse().unwrap()]
+    };
+    let whole = p.desired_rules(answers);
+    let listed = p.desired_rules_listed(answers);
+    assert!(listed.listed.is_some());
+    assert!(whole.scoped.is_empty(), "{:?}", whole.scoped);
+    assert_eq!(listed.scoped, whole.scoped);
+    assert_eq!(
+        listed.exact_rules().collect::<Vec<_>>(),
+        whole.exact_rules().collect::<Vec<_>>()
+    );
 }

@@ -237,14 +237,6 @@ impl DesiredRules {
         }
     }
 
-    /// How many exact rules [`DesiredRules::exact_rules`] yields (counted when some are listed).
-    pub fn exact_len(&self) -> usize {
-        match self.listed {
-            None => self.exact.len(),
-            Some(_) => self.exact_rules().count(),
-        }
-    }
-
     /// The `Config::skip` bits for this rule set: the lookups the kernel can leave out because
     /// no rule of that kind exists.
     pub fn lookup_skips(&self) -> u32 {

@@ -5,7 +5,12 @@
 
 use std::{collections::BTreeMap, ops::Range};
 
-use super::allow_spec::{AllowSpec, Net, V4_MAPPED};
+use enforcer_common::RuleKey;
+
+use super::{
+    allow_spec::{AllowSpec, Net, V4_MAPPED},
+    rules::exact_key,
+};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Statics {
@@ -13,6 +18,18 @@ pub struct Statics {
     rules: Vec<(AllowSpec, u32)>,
     /// The other ids of destinations more than one rule allows, ascending.
     more: BTreeMap<AllowSpec, Vec<u32>>,
+    /// What [`Statics::host_keys`] gives, kept beside the rules it describes (recomputed
+    /// whenever they change).
+    hosts: HostKeys,
+}
+
+/// The host destinations' exact-map keys, as [`Statics::host_keys`] lists them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct HostKeys {
+    /// Strictly ascending: the maps can take them as they are, without a sort.
+    in_order: bool,
+    /// One of them is for any port.
+    any_port: bool,
 }
 
 /// The rule ids of one destination, lowest first.
@@ -74,7 +91,47 @@ impl Statics {
         }
         pairs.truncate(kept);
         pairs.shrink_to_fit();
-        Self { rules: pairs, more }
+        let mut statics = Self {
+            rules: pairs,
+            more,
+            hosts: HostKeys::default(),
+        };
+        statics.survey_hosts();
+        statics
+    }
+
+    /// Whether the host destinations' keys come out of [`Statics::host_keys`] strictly
+    /// ascending. Not all do when two destinations share a key, or were the order of specs
+    /// and of kernel keys ever to part: the desired rules are then copied and sorted.
+    pub fn host_keys_in_order(&self) -> bool {
+        self.hosts.in_order
+    }
+
+    /// Whether a host destination is for any port.
+    pub fn hosts_any_port(&self) -> bool {
+        self.hosts.any_port
+    }
+
+    /// The host destinations' exact-map keys, in [`Statics::in_kernel_order`], each with its
+    /// lowest rule id.
+    pub fn host_keys(&self) -> impl Iterator<Item = (RuleKey, u32)> + '_ {
+        self.firsts_in_kernel_order()
+            .filter_map(|(spec, id)| Some((exact_key(spec)?, id)))
+    }
+
+    fn survey_hosts(&mut self) {
+        let mut keys = self.host_keys().map(|(k, _)| k);
+        let mut last = keys.next();
+        let mut hosts = HostKeys {
+            in_order: true,
+            any_port: last.is_some_and(|k| k.port == 0),
+        };
+        for k in keys {
+            hosts.in_order &= last.is_some_and(|l| l < k);
+            hosts.any_port |= k.port == 0;
+            last = Some(k);
+        }
+        self.hosts = hosts;
     }
 
     pub fn len(&self) -> usize {
@@ -169,6 +226,7 @@ impl Statics {
         }
         let mut keep = gone.iter().map(|g| !g);
         self.rules.retain(|_| keep.next().unwrap_or(true));
+        self.survey_hosts();
     }
 }
 
