@@ -126,18 +126,41 @@ where
 }
 
 /// Takes an exclusive lock on the pin directory, so two daemons never fight over one set of
-/// maps and `uninstall` can tell whether a daemon is running.
-fn lock(root: &Path) -> anyhow::Result<Option<File>> {
-    let f = File::open(root).with_context(|| format!("opening {}", root.display()))?;
-    // SAFETY: flock on an fd we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Ok(None);
+/// maps and `uninstall` can tell whether a daemon is running. `make` makes the directories
+/// first.
+fn lock(root: &Path, make: impl Fn() -> anyhow::Result<()>) -> anyhow::Result<Option<File>> {
+    // A start that fails removes the directory it made, lock held: a daemon that opened it
+    // just before would then lock a directory no longer there, and a third one could lock
+    // its replacement. So the lock only counts on the directory still at the path.
+    for _ in 0..3 {
+        make()?;
+        let f = File::open(root).with_context(|| format!("opening {}", root.display()))?;
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Ok(None);
+            }
+            return Err(e).with_context(|| format!("locking {}", root.display()));
         }
-        return Err(e).with_context(|| format!("locking {}", root.display()));
+        if still_at(&f, root) {
+            return Ok(Some(f));
+        }
     }
-    Ok(Some(f))
+    bail!(
+        "{} was removed and made again while locking it three times: another start is failing \
+         over and over",
+        root.display()
+    )
+}
+
+/// Whether `f` is the directory at `path` (not one removed from there).
+fn still_at(f: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (f.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
 }
 
 impl Dataplane {
@@ -153,10 +176,13 @@ impl Dataplane {
         bpffs::ensure(bpffs)?;
         let layout = PinLayout::new(bpffs);
         let new_root = !layout.root.exists();
-        for dir in [layout.maps_dir(), layout.links_dir()] {
-            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let lock = lock(&layout.root)?.with_context(|| {
+        let make = || {
+            for dir in [layout.maps_dir(), layout.links_dir()] {
+                fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            Ok(())
+        };
+        let lock = lock(&layout.root, make)?.with_context(|| {
             format!(
                 "another egress-enforcer daemon is running with pins in {}",
                 layout.root.display()
@@ -632,7 +658,7 @@ pub fn uninstall(bpffs: &Path, force: bool) -> anyhow::Result<Uninstalled> {
     if !layout.root.exists() {
         return Ok(done);
     }
-    let held = lock(&layout.root)?;
+    let held = lock(&layout.root, || Ok(()))?;
     if held.is_none() && !force {
         bail!(
             "an egress-enforcer daemon is running with pins in {}; stop it first (or pass --force)",
@@ -677,4 +703,35 @@ pub fn uninstall(bpffs: &Path, force: bool) -> anyhow::Result<Uninstalled> {
         }
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_on_a_directory_removed_and_made_again_does_not_count() {
+        let dir = std::env::temp_dir().join(format!("ee-lock-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let old = File::open(&dir).unwrap();
+        assert!(still_at(&old, &dir));
+        fs::remove_dir_all(&dir).unwrap();
+        fs::create_dir_all(&dir).unwrap();
+        assert!(
+            !still_at(&old, &dir),
+            "the removed directory is not the one at the path"
+        );
+        let held = lock(&dir, || Ok(()))
+            .unwrap()
+            .expect("the new directory is free");
+        assert!(still_at(&held, &dir));
+        assert!(lock(&dir, || Ok(())).unwrap().is_none(), "and now held");
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(!still_at(&held, &dir));
+        let made = || fs::create_dir_all(&dir).map_err(anyhow::Error::from);
+        let again = lock(&dir, made).unwrap().expect("made again, and free");
+        assert!(still_at(&again, &dir));
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }
