@@ -64,12 +64,36 @@ pub fn diff_listed<K: Ord + Copy, V: PartialEq + Copy>(
     live: &[(K, V)],
     desired: impl IntoIterator<Item = (K, V)>,
 ) -> Result<Changes<K, V>, OutOfOrder> {
-    let mut d = Changes {
-        upserts: Vec::new(),
-        inserted: 0,
-        removals: Vec::new(),
-        unchanged: 0,
-    };
+    let (mut upserts, mut inserted) = (Vec::new(), 0);
+    let (removals, unchanged) = walk(live, desired, |rule, new| {
+        upserts.push(rule);
+        inserted += usize::from(new);
+    })?;
+    Ok(Changes {
+        upserts,
+        inserted,
+        removals,
+        unchanged,
+    })
+}
+
+/// The indices into `live` of keys `desired` (sorted, each key once) does not hold: what
+/// [`diff_listed`] removes, without copying what it would add.
+pub fn removals_listed<K: Ord + Copy, V: PartialEq + Copy>(
+    live: &[(K, V)],
+    desired: impl IntoIterator<Item = (K, V)>,
+) -> Result<Vec<u32>, OutOfOrder> {
+    walk(live, desired, |_, _| {}).map(|(removals, _)| removals)
+}
+
+/// Walks `desired` beside `live`: `upsert` gets each rule to write and whether its key is
+/// new; returns the removals and how many rules are unchanged.
+fn walk<K: Ord + Copy, V: PartialEq + Copy>(
+    live: &[(K, V)],
+    desired: impl IntoIterator<Item = (K, V)>,
+    mut upsert: impl FnMut((K, V), bool),
+) -> Result<(Vec<u32>, usize), OutOfOrder> {
+    let (mut removals, mut unchanged) = (Vec::new(), 0);
     let mut l = 0;
     let mut last: Option<K> = None;
     for (k, v) in desired {
@@ -78,23 +102,22 @@ pub fn diff_listed<K: Ord + Copy, V: PartialEq + Copy>(
         }
         last = Some(k);
         while l < live.len() && live[l].0 < k {
-            d.removals.push(l as u32);
+            removals.push(l as u32);
             l += 1;
         }
         if l < live.len() && live[l].0 == k {
             if live[l].1 == v {
-                d.unchanged += 1;
+                unchanged += 1;
             } else {
-                d.upserts.push((k, v));
+                upsert((k, v), false);
             }
             l += 1;
         } else {
-            d.upserts.push((k, v));
-            d.inserted += 1;
+            upsert((k, v), true);
         }
     }
-    d.removals.extend((l..live.len()).map(|i| i as u32));
-    Ok(d)
+    removals.extend((l..live.len()).map(|i| i as u32));
+    Ok((removals, unchanged))
 }
 
 impl<K, V> Changes<K, V> {
@@ -206,6 +229,10 @@ mod tests {
     fn check_listed(live: &[(u8, u8)], want: &[(u8, u8)]) {
         let d = diff_listed(live, want.iter().copied()).unwrap();
         let whole = diff(live, want);
+        assert_eq!(
+            removals_listed(live, want.iter().copied()).unwrap(),
+            whole.removals
+        );
         assert_eq!(d.removals, whole.removals);
         assert_eq!(d.unchanged, whole.unchanged);
         let upserts: Vec<(u8, u8)> = at(want, &whole.upserts).into_iter().copied().collect();

@@ -12,7 +12,7 @@ use enforcer_common::{
 use serde::Serialize;
 
 use super::{
-    diff::{Changes, diff, diff_listed, patch},
+    diff::{Changes, diff, diff_listed, patch, removals_listed},
     pins::PinLayout,
     stats::Stats,
     table_map::{ExactRules, table_slots},
@@ -872,11 +872,15 @@ where
     M::Key: Copy,
 {
     let mut live = take_live(map, mirror)?;
-    let mut d = diff_listed(&live, desired)?;
-    remove_at(map, &live, &d.removals)?;
-    d.upserts.clear();
-    d.inserted = 0;
-    patch(&mut live, &d);
+    let removals = removals_listed(&live, desired)?;
+    remove_at(map, &live, &removals)?;
+    let gone = Changes {
+        upserts: Vec::new(),
+        inserted: 0,
+        removals,
+        unchanged: 0,
+    };
+    patch(&mut live, &gone);
     *mirror = Some(live);
-    Ok(d.removals.len())
+    Ok(gone.removals.len())
 }

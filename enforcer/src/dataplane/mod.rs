@@ -127,31 +127,54 @@ where
 
 /// Takes an exclusive lock on the pin directory, so two daemons never fight over one set of
 /// maps and `uninstall` can tell whether a daemon is running. `make` makes the directories
-/// first.
-fn lock(root: &Path, make: impl Fn() -> anyhow::Result<()>) -> anyhow::Result<Option<File>> {
+/// first and says whether it made the pin directory itself; that answer, for the directory
+/// locked, comes back with the lock.
+fn lock(
+    root: &Path,
+    make: impl Fn() -> anyhow::Result<bool>,
+) -> anyhow::Result<Option<(File, bool)>> {
     // A start that fails removes the directory it made, lock held: a daemon that opened it
     // just before would then lock a directory no longer there, and a third one could lock
     // its replacement. So the lock only counts on the directory still at the path.
     for _ in 0..3 {
-        make()?;
+        let made = make()?;
         let f = File::open(root).with_context(|| format!("opening {}", root.display()))?;
         // SAFETY: flock on an fd we own.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(e).with_context(|| format!("locking {}", root.display()));
+            }
+            if still_at(&f, root) {
                 return Ok(None);
             }
-            return Err(e).with_context(|| format!("locking {}", root.display()));
-        }
-        if still_at(&f, root) {
-            return Ok(Some(f));
+        } else if still_at(&f, root) {
+            return Ok(Some((f, made)));
         }
     }
     bail!(
-        "{} was removed and made again while locking it three times: another start is failing \
-         over and over",
+        "cannot lock {}: it was removed (another start failing and cleaning up?) each of the \
+         three times it was opened",
         root.display()
     )
+}
+
+/// Makes the pin directory and its `maps`/`links` directories; whether the pin directory
+/// itself was made here (and so is this start's to remove if it fails).
+fn make_pin_dirs(layout: &PinLayout) -> anyhow::Result<bool> {
+    let root = &layout.root;
+    if let Some(parent) = root.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let made = match fs::create_dir(root) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(e).with_context(|| format!("creating {}", root.display())),
+    };
+    for dir in [layout.maps_dir(), layout.links_dir()] {
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Ok(made)
 }
 
 /// Whether `f` is the directory at `path` (not one removed from there).
@@ -175,25 +198,25 @@ impl Dataplane {
         }
         bpffs::ensure(bpffs)?;
         let layout = PinLayout::new(bpffs);
-        let new_root = !layout.root.exists();
-        let make = || {
-            for dir in [layout.maps_dir(), layout.links_dir()] {
-                fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            }
-            Ok(())
-        };
-        let lock = lock(&layout.root, make)?.with_context(|| {
-            format!(
-                "another egress-enforcer daemon is running with pins in {}",
-                layout.root.display()
-            )
-        })?;
+        let (lock, new_root) =
+            lock(&layout.root, || make_pin_dirs(&layout))?.with_context(|| {
+                format!(
+                    "another egress-enforcer daemon is running with pins in {}",
+                    layout.root.display()
+                )
+            })?;
+        // The same lock (one open file) through a second descriptor: the load may fail and
+        // drop its own, and the directory must be removed before another start can lock it.
+        let held = lock
+            .try_clone()
+            .context("duplicating the pin directory's lock")?;
         let loaded = Self::load_locked(layout.clone(), lock, new_root, sizes, bpf_log);
         // What a load refused after creating the pin directory leaves nothing behind (the
         // lock is ours: no other daemon uses the directory).
         if loaded.is_err() && new_root {
             let _ignored = fs::remove_dir_all(&layout.root);
         }
+        drop(held);
         loaded
     }
 
@@ -658,7 +681,12 @@ pub fn uninstall(bpffs: &Path, force: bool) -> anyhow::Result<Uninstalled> {
     if !layout.root.exists() {
         return Ok(done);
     }
-    let held = lock(&layout.root, || Ok(()))?;
+    let held = match lock(&layout.root, || Ok(false)) {
+        Ok(held) => held,
+        // Gone meanwhile: nothing to remove.
+        Err(_) if !layout.root.exists() => return Ok(done),
+        Err(e) => return Err(e),
+    };
     if held.is_none() && !force {
         bail!(
             "an egress-enforcer daemon is running with pins in {}; stop it first (or pass --force)",
@@ -722,16 +750,39 @@ mod tests {
             !still_at(&old, &dir),
             "the removed directory is not the one at the path"
         );
-        let held = lock(&dir, || Ok(()))
-            .unwrap()
-            .expect("the new directory is free");
+        let free = lock(&dir, || Ok(false)).unwrap();
+        let (held, _) = free.expect("the new directory is free");
         assert!(still_at(&held, &dir));
-        assert!(lock(&dir, || Ok(())).unwrap().is_none(), "and now held");
+        assert!(lock(&dir, || Ok(false)).unwrap().is_none(), "and now held");
+        // The lock is the open file's: a second descriptor keeps it after the first closes.
+        let dup = held.try_clone().unwrap();
+        drop(held);
+        assert!(
+            lock(&dir, || Ok(false)).unwrap().is_none(),
+            "held through the copy"
+        );
         fs::remove_dir_all(&dir).unwrap();
-        assert!(!still_at(&held, &dir));
-        let made = || fs::create_dir_all(&dir).map_err(anyhow::Error::from);
-        let again = lock(&dir, made).unwrap().expect("made again, and free");
-        assert!(still_at(&again, &dir));
+        assert!(!still_at(&dup, &dir));
+        // The directory removed under a holder and made again: the new one is free.
+        let made = || {
+            fs::create_dir_all(&dir)
+                .map(|()| true)
+                .map_err(anyhow::Error::from)
+        };
+        let (again, made) = lock(&dir, made).unwrap().expect("made again, and free");
+        assert!(made && still_at(&again, &dir));
+        drop(dup);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_the_start_that_made_the_pin_directory_owns_it() {
+        let bpffs = std::env::temp_dir().join(format!("ee-pins-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&bpffs);
+        let layout = PinLayout::new(&bpffs);
+        assert!(make_pin_dirs(&layout).unwrap(), "made here");
+        assert!(layout.maps_dir().is_dir() && layout.links_dir().is_dir());
+        assert!(!make_pin_dirs(&layout).unwrap(), "there already");
+        fs::remove_dir_all(&bpffs).unwrap();
     }
 }
