@@ -51,8 +51,11 @@ pub mod map_names {
     pub const EVENT_WINDOWS: &str = "EVENT_WINDOWS";
     /// The current window generation, which the daemon advances once a second.
     pub const EVENT_GENERATION: &str = "EVENT_GENERATION";
+    /// One bit per region of addresses ([`super::prefix_region`]): set when no prefix rule
+    /// reaches any address of it, so that a lookup there skips the trie walks.
+    pub const NO_PREFIX: &str = "NO_PREFIX";
     /// All maps that are pinned (and so survive a daemon restart).
-    pub const PINNED: [&str; 19] = [
+    pub const PINNED: [&str; 20] = [
         RULES_TABLE,
         RULES_EXACT,
         OVERFLOW_HOMES,
@@ -72,6 +75,7 @@ pub mod map_names {
         ROOTS_GEN,
         VSETS,
         CGROUP_POLICY,
+        NO_PREFIX,
     ];
 }
 
@@ -179,6 +183,46 @@ pub struct RuleKey {
     pub proto: u8,
     pub pad: u8,
     pub addr: [u8; 16],
+}
+
+impl RuleKey {
+    /// The key as three words, as its 24 bytes read from memory. The programs hash and compare
+    /// keys as words ([`table_hash_words`], [`TableSlot::key_words`]).
+    #[inline(always)]
+    pub fn words(&self) -> [u64; 3] {
+        // SAFETY: RuleKey is 24 bytes of plain data with no padding; any bits are valid u64s.
+        unsafe { core::mem::transmute::<Self, [u64; 3]>(*self) }
+    }
+
+    /// The key whose [`RuleKey::words`] are `w`.
+    #[inline(always)]
+    pub fn from_words(w: [u64; 3]) -> Self {
+        // SAFETY: as above; every bit pattern is a valid RuleKey.
+        unsafe { core::mem::transmute::<[u64; 3], Self>(w) }
+    }
+}
+
+/// The first word of a key ([`RuleKey::words`]) with `pad` 0, computed in registers.
+#[inline(always)]
+pub fn key_head(policy: u32, port: u16, proto: u8) -> u64 {
+    let (policy, port, proto) = (u64::from(policy), u64::from(port), u64::from(proto));
+    if cfg!(target_endian = "little") {
+        policy | port << 32 | proto << 48
+    } else {
+        policy << 32 | port << 16 | proto << 8
+    }
+}
+
+/// Two consecutive `u32`s in memory order as the `u64` they make in memory (an address's
+/// words into [`RuleKey::words`]).
+#[inline(always)]
+pub fn word_pair(first: u32, second: u32) -> u64 {
+    let (first, second) = (u64::from(first), u64::from(second));
+    if cfg!(target_endian = "little") {
+        first | second << 32
+    } else {
+        first << 32 | second
+    }
 }
 
 // Userspace only: the programs never order keys (and need no 128-bit arithmetic).
@@ -347,6 +391,35 @@ pub const SKIP_PREFIX_ANY_PORT: u32 = 4;
 /// up the caller's policy (a rule that names one anyway is then usable by no one).
 pub const SKIP_SCOPING: u32 = 8;
 
+/// Regions of [`prefix_region`]: the first 16 bits of an IPv4 address, then those of an IPv6
+/// one.
+pub const PREFIX_REGIONS: u32 = 2 << 16;
+/// Words of `NO_PREFIX`.
+pub const NO_PREFIX_WORDS: u32 = PREFIX_REGIONS / 64;
+
+/// The region in `NO_PREFIX` of a destination given as the four words (memory order) of its
+/// mapped form ([`RuleKey::addr`]): an IPv4 address's /16, or an IPv6 address's /16 numbered
+/// after IPv4's. A denied destination is mostly nowhere near a CIDR rule, and the region lets
+/// it skip the trie walks, which are most of a denied call's cost.
+///
+/// Without a branch: in the programs, a branch would leave the verifier two ranges of the
+/// region, which indexes a map and so is tracked exactly, and it would walk the rest of the
+/// program once for each (the IPv6 programs took up to four times as long to load).
+/// `black_box` keeps the optimiser from turning the arithmetic back into branches.
+#[inline(always)]
+pub fn prefix_region(w: &[u32; 4]) -> u32 {
+    let first16 = |word: u32| {
+        let b = word.to_ne_bytes();
+        u32::from(b[0]) << 8 | u32::from(b[1])
+    };
+    // Zero only for a mapped IPv4 address. A zero-extended u32 that is not zero has a
+    // negation with the top bit set: or-ed together, the top bit says IPv6.
+    let off = u64::from(w[0] | w[1] | (w[2] ^ u32::from_ne_bytes([0, 0, 0xff, 0xff])));
+    let is_v6 = ((off | core::hint::black_box(off).wrapping_neg()) >> 63) as u32;
+    let (v4, v6) = (first16(w[3]), (PREFIX_REGIONS / 2) | first16(w[0]));
+    v4 ^ ((v4 ^ v6) & core::hint::black_box(is_v6).wrapping_neg())
+}
+
 /// Slots a lookup in `RULES_TABLE` reads at most, from the key's home slot on (linear
 /// probing). A rule with no free slot among them goes to `RULES_EXACT`, and the bit of its
 /// home's region in `OVERFLOW_HOMES` is set: a miss in the table is final unless that bit is.
@@ -379,13 +452,26 @@ pub const SLOT_DEAD: u32 = 3;
 
 /// One slot of `RULES_TABLE`, the exact rules' open-addressed hash table: an array map, whose
 /// lookups the verifier inlines (a kernel hash map costs a function call and its returns).
-#[repr(C)]
+///
+/// Aligned to 8 (the size, 48, and every offset are what they would be at 4): the key is read
+/// as three words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TableSlot {
     pub key: RuleKey,
     pub value: RuleValue,
     pub state: u32,
     pub pad: u32,
+}
+
+impl TableSlot {
+    /// [`RuleKey::words`] of the slot's key, as three word loads.
+    #[inline(always)]
+    pub fn key_words(&self) -> [u64; 3] {
+        // SAFETY: the key is the slot's first 24 bytes and the slot is 8-aligned; any bits
+        // are valid u64s.
+        unsafe { *core::ptr::from_ref(self).cast::<[u64; 3]>() }
+    }
 }
 
 /// A key's home slot in a table of `mask + 1` slots. The same function runs in the programs
@@ -399,8 +485,14 @@ pub fn table_home(key: &RuleKey, mask: u32) -> u32 {
 /// every input bit over every output bit (sequential addresses land far apart).
 #[inline(always)]
 pub fn table_hash(key: &RuleKey) -> u64 {
-    // SAFETY: RuleKey is 24 bytes of plain data with no padding.
-    let w: [u64; 3] = unsafe { core::mem::transmute::<RuleKey, [u64; 3]>(*key) };
+    table_hash_words(&key.words())
+}
+
+/// [`table_hash`] of a key given as its three words ([`RuleKey::words`]): the programs build
+/// their keys in registers, and a key stored in parts and read back as words stalls the CPU
+/// (the loads cannot be forwarded from the smaller stores).
+#[inline(always)]
+pub fn table_hash_words(w: &[u64; 3]) -> u64 {
     let mut h =
         w[0].wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ w[1].wrapping_mul(0xC2B2_AE3D_27D4_EB4F) ^ w[2];
     h ^= h >> 33;
@@ -538,6 +630,43 @@ mod pod {
 mod tests {
     use super::*;
     use core::mem::size_of;
+
+    /// The programs build keys as words in registers (`key_head`, `word_pair`) and read slot
+    /// keys as words: both must be the key's bytes exactly, or a rule would never match.
+    #[test]
+    fn keys_built_as_words_are_the_keys_bytes() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..1000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let addr: [u8; 16] =
+                (u128::from(seed) << 64 | u128::from(seed.rotate_left(29))).to_be_bytes();
+            let key = RuleKey {
+                policy: (seed >> 40) as u32,
+                port: seed as u16,
+                proto: (seed >> 16) as u8,
+                pad: 0,
+                addr,
+            };
+            let w = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+            let built = [
+                key_head(key.policy, key.port, key.proto),
+                word_pair(w(0), w(4)),
+                word_pair(w(8), w(12)),
+            ];
+            assert_eq!(built, key.words());
+            assert_eq!(RuleKey::from_words(built), key);
+            assert_eq!(table_hash_words(&built), table_hash(&key));
+            let slot = TableSlot {
+                key,
+                ..TableSlot::default()
+            };
+            assert_eq!(slot.key_words(), built);
+        }
+        assert_eq!(core::mem::align_of::<TableSlot>(), 8);
+        assert_eq!(size_of::<TableSlot>(), 48);
+    }
 
     #[test]
     fn layouts_have_no_implicit_padding() {

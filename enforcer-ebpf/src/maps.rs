@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SockMap},
 };
 use enforcer_common::{
-    ClientKey, Config, DnsSocket, EVENT_WINDOW_SLOTS, EventWindow, LearnedValue, NUM_COUNTERS,
-    POLICY_WORDS, RuleKey, RuleValue, TableSlot,
+    ClientKey, Config, DnsSocket, EVENT_WINDOW_SLOTS, EventWindow, LearnedValue, NO_PREFIX_WORDS,
+    NUM_COUNTERS, POLICY_WORDS, RuleKey, RuleValue, TableSlot,
 };
 
 /// `BPF_F_NO_PREALLOC` (uapi/linux/bpf.h).
@@ -33,6 +33,11 @@ pub(crate) static OVERFLOW_HOMES: Array<u64> = Array::with_max_entries(32, 0);
 
 #[map]
 pub(crate) static RULES_PREFIX: LpmTrie<RuleKey, RuleValue> = LpmTrie::with_max_entries(16384, 0);
+
+/// Address regions no prefix rule reaches ([`enforcer_common::prefix_region`]). All zero in a
+/// map just made: nothing is skipped until the daemon says so.
+#[map]
+pub(crate) static NO_PREFIX: Array<u64> = Array::with_max_entries(NO_PREFIX_WORDS, 0);
 
 #[map]
 pub(crate) static RULES_LEARNED: HashMap<RuleKey, LearnedValue> =

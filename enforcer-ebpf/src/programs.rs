@@ -17,14 +17,15 @@ use enforcer_common::{
     POLICY_UNMAPPED, PROTO_CLASS_ICMP, PROTO_CLASS_OTHER, PROTO_CLASS_TCP, PROTO_CLASS_UDP,
     RULE_KEY_FIXED_BITS, RuleKey, SKIP_EXACT_ANY_PORT, SKIP_PREFIX_ANY_PORT, SKIP_PREFIX_PORT,
     SKIP_SCOPING, SLOT_EMPTY, SLOT_LIVE, TABLE_PROBES, VERDICT_ALLOW, VERDICT_ALLOW_LOOPBACK,
-    VERDICT_AUDIT, VERDICT_DENY, VSET_EVERYONE, counter_index, overflow_bit, table_home,
+    VERDICT_AUDIT, VERDICT_DENY, VSET_EVERYONE, counter_index, key_head, overflow_bit,
+    prefix_region, table_hash_words, word_pair,
 };
 
 use crate::{
     dns,
     maps::{
-        CONFIG, COUNTERS, EVENT_GENERATION, EVENT_WINDOWS, EVENTS, OVERFLOW_HOMES, RULES_EXACT,
-        RULES_LEARNED, RULES_PREFIX, RULES_TABLE,
+        CONFIG, COUNTERS, EVENT_GENERATION, EVENT_WINDOWS, EVENTS, NO_PREFIX, OVERFLOW_HOMES,
+        RULES_EXACT, RULES_LEARNED, RULES_PREFIX, RULES_TABLE,
     },
     scope::Caller,
 };
@@ -136,13 +137,13 @@ pub(crate) fn is_loopback(w: &[u32; 4]) -> bool {
 #[inline(always)]
 pub(crate) fn rule_matches(proto: u8, dest: &Dest, cfg: &Config, caller: &mut Caller) -> bool {
     let (skip, learned) = (cfg.skip, cfg.dns & DNS_REDIRECT != 0);
-    let mut key = RuleKey {
-        policy: POLICY_NODE,
-        port: dest.port,
-        proto,
-        pad: 0,
-        addr: dest.addr(),
-    };
+    // The key as words in registers: hashed and compared without a trip through the stack.
+    let w = &dest.words;
+    let mut key = [
+        key_head(POLICY_NODE, dest.port, proto),
+        word_pair(w[0], w[1]),
+        word_pair(w[2], w[3]),
+    ];
     // SAFETY (every dereference below): a map value pointer is valid for the program run.
     // A sentinel rather than an Option: LLVM may copy a None's undefined payload into a
     // register, which the verifier refuses to read.
@@ -161,22 +162,23 @@ pub(crate) fn rule_matches(proto: u8, dest: &Dest, cfg: &Config, caller: &mut Ca
     }
     // Learned rules (DNS-aware mode only) always name a port: they come from ServiceEntry
     // ports.
-    if learned && let Some(v) = RULES_LEARNED.get_ptr(key) {
+    if learned && let Some(v) = RULES_LEARNED.get_ptr(RuleKey::from_words(key)) {
         let (expires, vset) = unsafe { ((*v).expires_ns, (*v).vset) };
         // SAFETY: helper without preconditions.
         if (expires == 0 || unsafe { bpf_ktime_get_ns() } <= expires) && sees(vset) {
             return true;
         }
     }
+    let skip = skip | prefix_skips(dest);
     let full = RULE_KEY_FIXED_BITS + 128;
     if skip & SKIP_PREFIX_PORT == 0
-        && let Some(v) = RULES_PREFIX.get(Key::new(full, key))
+        && let Some(v) = RULES_PREFIX.get(Key::new(full, RuleKey::from_words(key)))
         && sees(v.vset)
     {
         return true;
     }
     // Port 0 in a rule means any port.
-    key.port = 0;
+    key[0] = key_head(POLICY_NODE, 0, proto);
     if skip & SKIP_EXACT_ANY_PORT == 0 {
         let any_port = exact_vset(&key, cfg);
         if any_port != NO_RULE && sees(any_port) {
@@ -185,16 +187,30 @@ pub(crate) fn rule_matches(proto: u8, dest: &Dest, cfg: &Config, caller: &mut Ca
     }
     skip & SKIP_PREFIX_ANY_PORT == 0
         && RULES_PREFIX
-            .get(Key::new(full, key))
+            .get(Key::new(full, RuleKey::from_words(key)))
             .is_some_and(|v| sees(v.vset))
+}
+
+/// Both prefix skip bits when `NO_PREFIX` says no prefix rule reaches the destination's
+/// region, else none. A value, not a branch around the walks: a branch that set the bits
+/// would make the verifier walk the rest of the program once more for each outcome (it did:
+/// 100 to 330 ms more loading, docs/architecture.md "The denied path"). The region is
+/// computed without a branch for the same reason ([`prefix_region`]).
+#[inline(always)]
+fn prefix_skips(dest: &Dest) -> u32 {
+    let region = prefix_region(&dest.words);
+    let word = NO_PREFIX.get(region / 64).map_or(0, |w| *w);
+    // Hidden from the optimiser, which would otherwise turn the product back into a branch.
+    let bit = core::hint::black_box((word >> (region % 64)) as u32 & 1);
+    bit * (SKIP_PREFIX_PORT | SKIP_PREFIX_ANY_PORT)
 }
 
 /// The exact rule's visibility set, or [`NO_RULE`]: the table's slots from the key's home on,
 /// until an empty one (docs/architecture.md, "Rule maps"); `RULES_EXACT` only when some rule
-/// of the home's region lives there.
+/// of the home's region lives there. `key`: [`RuleKey::words`].
 #[inline(always)]
-fn exact_vset(key: &RuleKey, cfg: &Config) -> u32 {
-    let home = table_home(key, cfg.table_mask);
+fn exact_vset(key: &[u64; 3], cfg: &Config) -> u32 {
+    let home = (table_hash_words(key) as u32) & cfg.table_mask;
     let mut i = 0;
     while i < TABLE_PROBES {
         let Some(slot) = RULES_TABLE.get(home.wrapping_add(i) & cfg.table_mask) else {
@@ -203,7 +219,9 @@ fn exact_vset(key: &RuleKey, cfg: &Config) -> u32 {
         if slot.state == SLOT_EMPTY {
             break;
         }
-        if slot.state == SLOT_LIVE && slot.key == *key {
+        // One test of three words, not `==` on arrays (a call to memcmp).
+        let k = slot.key_words();
+        if slot.state == SLOT_LIVE && (k[0] ^ key[0]) | (k[1] ^ key[1]) | (k[2] ^ key[2]) == 0 {
             return slot.value.vset;
         }
         i += 1;
@@ -217,7 +235,7 @@ fn exact_vset(key: &RuleKey, cfg: &Config) -> u32 {
     }
     // SAFETY: a map value pointer is valid for the program run.
     RULES_EXACT
-        .get_ptr(*key)
+        .get_ptr(RuleKey::from_words(*key))
         .map_or(NO_RULE, |v| unsafe { (*v).vset })
 }
 

@@ -29,6 +29,9 @@ pub const NETNS_ADDRS: &[&str] = &[
     "fd00::1/128",
     "fd00::2/128",
     "fd00:1::5/128",
+    // Other /16s than the addresses above (CIDR rules are skipped by region).
+    "198.19.0.7/32",
+    "fd01::7/128",
     "198.18.0.53/32",
     "198.18.0.54/32",
     // The cloud metadata address, only ever inside the test namespace.

@@ -913,17 +913,35 @@ pub(crate) fn measure_kernel(
     Ok(cells)
 }
 
-/// In-kernel cost of the no-op program: the floor of what the statistics can show.
+/// In-kernel cost of the no-op program on `cgroup/connect4`: the floor of what the
+/// statistics can show.
 pub(crate) fn measure_noop(
     fx: &Fixture,
     plan: &Plan,
     noop: &Noop,
     program: &'static str,
 ) -> anyhow::Result<KernelCell> {
+    measure_noop_with(fx, plan, noop, program, ("udp-connect", ALLOWED))
+}
+
+/// [`measure_noop`] for a no-op attached to another hook, driven by `(workload, address)` as
+/// the enforcing program of that hook is in [`KERNEL_CASES`].
+pub(crate) fn measure_noop_with(
+    fx: &Fixture,
+    plan: &Plan,
+    noop: &Noop,
+    program: &'static str,
+    (work, addr): (&str, &str),
+) -> anyhow::Result<KernelCell> {
     let _stats = BpfStats::enable()?;
+    let dest = if addr.contains(':') {
+        format!("[{addr}]:{UDP_PORT}")
+    } else {
+        format!("{addr}:{UDP_PORT}")
+    };
     let mut ns = Vec::new();
     for _ in 0..plan.runs {
-        let case = format!("udp-connect,ok,{ALLOWED}:{UDP_PORT},{}", plan.iters.kernel);
+        let case = format!("{work},ok,{dest},{}", plan.iters.kernel);
         let (n0, t0) = noop.stats()?;
         fx.run(&[case], false)?;
         let (n1, t1) = noop.stats()?;

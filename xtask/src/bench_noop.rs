@@ -19,6 +19,22 @@ const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
 const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+const BPF_CGROUP_INET6_CONNECT: u32 = 11;
+const BPF_CGROUP_UDP4_SENDMSG: u32 = 14;
+const BPF_CGROUP_UDP6_SENDMSG: u32 = 15;
+
+/// The hook a calibration program is attached to (`bpf_attach_type`), by the enforcing
+/// program's name: what the hook itself costs differs between them (a sendmsg hook's run is
+/// measured inside more of the send path than a connect's), so each is compared with its own.
+pub fn attach_type(hook: &str) -> anyhow::Result<u32> {
+    Ok(match hook {
+        "connect4" => BPF_CGROUP_INET4_CONNECT,
+        "connect6" => BPF_CGROUP_INET6_CONNECT,
+        "sendmsg4" => BPF_CGROUP_UDP4_SENDMSG,
+        "sendmsg6" => BPF_CGROUP_UDP6_SENDMSG,
+        _ => anyhow::bail!("no calibration hook {hook}"),
+    })
+}
 
 /// The prefix of `union bpf_attr` that BPF_PROG_LOAD reads (stable kernel ABI).
 #[repr(C)]
@@ -88,7 +104,13 @@ pub struct Noop {
 }
 
 impl Noop {
+    /// On `cgroup/connect4`.
     pub fn attach(cgroup: &Path, what: Calibration) -> anyhow::Result<Self> {
+        Self::attach_to(cgroup, what, BPF_CGROUP_INET4_CONNECT)
+    }
+
+    /// On the hook `attach_type` ([`attach_type`]).
+    pub fn attach_to(cgroup: &Path, what: Calibration, attach_type: u32) -> anyhow::Result<Self> {
         let (helper, prog_name) = what.helper();
         // [call helper (r1 is still the context)] ; mov64 r0, 1 ; exit
         let mut insns: Vec<u64> = helper
@@ -109,7 +131,7 @@ impl Noop {
             insns: insns.as_ptr() as u64,
             license: license.as_ptr() as u64,
             prog_name: name,
-            expected_attach_type: BPF_CGROUP_INET4_CONNECT,
+            expected_attach_type: attach_type,
             ..ProgLoadAttr::default()
         };
         let prog = sys_bpf(BPF_PROG_LOAD, &mut load)
@@ -118,7 +140,7 @@ impl Noop {
         let mut link = LinkCreateAttr {
             prog_fd: prog.as_raw_fd() as u32,
             target_fd: cg.as_raw_fd() as u32,
-            attach_type: BPF_CGROUP_INET4_CONNECT,
+            attach_type,
             flags: 0,
         };
         let link = sys_bpf(BPF_LINK_CREATE, &mut link)

@@ -6,13 +6,14 @@ use aya::maps::{
     Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapType, PerCpuArray, lpm_trie::Key,
 };
 use enforcer_common::{
-    ABI_VERSION, ClientKey, Config, DnsSocket, LearnedValue, NUM_COUNTERS, POLICY_WORDS, RuleKey,
-    RuleValue, TableSlot, map_names, overflow_words,
+    ABI_VERSION, ClientKey, Config, DnsSocket, LearnedValue, NO_PREFIX_WORDS, NUM_COUNTERS,
+    POLICY_WORDS, RuleKey, RuleValue, TableSlot, map_names, overflow_words,
 };
 use serde::Serialize;
 
 use super::{
     diff::{Changes, diff, diff_listed, patch, removals_listed},
+    no_prefix::NoPrefix,
     pins::PinLayout,
     stats::Stats,
     table_map::{ExactRules, table_slots},
@@ -29,6 +30,8 @@ pub struct Maps {
     pub vsets: Array<MapData, u64>,
     /// Scoping: cgroup id → policy id.
     pub cgroup_policy: HashMap<MapData, u64, u32>,
+    /// `None` in pins made before it existed (read by `inspect`, never applied to).
+    no_prefix: Option<NoPrefix>,
     mirror: Mirror,
 }
 
@@ -85,7 +88,7 @@ pub struct Shape {
     pub max_entries: u32,
 }
 
-pub fn expected_shapes(sizes: &MapSizes) -> [Shape; 19] {
+pub fn expected_shapes(sizes: &MapSizes) -> [Shape; 20] {
     let lru = |name, key_size, max_entries| Shape {
         name,
         map_type: MapType::LruHash,
@@ -107,6 +110,13 @@ pub fn expected_shapes(sizes: &MapSizes) -> [Shape; 19] {
             key_size: 4,
             value_size: 8,
             max_entries: overflow_words(table_slots(sizes.exact_rules)),
+        },
+        Shape {
+            name: map_names::NO_PREFIX,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: 8,
+            max_entries: NO_PREFIX_WORDS,
         },
         Shape {
             name: map_names::RULES_EXACT,
@@ -324,6 +334,10 @@ impl Maps {
                 ebpf.take_map(map_names::CGROUP_POLICY),
                 map_names::CGROUP_POLICY,
             )?,
+            no_prefix: Some(NoPrefix::new(take(
+                ebpf.take_map(map_names::NO_PREFIX),
+                map_names::NO_PREFIX,
+            )?)),
             mirror: Mirror::default(),
         })
     }
@@ -352,6 +366,14 @@ impl Maps {
             counters: take(open(map_names::COUNTERS)?, map_names::COUNTERS)?,
             vsets: take(open(map_names::VSETS)?, map_names::VSETS)?,
             cgroup_policy: take(open(map_names::CGROUP_POLICY)?, map_names::CGROUP_POLICY)?,
+            no_prefix: if layout.map(map_names::NO_PREFIX).exists() {
+                Some(NoPrefix::new(take(
+                    open(map_names::NO_PREFIX)?,
+                    map_names::NO_PREFIX,
+                )?))
+            } else {
+                None
+            },
             mirror: Mirror::default(),
         })
     }
@@ -417,8 +439,10 @@ impl Maps {
     /// at once are its stale rules removed first.
     pub fn apply(&mut self, desired: &mut DesiredRules) -> anyhow::Result<ApplyStats> {
         // While old and new rules coexist, the kernel makes every lookup either set needs;
-        // it narrows to the new set's only once the old rules are gone.
+        // it narrows to the new set's only once the old rules are gone. So do the regions
+        // whose trie walks are skipped.
         let skips = desired.lookup_skips();
+        let no_prefix = desired.no_prefix_words();
         let t0 = std::time::Instant::now();
         let live = take_live(&mut self.exact, &mut self.mirror.exact)?;
         let plan = match ExactPlan::new(&live, desired) {
@@ -432,11 +456,24 @@ impl Maps {
         // Check both capacities before touching either map, so a too-large set changes nothing.
         let fits = check_capacity(&self.exact, plan.len_after(live.len()))
             .and_then(|()| check_capacity(&self.prefix, desired.prefix.len()));
-        if let Err(e) = fits.and_then(|()| self.set_skips(|old| old & skips)) {
-            self.mirror.exact = Some(live);
-            return Err(e);
-        }
-        let synced = self.sync_both(live, plan, desired, skips);
+        let narrowed = fits
+            .and_then(|()| self.set_skips(|old| old & skips))
+            .and_then(|()| {
+                self.no_prefix
+                    .as_mut()
+                    .map(|m| m.narrow(&no_prefix))
+                    .transpose()
+            });
+        let narrowed = match narrowed {
+            Ok(n) => n,
+            Err(e) => {
+                self.mirror.exact = Some(live);
+                return Err(e);
+            }
+        };
+        let synced = self
+            .sync_both(live, plan, desired, skips)
+            .and_then(|stats| self.widen(narrowed.as_deref(), &no_prefix).map(|()| stats));
         self.exact.applied();
         synced
     }
@@ -469,9 +506,18 @@ impl Maps {
         })
     }
 
+    /// Once only the new rules are in force: skips the trie walks wherever they no longer reach.
+    fn widen(&mut self, now: Option<&[u64]>, want: &[u64]) -> anyhow::Result<()> {
+        match (&mut self.no_prefix, now) {
+            (Some(m), Some(now)) => m.widen(now, want),
+            _ => Ok(()),
+        }
+    }
+
     /// Removes every rule that `desired` does not hold, adding nothing: when the whole set does
     /// not fit, what is no longer wanted (an expired carried address, a removed entry) must
-    /// still go. The lookup-skip bits stay as wide as they were.
+    /// still go. The lookup-skip bits and the skipped regions stay as they were (fewer rules
+    /// never need more lookups).
     pub fn remove_unwanted(&mut self, desired: &DesiredRules) -> anyhow::Result<usize> {
         let a = prune(
             &mut self.exact,

@@ -12,6 +12,7 @@ pub mod foreign;
 pub mod links;
 pub mod lsm;
 pub mod maps;
+mod no_prefix;
 pub mod pins;
 pub mod policy_record;
 pub mod protections;

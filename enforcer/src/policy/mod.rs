@@ -4,6 +4,7 @@ pub mod allow_spec;
 pub mod compile;
 pub mod decide;
 mod fold;
+pub mod prefix_regions;
 pub mod rules;
 mod sorting;
 pub mod statics;

@@ -258,6 +258,11 @@ impl DesiredRules {
         skip
     }
 
+    /// `NO_PREFIX`'s words for these rules: the regions no prefix rule reaches.
+    pub fn no_prefix_words(&self) -> Vec<u64> {
+        super::prefix_regions::no_prefix_words(self.prefix.keys())
+    }
+
     /// Builds the rule set for `--allow` flags: rule id = position + 1 (0 is never used, so
     /// that a zeroed value is recognisably wrong).
     pub fn from_specs<'a>(specs: impl IntoIterator<Item = &'a AllowSpec>) -> Self {
