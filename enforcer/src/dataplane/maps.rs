@@ -800,21 +800,16 @@ fn sync_from<M: RuleMap>(
         tracing::debug!(map = M::NAME, ms = t0.elapsed().as_millis(), "filled");
         let added = desired.len();
         *mirror = Some(desired);
-        return Ok(ApplyStats {
-            added,
-            ..ApplyStats::default()
-        });
+        return Ok(changed(added, 0, 0));
     }
     let d = diff(&live, &desired);
     let diff_ms = t0.elapsed().as_millis();
-    let removals = |map: &mut M| remove_at(map, &live, &d.removals);
-    if d.removals_first(live.len(), map.capacity()?) {
-        removals(map)?;
-        put_at(map, &live, &desired, &d.upserts)?;
-    } else {
-        put_at(map, &live, &desired, &d.upserts)?;
-        removals(map)?;
-    }
+    in_safe_order(
+        map,
+        d.removals_first(live.len(), map.capacity()?),
+        |map| remove_at(map, &live, &d.removals),
+        |map| put_at(map, &live, &desired, &d.upserts),
+    )?;
     *mirror = Some(desired);
     tracing::debug!(
         map = M::NAME,
@@ -822,12 +817,33 @@ fn sync_from<M: RuleMap>(
         ms = t0.elapsed().as_millis(),
         "synced"
     );
-    Ok(ApplyStats {
-        added: d.upserts.len(),
-        removed: d.removals.len(),
-        unchanged: d.unchanged,
+    Ok(changed(d.upserts.len(), d.removals.len(), d.unchanged))
+}
+
+/// Removes and writes in the order the capacity allows: writes first, so a rule present
+/// before and after is never missing, unless the map cannot hold both sets at once.
+fn in_safe_order<M>(
+    map: &mut M,
+    removals_first: bool,
+    removals: impl FnOnce(&mut M) -> anyhow::Result<()>,
+    upserts: impl FnOnce(&mut M) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    if removals_first {
+        removals(map)?;
+        upserts(map)
+    } else {
+        upserts(map)?;
+        removals(map)
+    }
+}
+
+fn changed(added: usize, removed: usize, unchanged: usize) -> ApplyStats {
+    ApplyStats {
+        added,
+        removed,
+        unchanged,
         ..ApplyStats::default()
-    })
+    }
 }
 
 /// Makes `map` hold the rules `d` was listed from, and patches `live` into its mirror.
@@ -841,15 +857,12 @@ where
     M::Key: Copy,
 {
     let t0 = std::time::Instant::now();
-    let removals = |map: &mut M| remove_at(map, &live, &d.removals);
-    let puts = |map: &mut M| put_entries(map, &live, &d.upserts);
-    if d.removals_first(live.len(), map.capacity()?) {
-        removals(map)?;
-        puts(map)?;
-    } else {
-        puts(map)?;
-        removals(map)?;
-    }
+    in_safe_order(
+        map,
+        d.removals_first(live.len(), map.capacity()?),
+        |map| remove_at(map, &live, &d.removals),
+        |map| put_entries(map, &live, &d.upserts),
+    )?;
     patch(&mut live, d);
     *mirror = Some(live);
     tracing::debug!(
@@ -857,12 +870,7 @@ where
         ms = t0.elapsed().as_millis(),
         "synced (listed)"
     );
-    Ok(ApplyStats {
-        added: d.upserts.len(),
-        removed: d.removals.len(),
-        unchanged: d.unchanged,
-        ..ApplyStats::default()
-    })
+    Ok(changed(d.upserts.len(), d.removals.len(), d.unchanged))
 }
 
 /// Writes `entries`, a batch at a time.
