@@ -271,7 +271,10 @@ pub(crate) fn decide_as(ctx: &SockAddrContext, hook: Hook, mut dest: Dest, nativ
         count(counter_index(hook as u32, proto_class, VERDICT_DENY as u32));
         return DENY;
     };
-    let (audit, allow_loopback) = (cfg.mode == MODE_AUDIT, cfg.allow_loopback != 0);
+    // `mode` is read only where a call is not allowed: an array's values start 8 bytes
+    // before a cache line, so it shares a line with the ABI version only, apart from the
+    // fields every call reads.
+    let audit = || cfg.mode == MODE_AUDIT;
 
     // DNS-aware mode: every query goes to the proxy, whatever server it was meant for,
     // loopback stubs included (docs/architecture.md, "DNS-aware mode").
@@ -280,10 +283,10 @@ pub(crate) fn decide_as(ctx: &SockAddrContext, hook: Hook, mut dest: Dest, nativ
         && (proto == IPPROTO_TCP || proto == IPPROTO_UDP)
     {
         let verdict = if native {
-            dns::redirect(ctx, cfg, hook, proto, &dest, audit)
+            dns::redirect(ctx, cfg, hook, proto, &dest, audit())
         } else if dns::foreign_query_allowed(ctx, cfg) {
             VERDICT_ALLOW
-        } else if audit {
+        } else if audit() {
             VERDICT_AUDIT
         } else {
             VERDICT_DENY
@@ -295,11 +298,11 @@ pub(crate) fn decide_as(ctx: &SockAddrContext, hook: Hook, mut dest: Dest, nativ
         return if verdict == VERDICT_DENY { DENY } else { ALLOW };
     }
 
-    let verdict = if allow_loopback && is_loopback(&dest.words) {
+    let verdict = if cfg.allow_loopback != 0 && is_loopback(&dest.words) {
         VERDICT_ALLOW_LOOPBACK
     } else if rule_matches(proto, &dest, cfg, &mut Caller::task(cfg.default_policy)) {
         VERDICT_ALLOW
-    } else if audit {
+    } else if audit() {
         VERDICT_AUDIT
     } else {
         VERDICT_DENY
