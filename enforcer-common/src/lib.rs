@@ -7,7 +7,9 @@
 
 /// Stored in the config map; a daemon that finds pinned maps of another ABI version refuses to
 /// reuse them instead of misreading them.
-pub const ABI_VERSION: u32 = 5;
+/// 6: `NO_PREFIX`, which the programs read and only this version's daemon keeps up to date
+/// (an older one reusing the maps would change the trie under a stale map).
+pub const ABI_VERSION: u32 = 6;
 
 /// Names of the maps, as declared in the eBPF object and as pinned under `<pin dir>/maps/`.
 pub mod map_names {

@@ -219,10 +219,13 @@ fn exact_vset(key: &[u64; 3], cfg: &Config) -> u32 {
         if slot.state == SLOT_EMPTY {
             break;
         }
-        // One test of three words, not `==` on arrays (a call to memcmp).
-        let k = slot.key_words();
-        if slot.state == SLOT_LIVE && (k[0] ^ key[0]) | (k[1] ^ key[1]) | (k[2] ^ key[2]) == 0 {
-            return slot.value.vset;
+        // The state before the key (a slot's key changes only while it is not live), and
+        // one test of three words, not `==` on arrays (a call to memcmp).
+        if slot.state == SLOT_LIVE {
+            let k = slot.key_words();
+            if (k[0] ^ key[0]) | (k[1] ^ key[1]) | (k[2] ^ key[2]) == 0 {
+                return slot.value.vset;
+            }
         }
         i += 1;
     }

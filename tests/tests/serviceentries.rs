@@ -435,6 +435,9 @@ fn a_cidr_rule_added_in_a_region_no_rule_reached_is_matched_and_removed_is_not()
     );
 }
 
+/// Rules in force throughout: a static endpoint, and `standing` (a CIDR rule with its
+/// probes). A destination of the added rule is probed in both families and v4-mapped from a
+/// dual-stack socket (the IPv6 programs, an IPv4 region).
 fn cidr_rule_added_and_removed(name: &str, standing: Option<(String, [&str; 2])>) {
     let (env, _dns) = env_with_dns(name, "enforce", "");
     env.write_se(
@@ -447,19 +450,21 @@ fn cidr_rule_added_and_removed(name: &str, standing: Option<(String, [&str; 2])>
         kept.extend(probes);
     }
     let _d = env.start_daemon(&[]);
-    let added = ["tcp:198.18.1.7:9090", "tcp:[fd00:1::5]:9090"];
-    let kept_ok = || {
-        let p = env.probe_in_cgroup(&kept);
-        for k in &kept {
-            assert_eq!(p.result(k), "ok", "{k}");
-        }
-    };
+    let added = [
+        "tcp:198.18.1.7:9090",
+        "tcp:[fd00:1::5]:9090",
+        "tcp:[::ffff:198.18.1.7]:9090",
+    ];
     env.wait_probe(kept[0], "ok", WAIT);
-    kept_ok();
+    let p = env.probe_in_cgroup(&kept);
+    for k in &kept {
+        assert_eq!(p.result(k), "ok", "{k}");
+    }
     let p = env.probe_in_cgroup(&added);
     for a in added {
         assert_eq!(p.result(a), "EPERM", "{a} before its rule");
     }
+    let during = env.probe_loop(&kept);
     env.write_se(
         "cidr.yaml",
         &se("range", "hosts: [range.ee.test]\naddresses: [198.18.1.0/24, \"fd00:1::/64\"]\nports: [{number: 9090, name: http, protocol: TCP}]\nresolution: NONE"),
@@ -467,12 +472,12 @@ fn cidr_rule_added_and_removed(name: &str, standing: Option<(String, [&str; 2])>
     for a in added {
         env.wait_probe(a, "ok", WAIT);
     }
-    kept_ok();
     env.remove_se("cidr.yaml");
     for a in added {
         env.wait_probe(a, "EPERM", WAIT);
     }
-    kept_ok();
+    let want: Vec<(&str, &str)> = kept.iter().map(|k| (*k, "ok")).collect();
+    during.finish_steady(&want, "while a CIDR rule was added and removed");
 }
 
 #[test]

@@ -473,7 +473,7 @@ impl Maps {
         };
         let synced = self
             .sync_both(live, plan, desired, skips)
-            .and_then(|stats| self.widen(narrowed.as_deref(), &no_prefix).map(|()| stats));
+            .inspect(|_| self.widen(narrowed.as_deref(), &no_prefix));
         self.exact.applied();
         synced
     }
@@ -506,11 +506,14 @@ impl Maps {
         })
     }
 
-    /// Once only the new rules are in force: skips the trie walks wherever they no longer reach.
-    fn widen(&mut self, now: Option<&[u64]>, want: &[u64]) -> anyhow::Result<()> {
-        match (&mut self.no_prefix, now) {
-            (Some(m), Some(now)) => m.widen(now, want),
-            _ => Ok(()),
+    /// Once only the new rules are in force: skips the trie walks wherever they no longer
+    /// reach. A failure leaves the narrowed words, right for these rules too (only slower on
+    /// a denial): the rules are in force, so the apply stands, and the next one widens.
+    fn widen(&mut self, now: Option<&[u64]>, want: &[u64]) {
+        if let (Some(m), Some(now)) = (&mut self.no_prefix, now)
+            && let Err(e) = m.widen(now, want)
+        {
+            tracing::warn!(error = %format!("{e:#}"), "NO_PREFIX left narrowed");
         }
     }
 

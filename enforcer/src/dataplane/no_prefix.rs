@@ -56,6 +56,13 @@ impl NoPrefix {
     /// reach stay skipped. Returns what the map now holds.
     pub fn narrow(&mut self, want: &[u64]) -> anyhow::Result<Vec<u64>> {
         let now = self.read()?;
+        // Words left out of both would keep stale skips.
+        anyhow::ensure!(
+            now.len() == want.len(),
+            "NO_PREFIX holds {} words, {} expected",
+            now.len(),
+            want.len()
+        );
         let both: Vec<u64> = now.iter().zip(want).map(|(a, b)| a & b).collect();
         self.write(&now, &both)?;
         Ok(both)
