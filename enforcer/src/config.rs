@@ -826,7 +826,9 @@ pub fn resolv_conf_nameservers(text: &str) -> Vec<IpAddr> {
 }
 
 /// Normalises a configured cgroup to a path relative to the cgroup2 mount ("" = the root).
-/// Rejects `..` so a config cannot point outside the hierarchy.
+/// Rejects `..` so a config cannot point outside the hierarchy, and a filesystem path under
+/// `/sys/fs/cgroup`: taken as relative, it would name a new, empty cgroup that the daemon
+/// creates and enforces while the workload it was meant for runs unchecked.
 pub fn cgroup_relative(dir: &str) -> anyhow::Result<String> {
     let mut parts = Vec::new();
     for c in Path::new(dir).components() {
@@ -836,8 +838,20 @@ pub fn cgroup_relative(dir: &str) -> anyhow::Result<String> {
             Component::ParentDir | Component::Prefix(_) => bail!("must not contain '..'"),
         }
     }
+    if parts.starts_with(&CGROUP_FS.map(str::to_owned)) {
+        bail!(
+            "is a filesystem path: cgroups are written relative to the cgroup2 mount, so this \
+             would name a new, empty cgroup /{}; write the part after the mount point (for \
+             /sys/fs/cgroup/system.slice, `system.slice`; with cgroup2 at \
+             /sys/fs/cgroup/unified, the part after that)",
+            parts.join("/")
+        );
+    }
     Ok(parts.join("/"))
 }
+
+/// Where every distribution mounts its cgroup filesystems.
+const CGROUP_FS: [&str; 3] = ["sys", "fs", "cgroup"];
 
 #[cfg(test)]
 mod tests {

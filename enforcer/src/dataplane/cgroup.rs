@@ -89,9 +89,19 @@ impl Cgroup {
         format!("/{}", self.relative)
     }
 
+    /// Said in the log when the cgroup is new: a typo in `cgroups` makes an empty cgroup that
+    /// is enforced while the workload runs elsewhere, and this line is where that shows.
     pub fn create(&self) -> anyhow::Result<()> {
+        if self.path.is_dir() {
+            return Ok(());
+        }
         fs::create_dir_all(&self.path)
-            .with_context(|| format!("creating cgroup {}", self.path.display()))
+            .with_context(|| format!("creating cgroup {}", self.path.display()))?;
+        tracing::info!(
+            cgroup = %self.display(),
+            "created the cgroup (it did not exist): nothing in it until processes are moved in"
+        );
+        Ok(())
     }
 }
 
@@ -162,6 +172,25 @@ mod tests {
             "kubepods.slice"
         );
         assert!(validate_relative("a/../../etc").is_err());
+    }
+
+    #[test]
+    fn a_filesystem_path_is_refused_not_taken_as_a_new_cgroup() {
+        for path in [
+            "/sys/fs/cgroup/unified/kx/case",
+            "/sys/fs/cgroup/system.slice",
+            "sys/fs/cgroup",
+            "/sys/./fs/cgroup/x",
+        ] {
+            let e = validate_relative(path).unwrap_err().to_string();
+            assert!(
+                e.contains("filesystem path") && e.contains("relative to the cgroup2 mount"),
+                "{path}: {e}"
+            );
+        }
+        // Only the whole prefix: a cgroup that merely begins like it is still a cgroup.
+        assert_eq!(validate_relative("/sys/fs").unwrap(), "sys/fs");
+        assert_eq!(validate_relative("sysfs/cgroup").unwrap(), "sysfs/cgroup");
     }
 
     #[test]
