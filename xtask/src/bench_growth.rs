@@ -17,8 +17,8 @@ use crate::{
     bench::{Row, Section, median},
     bench_daemon::{Daemon, cleanup, fresh_dir},
     bench_kernel::{
-        CGROUP, CIDR_RULES, Fixture, KERNEL_CASES, Plan, allowed_entry, cidr_entries, filler,
-        log_number, measure_kernel, measure_noop_with, static_entries,
+        CGROUP, CIDR_RULES, Fixture, KERNEL_CASES, KernelCell, Plan, allowed_entry, cidr_entries,
+        filler, log_number, measure_kernel, measure_noop_with, static_entries,
     },
     bench_noop::{Calibration, Noop, attach_type},
 };
@@ -42,7 +42,7 @@ struct Point {
     change_ms: f64,
     /// Per hook (HOOKS order): allowed, denied, in ns.
     calls: Vec<(f64, f64)>,
-    /// Per hook (HOOKS order): a no-op program on the same hook, measured right after.
+    /// Per hook (HOOKS order): a no-op program on the same hook, measured in the same rounds.
     noop: Vec<f64>,
 }
 
@@ -161,16 +161,9 @@ fn point(
     let change_ms = changes(&mut d, &dir.join("se"), exact / PER_FILE, n_changes)?;
     let rss_mib = settled_rss(&d)?.max(rss_load);
     let hwm_mib = d.status_kib("VmHWM:")? as f64 / 1024.0;
-    let cells = measure_kernel(
-        fx,
-        plan,
-        bin,
-        (&config, exact + ALLOWED_RULES),
-        &KERNEL_CASES[..8],
-    )?;
+    let (cells, noop) = calls_beside_noops(fx, plan, bin, (&config, exact + ALLOWED_RULES))?;
     d.stop();
     cleanup(&dir);
-    let noop = noop_per_hook(fx, plan)?;
     let ns = |p: &str, denied: bool| {
         cells
             .iter()
@@ -189,22 +182,42 @@ fn point(
     })
 }
 
-/// What a no-op program costs on each of the four hooks, driven as the allowed cases of
-/// [`KERNEL_CASES`] drive the enforcing programs: the floor each hook's figure stands on.
-fn noop_per_hook(fx: &Fixture, plan: &Plan) -> anyhow::Result<Vec<f64>> {
-    HOOKS
-        .iter()
-        .map(|&hook| {
-            let &(_, work, addr, _, _) = KERNEL_CASES
-                .iter()
-                .find(|c| c.0 == hook && !c.3)
-                .with_context(|| format!("no allowed case for {hook}"))?;
-            let noop = Noop::attach_to(&fx.cgroup("case"), Calibration::Noop, attach_type(hook)?)?;
-            Ok(median(
-                measure_noop_with(fx, plan, &noop, "noop", (work, addr))?.ns,
-            ))
-        })
-        .collect()
+/// The enforcing programs' cases of [`KERNEL_CASES`] and, in the same rounds, a no-op
+/// program on each of the four hooks in a sibling cgroup, driven as the allowed case of that
+/// hook: the floor each hook's figure stands on, measured side by side with it (a drift of
+/// the machine between two separate blocks moved the difference by several ns).
+fn calls_beside_noops(
+    fx: &Fixture,
+    plan: &Plan,
+    bin: &Path,
+    config: (&Path, usize),
+) -> anyhow::Result<(Vec<KernelCell>, Vec<f64>)> {
+    let mut noops = Vec::new();
+    for hook in HOOKS {
+        let &(_, work, addr, _, _) = KERNEL_CASES
+            .iter()
+            .find(|c| c.0 == hook && !c.3)
+            .with_context(|| format!("no allowed case for {hook}"))?;
+        let noop = Noop::attach_to(&fx.cgroup("noop"), Calibration::Noop, attach_type(hook)?)?;
+        noops.push((noop, work, addr));
+    }
+    let one = plan.one_run();
+    let mut cells: Vec<KernelCell> = Vec::new();
+    let mut noop_ns = vec![Vec::new(); noops.len()];
+    for _ in 0..plan.runs {
+        let round = measure_kernel(fx, &one, bin, config, &KERNEL_CASES[..8])?;
+        if cells.is_empty() {
+            cells = round;
+        } else {
+            for (cell, more) in cells.iter_mut().zip(round) {
+                cell.ns.extend(more.ns);
+            }
+        }
+        for ((noop, work, addr), ns) in noops.iter().zip(&mut noop_ns) {
+            ns.extend(measure_noop_with(fx, &one, noop, "noop", (work, addr, "noop"))?.ns);
+        }
+    }
+    Ok((cells, noop_ns.into_iter().map(median).collect()))
 }
 
 pub fn run(plan: &Plan, bin: &Path, worker: PathBuf, quick: bool) -> anyhow::Result<Growth> {
@@ -308,8 +321,8 @@ fn rows(p: &Point, base_mib: f64) -> Vec<Row> {
             unit: "ns",
             target: Some(20.0),
             detail: format!(
-                "run_time_ns / run_cnt {allowed:.1} ns less a no-op program's on {hook}, \
-                 {noop_ns:.1} ns"
+                "run_time_ns / run_cnt {allowed:.1} ns less a no-op program's on {hook} in a \
+                 sibling cgroup, measured in the same rounds, {noop_ns:.1} ns"
             ),
         });
         rows.push(Row {
@@ -348,7 +361,7 @@ fn table(points: &[Point], base_mib: f64, plot: &str) -> Section {
         md,
         "Daemon baseline (4 rules) {base_mib:.1} MiB. Per call: the worst of connect4, \
          connect6, sendmsg4 and sendmsg6; \"over no-op\": less a no-op program on the same \
-         hook, measured right after. Plot: [{plot}]({plot}).\n"
+         hook in a sibling cgroup, measured in the same rounds. Plot: [{plot}]({plot}).\n"
     );
     let _ = writeln!(
         md,

@@ -118,6 +118,17 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The same plan, one run: for measurements interleaved run by run with others.
+    pub(crate) fn one_run(&self) -> Self {
+        Self {
+            runs: 1,
+            iters: self.iters,
+            enforcer_sizes: Vec::new(),
+            iptables_sizes: Vec::new(),
+            diff: 0,
+        }
+    }
+
     pub fn new(quick: bool) -> Self {
         if quick {
             Self {
@@ -160,7 +171,7 @@ pub(crate) struct Fixture {
 impl Fixture {
     pub(crate) fn new(worker: PathBuf) -> anyhow::Result<Self> {
         let cg2 = e2e::cgroup2_mount();
-        for sub in ["base", "case"] {
+        for sub in ["base", "case", "noop"] {
             let p = cg2.join(CGROUP).join(sub);
             std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
         }
@@ -238,7 +249,7 @@ struct Sample {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        for sub in ["case", "base", ""] {
+        for sub in ["case", "noop", "base", ""] {
             let _ignored = std::fs::remove_dir(self.cg2.join(CGROUP).join(sub));
         }
     }
@@ -921,17 +932,18 @@ pub(crate) fn measure_noop(
     noop: &Noop,
     program: &'static str,
 ) -> anyhow::Result<KernelCell> {
-    measure_noop_with(fx, plan, noop, program, ("udp-connect", ALLOWED))
+    measure_noop_with(fx, plan, noop, program, ("udp-connect", ALLOWED, "case"))
 }
 
-/// [`measure_noop`] for a no-op attached to another hook, driven by `(workload, address)` as
-/// the enforcing program of that hook is in [`KERNEL_CASES`].
+/// [`measure_noop`] for a no-op attached to another hook (and cgroup `sub` of the fixture),
+/// driven by `(workload, address)` as the enforcing program of that hook is in
+/// [`KERNEL_CASES`].
 pub(crate) fn measure_noop_with(
     fx: &Fixture,
     plan: &Plan,
     noop: &Noop,
     program: &'static str,
-    (work, addr): (&str, &str),
+    (work, addr, sub): (&str, &str, &str),
 ) -> anyhow::Result<KernelCell> {
     let _stats = BpfStats::enable()?;
     let dest = if addr.contains(':') {
@@ -943,7 +955,7 @@ pub(crate) fn measure_noop_with(
     for _ in 0..plan.runs {
         let case = format!("{work},ok,{dest},{}", plan.iters.kernel);
         let (n0, t0) = noop.stats()?;
-        fx.run(&[case], false)?;
+        fx.run_in(sub, &[case], false)?;
         let (n1, t1) = noop.stats()?;
         if n1 - n0 < plan.iters.kernel {
             bail!(
