@@ -207,8 +207,14 @@ impl RuleKey {
 /// The first word of a key ([`RuleKey::words`]) with `pad` 0, computed in registers.
 #[inline(always)]
 pub fn key_head(policy: u32, port: u16, proto: u8) -> u64 {
+    key_head_in(cfg!(target_endian = "little"), policy, port, proto)
+}
+
+/// [`key_head`] for either byte order, so that both are tested on any host.
+#[inline(always)]
+fn key_head_in(little: bool, policy: u32, port: u16, proto: u8) -> u64 {
     let (policy, port, proto) = (u64::from(policy), u64::from(port), u64::from(proto));
-    if cfg!(target_endian = "little") {
+    if little {
         policy | port << 32 | proto << 48
     } else {
         policy << 32 | port << 16 | proto << 8
@@ -219,8 +225,14 @@ pub fn key_head(policy: u32, port: u16, proto: u8) -> u64 {
 /// words into [`RuleKey::words`]).
 #[inline(always)]
 pub fn word_pair(first: u32, second: u32) -> u64 {
+    word_pair_in(cfg!(target_endian = "little"), first, second)
+}
+
+/// [`word_pair`] for either byte order.
+#[inline(always)]
+fn word_pair_in(little: bool, first: u32, second: u32) -> u64 {
     let (first, second) = (u64::from(first), u64::from(second));
-    if cfg!(target_endian = "little") {
+    if little {
         first | second << 32
     } else {
         first << 32 | second
@@ -668,6 +680,32 @@ mod tests {
         }
         assert_eq!(core::mem::align_of::<TableSlot>(), 8);
         assert_eq!(size_of::<TableSlot>(), 48);
+    }
+
+    /// The byte order this host does not have: the words are what a key's bytes read as in
+    /// that order, so a big-endian build would match its programs' keys too.
+    #[test]
+    fn both_byte_orders_build_the_keys_bytes() {
+        let (policy, port, proto) = (0x0102_0304u32, 0x0506u16, 0x07u8);
+        // Each order's bytes of the fields in declaration order, read as that order's word.
+        assert_eq!(
+            key_head_in(true, policy, port, proto),
+            u64::from_le_bytes([4, 3, 2, 1, 6, 5, 7, 0])
+        );
+        assert_eq!(
+            key_head_in(false, policy, port, proto),
+            u64::from_be_bytes([1, 2, 3, 4, 5, 6, 7, 0])
+        );
+        let bytes = [0x11u8, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88];
+        let (a, b) = ([0x11, 0x22, 0x33, 0x44], [0x55, 0x66, 0x77, 0x88]);
+        assert_eq!(
+            word_pair_in(true, u32::from_le_bytes(a), u32::from_le_bytes(b)),
+            u64::from_le_bytes(bytes)
+        );
+        assert_eq!(
+            word_pair_in(false, u32::from_be_bytes(a), u32::from_be_bytes(b)),
+            u64::from_be_bytes(bytes)
+        );
     }
 
     #[test]
