@@ -839,15 +839,20 @@ pub fn cgroup_relative(dir: &str) -> anyhow::Result<String> {
         }
     }
     if parts.starts_with(&CGROUP_FS.map(str::to_owned)) {
-        bail!(
-            "is a filesystem path: cgroups are written relative to the cgroup2 mount, so this \
-             would name a new, empty cgroup /{}; write the part after the mount point (for \
-             /sys/fs/cgroup/system.slice, `system.slice`; with cgroup2 at \
-             /sys/fs/cgroup/unified, the part after that)",
-            parts.join("/")
-        );
+        bail!("{}", filesystem_path_error("/sys/fs/cgroup"));
     }
     Ok(parts.join("/"))
+}
+
+/// Why a cgroup written as a path under `mount` is refused, and what to write instead.
+pub fn filesystem_path_error(mount: &str) -> String {
+    format!(
+        "is a filesystem path: cgroups are written relative to the cgroup2 mount, and this \
+         would name a cgroup `{mount}/…` below it, which no process is in; write the part \
+         after the mount point (for /sys/fs/cgroup/system.slice, `system.slice`; with cgroup2 \
+         at /sys/fs/cgroup/unified, the part after that: `grep ^0:: /proc/PID/cgroup` shows a \
+         process's)"
+    )
 }
 
 /// Where every distribution mounts its cgroup filesystems.

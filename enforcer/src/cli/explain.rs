@@ -8,6 +8,7 @@ use std::{
     path::Path,
 };
 
+use anyhow::Context as _;
 use enforcer_common::{POLICY_UNMAPPED, PolicyBits, RULE_KEY_FIXED_BITS, RuleKey, VSET_EVERYONE};
 use serde::Serialize;
 
@@ -180,8 +181,11 @@ pub fn explain(config: Option<&Path>, args: Args) -> Result<(), Failure> {
             (format!("pod {pod}"), m.policy)
         }
         (None, Some(c)) => {
-            let rel = crate::config::cgroup_relative(c).user()?;
             let mount = cgroup::cgroup2_mount().runtime()?;
+            let rel = cgroup::Cgroup::resolve(&mount, c)
+                .with_context(|| "--cgroup".to_owned())
+                .user()?
+                .relative;
             let (own, ancestors) = ids_of(&mount, &rel).user()?;
             let p = caller_policy(
                 own,

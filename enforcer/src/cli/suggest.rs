@@ -103,7 +103,12 @@ fn options(a: &Args) -> anyhow::Result<Options> {
             .map(|s| since(s, unix_now()))
             .transpose()?,
         namespaces: a.namespace.clone(),
-        cgroups: a.cgroup.clone(),
+        // Normalised as the config's are: a filesystem path would silently match nothing.
+        cgroups: a
+            .cgroup
+            .iter()
+            .map(|c| crate::config::cgroup_relative(c).with_context(|| format!("--cgroup {c:?}")))
+            .collect::<anyhow::Result<_>>()?,
         group: if a.wildcard || a.group == GroupArg::Domain {
             Group::Domain
         } else {

@@ -518,6 +518,13 @@ impl Daemon {
             "enforcing"
         );
         log_protections(&dp, &first.config);
+        for cg in cgroups.iter().filter(|c| c.populated() == Some(false)) {
+            info!(
+                cgroup = %cg.display(),
+                "no process is in this enforced cgroup yet: if the workload is already running, \
+                 it runs elsewhere (its cgroup: `grep ^0:: /proc/PID/cgroup`)"
+            );
+        }
 
         metrics.applied(exact_rules, prefix_rules, std::time::Instant::now());
         drop(desired);

@@ -69,12 +69,29 @@ pub struct Cgroup {
 impl Cgroup {
     pub fn resolve(mount: &Path, dir: &str) -> anyhow::Result<Self> {
         let relative = validate_relative(dir).with_context(|| format!("cgroup {dir:?}"))?;
+        // The mount itself written in front (a cgroup2 mounted elsewhere than /sys/fs/cgroup,
+        // which `validate_relative` already refuses): the same mistake, known only here.
+        let mount_rel = validate_relative(&mount.to_string_lossy()).unwrap_or_default();
+        if !mount_rel.is_empty()
+            && (relative == mount_rel || relative.starts_with(&format!("{mount_rel}/")))
+        {
+            anyhow::bail!(
+                "cgroup {dir:?}: {}",
+                crate::config::filesystem_path_error(&mount.display().to_string())
+            );
+        }
         let path = if relative.is_empty() {
             mount.to_path_buf()
         } else {
             mount.join(&relative)
         };
         Ok(Self { relative, path })
+    }
+
+    /// Whether a process is in the cgroup or below it (`cgroup.events`); None if unreadable.
+    pub fn populated(&self) -> Option<bool> {
+        let events = fs::read_to_string(self.path.join("cgroup.events")).ok()?;
+        parse_populated(&events)
     }
 
     /// Shown to users: `/` for the root, else `/a/b`.
@@ -103,6 +120,17 @@ impl Cgroup {
         );
         Ok(())
     }
+}
+
+/// `populated` of a `cgroup.events` file (cgroup v2: `populated 0|1`).
+fn parse_populated(events: &str) -> Option<bool> {
+    events
+        .lines()
+        .find_map(|l| match l.strip_prefix("populated ")? {
+            "0" => Some(false),
+            "1" => Some(true),
+            _ => None,
+        })
 }
 
 /// Moves the calling process into the cgroup at `path` (used between fork and exec).
@@ -191,6 +219,26 @@ mod tests {
         // Only the whole prefix: a cgroup that merely begins like it is still a cgroup.
         assert_eq!(validate_relative("/sys/fs").unwrap(), "sys/fs");
         assert_eq!(validate_relative("sysfs/cgroup").unwrap(), "sysfs/cgroup");
+    }
+
+    #[test]
+    fn the_mount_written_in_front_is_refused_wherever_cgroup2_is_mounted() {
+        for dir in ["/run/cilium/cgroupv2/pods/a", "run/cilium/cgroupv2"] {
+            let e = Cgroup::resolve(Path::new("/run/cilium/cgroupv2"), dir)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("filesystem path"), "{dir}: {e}");
+        }
+        // A cgroup that only shares the first name is a cgroup.
+        let c = Cgroup::resolve(Path::new("/run/cg"), "runner/x").unwrap();
+        assert_eq!(c.path, PathBuf::from("/run/cg/runner/x"));
+    }
+
+    #[test]
+    fn populated_is_read_from_cgroup_events() {
+        assert_eq!(parse_populated("populated 0\nfrozen 0\n"), Some(false));
+        assert_eq!(parse_populated("frozen 0\npopulated 1\n"), Some(true));
+        assert_eq!(parse_populated("frozen 0\n"), None);
     }
 
     #[test]
