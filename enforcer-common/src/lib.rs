@@ -9,7 +9,8 @@
 /// reuse them instead of misreading them.
 /// 6: `NO_PREFIX`, which the programs read and only this version's daemon keeps up to date
 /// (an older one reusing the maps would change the trie under a stale map).
-pub const ABI_VERSION: u32 = 6;
+/// 7: `TASK_CGROUPS` is an array of packed slots ([`task_cgroup_entry`]), `ROOTS_GEN` 23 bits.
+pub const ABI_VERSION: u32 = 7;
 
 /// Names of the maps, as declared in the eBPF object and as pinned under `<pin dir>/maps/`.
 pub mod map_names {
@@ -42,7 +43,7 @@ pub mod map_names {
     pub const DNS_OWN: &str = "DNS_OWN";
     /// cgroup ids the cgroup programs are attached to.
     pub const ENFORCED_ROOTS: &str = "ENFORCED_ROOTS";
-    /// cgroup id → enforced or not: the root programs' cache.
+    /// cgroup id → enforced or not: the root programs' cache ([`super::task_cgroup_entry`]).
     pub const TASK_CGROUPS: &str = "TASK_CGROUPS";
     /// Cookies of sockets made inside an enforced cgroup.
     pub const NATIVE_SOCKETS: &str = "NATIVE_SOCKETS";
@@ -442,6 +443,51 @@ pub const TABLE_PROBES: u32 = 8;
 /// `OVERFLOW_HOMES` has a bit for each run of `1 << OVERFLOW_REGION_SHIFT` slots.
 pub const OVERFLOW_REGION_SHIFT: u32 = 6;
 
+/// `TASK_CGROUPS`: the root programs' answers to "is this cgroup enforced?" (docs/architecture.md,
+/// "Sockets from outside"), direct-mapped by cgroup id. An array slot, not a hash map: its
+/// lookup is inlined, where a hash map's is a call, and a call is dear in the kernel (on the
+/// bench VM a helper or map call costs 20-45 ns). One `u64` per slot, read and written whole:
+/// CPUs race on a slot, and two words could be torn apart, one cgroup's id with another's
+/// answer.
+pub const TASK_CGROUP_SLOT_BITS: u32 = 14;
+pub const TASK_CGROUP_SLOTS: u32 = 1 << TASK_CGROUP_SLOT_BITS;
+/// Bits of `ROOTS_GEN` (the daemon wraps it there) that a slot keeps.
+pub const ROOTS_GEN_MASK: u32 = (1 << 23) - 1;
+/// The daemon empties `TASK_CGROUPS` before publishing a generation that is a multiple of
+/// this: an answer tagged with a generation cannot outlive the generation's return.
+pub const ROOTS_GEN_CLEAR_EVERY: u32 = 1 << 22;
+/// Cgroup ids from here on are not cached (a slot keeps the id in 40 bits); the kernel's
+/// are far below (the inode number, with a wrap count in the upper 32 bits).
+pub const TASK_CGROUP_MAX_ID: u64 = 1 << 40;
+/// [`task_cgroup_answer`]: the slot holds no answer for this cgroup and generation.
+pub const TASK_CGROUP_UNKNOWN: u32 = 2;
+
+/// The slot of cgroup `id` (ids are mostly consecutive: a multiplicative hash spreads them).
+#[inline(always)]
+pub fn task_cgroup_slot(id: u64) -> u32 {
+    (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - TASK_CGROUP_SLOT_BITS)) as u32
+}
+
+/// A slot's value: the id, the generation's low 23 bits, whether it is enforced.
+#[inline(always)]
+pub fn task_cgroup_entry(id: u64, generation: u32, enforced: bool) -> u64 {
+    id << 24 | u64::from(generation & ROOTS_GEN_MASK) << 1 | u64::from(enforced)
+}
+
+/// 1 (enforced) or 0 from a slot holding `id`'s answer under `generation`, else
+/// [`TASK_CGROUP_UNKNOWN`]. A number, not an Option, for the programs' verifier. An empty
+/// slot (0) matches no cgroup: ids start at 1.
+#[inline(always)]
+pub fn task_cgroup_answer(entry: u64, id: u64, generation: u32) -> u32 {
+    if id >= TASK_CGROUP_MAX_ID
+        || entry >> 24 != id
+        || (entry >> 1) as u32 & ROOTS_GEN_MASK != generation & ROOTS_GEN_MASK
+    {
+        return TASK_CGROUP_UNKNOWN;
+    }
+    (entry & 1) as u32
+}
+
 /// (word, bit) of the `OVERFLOW_HOMES` bit for home slot `home`.
 #[inline(always)]
 pub fn overflow_bit(home: u32) -> (u32, u32) {
@@ -680,6 +726,43 @@ mod tests {
         }
         assert_eq!(core::mem::align_of::<TableSlot>(), 8);
         assert_eq!(size_of::<TableSlot>(), 48);
+    }
+
+    #[test]
+    fn a_task_cgroup_slot_answers_only_for_its_cgroup_and_generation() {
+        let (id, generation) = (4_294_967_340u64, 7u32);
+        for enforced in [false, true] {
+            let e = task_cgroup_entry(id, generation, enforced);
+            assert_eq!(task_cgroup_answer(e, id, generation), u32::from(enforced));
+            assert_eq!(
+                task_cgroup_answer(e, id + 1, generation),
+                TASK_CGROUP_UNKNOWN
+            );
+            assert_eq!(
+                task_cgroup_answer(e, id, generation + 1),
+                TASK_CGROUP_UNKNOWN
+            );
+            // The generation as the daemon wraps it, and as the slot keeps it.
+            let g = ROOTS_GEN_MASK;
+            let w = task_cgroup_entry(id, g, enforced);
+            assert_eq!(task_cgroup_answer(w, id, g), u32::from(enforced));
+            assert_eq!(task_cgroup_answer(w, id, 0), TASK_CGROUP_UNKNOWN);
+        }
+        assert_eq!(task_cgroup_answer(0, 1, 0), TASK_CGROUP_UNKNOWN);
+        // An id the slot cannot hold (the programs never store one) is never answered,
+        // whatever the slot holds.
+        let big = TASK_CGROUP_MAX_ID;
+        for e in [0, u64::MAX, task_cgroup_entry(big, 0, true), big << 24 | 1] {
+            assert_eq!(task_cgroup_answer(e, big, 0), TASK_CGROUP_UNKNOWN);
+            assert_eq!(task_cgroup_answer(e, big + 5, 0), TASK_CGROUP_UNKNOWN);
+        }
+        // Consecutive ids spread over the slots.
+        let mut used = [false; TASK_CGROUP_SLOTS as usize];
+        for id in 1..=1024u64 {
+            used[task_cgroup_slot(id) as usize] = true;
+        }
+        assert!(used.iter().filter(|u| **u).count() > 1000);
+        const { assert!(ROOTS_GEN_CLEAR_EVERY <= ROOTS_GEN_MASK) };
     }
 
     /// The byte order this host does not have: the words are what a key's bytes read as in

@@ -13,7 +13,10 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use enforcer_common::{DNS_REDIRECT, Hook};
+use enforcer_common::{
+    DNS_REDIRECT, Hook, TASK_CGROUP_MAX_ID, TASK_CGROUP_UNKNOWN, task_cgroup_answer,
+    task_cgroup_entry, task_cgroup_slot,
+};
 
 use crate::{
     dns::is_proxy,
@@ -73,17 +76,21 @@ fn foreign(ctx: &SockAddrContext, hook: Hook, dest: impl FnOnce() -> Dest) -> i3
 /// never changes and its id is never reused, so the answer is cached per cgroup, tagged with
 /// the generation of `ENFORCED_ROOTS` it was computed under. The generation is read before
 /// the walk and the daemon bumps it after changing the roots: an answer computed while they
-/// changed carries the old generation and is not used again.
+/// changed carries the old generation and is not used again. The cache is an array slot, read
+/// and written as one word (`enforcer_common::task_cgroup_entry`): its lookup is inlined,
+/// where a hash map's is a call.
 #[inline(always)]
 fn task_enforced() -> bool {
     let generation = ROOTS_GEN.get(0).copied().unwrap_or(0);
     // SAFETY: helper without preconditions.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    if let Some(v) = TASK_CGROUPS.get_ptr(cgroup) {
-        // SAFETY: a map value pointer is valid for the program run.
-        let v = unsafe { *v };
-        if v >> 1 == generation {
-            return v & 1 != 0;
+    let slot = TASK_CGROUPS.get_ptr_mut(task_cgroup_slot(cgroup));
+    if let Some(p) = slot {
+        // SAFETY: a map value pointer is valid for the program run; one aligned 8-byte load.
+        let entry = unsafe { core::ptr::read_volatile(p) };
+        let answer = task_cgroup_answer(entry, cgroup, generation);
+        if answer != TASK_CGROUP_UNKNOWN {
+            return answer != 0;
         }
     }
     let mut found = false;
@@ -100,7 +107,11 @@ fn task_enforced() -> bool {
         }
         level += 1;
     }
-    // An LRU insert fails only on a broken map; the walk is then repeated next time.
-    let _ignored = TASK_CGROUPS.insert(cgroup, generation << 1 | u32::from(found), 0);
+    if let Some(p) = slot
+        && cgroup < TASK_CGROUP_MAX_ID
+    {
+        // SAFETY: as above; one aligned 8-byte store, so a racing reader sees it whole.
+        unsafe { core::ptr::write_volatile(p, task_cgroup_entry(cgroup, generation, found)) };
+    }
     found
 }

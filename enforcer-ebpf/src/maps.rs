@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     ClientKey, Config, DnsSocket, EVENT_WINDOW_SLOTS, EventWindow, LearnedValue, NO_PREFIX_WORDS,
-    NUM_COUNTERS, POLICY_WORDS, RuleKey, RuleValue, TableSlot,
+    NUM_COUNTERS, POLICY_WORDS, RuleKey, RuleValue, TASK_CGROUP_SLOTS, TableSlot,
 };
 
 /// `BPF_F_NO_PREALLOC` (uapi/linux/bpf.h).
@@ -91,10 +91,10 @@ pub(crate) static DNS_PROXY: SockMap = SockMap::with_max_entries(1, 0);
 #[map]
 pub(crate) static ENFORCED_ROOTS: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
 
-/// cgroup id → `ROOTS_GEN << 1 | enforced`: a cache of the ancestor walk, whose entries of an
-/// older generation of `ENFORCED_ROOTS` do not count.
+/// A cache of the ancestor walk, direct-mapped by cgroup id (`enforcer_common::task_cgroup_entry`); answers
+/// of an older generation of `ENFORCED_ROOTS` do not count.
 #[map]
-pub(crate) static TASK_CGROUPS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
+pub(crate) static TASK_CGROUPS: Array<u64> = Array::with_max_entries(TASK_CGROUP_SLOTS, 0);
 
 /// Bumped by the daemon after every change of `ENFORCED_ROOTS`.
 #[map]

@@ -66,9 +66,18 @@ fn env(test: &str, allow: &str) -> Env {
 }
 
 fn attack(env: &Env, user: Option<&str>, paths: &[&str]) -> BTreeMap<String, String> {
+    attack_from(env, &env.cgroup_path, user, paths)
+}
+
+/// [`attack`] from the cgroup at `cgroup`.
+fn attack_from(
+    env: &Env,
+    cgroup: &std::path::Path,
+    user: Option<&str>,
+    paths: &[&str],
+) -> BTreeMap<String, String> {
     let mut cmd = Command::new(crate_bin("ee-escape"));
-    cmd.args(["--netns", &env.netns.name, "--join"])
-        .arg(&env.cgroup_path);
+    cmd.args(["--netns", &env.netns.name, "--join"]).arg(cgroup);
     if let Some(u) = user {
         cmd.args(["--user", u]);
     }
@@ -415,4 +424,66 @@ fn sockets_from_outside_stay_refused_across_a_migration() {
         good.len() == 1 && good[0].starts_with(&format!("{registered} ok ")),
         "the registered address, across the restart: {tallies:?}"
     );
+}
+
+/// A cgroup that a reload adds to `cgroups`: before it, its tasks' sockets from outside go
+/// through (the cgroup is not enforced, and the programs on the cgroup root remember that
+/// answer per cgroup); after it, without a restart, they are refused. The daemon's change of
+/// the enforced set must retire the remembered answer (docs/architecture.md, "Sockets from
+/// outside").
+#[test]
+fn a_cgroup_enforced_by_a_reload_refuses_its_tasks_sockets_from_outside() {
+    let env = env("escape-late", "");
+    let late = format!("{}-late", env.cgroup);
+    let late_path = e2e::cgroup2_mount().join(&late);
+    std::fs::create_dir_all(&late_path).expect("the late cgroup");
+    let d = env.start_daemon(&[]);
+    let paths = ["before-join-udp"];
+    let before = attack_from(&env, &late_path, None, &paths);
+    let wrong = expect(&before, "before the reload", &paths, |_, _| "ok");
+    let cfg = std::fs::read_to_string(&env.config)
+        .expect("config")
+        .replace(
+            &format!("cgroups: [{}]", env.cgroup),
+            &format!("cgroups: [{}, {late}]", env.cgroup),
+        );
+    assert!(
+        cfg.contains(&late),
+        "the config names the cgroups as expected"
+    );
+    // Renamed into place: the file watcher must never read half of it.
+    let tmp = env.dir.join("config.yaml.new");
+    std::fs::write(&tmp, cfg).expect("config");
+    std::fs::rename(&tmp, &env.config).expect("config");
+    d.signal(libc::SIGHUP);
+    // The reload is done once the cgroup's own programs are attached (set_roots comes first).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = run(Command::new("bpftool")
+            .args(["cgroup", "show"])
+            .arg(&late_path));
+        assert!(out.status.success(), "bpftool cgroup show: {out:?}");
+        if String::from_utf8_lossy(&out.stdout).contains("sendmsg4") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reload did not attach to {late}: {:?}",
+            d.records()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let after = attack_from(&env, &late_path, None, &paths);
+    let mut wrong = wrong;
+    wrong.extend(expect(
+        &after,
+        "after the reload",
+        &paths,
+        |_, registered| {
+            if registered { "ok" } else { "EPERM" }
+        },
+    ));
+    drop(d);
+    let _ignored = e2e::remove_cgroup_tree(&late_path);
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }

@@ -14,10 +14,12 @@ use enforcer_common::{FOREIGN_PROGRAM_NAMES, map_names};
 
 use super::{Dataplane, attach_program, cgroup::Cgroup, pin_replacing, take_map};
 
-/// The enforced cgroups' ids and the generation that invalidates the root programs' cache.
+/// The enforced cgroups' ids, the generation that invalidates the root programs' cache, and
+/// the cache.
 pub struct RootMaps {
     roots: HashMap<MapData, u64, u8>,
     generation: Array<MapData, u32>,
+    cache: Array<MapData, u64>,
 }
 
 impl RootMaps {
@@ -25,8 +27,26 @@ impl RootMaps {
         Ok(Self {
             roots: take_map(ebpf, map_names::ENFORCED_ROOTS)?,
             generation: take_map(ebpf, map_names::ROOTS_GEN)?,
+            cache: take_map(ebpf, map_names::TASK_CGROUPS)?,
         })
     }
+
+    /// Empties the cache: done before publishing every `ROOTS_GEN_CLEAR_EVERY`-th generation,
+    /// so that an answer tagged with a generation is gone before the 23-bit generation comes
+    /// round to it again.
+    fn clear_cache(&mut self) -> anyhow::Result<()> {
+        for slot in 0..enforcer_common::TASK_CGROUP_SLOTS {
+            self.cache
+                .set(slot, 0, 0)
+                .context("emptying TASK_CGROUPS")?;
+        }
+        Ok(())
+    }
+}
+
+/// The generation after `generation`, as the slots keep it.
+fn next_generation(generation: u32) -> u32 {
+    generation.wrapping_add(1) & enforcer_common::ROOTS_GEN_MASK
 }
 
 impl Dataplane {
@@ -51,9 +71,12 @@ impl Dataplane {
         for id in stale {
             let _ignored = m.roots.remove(&id);
         }
-        let generation = m.generation.get(&0, 0).context("reading ROOTS_GEN")?;
+        let generation = next_generation(m.generation.get(&0, 0).context("reading ROOTS_GEN")?);
+        if generation.is_multiple_of(enforcer_common::ROOTS_GEN_CLEAR_EVERY) {
+            m.clear_cache()?;
+        }
         m.generation
-            .set(0, generation.wrapping_add(1) & (u32::MAX >> 1), 0)
+            .set(0, generation, 0)
             .context("writing ROOTS_GEN")?;
         Ok(())
     }
@@ -73,5 +96,25 @@ impl Dataplane {
             pin_replacing(link, &dir, name)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cache is emptied when the generation wraps to 0 and half way round, never more
+    /// than a half turn apart.
+    #[test]
+    fn the_generation_wraps_where_the_slots_do_and_clears_on_the_way() {
+        let mask = enforcer_common::ROOTS_GEN_MASK;
+        assert_eq!(next_generation(mask), 0);
+        assert_eq!(next_generation(mask - 1), mask);
+        assert_eq!(next_generation(u32::MAX), 0);
+        let clears: Vec<u32> = (0..=mask)
+            .map(next_generation)
+            .filter(|g| g.is_multiple_of(enforcer_common::ROOTS_GEN_CLEAR_EVERY))
+            .collect();
+        assert_eq!(clears, [enforcer_common::ROOTS_GEN_CLEAR_EVERY, 0]);
     }
 }

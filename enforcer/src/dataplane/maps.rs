@@ -196,10 +196,10 @@ pub fn expected_shapes(sizes: &MapSizes) -> [Shape; 20] {
         },
         Shape {
             name: map_names::TASK_CGROUPS,
-            map_type: MapType::LruHash,
-            key_size: 8,
-            value_size: 4,
-            max_entries: TASK_CGROUP_ENTRIES,
+            map_type: MapType::Array,
+            key_size: 4,
+            value_size: 8,
+            max_entries: enforcer_common::TASK_CGROUP_SLOTS,
         },
         Shape {
             name: map_names::ROOTS_GEN,
@@ -234,8 +234,6 @@ pub fn expected_shapes(sizes: &MapSizes) -> [Shape; 20] {
 
 /// Enforced cgroups (attach points) the root programs know.
 pub const ENFORCED_ROOT_ENTRIES: u32 = 1024;
-/// cgroups whose "enforced or not" answer the root programs cache.
-pub const TASK_CGROUP_ENTRIES: u32 = 16_384;
 
 /// Cgroups that may be exempt from the DNS redirect (with their descendants).
 pub const DNS_EXEMPT_ENTRIES: u32 = 1024;

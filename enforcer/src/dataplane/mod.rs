@@ -288,7 +288,6 @@ impl Dataplane {
                 sizes.visibility_sets * enforcer_common::POLICY_WORDS,
             )
             .map_max_entries(map_names::CGROUP_POLICY, sizes.cgroup_policies)
-            .map_max_entries(map_names::TASK_CGROUPS, maps::TASK_CGROUP_ENTRIES)
             .override_global("AYA_LOG_LEVEL", &log_level, false);
         let btf = std::thread::spawn(Btf::from_sys_fs);
         let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
