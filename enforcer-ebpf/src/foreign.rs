@@ -81,7 +81,7 @@ fn foreign(ctx: &SockAddrContext, hook: Hook, dest: impl FnOnce() -> Dest) -> i3
 /// where a hash map's is a call.
 #[inline(always)]
 fn task_enforced() -> bool {
-    let generation = ROOTS_GEN.get(0).copied().unwrap_or(0);
+    let generation = roots_generation();
     // SAFETY: helper without preconditions.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     let slot = TASK_CGROUPS.get_ptr_mut(task_cgroup_slot(cgroup));
@@ -107,11 +107,26 @@ fn task_enforced() -> bool {
         }
         level += 1;
     }
+    // Stored only if nothing moved during the walk: neither the enforced set (a newer
+    // generation would not accept the answer anyway) nor the task (the walk would have
+    // answered for its new cgroup).
     if let Some(p) = slot
         && cgroup < TASK_CGROUP_MAX_ID
+        && roots_generation() == generation
+        // SAFETY: helper without preconditions.
+        && unsafe { bpf_get_current_cgroup_id() } == cgroup
     {
         // SAFETY: as above; one aligned 8-byte store, so a racing reader sees it whole.
         unsafe { core::ptr::write_volatile(p, task_cgroup_entry(cgroup, generation, found)) };
     }
     found
+}
+
+/// `ROOTS_GEN`, loaded afresh each time (the daemon changes it under the program).
+#[inline(always)]
+fn roots_generation() -> u32 {
+    // SAFETY: a map value pointer is valid for the program run; one aligned 4-byte load.
+    ROOTS_GEN
+        .get_ptr(0)
+        .map_or(0, |p| unsafe { core::ptr::read_volatile(p) })
 }

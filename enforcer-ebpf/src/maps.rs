@@ -96,9 +96,10 @@ pub(crate) static ENFORCED_ROOTS: HashMap<u64, u8> = HashMap::with_max_entries(1
 #[map]
 pub(crate) static TASK_CGROUPS: Array<u64> = Array::with_max_entries(TASK_CGROUP_SLOTS, 0);
 
-/// Bumped by the daemon after every change of `ENFORCED_ROOTS`.
+/// Bumped by the daemon after every change of `ENFORCED_ROOTS`. Mappable: the daemon writes
+/// it with one atomic store (a `bpf(2)` update may copy it a byte at a time).
 #[map]
-pub(crate) static ROOTS_GEN: Array<u32> = Array::with_max_entries(1, 0);
+pub(crate) static ROOTS_GEN: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// Cookies of sockets made inside an enforced cgroup, whose own programs decide for them. LRU:
 /// a socket evicted here is decided again by the root programs, with the same rules.

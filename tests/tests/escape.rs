@@ -437,7 +437,7 @@ fn a_cgroup_enforced_by_a_reload_refuses_its_tasks_sockets_from_outside() {
     let late = format!("{}-late", env.cgroup);
     let late_path = e2e::cgroup2_mount().join(&late);
     std::fs::create_dir_all(&late_path).expect("the late cgroup");
-    let d = env.start_daemon(&[]);
+    let mut d = env.start_daemon(&[]);
     let paths = ["before-join-udp"];
     let before = attack_from(&env, &late_path, None, &paths);
     let wrong = expect(&before, "before the reload", &paths, |_, _| "ok");
@@ -456,23 +456,23 @@ fn a_cgroup_enforced_by_a_reload_refuses_its_tasks_sockets_from_outside() {
     std::fs::write(&tmp, cfg).expect("config");
     std::fs::rename(&tmp, &env.config).expect("config");
     d.signal(libc::SIGHUP);
-    // The reload is done once the cgroup's own programs are attached (set_roots comes first).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let out = run(Command::new("bpftool")
-            .args(["cgroup", "show"])
-            .arg(&late_path));
-        assert!(out.status.success(), "bpftool cgroup show: {out:?}");
-        if String::from_utf8_lossy(&out.stdout).contains("sendmsg4") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the reload did not attach to {late}: {:?}",
-            d.records()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    // A reload that read the new file has ended (and with it the change of the enforced set
+    // and of its generation), whether the file watcher's or this signal's.
+    d.wait_for(
+        "a reload after SIGHUP",
+        std::time::Duration::from_secs(10),
+        |r| {
+            let hup = r.iter().position(|r| r["message"] == "SIGHUP: reloading");
+            hup.is_some_and(|i| r[i..].iter().any(|r| r["message"] == "reloaded"))
+        },
+    );
+    let out = run(Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(&late_path));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("sendmsg4"),
+        "the reload did not attach to {late}: {out:?}"
+    );
     let after = attack_from(&env, &late_path, None, &paths);
     let mut wrong = wrong;
     wrong.extend(expect(

@@ -5,28 +5,34 @@
 use std::{
     collections::HashSet,
     fs::{self, File},
+    os::fd::AsFd as _,
     path::Path,
 };
 
 use anyhow::Context as _;
-use aya::maps::{Array, HashMap, MapData};
+use aya::maps::{Array, HashMap, IterableMap as _, MapData};
 use enforcer_common::{FOREIGN_PROGRAM_NAMES, map_names};
 
-use super::{Dataplane, attach_program, cgroup::Cgroup, pin_replacing, take_map};
+use super::{
+    Dataplane, attach_program, cgroup::Cgroup, mapped_word::MappedWord, pin_replacing, take_map,
+};
 
 /// The enforced cgroups' ids, the generation that invalidates the root programs' cache, and
 /// the cache.
 pub struct RootMaps {
     roots: HashMap<MapData, u64, u8>,
-    generation: Array<MapData, u32>,
+    /// `ROOTS_GEN`, written through a mapping so that a program never reads it half written.
+    generation: MappedWord,
     cache: Array<MapData, u64>,
 }
 
 impl RootMaps {
     pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> anyhow::Result<Self> {
+        let generation: Array<MapData, u32> = take_map(ebpf, map_names::ROOTS_GEN)?;
         Ok(Self {
             roots: take_map(ebpf, map_names::ENFORCED_ROOTS)?,
-            generation: take_map(ebpf, map_names::ROOTS_GEN)?,
+            generation: MappedWord::map(generation.map().fd().as_fd())
+                .context("mapping ROOTS_GEN")?,
             cache: take_map(ebpf, map_names::TASK_CGROUPS)?,
         })
     }
@@ -39,6 +45,25 @@ impl RootMaps {
             self.cache
                 .set(slot, 0, 0)
                 .context("emptying TASK_CGROUPS")?;
+        }
+        Ok(())
+    }
+
+    /// Makes `ENFORCED_ROOTS` hold exactly `want`.
+    fn write_roots(&mut self, want: &HashSet<u64>) -> anyhow::Result<()> {
+        for id in want {
+            self.roots
+                .insert(id, 1, 0)
+                .context("writing ENFORCED_ROOTS")?;
+        }
+        let stale: Vec<u64> = self
+            .roots
+            .keys()
+            .flatten()
+            .filter(|k| !want.contains(k))
+            .collect();
+        for id in stale {
+            let _ignored = self.roots.remove(&id);
         }
         Ok(())
     }
@@ -59,26 +84,16 @@ impl Dataplane {
             .map(Cgroup::id)
             .collect::<anyhow::Result<_>>()?;
         let m = &mut self.root_maps;
-        for id in &want {
-            m.roots.insert(id, 1, 0).context("writing ENFORCED_ROOTS")?;
-        }
-        let stale: Vec<u64> = m
-            .roots
-            .keys()
-            .flatten()
-            .filter(|k| !want.contains(k))
-            .collect();
-        for id in stale {
-            let _ignored = m.roots.remove(&id);
-        }
-        let generation = next_generation(m.generation.get(&0, 0).context("reading ROOTS_GEN")?);
+        let generation = next_generation(m.generation.load());
+        // Before the set changes: a clear that fails leaves everything as it was.
         if generation.is_multiple_of(enforcer_common::ROOTS_GEN_CLEAR_EVERY) {
             m.clear_cache()?;
         }
-        m.generation
-            .set(0, generation, 0)
-            .context("writing ROOTS_GEN")?;
-        Ok(())
+        let written = m.write_roots(&want);
+        // Published even when the set was written only in part: no answer cached under the
+        // old set may stand after any change to it.
+        m.generation.store(generation);
+        written
     }
 
     /// Attaches the root programs to the cgroup2 `mount` root and pins the links (replacing

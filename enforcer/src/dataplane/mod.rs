@@ -11,6 +11,7 @@ pub mod events;
 pub mod foreign;
 pub mod links;
 pub mod lsm;
+mod mapped_word;
 pub mod maps;
 mod no_prefix;
 pub mod pins;

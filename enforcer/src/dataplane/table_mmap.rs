@@ -39,7 +39,7 @@ fn lcm(a: usize, b: usize) -> usize {
     a / x * b
 }
 
-fn page_size() -> usize {
+pub(super) fn page_size() -> usize {
     // SAFETY: sysconf has no memory effects.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(p).ok().filter(|p| *p > 0).unwrap_or(4096)
