@@ -175,3 +175,29 @@ pub fn for_each_chunk<K: Pod, V: Pod>(
         first = false;
     }
 }
+
+/// Every value of an array map, in index order: a batch per chunk, or a lookup per element
+/// where the kernel has no batch lookup for arrays. `what` names the map in errors.
+pub fn read_array<V: Pod>(
+    map: &aya::maps::Array<aya::maps::MapData, V>,
+    what: &str,
+) -> anyhow::Result<Vec<V>> {
+    use std::os::fd::AsFd as _;
+
+    use anyhow::Context as _;
+    use aya::maps::IterableMap as _;
+
+    let mut values = Vec::with_capacity(map.len() as usize);
+    let fd = map.map().fd().as_fd();
+    match for_each_chunk(fd, |_: &[u32], v: &[V]| values.extend_from_slice(v))
+        .with_context(|| format!("reading {what}"))?
+    {
+        Batch::Done(()) => {}
+        Batch::Unsupported => {
+            for v in map.iter() {
+                values.push(v.with_context(|| format!("reading {what}"))?);
+            }
+        }
+    }
+    Ok(values)
+}

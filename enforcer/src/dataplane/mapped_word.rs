@@ -6,49 +6,26 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd as _, BorrowedFd},
-    ptr::NonNull,
+    os::fd::BorrowedFd,
     sync::atomic::{AtomicU32, Ordering},
 };
 
-pub struct MappedWord {
-    addr: NonNull<libc::c_void>,
-    bytes: usize,
-}
+use super::table_mmap::{Mapping, page_size};
 
-// SAFETY: the mapping is shared memory that belongs to no thread; it is only accessed through
-// an `AtomicU32`.
-unsafe impl Send for MappedWord {}
+pub struct MappedWord(Mapping);
 
 impl MappedWord {
     /// Maps the first page of the array behind `fd` (an mmapable array's values start at a
     /// page boundary).
     pub fn map(fd: BorrowedFd<'_>) -> io::Result<Self> {
-        let bytes = super::table_mmap::page_size();
-        // SAFETY: a new shared mapping at an address the kernel picks; it aliases no Rust
-        // object, and `Drop` unmaps exactly it.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let addr = NonNull::new(addr).ok_or_else(|| io::Error::from(io::ErrorKind::Other))?;
-        Ok(Self { addr, bytes })
+        Ok(Self(Mapping::new(fd, page_size(), 0)?))
     }
 
     fn word(&self) -> &AtomicU32 {
         // SAFETY: the mapping is page-aligned, at least 4 bytes long and lives as long as
         // `self`; the kernel's programs access the word only with single aligned loads and
         // stores, which is what an atomic needs of the other side.
-        unsafe { self.addr.cast::<AtomicU32>().as_ref() }
+        unsafe { self.0.start::<AtomicU32>().as_ref() }
     }
 
     pub fn load(&self) -> u32 {
@@ -57,14 +34,5 @@ impl MappedWord {
 
     pub fn store(&self, value: u32) {
         self.word().store(value, Ordering::Release);
-    }
-}
-
-impl Drop for MappedWord {
-    fn drop(&mut self) {
-        // SAFETY: unmaps the mapping made in `map`, which nothing references any more.
-        unsafe {
-            libc::munmap(self.addr.as_ptr(), self.bytes);
-        }
     }
 }

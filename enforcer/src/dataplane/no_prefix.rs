@@ -19,19 +19,7 @@ impl NoPrefix {
     }
 
     fn read(&self) -> anyhow::Result<Vec<u64>> {
-        let mut words = Vec::with_capacity(self.map.len() as usize);
-        let fd = self.map.map().fd().as_fd();
-        match batch::for_each_chunk(fd, |_: &[u32], v: &[u64]| words.extend_from_slice(v))
-            .context("reading NO_PREFIX")?
-        {
-            Batch::Done(()) => {}
-            Batch::Unsupported => {
-                for w in self.map.iter() {
-                    words.push(w.context("reading NO_PREFIX")?);
-                }
-            }
-        }
-        Ok(words)
+        batch::read_array(&self.map, "NO_PREFIX")
     }
 
     /// Writes the words of `want` that differ from `now`.

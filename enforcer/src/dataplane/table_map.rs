@@ -112,21 +112,7 @@ impl ExactRules {
     }
 
     fn read_table(&self) -> anyhow::Result<Vec<TableSlot>> {
-        let mut slots = Vec::with_capacity(self.table.len() as usize);
-        let fd = self.table.map().fd().as_fd();
-        match batch::for_each_chunk(fd, |_: &[u32], v: &[TableSlot]| {
-            slots.extend_from_slice(v);
-        })
-        .context("reading RULES_TABLE")?
-        {
-            Batch::Done(()) => {}
-            Batch::Unsupported => {
-                for s in self.table.iter() {
-                    slots.push(s.context("reading RULES_TABLE")?);
-                }
-            }
-        }
-        Ok(slots)
+        batch::read_array(&self.table, "RULES_TABLE")
     }
 
     fn read_overflow(&self) -> anyhow::Result<Vec<(RuleKey, RuleValue)>> {

@@ -45,19 +45,18 @@ pub(super) fn page_size() -> usize {
     usize::try_from(p).ok().filter(|p| *p > 0).unwrap_or(4096)
 }
 
-/// Slots `first..first + len` of the table, mapped writable.
-struct Window {
-    first: u32,
-    len: u32,
+/// `bytes` of the map behind `fd` from `offset`, mapped shared and writable; unmapped on drop.
+pub(super) struct Mapping {
     addr: NonNull<libc::c_void>,
     bytes: usize,
 }
 
-impl Window {
-    fn map(fd: BorrowedFd<'_>, first: u32, len: u32, page: usize) -> io::Result<Self> {
-        let bytes = (len as usize * SLOT_BYTES).div_ceil(page) * page;
-        let offset = libc::off_t::try_from(first as usize * SLOT_BYTES)
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+// SAFETY: shared memory of a kernel map, owned by no thread; the users decide how it is
+// accessed (plain stores to a table no program reads yet, or atomics).
+unsafe impl Send for Mapping {}
+
+impl Mapping {
+    pub(super) fn new(fd: BorrowedFd<'_>, bytes: usize, offset: libc::off_t) -> io::Result<Self> {
         // SAFETY: a new shared mapping of the map's memory at an address the kernel picks; it
         // aliases no Rust object, and `Drop` unmaps exactly it.
         let addr = unsafe {
@@ -74,11 +73,40 @@ impl Window {
             return Err(io::Error::last_os_error());
         }
         let addr = NonNull::new(addr).ok_or_else(|| io::Error::from(io::ErrorKind::Other))?;
+        Ok(Self { addr, bytes })
+    }
+
+    /// The start of the mapping (page-aligned).
+    pub(super) fn start<T>(&self) -> NonNull<T> {
+        self.addr.cast()
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps the mapping made in `new`, which nothing references any more.
+        unsafe {
+            libc::munmap(self.addr.as_ptr(), self.bytes);
+        }
+    }
+}
+
+/// Slots `first..first + len` of the table, mapped writable.
+struct Window {
+    first: u32,
+    len: u32,
+    mapping: Mapping,
+}
+
+impl Window {
+    fn map(fd: BorrowedFd<'_>, first: u32, len: u32, page: usize) -> io::Result<Self> {
+        let bytes = (len as usize * SLOT_BYTES).div_ceil(page) * page;
+        let offset = libc::off_t::try_from(first as usize * SLOT_BYTES)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         Ok(Self {
             first,
             len,
-            addr,
-            bytes,
+            mapping: Mapping::new(fd, bytes, offset)?,
         })
     }
 
@@ -91,19 +119,10 @@ impl Window {
         // SAFETY: `i` is within the window (checked by the caller through `holds`), so the
         // slot lies inside the mapping, which is page-aligned (slots are 8-byte aligned in it).
         unsafe {
-            self.addr
-                .cast::<TableSlot>()
+            self.mapping
+                .start::<TableSlot>()
                 .add((i - self.first) as usize)
                 .write(*slot);
-        }
-    }
-}
-
-impl Drop for Window {
-    fn drop(&mut self) {
-        // SAFETY: unmaps the mapping made in `map`, which nothing references any more.
-        unsafe {
-            libc::munmap(self.addr.as_ptr(), self.bytes);
         }
     }
 }
